@@ -1,0 +1,1 @@
+//! Shared helpers for sagalog benchmarks and load generators.
