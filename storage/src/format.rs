@@ -163,21 +163,40 @@ pub struct RestOfSegment {
 
 /// Looks at `[from, end)` of a segment after a scan stopped at `from`: is there a valid
 /// frame anywhere after it (corruption in the middle), or only garbage and zeros (a torn
-/// tail)? Error path only: it reads the rest of the segment into memory.
+/// tail)? A clean end followed by zeros (the normal case for a pre-written segment) costs
+/// one streaming read in bounded chunks; only when non-zero bytes follow is the dirty
+/// range (plus room for one whole frame) read into memory and searched for a frame.
 pub fn inspect_rest(
     file: &File,
     from: u64,
     end: u64,
     max_record_bytes: u32,
 ) -> io::Result<RestOfSegment> {
-    let len = usize::try_from(end.saturating_sub(from)).expect("segment fits in memory");
+    const CHUNK: u64 = 1 << 20;
+    let mut chunk = vec![0u8; CHUNK.min(end.saturating_sub(from)) as usize];
+    let mut dirty_end = from;
+    let mut pos = from;
+    while pos < end {
+        let n = (end - pos).min(CHUNK) as usize;
+        file.read_exact_at(&mut chunk[..n], pos)?;
+        if let Some(i) = chunk[..n].iter().rposition(|b| *b != 0) {
+            dirty_end = pos + i as u64 + 1;
+        }
+        pos += n as u64;
+    }
+    if dirty_end == from {
+        return Ok(RestOfSegment {
+            valid_frame_at: None,
+            dirty_end,
+        });
+    }
+    // A frame starting before `dirty_end` may end in zeros after it.
+    let search_end = end.min(dirty_end + (FRAME_HEADER_BYTES as u64) + u64::from(max_record_bytes));
+    let len = usize::try_from(search_end - from).expect("segment fits in memory");
     let mut rest = vec![0u8; len];
     file.read_exact_at(&mut rest, from)?;
-    let dirty_end = rest
-        .iter()
-        .rposition(|b| *b != 0)
-        .map_or(from, |i| from + i as u64 + 1);
-    let valid_frame_at = (1..rest.len())
+    let starts = usize::try_from(dirty_end - from).expect("segment fits in memory");
+    let valid_frame_at = (1..starts)
         .find(|&i| matches!(check_frame(&rest[i..], max_record_bytes), Frame::Record(_)))
         .map(|i| from + i as u64);
     Ok(RestOfSegment {
@@ -338,6 +357,44 @@ mod tests {
         assert_eq!(
             decode_segment_header(&future, 42),
             Err(HeaderProblem::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn inspect_rest_tells_a_torn_tail_from_a_valid_frame_after_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        let max = 1024;
+        // Garbage, then a valid frame whose payload ends in zeros, then more zeros: the
+        // frame lies partly past the last non-zero byte and must still be found.
+        let mut bytes = vec![0xff, 0x13, 0x00, 0x07];
+        let frame_at = bytes.len() as u64;
+        bytes.extend(framed(&[1, 2, 3, 0, 0, 0, 0, 0]));
+        bytes.resize(bytes.len() + (3 << 20), 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let rest = inspect_rest(&file, 0, bytes.len() as u64, max).unwrap();
+        assert_eq!(rest.valid_frame_at, Some(frame_at));
+        assert_eq!(rest.dirty_end, frame_at + 8 + 3);
+
+        // Only garbage and zeros: a torn tail, with its extent.
+        let rest = inspect_rest(&file, 0, frame_at + 6, max).unwrap();
+        assert_eq!(
+            rest,
+            RestOfSegment {
+                valid_frame_at: None,
+                dirty_end: frame_at + 6
+            }
+        );
+
+        // All zeros over several chunks: clean.
+        let rest = inspect_rest(&file, frame_at + 16, bytes.len() as u64, max).unwrap();
+        assert_eq!(
+            rest,
+            RestOfSegment {
+                valid_frame_at: None,
+                dirty_end: frame_at + 16
+            }
         );
     }
 }

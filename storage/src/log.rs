@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, watch};
 
 use crate::datadir::{sync_dir, DirLock};
@@ -123,6 +123,8 @@ pub(crate) struct Shared {
     pub config: LogConfig,
     pub state: RwLock<State>,
     tail_truncations: AtomicU64,
+    /// Why the log refuses writes, once an fsync failed (see `writer`).
+    poisoned: Mutex<Option<String>>,
 }
 
 pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -207,6 +209,14 @@ impl Shared {
         Ok(out)
     }
 
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().clone()
+    }
+
+    pub fn poison(&self, reason: String) {
+        self.poisoned.lock().get_or_insert(reason);
+    }
+
     pub fn stats(&self) -> LogStats {
         let state = self.state.read();
         LogStats {
@@ -273,6 +283,7 @@ impl Log {
             dir,
             state: RwLock::new(state),
             tail_truncations: AtomicU64::new(report.cuts.len() as u64),
+            poisoned: Mutex::new(None),
             config,
         });
         let (committed_tx, committed) = watch::channel(next);
@@ -442,6 +453,12 @@ impl Log {
 
     pub fn stats(&self) -> LogStats {
         self.shared().stats()
+    }
+
+    /// Why the log refuses appends, if it does: an fsync failed, and what the disk holds
+    /// is only known again after a reopen rescans it.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared().poisoned()
     }
 
     /// Follows the log from `from`: the tail yields records as soon as they are published.
