@@ -618,7 +618,7 @@ pub(crate) fn write_zeros(
     to: u64,
     stop: Option<&std::sync::atomic::AtomicBool>,
 ) -> std::io::Result<()> {
-    const ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+    static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
     let mut pos = from;
     while pos < to {
         if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
@@ -695,7 +695,7 @@ fn open_segment(
         let pos = reader.position();
         match reader.next_frame().map_err(io("scan segment"))? {
             Frame::Record(_) => {
-                if records % interval == 0 {
+                if records.is_multiple_of(interval) {
                     index.push(pos);
                 }
                 records += 1;

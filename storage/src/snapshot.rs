@@ -142,7 +142,7 @@ impl SnapshotStore {
                 bytes,
             });
         }
-        found.sort_by(|a, b| b.offset.cmp(&a.offset));
+        found.sort_by_key(|s| std::cmp::Reverse(s.offset));
         Ok(found)
     }
 

@@ -254,7 +254,7 @@ impl Writer {
         let first = self.next_offset + self.staged.records;
         let interval = u64::from(self.shared.config.index_interval_records);
         for (i, record) in records.iter().enumerate() {
-            if (first + i as u64 - self.active.base) % interval == 0 {
+            if (first + i as u64 - self.active.base).is_multiple_of(interval) {
                 self.staged.index.push(self.pos + self.buf.len() as u64);
             }
             encode_frame(&mut self.buf, record);
@@ -433,7 +433,7 @@ impl Syncer {
     /// `no_delay_count`, set by itself): the appenders the previous fsync answered are
     /// re-submitting right now, and an fsync started with only the first of them makes
     /// the rest wait a whole extra fsync. The wait ends as soon as the previous group's
-    /// count is reached, and is bounded by a quarter of an fsync (at most
+    /// count is reached, and is bounded by half an fsync (at most
     /// `MAX_GATHER_WAIT`), so a lone appender, whose group is always one record, never
     /// waits, and a load that shrank pays that bound once and then no more.
     fn gather(&mut self, group: &mut Vec<Item>) {
@@ -444,7 +444,7 @@ impl Syncer {
                 .iter()
                 .any(|item| matches!(item, Item::Barrier { .. }));
         if gathering && records < target {
-            let deadline = Instant::now() + (self.sync_time_ewma / 4).min(MAX_GATHER_WAIT);
+            let deadline = Instant::now() + (self.sync_time_ewma / 2).min(MAX_GATHER_WAIT);
             while records < target && group.len() < MAX_ITEMS_PER_SYNC {
                 let Ok(item) = self.rx.recv_deadline(deadline) else {
                     break;
