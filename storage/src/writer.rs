@@ -314,10 +314,17 @@ impl Writer {
 
     /// A write failed part-way: zero whatever it left so a crash cannot resurrect records
     /// that were never acknowledged. The log stays usable unless even that fails.
+    ///
+    /// Only bytes the file already holds are zeroed: when the write failed for want of
+    /// space (a segment that was not pre-written), writing zeros past the file's end
+    /// would fail the same way and needlessly poison the log.
     fn discard_written(&self, reason: &str) {
-        let end = self.pos + self.buf.len() as u64;
-        let zeroed = write_zeros(&self.active.file, self.pos, end, None)
-            .and_then(|()| self.active.file.sync_data());
+        let file = &self.active.file;
+        let zeroed = file.metadata().and_then(|meta| {
+            let end = (self.pos + self.buf.len() as u64).min(meta.len());
+            write_zeros(file, self.pos, end.max(self.pos), None)?;
+            file.sync_data()
+        });
         if let Err(e) = zeroed {
             self.shared.poison(format!(
                 "clearing a failed write in {} failed: {e}",
@@ -598,15 +605,19 @@ impl Preallocator {
                         write_zeros(&file, 0, segment_bytes, Some(&thread_stop))?;
                         file.sync_all()
                     });
-                    match filled {
-                        Ok(()) => thread_ready.store(true, Ordering::Release),
-                        Err(e) if thread_stop.load(Ordering::Relaxed) => {
-                            tracing::debug!(error = %e, "segment pre-write stopped");
-                        }
-                        Err(e) => tracing::warn!(
+                    let Err(e) = filled else {
+                        thread_ready.store(true, Ordering::Release);
+                        continue;
+                    };
+                    // A half-written file must not hold on to space a full disk needs.
+                    let _ = std::fs::remove_file(&thread_path);
+                    if thread_stop.load(Ordering::Relaxed) {
+                        tracing::debug!(error = %e, "segment pre-write stopped");
+                    } else {
+                        tracing::warn!(
                             file = %thread_path.display(), error = %e,
                             "could not pre-write the next segment; the next roll creates a plain file"
-                        ),
+                        );
                     }
                 }
             })
