@@ -80,6 +80,15 @@ enum Item {
     Barrier { reply: SyncReply },
 }
 
+impl Item {
+    fn records(&self) -> u64 {
+        match self {
+            Item::Written { records, .. } => *records,
+            Item::Barrier { .. } => 0,
+        }
+    }
+}
+
 /// Most items the syncer publishes under one fsync (each item is a whole batch).
 const MAX_ITEMS_PER_SYNC: usize = 1024;
 /// Longest an fsync is held back to gather the records of appenders it expects back.
@@ -445,7 +454,7 @@ impl Syncer {
     /// waits, and a load that shrank pays that bound once and then no more.
     fn gather(&mut self, group: &mut Vec<Item>) {
         let target = std::mem::take(&mut self.last_group_records);
-        let mut records = group_records(group);
+        let mut records: u64 = group.iter().map(Item::records).sum();
         let gathering = self.shared.config.fsync == FsyncPolicy::Always
             && !group
                 .iter()
@@ -456,7 +465,7 @@ impl Syncer {
                 let Ok(item) = self.rx.recv_deadline(deadline) else {
                     break;
                 };
-                records += group_records(std::slice::from_ref(&item));
+                records += item.records();
                 let barrier = matches!(item, Item::Barrier { .. });
                 group.push(item);
                 if barrier {
@@ -566,16 +575,6 @@ impl Syncer {
         self.last_sync = Instant::now();
         Ok(())
     }
-}
-
-fn group_records(items: &[Item]) -> u64 {
-    items
-        .iter()
-        .map(|item| match item {
-            Item::Written { records, .. } => *records,
-            Item::Barrier { .. } => 0,
-        })
-        .sum()
 }
 
 /// Keeps one zero-filled, fsynced file of `segment_bytes` ready for the next roll.
