@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{open, payload, segment_files, small_config};
+use common::{open, payload, segment_files, small_config, write_records};
 use sagalog_storage::{DataDir, LogConfig, StorageError};
 
 const RECORDS: u64 = 20;
@@ -211,12 +211,7 @@ fn a_flipped_byte_in_an_earlier_record_stops_open_naming_segment_and_offset() {
 #[test]
 fn damage_at_the_end_of_a_sealed_segment_is_corruption_not_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let (_data, log, _) = open(dir.path(), small_config());
-        for id in 0..100 {
-            log.append_batch_blocking(vec![payload(id)]).unwrap();
-        }
-    }
+    write_records(dir.path(), small_config(), 100);
     let segments = segment_files(dir.path());
     assert!(segments.len() > 2);
     let first = &segments[0];
@@ -240,13 +235,7 @@ fn damage_at_the_end_of_a_sealed_segment_is_corruption_not_a_torn_tail() {
 fn a_torn_header_of_the_newest_segment_is_rewritten() {
     for (what, damage) in [("partial", 0usize), ("all-zero", 1)] {
         let dir = tempfile::tempdir().unwrap();
-        let next = {
-            let (_data, log, _) = open(dir.path(), small_config());
-            for id in 0..60 {
-                log.append_batch_blocking(vec![payload(id)]).unwrap();
-            }
-            log.next_offset()
-        };
+        let next = write_records(dir.path(), small_config(), 60);
         // A roll that crashed before the new segment's header was durable.
         let path = dir.path().join("log").join(format!("{next:020}.log"));
         if damage == 0 {
@@ -271,12 +260,7 @@ fn a_torn_header_of_the_newest_segment_is_rewritten() {
 #[test]
 fn a_missing_middle_segment_and_an_unknown_format_version_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let (_data, log, _) = open(dir.path(), small_config());
-        for id in 0..300 {
-            log.append_batch_blocking(vec![payload(id)]).unwrap();
-        }
-    }
+    write_records(dir.path(), small_config(), 300);
     let segments = segment_files(dir.path());
     assert!(segments.len() > 5, "{segments:?}");
     let mut header = [0u8; 24];

@@ -28,6 +28,16 @@ pub fn payload(id: u64) -> Vec<u8> {
     bytes
 }
 
+/// Writes records `0..count` (payloads from [`payload`]) to a log in `dir`, closes it and
+/// returns the next offset.
+pub fn write_records(dir: &Path, config: LogConfig, count: u64) -> u64 {
+    let (_data, log, _) = open(dir, config);
+    for id in 0..count {
+        log.append_batch_blocking(vec![payload(id)]).unwrap();
+    }
+    log.next_offset()
+}
+
 pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
         .unwrap()
