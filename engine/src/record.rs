@@ -1,0 +1,351 @@
+//! The records sagalog writes to its log: one per saga transition (SPEC §3), plus the
+//! registration of a definition. A saga's state is a pure fold of its records.
+//!
+//! Encoding: one format version byte, then bincode (standard configuration). Enum
+//! variants are encoded by position, so a kind added *at the end* of [`Kind`] or
+//! [`Entry`] leaves every older log readable; reordering or removing a variant, or
+//! changing a variant's fields, needs a new format version and a reader for the old one.
+//! `tests/fixture_log.rs` holds the product to this with a log written by an early
+//! build.
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+/// The format version byte in front of every encoded entry.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Saga statuses (SPEC §3).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode, Serialize, Deserialize,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Started,
+    InProgress,
+    Completed,
+    Failed,
+    Compensated,
+    CompensationFailed,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Started,
+        Status::InProgress,
+        Status::Completed,
+        Status::Failed,
+        Status::Compensated,
+        Status::CompensationFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Started => "STARTED",
+            Status::InProgress => "IN_PROGRESS",
+            Status::Completed => "COMPLETED",
+            Status::Failed => "FAILED",
+            Status::Compensated => "COMPENSATED",
+            Status::CompensationFailed => "COMPENSATION_FAILED",
+        }
+    }
+
+    /// `COMPLETED` and `COMPENSATED`: nothing more happens to the saga.
+    /// (`COMPENSATION_FAILED` waits for an operator and counts as active.)
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Compensated)
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Status, String> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown status {s:?}; one of {}", all.join(", "))
+            })
+    }
+}
+
+/// What a command asks a participant to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Execute,
+    Compensate,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Execute => "execute",
+            Action::Compensate => "compensate",
+        }
+    }
+}
+
+/// One saga transition.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Record {
+    pub saga_id: String,
+    /// 1 for the saga's first record, then dense.
+    pub seq: u32,
+    /// When the transition was decided, in unix milliseconds.
+    pub at_ms: u64,
+    pub kind: Kind,
+}
+
+/// Every kind of saga transition. Step numbers index the definition's steps. New kinds
+/// go at the end (see the module comment).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Kind {
+    SagaStarted {
+        saga_type: String,
+        definition_version: u32,
+        /// The start request's payload, as JSON text.
+        payload: String,
+        trace_id: String,
+        /// Identifies the start request's body, so a repeated start can be told apart
+        /// from a different one with the same `saga_id`.
+        request_hash: u64,
+    },
+    CommandIssued {
+        step: u16,
+        action: Action,
+        attempt: u32,
+        /// When the attempt times out without a reply.
+        deadline_ms: u64,
+    },
+    StepSucceeded {
+        step: u16,
+        attempt: u32,
+        event_id: String,
+        /// The reply's data, as JSON text (empty when none).
+        data: String,
+    },
+    /// An execute or compensate attempt failed (the participant said so).
+    StepFailed {
+        step: u16,
+        action: Action,
+        attempt: u32,
+        event_id: String,
+        reason: String,
+        /// When the next attempt is issued; `None` when the attempts are spent.
+        retry_at_ms: Option<u64>,
+    },
+    /// An attempt got no reply by its deadline: it counts as failed.
+    StepTimedOut {
+        step: u16,
+        action: Action,
+        attempt: u32,
+        retry_at_ms: Option<u64>,
+    },
+    StepCompensated {
+        step: u16,
+        attempt: u32,
+        event_id: String,
+        data: String,
+    },
+    /// A compensation spent its attempts: an operator must act.
+    CompensationFailed {
+        step: u16,
+        reason: String,
+    },
+    SagaCompleted,
+    /// A step failed for good; compensation of the completed steps begins.
+    SagaFailed {
+        step: u16,
+        reason: String,
+    },
+    SagaCompensated,
+    StatusOverridden {
+        from: Status,
+        to: Status,
+        reason: String,
+    },
+    /// An operator asked to re-issue the pending command with a fresh attempt budget.
+    RetryRequested {
+        step: u16,
+        action: Action,
+    },
+    /// The relay could not publish the command at `command_offset`.
+    DeadLettered {
+        command_offset: u64,
+        reason: String,
+    },
+}
+
+impl Kind {
+    /// The snake_case name used in history output and `sagalog inspect`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::SagaStarted { .. } => "saga_started",
+            Kind::CommandIssued { .. } => "command_issued",
+            Kind::StepSucceeded { .. } => "step_succeeded",
+            Kind::StepFailed { .. } => "step_failed",
+            Kind::StepTimedOut { .. } => "step_timed_out",
+            Kind::StepCompensated { .. } => "step_compensated",
+            Kind::CompensationFailed { .. } => "compensation_failed",
+            Kind::SagaCompleted => "saga_completed",
+            Kind::SagaFailed { .. } => "saga_failed",
+            Kind::SagaCompensated => "saga_compensated",
+            Kind::StatusOverridden { .. } => "status_overridden",
+            Kind::RetryRequested { .. } => "retry_requested",
+            Kind::DeadLettered { .. } => "dead_lettered",
+        }
+    }
+
+    /// The reply `event_id` this record answers, if it records a reply.
+    pub fn event_id(&self) -> Option<&str> {
+        match self {
+            Kind::StepSucceeded { event_id, .. }
+            | Kind::StepFailed { event_id, .. }
+            | Kind::StepCompensated { event_id, .. } => Some(event_id),
+            _ => None,
+        }
+    }
+}
+
+/// One log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Entry {
+    Saga(Record),
+    /// A definition registered at run time, as its JSON, so it survives a restart.
+    DefinitionRegistered {
+        json: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty record")]
+    Empty,
+    #[error("record format version {found}; this build reads up to {FORMAT_VERSION} (written by a newer sagalog?)")]
+    NewerFormat { found: u8 },
+    #[error("undecodable record (format version {version}): {reason}")]
+    Invalid { version: u8, reason: String },
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+impl Entry {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        out.push(FORMAT_VERSION);
+        bincode::encode_into_std_write(self, &mut out, config()).expect("writing to a Vec");
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+        let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if version > FORMAT_VERSION || version == 0 {
+            return Err(DecodeError::NewerFormat { found: version });
+        }
+        let (entry, used) =
+            bincode::decode_from_slice(body, config()).map_err(|e| DecodeError::Invalid {
+                version,
+                reason: e.to_string(),
+            })?;
+        if used != body.len() {
+            return Err(DecodeError::Invalid {
+                version,
+                reason: format!("{} trailing bytes", body.len() - used),
+            });
+        }
+        Ok(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Entry> {
+        let record = |seq, kind| {
+            Entry::Saga(Record {
+                saga_id: "s-1".into(),
+                seq,
+                at_ms: 1_700_000_000_000 + u64::from(seq),
+                kind,
+            })
+        };
+        vec![
+            record(
+                1,
+                Kind::SagaStarted {
+                    saga_type: "order".into(),
+                    definition_version: 1,
+                    payload: r#"{"sku":"A"}"#.into(),
+                    trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                    request_hash: 42,
+                },
+            ),
+            record(
+                2,
+                Kind::StepFailed {
+                    step: 0,
+                    action: Action::Execute,
+                    attempt: 1,
+                    event_id: "e-1".into(),
+                    reason: "out of stock".into(),
+                    retry_at_ms: Some(5),
+                },
+            ),
+            record(
+                3,
+                Kind::StatusOverridden {
+                    from: Status::Failed,
+                    to: Status::Compensated,
+                    reason: "manual".into(),
+                },
+            ),
+            Entry::DefinitionRegistered { json: "{}".into() },
+        ]
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        for entry in sample() {
+            assert_eq!(Entry::decode(&entry.encode()).unwrap(), entry);
+        }
+    }
+
+    #[test]
+    fn newer_format_truncation_and_trailing_bytes_are_errors() {
+        let mut bytes = sample()[0].encode();
+        bytes[0] = FORMAT_VERSION + 1;
+        assert!(matches!(
+            Entry::decode(&bytes),
+            Err(DecodeError::NewerFormat { .. })
+        ));
+        let bytes = sample()[1].encode();
+        assert!(Entry::decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Entry::decode(&longer).is_err());
+        assert!(matches!(Entry::decode(&[]), Err(DecodeError::Empty)));
+    }
+
+    #[test]
+    fn status_names_parse_back() {
+        for status in Status::ALL {
+            assert_eq!(status.as_str().parse::<Status>().unwrap(), status);
+        }
+        assert!("DONE".parse::<Status>().unwrap_err().contains("COMPLETED"));
+    }
+}

@@ -1,0 +1,382 @@
+//! The state of one saga and `apply`, the fold of its records into it. `apply` is pure
+//! and total over the records `decide` emits; a record that does not fit the state
+//! (a gap in `seq`, a step the definition does not have) is a bug or a foreign log, and
+//! it panics rather than build a wrong state.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::definition::Definition;
+use crate::record::{Action, Kind, Record, Status};
+
+/// Where one step is (SPEC §4's step statuses).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Compensating,
+    Compensated,
+    CompensationFailed,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Compensating => "compensating",
+            StepStatus::Compensated => "compensated",
+            StepStatus::CompensationFailed => "compensation_failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct StepState {
+    pub status: StepStatus,
+    /// The number of the latest attempt of the step's current action (execute, then
+    /// compensate from 1 again).
+    pub attempt: u32,
+    /// Attempts up to this one were spent before the latest operator retry: the budget
+    /// `max_attempts` counts from here.
+    pub budget_base: u32,
+}
+
+impl StepState {
+    const NEW: StepState = StepState {
+        status: StepStatus::Pending,
+        attempt: 0,
+        budget_base: 0,
+    };
+
+    /// Attempts of the current action spent against the current budget.
+    pub fn attempts_used(&self) -> u32 {
+        self.attempt - self.budget_base
+    }
+}
+
+/// The one command a saga waits on, or the retry it waits to issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Pending {
+    pub step: u16,
+    pub action: Action,
+    pub attempt: u32,
+    pub wait: Wait,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum Wait {
+    /// The command is out; without a reply by `deadline_ms` the attempt times out.
+    Reply { deadline_ms: u64 },
+    /// The previous attempt failed; attempt `attempt` is issued at `due_ms`.
+    Retry { due_ms: u64 },
+}
+
+impl Pending {
+    /// When the timer has to look at this saga next.
+    pub fn due_ms(&self) -> u64 {
+        match self.wait {
+            Wait::Reply { deadline_ms } => deadline_ms,
+            Wait::Retry { due_ms } => due_ms,
+        }
+    }
+}
+
+/// A saga as its records left it. The payload stays in the log (the `saga_started`
+/// record); only what deciding needs is kept here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SagaState {
+    pub saga_id: String,
+    pub definition: Arc<Definition>,
+    /// `None` until the `saga_started` record is applied.
+    pub status: Option<Status>,
+    /// The `seq` of the last record applied (0 before any).
+    pub seq: u32,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub steps: Vec<StepState>,
+    pub pending: Option<Pending>,
+    pub failure_reason: Option<String>,
+    pub trace_id: String,
+    pub request_hash: u64,
+}
+
+impl SagaState {
+    /// A saga not started yet, to run on `definition`.
+    pub fn new(saga_id: impl Into<String>, definition: Arc<Definition>) -> SagaState {
+        SagaState {
+            saga_id: saga_id.into(),
+            steps: vec![StepState::NEW; definition.steps.len()],
+            definition,
+            status: None,
+            seq: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            pending: None,
+            failure_reason: None,
+            trace_id: String::new(),
+            request_hash: 0,
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.status.is_some_and(Status::is_terminal)
+    }
+
+    /// The step the saga is at: the pending command's step, else none.
+    pub fn current_step(&self) -> Option<&str> {
+        self.pending
+            .map(|p| self.definition.steps[usize::from(p.step)].name.as_str())
+    }
+
+    /// The completed compensable step to compensate next: the latest one still
+    /// `succeeded` (compensation runs last completed first).
+    pub fn next_compensation(&self) -> Option<u16> {
+        (0..self.steps.len())
+            .rev()
+            .find(|&i| {
+                self.steps[i].status == StepStatus::Succeeded
+                    && self.definition.steps[i].compensable
+            })
+            .map(|i| i as u16)
+    }
+}
+
+/// Folds one record into the state.
+pub fn apply(mut state: SagaState, record: &Record) -> SagaState {
+    apply_mut(&mut state, record);
+    state
+}
+
+/// [`apply`] in place.
+pub fn apply_mut(state: &mut SagaState, record: &Record) {
+    assert_eq!(record.saga_id, state.saga_id, "a record of another saga");
+    assert_eq!(
+        record.seq,
+        state.seq + 1,
+        "saga {}: record seq {} after {}",
+        state.saga_id,
+        record.seq,
+        state.seq
+    );
+    state.seq = record.seq;
+    state.updated_at_ms = record.at_ms;
+    match &record.kind {
+        Kind::SagaStarted {
+            saga_type,
+            definition_version,
+            trace_id,
+            request_hash,
+            ..
+        } => {
+            assert!(
+                state.status.is_none(),
+                "saga {} started twice",
+                state.saga_id
+            );
+            assert_eq!(
+                (saga_type.as_str(), *definition_version),
+                (state.definition.name.as_str(), state.definition.version),
+                "saga {} started on another definition than its state holds",
+                state.saga_id
+            );
+            state.status = Some(Status::Started);
+            state.created_at_ms = record.at_ms;
+            state.trace_id = trace_id.clone();
+            state.request_hash = *request_hash;
+        }
+        Kind::CommandIssued {
+            step,
+            action,
+            attempt,
+            deadline_ms,
+        } => {
+            let s = step_mut(state, *step);
+            s.status = match action {
+                Action::Execute => StepStatus::Running,
+                Action::Compensate => StepStatus::Compensating,
+            };
+            if *attempt == 1 {
+                s.budget_base = 0;
+            }
+            s.attempt = *attempt;
+            state.pending = Some(Pending {
+                step: *step,
+                action: *action,
+                attempt: *attempt,
+                wait: Wait::Reply {
+                    deadline_ms: *deadline_ms,
+                },
+            });
+        }
+        Kind::StepSucceeded { step, .. } => {
+            step_mut(state, *step).status = StepStatus::Succeeded;
+            state.status = Some(Status::InProgress);
+            state.pending = None;
+        }
+        Kind::StepCompensated { step, .. } => {
+            step_mut(state, *step).status = StepStatus::Compensated;
+            state.pending = None;
+        }
+        Kind::StepFailed {
+            step,
+            action,
+            attempt,
+            retry_at_ms,
+            reason,
+            ..
+        } => {
+            failed_attempt(state, *step, *action, *attempt, *retry_at_ms);
+            state.failure_reason = Some(reason.clone());
+        }
+        Kind::StepTimedOut {
+            step,
+            action,
+            attempt,
+            retry_at_ms,
+        } => {
+            failed_attempt(state, *step, *action, *attempt, *retry_at_ms);
+            state.failure_reason = Some(format!(
+                "{} of step {} timed out (attempt {attempt})",
+                action.as_str(),
+                state.definition.steps[usize::from(*step)].name
+            ));
+        }
+        Kind::CompensationFailed { step, reason } => {
+            step_mut(state, *step).status = StepStatus::CompensationFailed;
+            state.status = Some(Status::CompensationFailed);
+            state.failure_reason = Some(reason.clone());
+            state.pending = None;
+        }
+        Kind::SagaCompleted => {
+            state.status = Some(Status::Completed);
+            state.pending = None;
+        }
+        Kind::SagaFailed { reason, .. } => {
+            state.status = Some(Status::Failed);
+            state.failure_reason = Some(reason.clone());
+            state.pending = None;
+        }
+        Kind::SagaCompensated => {
+            state.status = Some(Status::Compensated);
+            state.pending = None;
+        }
+        Kind::StatusOverridden { to, .. } => {
+            state.status = Some(*to);
+            if to.is_terminal() || *to == Status::Failed {
+                state.pending = None;
+            }
+            if *to == Status::Failed {
+                // The running step's outcome is unknown: it is not compensated.
+                for s in &mut state.steps {
+                    if s.status == StepStatus::Running {
+                        s.status = StepStatus::Failed;
+                    }
+                }
+            }
+        }
+        Kind::RetryRequested { step, .. } => {
+            let s = step_mut(state, *step);
+            s.budget_base = s.attempt;
+            if state.status == Some(Status::CompensationFailed) {
+                state.status = Some(Status::Failed);
+            }
+            state.pending = None;
+        }
+        Kind::DeadLettered { .. } => {}
+    }
+}
+
+fn step_mut(state: &mut SagaState, step: u16) -> &mut StepState {
+    let (id, count) = (&state.saga_id, state.steps.len());
+    match state.steps.get_mut(usize::from(step)) {
+        Some(s) => s,
+        None => panic!("saga {id}: record names step {step}, the definition has {count}"),
+    }
+}
+
+fn failed_attempt(
+    state: &mut SagaState,
+    step: u16,
+    action: Action,
+    attempt: u32,
+    retry_at_ms: Option<u64>,
+) {
+    state.pending = retry_at_ms.map(|due_ms| Pending {
+        step,
+        action,
+        attempt: attempt + 1,
+        wait: Wait::Retry { due_ms },
+    });
+    if retry_at_ms.is_none() && action == Action::Execute {
+        state.steps[usize::from(step)].status = StepStatus::Failed;
+    }
+}
+
+/// A saga's state as snapshots store it: everything but the definition, which is named
+/// by type and version and looked up again on load.
+#[derive(Debug, Clone, PartialEq, bincode::Encode, bincode::Decode)]
+pub struct StoredSaga {
+    pub saga_id: String,
+    pub saga_type: String,
+    pub definition_version: u32,
+    pub status: Option<Status>,
+    pub seq: u32,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub steps: Vec<StepState>,
+    pub pending: Option<Pending>,
+    pub failure_reason: Option<String>,
+    pub trace_id: String,
+    pub request_hash: u64,
+}
+
+impl From<&SagaState> for StoredSaga {
+    fn from(state: &SagaState) -> StoredSaga {
+        StoredSaga {
+            saga_id: state.saga_id.clone(),
+            saga_type: state.definition.name.clone(),
+            definition_version: state.definition.version,
+            status: state.status,
+            seq: state.seq,
+            created_at_ms: state.created_at_ms,
+            updated_at_ms: state.updated_at_ms,
+            steps: state.steps.clone(),
+            pending: state.pending,
+            failure_reason: state.failure_reason.clone(),
+            trace_id: state.trace_id.clone(),
+            request_hash: state.request_hash,
+        }
+    }
+}
+
+impl StoredSaga {
+    /// The live state again, on `definition` (the one named by type and version).
+    /// `None` when the definition does not fit what was stored.
+    pub fn into_state(self, definition: Arc<Definition>) -> Option<SagaState> {
+        let fits = definition.name == self.saga_type
+            && definition.version == self.definition_version
+            && definition.steps.len() == self.steps.len();
+        fits.then_some(SagaState {
+            saga_id: self.saga_id,
+            definition,
+            status: self.status,
+            seq: self.seq,
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+            steps: self.steps,
+            pending: self.pending,
+            failure_reason: self.failure_reason,
+            trace_id: self.trace_id,
+            request_hash: self.request_hash,
+        })
+    }
+}
