@@ -309,6 +309,7 @@ fn decide_reply(d: &mut Decision, reply: Reply) -> Result<(), Rejection> {
                 attempt,
                 event_id: reply.event_id,
                 data: reply.data,
+                answer: Status::Started,
             });
             if usize::from(step) + 1 < d.definition().steps.len() {
                 d.issue(step + 1, Action::Execute, 1);
@@ -322,6 +323,7 @@ fn decide_reply(d: &mut Decision, reply: Reply) -> Result<(), Rejection> {
                 attempt,
                 event_id: reply.event_id,
                 data: reply.data,
+                answer: Status::Started,
             });
             d.compensate_next();
         }
@@ -340,11 +342,20 @@ fn decide_reply(d: &mut Decision, reply: Reply) -> Result<(), Rejection> {
                 event_id: reply.event_id,
                 reason: reason.clone(),
                 retry_at_ms,
+                answer: Status::Started,
             });
             if retry_at_ms.is_none() {
                 d.gave_up(step, action, reason);
             }
         }
+    }
+    // The reply record carries the status its decision left, for repeated replies.
+    let status = d.state.status.expect("started");
+    match &mut d.records[0].kind {
+        Kind::StepSucceeded { answer, .. }
+        | Kind::StepFailed { answer, .. }
+        | Kind::StepCompensated { answer, .. } => *answer = status,
+        other => unreachable!("a reply decision starts with its reply record, not {other:?}"),
     }
     Ok(())
 }

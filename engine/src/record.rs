@@ -135,6 +135,9 @@ pub enum Kind {
         event_id: String,
         /// The reply's data, as JSON text (empty when none).
         data: String,
+        /// The saga's status once this reply was decided: what a repeated reply with
+        /// the same `event_id` is answered.
+        answer: Status,
     },
     /// An execute or compensate attempt failed (the participant said so).
     StepFailed {
@@ -145,6 +148,7 @@ pub enum Kind {
         reason: String,
         /// When the next attempt is issued; `None` when the attempts are spent.
         retry_at_ms: Option<u64>,
+        answer: Status,
     },
     /// An attempt got no reply by its deadline: it counts as failed.
     StepTimedOut {
@@ -158,6 +162,7 @@ pub enum Kind {
         attempt: u32,
         event_id: String,
         data: String,
+        answer: Status,
     },
     /// A compensation spent its attempts: an operator must act.
     CompensationFailed {
@@ -181,11 +186,6 @@ pub enum Kind {
         step: u16,
         action: Action,
     },
-    /// The relay could not publish the command at `command_offset`.
-    DeadLettered {
-        command_offset: u64,
-        reason: String,
-    },
 }
 
 impl Kind {
@@ -204,16 +204,21 @@ impl Kind {
             Kind::SagaCompensated => "saga_compensated",
             Kind::StatusOverridden { .. } => "status_overridden",
             Kind::RetryRequested { .. } => "retry_requested",
-            Kind::DeadLettered { .. } => "dead_lettered",
         }
     }
 
-    /// The reply `event_id` this record answers, if it records a reply.
-    pub fn event_id(&self) -> Option<&str> {
+    /// The reply this record records, as its `event_id` and the status it was answered.
+    pub fn reply(&self) -> Option<(&str, Status)> {
         match self {
-            Kind::StepSucceeded { event_id, .. }
-            | Kind::StepFailed { event_id, .. }
-            | Kind::StepCompensated { event_id, .. } => Some(event_id),
+            Kind::StepSucceeded {
+                event_id, answer, ..
+            }
+            | Kind::StepFailed {
+                event_id, answer, ..
+            }
+            | Kind::StepCompensated {
+                event_id, answer, ..
+            } => Some((event_id, *answer)),
             _ => None,
         }
     }
@@ -226,6 +231,13 @@ pub enum Entry {
     /// A definition registered at run time, as its JSON, so it survives a restart.
     DefinitionRegistered {
         json: String,
+    },
+    /// The relay could not publish the command at `command_offset` (a saga's
+    /// `command_issued` record) and set it aside.
+    DeadLettered {
+        saga_id: String,
+        command_offset: u64,
+        reason: String,
     },
 }
 
@@ -304,6 +316,7 @@ mod tests {
                     event_id: "e-1".into(),
                     reason: "out of stock".into(),
                     retry_at_ms: Some(5),
+                    answer: Status::Started,
                 },
             ),
             record(
@@ -315,6 +328,11 @@ mod tests {
                 },
             ),
             Entry::DefinitionRegistered { json: "{}".into() },
+            Entry::DeadLettered {
+                saga_id: "s-1".into(),
+                command_offset: 9,
+                reason: "broker refused".into(),
+            },
         ]
     }
 

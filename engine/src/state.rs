@@ -291,7 +291,6 @@ pub fn apply_mut(state: &mut SagaState, record: &Record) {
             }
             state.pending = None;
         }
-        Kind::DeadLettered { .. } => {}
     }
 }
 

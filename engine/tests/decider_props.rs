@@ -242,6 +242,9 @@ proptest! {
                         overridden |= matches!(record.kind, Kind::StatusOverridden { .. });
                         state = apply(state, record);
                     }
+                    if let Some((_, answer)) = records.first().and_then(|r| r.kind.reply()) {
+                        prop_assert_eq!(Some(answer), state.status, "a reply records its answer");
+                    }
                     log.extend(records);
                 }
                 Err(rejection) => prop_assert!(!rejection.to_string().is_empty()),
