@@ -5,13 +5,30 @@
 //! - [`state`] and [`decider`]: the pure core — `decide(&state, input, now_ms)` gives
 //!   the records an input adds, `apply(state, &record)` folds a record into the state.
 //!   No I/O, no clock: the same two functions serve the live path, replay and tests.
+//! - [`Engine`]: the service over a data directory — start, reply, override, retry,
+//!   get, list, history, definitions, snapshots — with the indexer and timer threads.
+//! - [`projection`]: status counts, per-type counters, sagas ordered for listing.
+//! - [`indexing`]: the sled indexes derived from the log.
 
 pub mod decider;
 pub mod definition;
+mod engine;
+pub mod error;
+pub mod indexing;
+mod list;
+pub mod projection;
 pub mod record;
+mod replay;
 pub mod state;
+pub mod view;
 
 pub use decider::{decide, Input, Outcome, Rejection, Reply};
 pub use definition::{Definition, Registry, StepDefinition};
+pub use engine::{
+    is_valid_saga_id, Clock, Engine, EngineConfig, EngineStats, HistoryItem, ListPage, ListQuery,
+    ReplyAnswer, StartAnswer, StartRequest, SystemClock,
+};
+pub use error::{EngineError, ErrorClass};
 pub use record::{Action, Entry, Kind, Record, Status};
 pub use state::{apply, SagaState, StepStatus};
+pub use view::{SagaView, StepView};

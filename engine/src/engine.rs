@@ -1,0 +1,1326 @@
+//! The engine service: the API the HTTP server and the relay call.
+//!
+//! Concurrency: sagas live in shards (a `parking_lot` mutex over a map each). An input
+//! is decided under its shard's lock, which is held for microseconds; the saga is then
+//! marked busy, the records are appended, and the durable wait happens with no lock
+//! held, so one group commit carries many sagas' records. A second input for a busy
+//! saga waits for the first to be durable (a saga's records are decided one input at a
+//! time); other sagas never wait. The new state is installed only once the records are
+//! durable: a failed append changes nothing.
+//!
+//! The one lock held across the durable wait is the snapshot gate, shared by every
+//! write and taken exclusively only while a snapshot copies the state, so that the
+//! copy reflects exactly the log below its offset.
+//!
+//! Background threads: the *indexer* follows the log tail and writes the sled indexes
+//! (then lets finished sagas leave memory); the *timer* fires due timeouts and retries
+//! and takes the periodic snapshots.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use sagalog_storage::{
+    DataDir, IndexBatch, IndexStore, Log, LogConfig, SnapshotConfig, SnapshotInfo, SnapshotStore,
+    StorageError,
+};
+use tokio::sync::{watch, Notify};
+
+use crate::decider::{decide, Input, Rejection, Reply};
+use crate::definition::{Definition, Registered, Registry};
+use crate::error::{EngineError, Result};
+use crate::indexing::{self, decode_at, EventAnswer, Keys};
+use crate::projection::{Counters, Place, Projections};
+use crate::record::{Entry, Kind, Record, Status};
+use crate::replay;
+use crate::state::{apply_mut, SagaState};
+use crate::view::{self, SagaView};
+
+/// Where the engine gets the time from (unix milliseconds). Tests drive a manual one.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> u64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub log: LogConfig,
+    pub snapshots: SnapshotConfig,
+    /// Take a snapshot after this many records have been appended (0: only on demand).
+    pub snapshot_every_records: u64,
+    /// Most sagas that may be active at once; a start beyond it is refused (503).
+    pub max_active_sagas: usize,
+    /// Largest start payload or reply data, as JSON text.
+    pub max_payload_bytes: usize,
+    /// Records the indexer reads and commits as one sled batch.
+    pub index_batch_records: usize,
+    /// Answered replies and finished sagas not indexed yet; writes wait beyond it.
+    pub max_unindexed: usize,
+    /// Due timers fired at once.
+    pub timer_concurrency: usize,
+    pub shards: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            log: LogConfig::default(),
+            snapshots: SnapshotConfig::default(),
+            snapshot_every_records: 1_000_000,
+            max_active_sagas: 10_000_000,
+            max_payload_bytes: 512 * 1024,
+            index_batch_records: 4096,
+            max_unindexed: 1_000_000,
+            timer_concurrency: 256,
+            shards: 64,
+        }
+    }
+}
+
+/// Longest a reply reason may be, in bytes.
+pub const MAX_REASON_BYTES: usize = 4096;
+/// Longest an `event_id` may be, in bytes.
+pub const MAX_EVENT_ID_BYTES: usize = 256;
+/// Most finished-saga index entries one list call looks at (a type filter can skip
+/// many); past it the page ends early with a cursor to go on from.
+pub const MAX_LIST_SCAN: usize = 100_000;
+/// Longest a history read waits for the indexer to reach the saga's last record.
+const INDEX_WAIT: Duration = Duration::from_secs(10);
+
+/// `[A-Za-z0-9._:-]{1,128}`: saga ids.
+pub fn is_valid_saga_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+pub struct StartRequest {
+    pub saga_type: String,
+    pub saga_id: Option<String>,
+    pub payload: serde_json::Value,
+    /// 32 lowercase hex digits (a W3C trace id); one is made when absent.
+    pub trace_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StartAnswer {
+    pub saga: SagaView,
+    /// False when the saga existed already (a repeated start with the same body).
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyAnswer {
+    pub saga_id: String,
+    pub status: Status,
+    /// The log offset of the reply's record.
+    pub offset: u64,
+    /// True when this `event_id` was answered before: nothing was appended.
+    pub repeated: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryItem {
+    pub offset: u64,
+    pub record: Record,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<Status>,
+    pub saga_type: Option<String>,
+    pub from_ms: Option<u64>,
+    pub to_ms: Option<u64>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub items: Vec<SagaView>,
+    pub next_cursor: Option<String>,
+}
+
+/// The gauges and counters the metrics endpoint exports.
+#[derive(Debug, Clone)]
+pub struct EngineStats {
+    pub counters: Counters,
+    /// Active sagas (in memory, not finished) per status.
+    pub active_by_status: [usize; 6],
+    /// Unix ms of the oldest `updated_at` among the sagas in each status, if any.
+    pub oldest_updated_ms: [Option<u64>; 6],
+    pub log_next_offset: u64,
+    pub index_watermark: u64,
+    pub snapshot_offset: u64,
+    pub replayed_records: u64,
+}
+
+pub(crate) struct Slot {
+    pub state: SagaState,
+    pub busy: bool,
+    /// Offset of the saga's `saga_started` record (which holds the payload).
+    pub first_offset: u64,
+    /// Offset of the saga's latest record.
+    pub last_offset: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Shard {
+    pub sagas: Mutex<HashMap<Arc<str>, Slot>>,
+    idle: Notify,
+}
+
+/// What waits for the indexer: answered replies (for repeated-reply checks) and
+/// finished sagas (they leave memory once indexed).
+#[derive(Default)]
+struct Unindexed {
+    events: HashMap<String, EventAnswer>,
+    by_offset: BTreeMap<u64, Vec<Awaiting>>,
+    len: usize,
+}
+
+enum Awaiting {
+    Event(String),
+    Finished(Arc<str>),
+}
+
+pub(crate) struct Inner {
+    pub config: EngineConfig,
+    pub clock: Arc<dyn Clock>,
+    pub log: Log,
+    pub index: IndexStore,
+    pub keys: Keys,
+    pub snapshots: SnapshotStore,
+    pub registry: RwLock<Registry>,
+    pub shards: Box<[Shard]>,
+    pub projections: Mutex<Projections>,
+    pub timers: Mutex<BTreeSet<(u64, Arc<str>)>>,
+    timer_wake: Notify,
+    unindexed: Mutex<Unindexed>,
+    indexed: watch::Sender<u64>,
+    gate: tokio::sync::RwLock<()>,
+    active: AtomicUsize,
+    since_snapshot: AtomicU64,
+    snapshot_offset: AtomicU64,
+    replayed: u64,
+    stop: watch::Sender<bool>,
+}
+
+/// The saga engine over one data directory.
+pub struct Engine {
+    inner: Arc<Inner>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The input an operation decides, with what the engine checks before deciding.
+enum Op {
+    Start {
+        payload: String,
+        trace_id: String,
+        request_hash: u64,
+        definition: Arc<Definition>,
+    },
+    Reply(Reply),
+    Tick,
+    Override {
+        to: Status,
+        reason: String,
+    },
+    Retry,
+}
+
+impl Op {
+    fn input(&self) -> Input {
+        match self {
+            Op::Start {
+                payload,
+                trace_id,
+                request_hash,
+                ..
+            } => Input::Start {
+                payload: payload.clone(),
+                trace_id: trace_id.clone(),
+                request_hash: *request_hash,
+            },
+            Op::Reply(reply) => Input::Reply(reply.clone()),
+            Op::Tick => Input::Tick,
+            Op::Override { to, reason } => Input::Override {
+                to: *to,
+                reason: reason.clone(),
+            },
+            Op::Retry => Input::Retry,
+        }
+    }
+}
+
+/// What an operation did.
+enum Done {
+    /// Records were appended at `offsets`; the saga is now `state`.
+    Appended {
+        state: SagaState,
+        first_offset: u64,
+        offsets: Range<u64>,
+    },
+    /// Nothing to append (a tick with nothing due); the saga is `state`.
+    Unchanged { state: SagaState, first_offset: u64 },
+    /// A repeated start of an existing saga with the same body.
+    Existing { state: SagaState, first_offset: u64 },
+    /// A reply whose `event_id` was answered before.
+    Repeated(EventAnswer),
+}
+
+/// Decided under the shard lock: what to append, and the saga before and after.
+struct Pending {
+    key: Arc<str>,
+    records: Vec<Record>,
+    after: SagaState,
+}
+
+enum Step {
+    Busy,
+    Done(Done),
+    Append(Pending),
+}
+
+/// The parts of a saga the projections and timers track.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Summary {
+    pub place: Option<Place>,
+    pub due_ms: Option<u64>,
+}
+
+impl Summary {
+    pub fn of(state: &SagaState) -> Summary {
+        Summary {
+            place: state.status.map(|status| Place {
+                status,
+                updated_at_ms: state.updated_at_ms,
+            }),
+            due_ms: state.pending.map(|p| p.due_ms()),
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        self.place.is_some_and(|p| !p.status.is_terminal())
+    }
+}
+
+/// FNV-1a: stable across builds and platforms (it is stored in the log), and cheap.
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// What a repeated start is compared by: the saga type and the canonical payload.
+fn request_hash(saga_type: &str, payload: &str) -> u64 {
+    fnv1a(saga_type.bytes().chain([0]).chain(payload.bytes()))
+}
+
+pub(crate) fn shard_index(saga_id: &str, shards: usize) -> usize {
+    (fnv1a(saga_id.bytes()) % shards as u64) as usize
+}
+
+fn is_valid_trace_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && id.bytes().any(|b| b != b'0')
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> EngineError {
+    EngineError::InvalidRequest {
+        field,
+        message: message.into(),
+    }
+}
+
+impl Engine {
+    /// Opens (or creates) the data directory `dir`: catches the indexes up, restores the
+    /// newest usable snapshot, replays the log after it, and starts the indexer and
+    /// timer threads.
+    pub fn open(dir: impl AsRef<Path>, config: EngineConfig) -> Result<Engine> {
+        Engine::open_with_clock(dir, config, Arc::new(SystemClock))
+    }
+
+    pub fn open_with_clock(
+        dir: impl AsRef<Path>,
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine> {
+        if config.shards == 0 || config.index_batch_records == 0 || config.timer_concurrency == 0 {
+            return Err(invalid(
+                "config",
+                "shards, index_batch_records and timer_concurrency must be > 0",
+            ));
+        }
+        let data = DataDir::open(dir)?;
+        let (log, _report) = data.open_log(config.log.clone())?;
+        let index = data.open_index()?;
+        let snapshots = data.open_snapshots(config.snapshots.clone())?;
+        let keys = Keys::default();
+        replay::catch_up_index(&log, &index, &keys, config.index_batch_records)?;
+        let restored = replay::restore(&log, &snapshots, config.shards)?;
+        let watermark = index.watermark()?;
+        let inner = Arc::new(Inner {
+            clock,
+            log,
+            index,
+            keys,
+            snapshots,
+            registry: RwLock::new(restored.registry),
+            shards: restored.shards,
+            projections: Mutex::new(restored.projections),
+            timers: Mutex::new(restored.timers),
+            timer_wake: Notify::new(),
+            unindexed: Mutex::new(Unindexed::default()),
+            indexed: watch::channel(watermark).0,
+            gate: tokio::sync::RwLock::new(()),
+            active: AtomicUsize::new(restored.active),
+            since_snapshot: AtomicU64::new(restored.replayed),
+            snapshot_offset: AtomicU64::new(restored.snapshot_offset),
+            replayed: restored.replayed,
+            stop: watch::channel(false).0,
+            config,
+        });
+        let spawn = |name: &str, run: fn(Arc<Inner>)| {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || run(inner))
+                .map_err(|source| EngineError::Thread {
+                    name: name.to_string(),
+                    source,
+                })
+        };
+        let threads = vec![
+            spawn("sagalog-indexer", run_indexer)?,
+            spawn("sagalog-timer", run_timer)?,
+        ];
+        Ok(Engine { inner, threads })
+    }
+
+    /// The log, for the relay and the HTTP outbox (tail subscriptions, reads).
+    pub fn log(&self) -> &Log {
+        &self.inner.log
+    }
+
+    pub async fn start(&self, request: StartRequest) -> Result<StartAnswer> {
+        let inner = &self.inner;
+        let definition = inner
+            .registry
+            .read()
+            .latest(&request.saga_type)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownDefinition {
+                name: request.saga_type.clone(),
+            })?;
+        let saga_id = match request.saga_id {
+            Some(id) if is_valid_saga_id(&id) => id,
+            Some(id) => {
+                return Err(invalid(
+                    "saga_id",
+                    format!("{id:?} must match [A-Za-z0-9._:-]{{1,128}}"),
+                ))
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        let trace_id = match request.trace_id {
+            Some(t) if is_valid_trace_id(&t) => t,
+            Some(t) => {
+                return Err(invalid(
+                    "trace_id",
+                    format!("{t:?} is not 32 lowercase hex digits"),
+                ))
+            }
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let payload = request.payload.to_string();
+        if payload.len() > inner.config.max_payload_bytes {
+            return Err(invalid(
+                "payload",
+                format!(
+                    "{} bytes; at most {}",
+                    payload.len(),
+                    inner.config.max_payload_bytes
+                ),
+            ));
+        }
+        let op = Op::Start {
+            request_hash: request_hash(&definition.name, &payload),
+            payload,
+            trace_id,
+            definition,
+        };
+        match inner.transact(&saga_id, op).await? {
+            Done::Appended {
+                state,
+                first_offset,
+                ..
+            } => Ok(StartAnswer {
+                saga: inner.view(&state, first_offset)?,
+                created: true,
+            }),
+            Done::Existing {
+                state,
+                first_offset,
+            } => Ok(StartAnswer {
+                saga: inner.view(&state, first_offset)?,
+                created: false,
+            }),
+            Done::Unchanged { .. } | Done::Repeated(_) => {
+                unreachable!("a start appends or finds the saga")
+            }
+        }
+    }
+
+    pub async fn reply(&self, saga_id: &str, reply: Reply) -> Result<ReplyAnswer> {
+        if reply.event_id.is_empty() || reply.event_id.len() > MAX_EVENT_ID_BYTES {
+            return Err(invalid(
+                "event_id",
+                format!("must be 1 to {MAX_EVENT_ID_BYTES} bytes"),
+            ));
+        }
+        if reply.attempt == 0 {
+            return Err(invalid("attempt", "attempts are numbered from 1"));
+        }
+        if reply.data.len() > self.inner.config.max_payload_bytes {
+            return Err(invalid(
+                "data",
+                format!("at most {} bytes", self.inner.config.max_payload_bytes),
+            ));
+        }
+        if reply.reason.len() > MAX_REASON_BYTES {
+            return Err(invalid(
+                "reason",
+                format!("at most {MAX_REASON_BYTES} bytes"),
+            ));
+        }
+        match self.inner.transact(saga_id, Op::Reply(reply)).await? {
+            Done::Appended { state, offsets, .. } => Ok(ReplyAnswer {
+                saga_id: saga_id.to_string(),
+                status: state.status.expect("started"),
+                offset: offsets.start,
+                repeated: false,
+            }),
+            Done::Repeated(answer) => Ok(ReplyAnswer {
+                saga_id: answer.saga_id,
+                status: answer.status,
+                offset: answer.offset,
+                repeated: true,
+            }),
+            Done::Unchanged { .. } | Done::Existing { .. } => {
+                unreachable!("a reply appends or is repeated")
+            }
+        }
+    }
+
+    /// An operator sets the saga's status, with a reason that is recorded.
+    pub async fn override_status(
+        &self,
+        saga_id: &str,
+        to: Status,
+        reason: String,
+    ) -> Result<SagaView> {
+        if reason.len() > MAX_REASON_BYTES {
+            return Err(invalid(
+                "reason",
+                format!("at most {MAX_REASON_BYTES} bytes"),
+            ));
+        }
+        let done = self
+            .inner
+            .transact(saga_id, Op::Override { to, reason })
+            .await?;
+        self.inner.view_of(done)
+    }
+
+    /// An operator re-issues the saga's pending command with a fresh attempt budget.
+    pub async fn retry(&self, saga_id: &str) -> Result<SagaView> {
+        let done = self.inner.transact(saga_id, Op::Retry).await?;
+        self.inner.view_of(done)
+    }
+
+    pub fn get(&self, saga_id: &str) -> Result<SagaView> {
+        self.inner.get_view(saga_id)
+    }
+
+    /// Every record of the saga, oldest first, with its offset.
+    pub async fn history(&self, saga_id: &str) -> Result<Vec<HistoryItem>> {
+        self.inner.history(saga_id).await
+    }
+
+    pub fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        self.inner.list(query)
+    }
+
+    /// Registers a definition (recorded in the log so it survives a restart).
+    pub async fn register_definition(&self, definition: Definition) -> Result<Registered> {
+        self.inner.register_definition(definition).await
+    }
+
+    pub fn definitions(&self) -> Vec<Arc<Definition>> {
+        self.inner.registry.read().all()
+    }
+
+    /// Takes a snapshot now.
+    pub async fn snapshot(&self) -> Result<SnapshotInfo> {
+        self.inner.snapshot().await
+    }
+
+    /// Fires every timer due by the clock now; returns how many sagas it looked at.
+    /// (The timer thread does this by itself; tests with a manual clock call it.)
+    pub async fn run_due_timers(&self) -> usize {
+        self.inner.clone().run_due_timers().await
+    }
+
+    /// Waits until the indexes reflect every record appended so far.
+    pub async fn wait_indexed(&self) -> Result<()> {
+        let head = self.inner.log.next_offset();
+        self.inner.wait_indexed(head).await
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let inner = &self.inner;
+        let projections = inner.projections.lock();
+        let mut active_by_status = [0; 6];
+        let mut oldest_updated_ms = [None; 6];
+        for status in Status::ALL {
+            if !status.is_terminal() {
+                active_by_status[status.index()] = projections.in_memory(status);
+            }
+            oldest_updated_ms[status.index()] = projections.oldest_updated_ms(status);
+        }
+        EngineStats {
+            counters: projections.counters.clone(),
+            active_by_status,
+            oldest_updated_ms,
+            log_next_offset: inner.log.next_offset(),
+            index_watermark: *inner.indexed.borrow(),
+            snapshot_offset: inner.snapshot_offset.load(Ordering::Relaxed),
+            replayed_records: inner.replayed,
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.inner.stop.send_replace(true);
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("an engine thread panicked");
+            }
+        }
+        if let Err(e) = self.inner.index.flush() {
+            tracing::warn!(error = %e, "flushing the indexes on close failed; they catch up on open");
+        }
+    }
+}
+
+impl Inner {
+    fn shard(&self, saga_id: &str) -> &Shard {
+        &self.shards[shard_index(saga_id, self.shards.len())]
+    }
+
+    /// The type of a saga in memory.
+    pub(crate) fn saga_type_in_memory(&self, saga_id: &str) -> Option<String> {
+        let sagas = self.shard(saga_id).sagas.lock();
+        sagas
+            .get(saga_id)
+            .map(|slot| slot.state.definition.name.clone())
+    }
+
+    /// Decides `op` for the saga, appends the records and installs the new state once
+    /// they are durable.
+    async fn transact(&self, saga_id: &str, op: Op) -> Result<Done> {
+        let _gate = self.gate.read().await;
+        self.wait_for_indexer_room().await?;
+        let shard = self.shard(saga_id);
+        let pending = loop {
+            let idle = shard.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            match self.decide_locked(shard, saga_id, &op)? {
+                Step::Busy => idle.await,
+                Step::Done(done) => return Ok(done),
+                Step::Append(pending) => break pending,
+            }
+        };
+        let encoded: Vec<Vec<u8>> = pending
+            .records
+            .iter()
+            .map(|r| Entry::Saga(r.clone()).encode())
+            .collect();
+        let appended = self.log.append_batch(encoded).await;
+        let done = {
+            let mut sagas = shard.sagas.lock();
+            let slot = sagas
+                .get_mut(&pending.key)
+                .expect("a busy saga stays in memory");
+            slot.busy = false;
+            match appended {
+                Ok(offsets) => {
+                    let before = Summary::of(&slot.state);
+                    if slot.state.status.is_none() {
+                        slot.first_offset = offsets.start;
+                    }
+                    slot.last_offset = offsets.end - 1;
+                    slot.state = pending.after;
+                    self.installed(&pending.key, before, slot, &pending.records, &offsets);
+                    Ok(Done::Appended {
+                        state: slot.state.clone(),
+                        first_offset: slot.first_offset,
+                        offsets,
+                    })
+                }
+                Err(e) => {
+                    if slot.state.status.is_none() {
+                        sagas.remove(&pending.key);
+                    }
+                    Err(EngineError::Unavailable(e))
+                }
+            }
+        };
+        shard.idle.notify_waiters();
+        done
+    }
+
+    fn decide_locked(&self, shard: &Shard, saga_id: &str, op: &Op) -> Result<Step> {
+        let now_ms = self.clock.now_ms();
+        let mut sagas = shard.sagas.lock();
+        if let Some(key) = sagas.get_key_value(saga_id).map(|(k, _)| k.clone()) {
+            let slot = sagas.get_mut(saga_id).expect("found above");
+            if slot.busy {
+                return Ok(Step::Busy);
+            }
+            match op {
+                Op::Start {
+                    definition,
+                    request_hash,
+                    ..
+                } => {
+                    return same_start(&slot.state, definition, *request_hash).map(|()| {
+                        Step::Done(Done::Existing {
+                            state: slot.state.clone(),
+                            first_offset: slot.first_offset,
+                        })
+                    })
+                }
+                Op::Reply(reply) => {
+                    if let Some(answer) = self.answered(saga_id, &reply.event_id)? {
+                        return Ok(Step::Done(Done::Repeated(answer)));
+                    }
+                }
+                _ => {}
+            }
+            let records = decide(&slot.state, op.input(), now_ms)?;
+            if records.is_empty() {
+                return Ok(Step::Done(Done::Unchanged {
+                    state: slot.state.clone(),
+                    first_offset: slot.first_offset,
+                }));
+            }
+            let mut after = slot.state.clone();
+            for record in &records {
+                apply_mut(&mut after, record);
+            }
+            slot.busy = true;
+            return Ok(Step::Append(Pending {
+                key,
+                records,
+                after,
+            }));
+        }
+        // Not in memory: a new saga, or one that finished and left memory, or none.
+        if let Op::Reply(reply) = op {
+            if let Some(answer) = self.answered(saga_id, &reply.event_id)? {
+                return Ok(Step::Done(Done::Repeated(answer)));
+            }
+        }
+        let finished = self.load_from_index(saga_id)?;
+        match (op, finished) {
+            (
+                Op::Start {
+                    definition,
+                    request_hash,
+                    ..
+                },
+                Some((state, first_offset)),
+            ) => same_start(&state, definition, *request_hash).map(|()| {
+                Step::Done(Done::Existing {
+                    state,
+                    first_offset,
+                })
+            }),
+            (Op::Start { definition, .. }, None) => {
+                let limit = self.config.max_active_sagas;
+                if self.active.load(Ordering::Relaxed) >= limit {
+                    return Err(EngineError::AtLimit {
+                        what: "active sagas",
+                        limit,
+                    });
+                }
+                let state = SagaState::new(saga_id, definition.clone());
+                let records = decide(&state, op.input(), now_ms)?;
+                let mut after = state.clone();
+                for record in &records {
+                    apply_mut(&mut after, record);
+                }
+                let key: Arc<str> = Arc::from(saga_id);
+                sagas.insert(
+                    key.clone(),
+                    Slot {
+                        state,
+                        busy: true,
+                        first_offset: 0,
+                        last_offset: 0,
+                    },
+                );
+                Ok(Step::Append(Pending {
+                    key,
+                    records,
+                    after,
+                }))
+            }
+            (Op::Tick, Some((state, first_offset))) => Ok(Step::Done(Done::Unchanged {
+                state,
+                first_offset,
+            })),
+            (_, Some((state, _))) => Err(Rejection::Finished {
+                saga_id: saga_id.to_string(),
+                status: state.status.expect("indexed sagas started"),
+            }
+            .into()),
+            (_, None) => Err(EngineError::SagaNotFound {
+                saga_id: saga_id.to_string(),
+            }),
+        }
+    }
+
+    /// The first answer to `event_id`, if it was answered, when it was for `saga_id`.
+    fn answered(&self, saga_id: &str, event_id: &str) -> Result<Option<EventAnswer>> {
+        let found = self.unindexed.lock().events.get(event_id).cloned();
+        let found = match found {
+            Some(answer) => Some(answer),
+            None => self
+                .index
+                .get(&self.keys.event, event_id.as_bytes())?
+                .map(|value| {
+                    EventAnswer::decode(&value).ok_or_else(|| {
+                        EngineError::Inconsistent(format!(
+                            "unreadable index entry for event {event_id:?}"
+                        ))
+                    })
+                })
+                .transpose()?,
+        };
+        match found {
+            Some(answer) if answer.saga_id != saga_id => Err(EngineError::EventConflict {
+                event_id: event_id.to_string(),
+                other_saga: answer.saga_id,
+            }),
+            found => Ok(found),
+        }
+    }
+
+    /// Updates projections, timers and what waits for the indexer after `records`
+    /// took a saga from `before` to `slot.state`.
+    fn installed(
+        &self,
+        key: &Arc<str>,
+        before: Summary,
+        slot: &Slot,
+        records: &[Record],
+        offsets: &Range<u64>,
+    ) {
+        let after = Summary::of(&slot.state);
+        self.note_change(key, &slot.state.definition.name, before, after);
+        let mut unindexed = self.unindexed.lock();
+        for (record, offset) in records.iter().zip(offsets.clone()) {
+            if let Some((event_id, status)) = record.kind.reply() {
+                unindexed.events.insert(
+                    event_id.to_string(),
+                    EventAnswer {
+                        saga_id: key.to_string(),
+                        offset,
+                        status,
+                    },
+                );
+                unindexed
+                    .by_offset
+                    .entry(offset)
+                    .or_default()
+                    .push(Awaiting::Event(event_id.to_string()));
+                unindexed.len += 1;
+            }
+        }
+        if slot.state.is_terminal() {
+            unindexed
+                .by_offset
+                .entry(offsets.end - 1)
+                .or_default()
+                .push(Awaiting::Finished(key.clone()));
+            unindexed.len += 1;
+        }
+        drop(unindexed);
+        let appended = self
+            .since_snapshot
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        let every = self.config.snapshot_every_records;
+        if every > 0 && appended + records.len() as u64 >= every {
+            self.timer_wake.notify_one();
+        }
+    }
+
+    /// Projections and timers for a saga that went from `before` to `after` (shared
+    /// by the live path and replay).
+    pub(crate) fn note_change(
+        &self,
+        key: &Arc<str>,
+        saga_type: &str,
+        before: Summary,
+        after: Summary,
+    ) {
+        note_change(
+            &mut self.projections.lock(),
+            &mut self.timers.lock(),
+            &self.active,
+            key,
+            saga_type,
+            before,
+            after,
+        );
+        if after.due_ms.is_some() && before.due_ms != after.due_ms {
+            self.timer_wake.notify_one();
+        }
+    }
+
+    /// Writes wait while too much is waiting for the indexer (it bounds memory).
+    async fn wait_for_indexer_room(&self) -> Result<()> {
+        if self.unindexed.lock().len < self.config.max_unindexed {
+            return Ok(());
+        }
+        let mut indexed = self.indexed.subscribe();
+        let wait = async {
+            while self.unindexed.lock().len >= self.config.max_unindexed {
+                if indexed.changed().await.is_err() {
+                    return Err(EngineError::Closed);
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(INDEX_WAIT, wait)
+            .await
+            .map_err(|_| EngineError::AtLimit {
+                what: "records waiting for the indexer",
+                limit: self.config.max_unindexed,
+            })?
+    }
+
+    /// Waits until the indexes reflect the log below `offset`.
+    async fn wait_indexed(&self, offset: u64) -> Result<()> {
+        let mut indexed = self.indexed.subscribe();
+        let reached = tokio::time::timeout(INDEX_WAIT, indexed.wait_for(|w| *w >= offset)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(EngineError::Closed),
+            Err(_) => Err(EngineError::Inconsistent(format!(
+                "the indexer did not reach offset {offset} within {INDEX_WAIT:?}"
+            ))),
+        }
+    }
+
+    /// The indexer committed everything below `watermark`: what waited for it goes.
+    fn indexed_through(&self, watermark: u64) {
+        let mut finished = Vec::new();
+        {
+            let mut unindexed = self.unindexed.lock();
+            while let Some(entry) = unindexed.by_offset.first_entry() {
+                if *entry.key() >= watermark {
+                    break;
+                }
+                let awaiting = entry.remove();
+                unindexed.len -= awaiting.len();
+                for item in awaiting {
+                    match item {
+                        Awaiting::Event(event_id) => {
+                            unindexed.events.remove(&event_id);
+                        }
+                        Awaiting::Finished(key) => finished.push(key),
+                    }
+                }
+            }
+        }
+        for key in finished {
+            let shard = self.shard(&key);
+            let mut sagas = shard.sagas.lock();
+            let leave = sagas.get(&key).is_some_and(|slot| {
+                !slot.busy && slot.state.is_terminal() && slot.last_offset < watermark
+            });
+            if leave {
+                let slot = sagas.remove(&key).expect("checked");
+                if let Some(place) = Summary::of(&slot.state).place {
+                    self.projections.lock().evicted(&key, place);
+                }
+            }
+        }
+        self.indexed.send_replace(watermark);
+    }
+
+    /// A saga that is not in memory, rebuilt from the index and the log:
+    /// (state, offset of its first record), or `None` when there is no such saga.
+    fn load_from_index(&self, saga_id: &str) -> Result<Option<(SagaState, u64)>> {
+        let offsets = self.history_offsets(saga_id)?;
+        let Some(&first) = offsets.first() else {
+            return Ok(None);
+        };
+        let records = offsets
+            .iter()
+            .map(|&offset| self.read_record(offset))
+            .collect::<Result<Vec<_>>>()?;
+        let Kind::SagaStarted {
+            saga_type,
+            definition_version,
+            ..
+        } = &records[0].kind
+        else {
+            return Err(EngineError::Inconsistent(format!(
+                "saga {saga_id}: the first indexed record (offset {first}) is not its start"
+            )));
+        };
+        let definition = self
+            .registry
+            .read()
+            .get(saga_type, *definition_version)
+            .cloned()
+            .ok_or_else(|| {
+                EngineError::Inconsistent(format!(
+                    "saga {saga_id} runs on {saga_type} version {definition_version}, which is not registered"
+                ))
+            })?;
+        let mut state = SagaState::new(saga_id, definition);
+        for record in &records {
+            apply_mut(&mut state, record);
+        }
+        Ok(Some((state, first)))
+    }
+
+    fn history_offsets(&self, saga_id: &str) -> Result<Vec<u64>> {
+        self.index
+            .scan_prefix(&self.keys.history, &indexing::history_prefix(saga_id))
+            .map(|entry| {
+                let (_, value) = entry?;
+                let bytes: [u8; 8] = value.as_slice().try_into().map_err(|_| {
+                    EngineError::Inconsistent(format!("bad history index entry for saga {saga_id}"))
+                })?;
+                Ok(u64::from_be_bytes(bytes))
+            })
+            .collect()
+    }
+
+    fn read_record(&self, offset: u64) -> Result<Record> {
+        let payload = self.log.read(offset)?;
+        let record = sagalog_storage::LogRecord { offset, payload };
+        match decode_at(&record)? {
+            Entry::Saga(r) => Ok(r),
+            other => Err(EngineError::Inconsistent(format!(
+                "offset {offset} holds {other:?}, not a saga record"
+            ))),
+        }
+    }
+
+    fn view(&self, state: &SagaState, first_offset: u64) -> Result<SagaView> {
+        let started = self.read_record(first_offset)?;
+        let payload = match started.kind {
+            Kind::SagaStarted { payload, .. } if started.saga_id == state.saga_id => payload,
+            _ => {
+                return Err(EngineError::Inconsistent(format!(
+                    "saga {}: offset {first_offset} is not its start",
+                    state.saga_id
+                )))
+            }
+        };
+        Ok(view::saga_view(state, payload))
+    }
+
+    fn view_of(&self, done: Done) -> Result<SagaView> {
+        match done {
+            Done::Appended {
+                state,
+                first_offset,
+                ..
+            }
+            | Done::Unchanged {
+                state,
+                first_offset,
+            }
+            | Done::Existing {
+                state,
+                first_offset,
+            } => self.view(&state, first_offset),
+            Done::Repeated(_) => unreachable!("only replies repeat"),
+        }
+    }
+
+    pub(crate) fn get_view(&self, saga_id: &str) -> Result<SagaView> {
+        let in_memory = {
+            let sagas = self.shard(saga_id).sagas.lock();
+            sagas
+                .get(saga_id)
+                .filter(|slot| slot.state.status.is_some())
+                .map(|slot| (slot.state.clone(), slot.first_offset))
+        };
+        let found = match in_memory {
+            Some(found) => Some(found),
+            None => self.load_from_index(saga_id)?,
+        };
+        let (state, first_offset) = found.ok_or_else(|| EngineError::SagaNotFound {
+            saga_id: saga_id.to_string(),
+        })?;
+        self.view(&state, first_offset)
+    }
+
+    async fn history(&self, saga_id: &str) -> Result<Vec<HistoryItem>> {
+        let last = {
+            let sagas = self.shard(saga_id).sagas.lock();
+            sagas
+                .get(saga_id)
+                .filter(|slot| slot.state.status.is_some())
+                .map(|slot| slot.last_offset)
+        };
+        if let Some(last) = last {
+            self.wait_indexed(last + 1).await?;
+        }
+        let offsets = self.history_offsets(saga_id)?;
+        if offsets.is_empty() {
+            return Err(EngineError::SagaNotFound {
+                saga_id: saga_id.to_string(),
+            });
+        }
+        offsets
+            .into_iter()
+            .map(|offset| {
+                Ok(HistoryItem {
+                    offset,
+                    record: self.read_record(offset)?,
+                })
+            })
+            .collect()
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        crate::list::list(self, query)
+    }
+
+    async fn register_definition(&self, definition: Definition) -> Result<Registered> {
+        let _gate = self.gate.read().await;
+        {
+            let registry = self.registry.read();
+            let mut probe = registry.clone();
+            if probe.register(definition.clone())? == Registered::Unchanged {
+                return Ok(Registered::Unchanged);
+            }
+        }
+        let entry = Entry::DefinitionRegistered {
+            json: definition.to_json(),
+        };
+        self.log
+            .append(entry.encode())
+            .await
+            .map_err(EngineError::Unavailable)?;
+        Ok(self.registry.write().register(definition)?)
+    }
+
+    async fn snapshot(&self) -> Result<SnapshotInfo> {
+        let (offset, body) = {
+            let _gate = self.gate.write().await;
+            let offset = self.log.next_offset();
+            (offset, replay::capture(self, offset))
+        };
+        let info = self.snapshots.save(offset, &body)?;
+        self.snapshot_offset.store(offset, Ordering::Relaxed);
+        self.since_snapshot.store(0, Ordering::Relaxed);
+        tracing::info!(offset, bytes = info.bytes, "snapshot taken");
+        Ok(info)
+    }
+
+    async fn tick(self: Arc<Self>, key: Arc<str>) {
+        match self.transact(&key, Op::Tick).await {
+            Ok(_) => {}
+            // The log cannot take the records now: try again in a second.
+            Err(e) if e.class() == crate::error::ErrorClass::Unavailable => {
+                tracing::warn!(saga_id = %key, error = %e, "firing a due timer failed; retrying in 1 s");
+                let retry_at = self.clock.now_ms() + 1000;
+                self.timers.lock().insert((retry_at, key));
+            }
+            Err(e) => tracing::error!(saga_id = %key, error = %e, "firing a due timer failed"),
+        }
+    }
+
+    async fn run_due_timers(self: Arc<Self>) -> usize {
+        let now_ms = self.clock.now_ms();
+        let due: Vec<Arc<str>> = {
+            let mut timers = self.timers.lock();
+            let mut due = Vec::new();
+            while due.len() < self.config.timer_concurrency {
+                match timers.first() {
+                    Some((at, _)) if *at <= now_ms => {
+                        due.push(timers.pop_first().expect("checked").1);
+                    }
+                    _ => break,
+                }
+            }
+            due
+        };
+        let count = due.len();
+        let mut ticks = tokio::task::JoinSet::new();
+        for key in due {
+            ticks.spawn(self.clone().tick(key));
+        }
+        while ticks.join_next().await.is_some() {}
+        count
+    }
+}
+
+/// The start of an existing saga matches a repeated start when type and payload do.
+fn same_start(state: &SagaState, definition: &Definition, request_hash: u64) -> Result<()> {
+    if state.definition.name == definition.name && state.request_hash == request_hash {
+        Ok(())
+    } else {
+        Err(EngineError::StartConflict {
+            saga_id: state.saga_id.clone(),
+        })
+    }
+}
+
+pub(crate) fn note_change(
+    projections: &mut Projections,
+    timers: &mut BTreeSet<(u64, Arc<str>)>,
+    active: &AtomicUsize,
+    key: &Arc<str>,
+    saga_type: &str,
+    before: Summary,
+    after: Summary,
+) {
+    if before.place != after.place {
+        projections.moved(key, saga_type, before.place, after.place);
+    }
+    if before.due_ms != after.due_ms {
+        if let Some(due) = before.due_ms {
+            timers.remove(&(due, key.clone()));
+        }
+        if let Some(due) = after.due_ms {
+            timers.insert((due, key.clone()));
+        }
+    }
+    match (before.is_active(), after.is_active()) {
+        (false, true) => {
+            active.fetch_add(1, Ordering::Relaxed);
+        }
+        (true, false) => {
+            active.fetch_sub(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime")
+}
+
+/// Follows the log tail and writes the indexes, one sled batch per batch of records.
+fn run_indexer(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    current_thread_runtime().block_on(async {
+        let mut from = *inner.indexed.borrow();
+        let mut tail = inner.log.subscribe(from);
+        loop {
+            let batch = tokio::select! {
+                batch = tail.next_batch(inner.config.index_batch_records, 16 << 20) => batch,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            let result = batch
+                .map_err(EngineError::from)
+                .and_then(|records| index_records(&inner, &records));
+            match result {
+                Ok(next) => {
+                    from = next;
+                    inner.indexed_through(next);
+                }
+                Err(EngineError::Storage(StorageError::Closed)) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, offset = from, "indexing failed; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.wait_for(|stop| *stop) => return,
+                    }
+                    tail = inner.log.subscribe(from);
+                }
+            }
+        }
+    });
+}
+
+fn index_records(inner: &Inner, records: &[sagalog_storage::LogRecord]) -> Result<u64> {
+    let mut batch = IndexBatch::default();
+    for record in records {
+        indexing::add(&inner.keys, record, &mut batch)?;
+    }
+    let next = records.last().map_or(0, |r| r.offset + 1);
+    inner.index.commit(batch, next)?;
+    Ok(next)
+}
+
+/// Fires due timers, sleeping until the next one is due (or a sooner one is added),
+/// and takes the periodic snapshot.
+fn run_timer(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    current_thread_runtime().block_on(async {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let every = inner.config.snapshot_every_records;
+            if every > 0 && inner.since_snapshot.load(Ordering::Relaxed) >= every {
+                if let Err(e) = inner.snapshot().await {
+                    tracing::error!(error = %e, "periodic snapshot failed");
+                    inner.since_snapshot.store(0, Ordering::Relaxed);
+                }
+            }
+            if inner.clone().run_due_timers().await > 0 {
+                continue;
+            }
+            let now_ms = inner.clock.now_ms();
+            let next_due = inner.timers.lock().first().map(|(at, _)| *at);
+            let wait_ms = next_due.map_or(1000, |at| at.saturating_sub(now_ms).clamp(1, 1000));
+            let woken = inner.timer_wake.notified();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+                _ = woken => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
+    });
+}

@@ -1,0 +1,100 @@
+//! The engine's error type. Each variant maps to one HTTP status in the `http` crate;
+//! [`EngineError::class`] says which kind of failure it is.
+
+use sagalog_storage::StorageError;
+
+use crate::decider::Rejection;
+use crate::definition::RegistryError;
+use crate::record::DecodeError;
+
+/// How a caller should treat an error (the HTTP layer maps each to one status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request is malformed or breaks a limit (400).
+    BadRequest,
+    /// The saga, step or definition does not exist (404).
+    NotFound,
+    /// The request does not fit the current state (409).
+    Conflict,
+    /// The engine cannot take writes right now: log not writable, a limit reached (503).
+    Unavailable,
+    /// A bug or damaged data (500).
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("saga {saga_id} does not exist")]
+    SagaNotFound { saga_id: String },
+    #[error("no definition named {name:?} is registered")]
+    UnknownDefinition { name: String },
+    #[error(transparent)]
+    Definition(#[from] RegistryError),
+    #[error("{field}: {message}")]
+    InvalidRequest {
+        field: &'static str,
+        message: String,
+    },
+    #[error(
+        "saga {saga_id} already exists with a different type or payload; \
+         a repeated start must send the same body"
+    )]
+    StartConflict { saga_id: String },
+    #[error("event_id {event_id:?} already answered a reply to saga {other_saga}")]
+    EventConflict {
+        event_id: String,
+        other_saga: String,
+    },
+    #[error("{what} reached its limit of {limit}; retry later")]
+    AtLimit { what: &'static str, limit: usize },
+    #[error("the log cannot be written, nothing was changed: {0}")]
+    Unavailable(StorageError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("undecodable record at log offset {offset}: {source}")]
+    Corrupt {
+        offset: u64,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("{0}")]
+    Inconsistent(String),
+    #[error("the engine is shutting down")]
+    Closed,
+    #[error("starting the {name} thread failed: {source}")]
+    Thread {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            EngineError::Rejected(Rejection::NotStarted { .. } | Rejection::UnknownStep { .. }) => {
+                ErrorClass::NotFound
+            }
+            EngineError::Rejected(_) => ErrorClass::Conflict,
+            EngineError::SagaNotFound { .. } | EngineError::UnknownDefinition { .. } => {
+                ErrorClass::NotFound
+            }
+            EngineError::Definition(RegistryError::Invalid(_))
+            | EngineError::InvalidRequest { .. } => ErrorClass::BadRequest,
+            EngineError::Definition(RegistryError::VersionConflict { .. })
+            | EngineError::StartConflict { .. }
+            | EngineError::EventConflict { .. } => ErrorClass::Conflict,
+            EngineError::AtLimit { .. } | EngineError::Unavailable(_) | EngineError::Closed => {
+                ErrorClass::Unavailable
+            }
+            EngineError::Storage(_)
+            | EngineError::Corrupt { .. }
+            | EngineError::Inconsistent(_)
+            | EngineError::Thread { .. } => ErrorClass::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

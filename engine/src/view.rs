@@ -1,0 +1,54 @@
+//! What the API returns for a saga (SPEC §4's saga shape, before JSON).
+
+use crate::record::Status;
+use crate::state::{SagaState, StepStatus};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepView {
+    pub name: String,
+    pub status: StepStatus,
+    /// The number of the latest attempt of the step's current action.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaView {
+    pub saga_id: String,
+    pub saga_type: String,
+    pub definition_version: u32,
+    pub status: Status,
+    pub current_step: Option<String>,
+    pub steps: Vec<StepView>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub failure_reason: Option<String>,
+    pub trace_id: String,
+    /// The start payload, as JSON text.
+    pub payload: String,
+}
+
+pub fn saga_view(state: &SagaState, payload: String) -> SagaView {
+    SagaView {
+        saga_id: state.saga_id.clone(),
+        saga_type: state.definition.name.clone(),
+        definition_version: state.definition.version,
+        status: state.status.expect("a viewed saga has started"),
+        current_step: state.current_step().map(str::to_string),
+        steps: state
+            .definition
+            .steps
+            .iter()
+            .zip(&state.steps)
+            .map(|(def, s)| StepView {
+                name: def.name.clone(),
+                status: s.status,
+                attempts: s.attempt,
+            })
+            .collect(),
+        created_at_ms: state.created_at_ms,
+        updated_at_ms: state.updated_at_ms,
+        failure_reason: state.failure_reason.clone(),
+        trace_id: state.trace_id.clone(),
+        payload,
+    }
+}

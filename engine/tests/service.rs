@@ -1,0 +1,503 @@
+//! The engine service in-process on a real data directory: the order saga end to end,
+//! idempotency (also across a restart), timers, listing, definitions, and restarts that
+//! rebuild identical state from snapshot plus log.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use common::{answer, open, start, ManualClock};
+use sagalog_engine::{
+    Definition, EngineError, ListQuery, Outcome, Rejection, Reply, StartRequest, Status, StepStatus,
+};
+
+fn reply(event_id: &str, step: &str, outcome: Outcome, attempt: u32) -> Reply {
+    Reply {
+        event_id: event_id.into(),
+        step: step.into(),
+        outcome,
+        attempt,
+        data: r#"{"ok":true}"#.into(),
+        reason: "participant said so".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_saga_completes_and_stays_readable_after_leaving_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = open(dir.path(), &clock);
+    let saga = start(&engine, "order-1").await;
+    assert_eq!(saga.status, Status::Started);
+    assert_eq!(saga.current_step.as_deref(), Some("reserve_inventory"));
+    assert_eq!(saga.payload, r#"{"order":"order-1","qty":2}"#);
+    assert_eq!(saga.trace_id.len(), 32);
+    for _ in 0..3 {
+        answer(&engine, "order-1", Outcome::Succeeded).await;
+    }
+    engine.wait_indexed().await.unwrap();
+    let done = engine.get("order-1").unwrap();
+    assert_eq!(done.status, Status::Completed);
+    assert!(done.steps.iter().all(|s| s.status == StepStatus::Succeeded));
+    assert_eq!(done.payload, saga.payload);
+    let history = engine.history("order-1").await.unwrap();
+    let kinds: Vec<_> = history.iter().map(|h| h.record.kind.name()).collect();
+    assert_eq!(kinds.first(), Some(&"saga_started"));
+    assert_eq!(kinds.last(), Some(&"saga_completed"));
+    assert_eq!(history.len(), 8);
+    assert!(history.windows(2).all(|w| w[0].offset < w[1].offset));
+    let stats = engine.stats();
+    assert_eq!(stats.counters.status_counts[Status::Completed.index()], 1);
+    assert_eq!(stats.active_by_status.iter().sum::<usize>(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_compensates_and_a_finished_saga_rejects_more_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = open(dir.path(), &clock);
+    start(&engine, "order-2").await;
+    answer(&engine, "order-2", Outcome::Succeeded).await;
+    for attempt in 1..=3 {
+        let got = engine
+            .reply(
+                "order-2",
+                reply(
+                    &format!("fail-{attempt}"),
+                    "charge_payment",
+                    Outcome::Failed,
+                    attempt,
+                ),
+            )
+            .await
+            .unwrap();
+        if attempt < 3 {
+            clock.advance(60_000);
+            engine.run_due_timers().await;
+            assert_eq!(got.status, Status::InProgress);
+        } else {
+            assert_eq!(got.status, Status::Failed);
+        }
+    }
+    let saga = engine.get("order-2").unwrap();
+    assert_eq!(saga.current_step.as_deref(), Some("reserve_inventory"));
+    answer(&engine, "order-2", Outcome::Compensated).await;
+    engine.wait_indexed().await.unwrap();
+    assert_eq!(engine.get("order-2").unwrap().status, Status::Compensated);
+    let late = engine
+        .reply(
+            "order-2",
+            reply("late", "ship_order", Outcome::Succeeded, 1),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            late,
+            EngineError::Rejected(Rejection::Finished {
+                status: Status::Compensated,
+                ..
+            })
+        ),
+        "{late}"
+    );
+    let unknown = engine
+        .reply("nope", reply("x", "ship_order", Outcome::Succeeded, 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(unknown, EngineError::SagaNotFound { .. }),
+        "{unknown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_fire_from_the_timer_and_retry_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = open(dir.path(), &clock);
+    start(&engine, "order-3").await;
+    clock.advance(29_999);
+    engine.run_due_timers().await;
+    assert_eq!(engine.get("order-3").unwrap().steps[0].attempts, 1);
+    clock.advance(1);
+    engine.run_due_timers().await;
+    clock.advance(200);
+    engine.run_due_timers().await;
+    let saga = engine.get("order-3").unwrap();
+    assert_eq!(
+        saga.steps[0].attempts, 2,
+        "the timed-out attempt is retried"
+    );
+    assert!(saga.failure_reason.unwrap().contains("timed out"));
+    answer(&engine, "order-3", Outcome::Succeeded).await;
+    assert_eq!(engine.get("order-3").unwrap().status, Status::InProgress);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_start_and_reply_return_the_first_answer_and_append_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let first_answer;
+    {
+        let engine = open(dir.path(), &clock);
+        let first = start(&engine, "order-4").await;
+        let head = engine.log().next_offset();
+        let again = engine
+            .start(StartRequest {
+                saga_type: "order".into(),
+                saga_id: Some("order-4".into()),
+                payload: serde_json::json!({"qty": 2, "order": "order-4"}),
+                trace_id: None,
+            })
+            .await
+            .unwrap();
+        assert!(!again.created);
+        assert_eq!(again.saga.saga_id, first.saga_id);
+        let conflict = engine
+            .start(StartRequest {
+                saga_type: "order".into(),
+                saga_id: Some("order-4".into()),
+                payload: serde_json::json!({"qty": 3}),
+                trace_id: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(conflict, EngineError::StartConflict { .. }));
+        assert_eq!(engine.log().next_offset(), head, "repeats append nothing");
+
+        let r = reply("evt-1", "reserve_inventory", Outcome::Succeeded, 1);
+        first_answer = engine.reply("order-4", r.clone()).await.unwrap();
+        assert!(!first_answer.repeated);
+        let head = engine.log().next_offset();
+        let repeated = engine.reply("order-4", r.clone()).await.unwrap();
+        assert!(repeated.repeated);
+        assert_eq!(
+            (repeated.status, repeated.offset),
+            (first_answer.status, first_answer.offset)
+        );
+        assert_eq!(engine.log().next_offset(), head);
+        let elsewhere = engine.reply("order-x", r).await.unwrap_err();
+        assert!(
+            matches!(elsewhere, EngineError::EventConflict { .. }),
+            "{elsewhere}"
+        );
+    }
+    // Across a restart the answers come from the index.
+    let engine = open(dir.path(), &clock);
+    let r = reply("evt-1", "reserve_inventory", Outcome::Succeeded, 1);
+    let repeated = engine.reply("order-4", r).await.unwrap();
+    assert!(repeated.repeated);
+    assert_eq!(
+        (repeated.status, repeated.offset),
+        (first_answer.status, first_answer.offset)
+    );
+    let again = start(&engine, "order-4").await;
+    assert_eq!(again.status, Status::InProgress);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = open(dir.path(), &clock);
+    let head = engine.log().next_offset();
+    let bad_id = engine
+        .start(StartRequest {
+            saga_type: "order".into(),
+            saga_id: Some("has space".into()),
+            payload: serde_json::json!({}),
+            trace_id: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        bad_id,
+        EngineError::InvalidRequest {
+            field: "saga_id",
+            ..
+        }
+    ));
+    let unknown_type = engine
+        .start(StartRequest {
+            saga_type: "invoice".into(),
+            saga_id: None,
+            payload: serde_json::json!({}),
+            trace_id: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        unknown_type,
+        EngineError::UnknownDefinition { .. }
+    ));
+    start(&engine, "order-5").await;
+    let head_after_start = engine.log().next_offset();
+    assert!(head_after_start > head);
+    let wrong_step = engine
+        .reply("order-5", reply("e", "ship_order", Outcome::Succeeded, 1))
+        .await
+        .unwrap_err();
+    assert!(
+        wrong_step
+            .to_string()
+            .contains("reserve_inventory attempt 1"),
+        "{wrong_step}"
+    );
+    let unknown_step = engine
+        .reply("order-5", reply("e", "wrap_gift", Outcome::Succeeded, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown_step.class(), sagalog_engine::ErrorClass::NotFound);
+    let zero = engine
+        .reply(
+            "order-5",
+            reply("e", "reserve_inventory", Outcome::Succeeded, 0),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(zero.class(), sagalog_engine::ErrorClass::BadRequest);
+    assert_eq!(engine.log().next_offset(), head_after_start);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_sagas_complete_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = Arc::new(open(dir.path(), &clock));
+    let tasks: Vec<_> = (0..64)
+        .map(|t| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    let id = format!("c-{t}-{i}");
+                    start(&engine, &id).await;
+                    let fail = (t + i) % 4 == 0;
+                    answer(&engine, &id, Outcome::Succeeded).await;
+                    if fail {
+                        for attempt in 1..=3 {
+                            answer(&engine, &id, Outcome::Failed).await;
+                            if attempt < 3 {
+                                // The ticker moves the clock past the backoff.
+                                wait_for_attempt(&engine, &id, 1, attempt + 1).await;
+                            }
+                        }
+                        assert_eq!(engine.get(&id).unwrap().status, Status::Failed);
+                        answer(&engine, &id, Outcome::Compensated).await;
+                    } else {
+                        answer(&engine, &id, Outcome::Succeeded).await;
+                        answer(&engine, &id, Outcome::Succeeded).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let ticker = {
+        let clock = clock.clone();
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            loop {
+                clock.advance(1000);
+                engine.run_due_timers().await;
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+    };
+    for task in tasks {
+        task.await.unwrap();
+    }
+    ticker.abort();
+    engine.wait_indexed().await.unwrap();
+    let stats = engine.stats();
+    let completed = stats.counters.status_counts[Status::Completed.index()];
+    let compensated = stats.counters.status_counts[Status::Compensated.index()];
+    assert_eq!(completed + compensated, 640);
+    assert_eq!(compensated, 160);
+    assert_eq!(stats.active_by_status.iter().sum::<usize>(), 0);
+}
+
+/// Waits until attempt `attempt` of step `step` has been issued.
+async fn wait_for_attempt(engine: &sagalog_engine::Engine, id: &str, step: usize, attempt: u32) {
+    for _ in 0..10_000 {
+        if engine.get(id).unwrap().steps[step].attempts >= attempt {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("attempt {attempt} of step {step} of {id} was never issued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_filters_and_pages_through_every_saga_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = open(dir.path(), &clock);
+    let mut two_step = (**engine.definitions().first().unwrap()).clone();
+    two_step.name = "refund".into();
+    two_step.steps.truncate(1);
+    engine.register_definition(two_step).await.unwrap();
+    for i in 0..25 {
+        clock.advance(10);
+        let saga_type = if i % 5 == 0 { "refund" } else { "order" };
+        engine
+            .start(StartRequest {
+                saga_type: saga_type.into(),
+                saga_id: Some(format!("l-{i:02}")),
+                payload: serde_json::json!({}),
+                trace_id: None,
+            })
+            .await
+            .unwrap();
+        if i % 3 == 0 {
+            clock.advance(1);
+            answer(&engine, &format!("l-{i:02}"), Outcome::Succeeded).await;
+        }
+    }
+    engine.wait_indexed().await.unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = engine
+            .list(&ListQuery {
+                limit: 4,
+                cursor: cursor.clone(),
+                ..ListQuery::default()
+            })
+            .unwrap();
+        assert!(page.items.len() <= 4);
+        seen.extend(
+            page.items
+                .iter()
+                .map(|s| (s.updated_at_ms, s.saga_id.clone())),
+        );
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25, "every saga once: {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first");
+    let refunds = engine
+        .list(&ListQuery {
+            limit: 100,
+            saga_type: Some("refund".into()),
+            ..ListQuery::default()
+        })
+        .unwrap();
+    let ids: BTreeSet<_> = refunds.items.iter().map(|s| s.saga_id.clone()).collect();
+    assert_eq!(
+        ids,
+        ["l-00", "l-05", "l-10", "l-15", "l-20"]
+            .map(String::from)
+            .into()
+    );
+    // Refunds answered once are completed (one step); listed from the finished index.
+    let completed = engine
+        .list(&ListQuery {
+            limit: 100,
+            status: Some(Status::Completed),
+            ..ListQuery::default()
+        })
+        .unwrap();
+    let ids: BTreeSet<_> = completed.items.iter().map(|s| s.saga_id.clone()).collect();
+    assert_eq!(ids, ["l-00", "l-15"].map(String::from).into());
+    let window = engine
+        .list(&ListQuery {
+            limit: 100,
+            from_ms: Some(common::T0 + 100),
+            to_ms: Some(common::T0 + 150),
+            ..ListQuery::default()
+        })
+        .unwrap();
+    assert!(window
+        .items
+        .iter()
+        .all(|s| (common::T0 + 100..=common::T0 + 150).contains(&s.updated_at_ms)));
+    assert!(!window.items.is_empty());
+    assert!(engine
+        .list(&ListQuery {
+            limit: 1001,
+            ..ListQuery::default()
+        })
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_rebuilds_identical_state_with_and_without_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let (stats_before, views_before) = {
+        let engine = open(dir.path(), &clock);
+        let mut v2 = (**engine.definitions().first().unwrap()).clone();
+        v2.version = 2;
+        v2.steps.truncate(2);
+        for i in 0..30 {
+            if i == 15 {
+                engine.register_definition(v2.clone()).await.unwrap();
+                engine.snapshot().await.unwrap();
+            }
+            let id = format!("r-{i}");
+            start(&engine, &id).await;
+            for _ in 0..(i % 3) {
+                answer(&engine, &id, Outcome::Succeeded).await;
+            }
+        }
+        engine.wait_indexed().await.unwrap();
+        let views: Vec<_> = (0..30)
+            .map(|i| engine.get(&format!("r-{i}")).unwrap())
+            .collect();
+        (engine.stats(), views)
+    };
+    assert_eq!(views_before[29].definition_version, 2);
+    assert_eq!(views_before[2].definition_version, 1);
+    assert_eq!(views_before[2].status, Status::InProgress);
+    assert_eq!(
+        views_before[29].status,
+        Status::Completed,
+        "two answers end a v2 saga"
+    );
+    let check = |engine: &sagalog_engine::Engine| {
+        let stats = engine.stats();
+        assert_eq!(stats.counters, stats_before.counters);
+        assert_eq!(stats.active_by_status, stats_before.active_by_status);
+        assert_eq!(stats.oldest_updated_ms, stats_before.oldest_updated_ms);
+        for (i, before) in views_before.iter().enumerate() {
+            assert_eq!(&engine.get(&format!("r-{i}")).unwrap(), before);
+        }
+    };
+    {
+        let engine = open(dir.path(), &clock);
+        assert!(
+            engine.stats().snapshot_offset > 0,
+            "restored from the snapshot"
+        );
+        check(&engine);
+    }
+    // Without snapshots (and without indexes): the whole log gives the same.
+    std::fs::remove_dir_all(dir.path().join("snapshots")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let engine = open(dir.path(), &clock);
+    assert_eq!(engine.stats().snapshot_offset, 0);
+    check(&engine);
+    // A saga started on version 1 finishes on version 1; new ones start on version 2.
+    let old = answer(&engine, "r-2", Outcome::Succeeded).await;
+    assert_eq!(old.status, Status::Completed);
+    assert_eq!(start(&engine, "r-new").await.definition_version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_are_validated_and_versions_never_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = open(dir.path(), &clock);
+    let mut bad = (**engine.definitions().first().unwrap()).clone();
+    bad.steps[0].max_attempts = 0;
+    let err = engine.register_definition(bad).await.unwrap_err();
+    assert_eq!(err.class(), sagalog_engine::ErrorClass::BadRequest);
+    assert!(err.to_string().contains("steps[0].max_attempts"), "{err}");
+    let mut changed: Definition = (**engine.definitions().first().unwrap()).clone();
+    changed.steps[0].timeout_ms = 1;
+    let err = engine.register_definition(changed).await.unwrap_err();
+    assert_eq!(err.class(), sagalog_engine::ErrorClass::Conflict);
+}
