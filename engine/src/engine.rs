@@ -578,6 +578,32 @@ impl Engine {
         self.inner.register_definition(definition).await
     }
 
+    /// Records that the command at `command_offset` could not be published (the relay
+    /// gave up on it); returns the dead letter's offset.
+    pub async fn dead_letter(
+        &self,
+        saga_id: &str,
+        command_offset: u64,
+        reason: String,
+    ) -> Result<u64> {
+        if command_offset >= self.inner.log.next_offset() {
+            return Err(invalid(
+                "command_offset",
+                format!("{command_offset} is past the log's head"),
+            ));
+        }
+        let entry = Entry::DeadLettered {
+            saga_id: saga_id.to_string(),
+            command_offset,
+            reason,
+        };
+        self.inner
+            .log
+            .append(entry.encode())
+            .await
+            .map_err(EngineError::Unavailable)
+    }
+
     pub fn definitions(&self) -> Vec<Arc<Definition>> {
         self.inner.registry.read().all()
     }
