@@ -34,9 +34,9 @@ use tokio::sync::{watch, Notify};
 use crate::decider::{decide, Input, Rejection, Reply};
 use crate::definition::{Definition, Registered, Registry};
 use crate::error::{EngineError, Result};
-use crate::indexing::{self, decode_at, EventAnswer, Keys};
+use crate::indexing::{read_saga_record, saga_history, Indexer, Keys, SagaMeta};
 use crate::projection::{Counters, Place, Projections};
-use crate::record::{Entry, Kind, Record, Status};
+use crate::record::{Entry, Kind, Link, Record, Status};
 use crate::replay;
 use crate::state::{apply_mut, SagaState};
 use crate::view::{self, SagaView};
@@ -68,7 +68,8 @@ pub struct EngineConfig {
     pub max_payload_bytes: usize,
     /// Records the indexer reads and commits as one sled batch.
     pub index_batch_records: usize,
-    /// Answered replies and finished sagas not indexed yet; writes wait beyond it.
+    /// Finished sagas waiting for the indexer before they leave memory; writes wait
+    /// beyond it.
     pub max_unindexed: usize,
     /// Due timers fired at once.
     pub timer_concurrency: usize,
@@ -177,6 +178,9 @@ pub(crate) struct Slot {
     pub first_offset: u64,
     /// Offset of the saga's latest record.
     pub last_offset: u64,
+    /// A two-bit-per-id filter of the `event_id`s the saga has recorded: a reply whose
+    /// bits are not all set is new without reading the log.
+    pub events: u64,
 }
 
 #[derive(Default)]
@@ -185,18 +189,25 @@ pub(crate) struct Shard {
     idle: Notify,
 }
 
-/// What waits for the indexer: answered replies (for repeated-reply checks) and
-/// finished sagas (they leave memory once indexed).
+/// Finished sagas waiting for the indexer before they leave memory, by the offset of
+/// their last record.
 #[derive(Default)]
 struct Unindexed {
-    events: HashMap<String, EventAnswer>,
-    by_offset: BTreeMap<u64, Vec<Awaiting>>,
+    by_offset: BTreeMap<u64, Vec<Arc<str>>>,
     len: usize,
 }
 
-enum Awaiting {
-    Event(String),
-    Finished(Arc<str>),
+/// The first answer to a reply, found in the saga's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EventAnswer {
+    offset: u64,
+    status: Status,
+}
+
+/// The bits an `event_id` sets in [`Slot::events`].
+pub(crate) fn event_bits(event_id: &str) -> u64 {
+    let hash = fnv1a(event_id.bytes());
+    (1 << (hash & 63)) | (1 << ((hash >> 6) & 63))
 }
 
 pub(crate) struct Inner {
@@ -288,6 +299,8 @@ enum Done {
 struct Pending {
     key: Arc<str>,
     records: Vec<Record>,
+    /// The link of the first record (the others follow it).
+    link: Link,
     after: SagaState,
 }
 
@@ -523,7 +536,7 @@ impl Engine {
                 repeated: false,
             }),
             Done::Repeated(answer) => Ok(ReplyAnswer {
-                saga_id: answer.saga_id,
+                saga_id: saga_id.to_string(),
                 status: answer.status,
                 offset: answer.offset,
                 repeated: true,
@@ -694,7 +707,15 @@ impl Inner {
         let encoded: Vec<Vec<u8>> = pending
             .records
             .iter()
-            .map(|r| Entry::Saga(r.clone()).encode())
+            .enumerate()
+            .map(|(i, record)| {
+                let link = if i == 0 { pending.link } else { Link::Follows };
+                Entry::Saga {
+                    link,
+                    record: record.clone(),
+                }
+                .encode()
+            })
             .collect();
         let appended = self.log.append_batch(encoded).await;
         let done = {
@@ -752,8 +773,13 @@ impl Inner {
                     })
                 }
                 Op::Reply(reply) => {
-                    if let Some(answer) = self.answered(saga_id, &reply.event_id)? {
-                        return Ok(Step::Done(Done::Repeated(answer)));
+                    let bits = event_bits(&reply.event_id);
+                    if slot.events & bits == bits {
+                        if let Some(answer) =
+                            self.find_reply(saga_id, slot.last_offset, &reply.event_id)?
+                        {
+                            return Ok(Step::Done(Done::Repeated(answer)));
+                        }
                     }
                 }
                 _ => {}
@@ -773,30 +799,32 @@ impl Inner {
             return Ok(Step::Append(Pending {
                 key,
                 records,
+                link: Link::After {
+                    prev: slot.last_offset,
+                    first: slot.first_offset,
+                },
                 after,
             }));
         }
         // Not in memory: a new saga, or one that finished and left memory, or none.
-        if let Op::Reply(reply) = op {
-            if let Some(answer) = self.answered(saga_id, &reply.event_id)? {
-                return Ok(Step::Done(Done::Repeated(answer)));
-            }
-        }
-        let finished = self.load_from_index(saga_id)?;
-        match (op, finished) {
+        let meta = self.meta(saga_id)?;
+        match (op, meta) {
             (
                 Op::Start {
                     definition,
                     request_hash,
                     ..
                 },
-                Some((state, first_offset)),
-            ) => same_start(&state, definition, *request_hash).map(|()| {
-                Step::Done(Done::Existing {
-                    state,
-                    first_offset,
+                Some(meta),
+            ) => {
+                let (state, first_offset) = self.load_finished(saga_id, &meta)?;
+                same_start(&state, definition, *request_hash).map(|()| {
+                    Step::Done(Done::Existing {
+                        state,
+                        first_offset,
+                    })
                 })
-            }),
+            }
             (Op::Start { definition, .. }, None) => {
                 let limit = self.config.max_active_sagas;
                 if self.active.load(Ordering::Relaxed) >= limit {
@@ -819,21 +847,36 @@ impl Inner {
                         busy: true,
                         first_offset: 0,
                         last_offset: 0,
+                        events: 0,
                     },
                 );
                 Ok(Step::Append(Pending {
                     key,
                     records,
+                    link: Link::Start,
                     after,
                 }))
             }
-            (Op::Tick, Some((state, first_offset))) => Ok(Step::Done(Done::Unchanged {
-                state,
-                first_offset,
-            })),
-            (_, Some((state, _))) => Err(Rejection::Finished {
+            (Op::Reply(reply), Some(meta)) => {
+                match self.find_reply(saga_id, meta.last_offset, &reply.event_id)? {
+                    Some(answer) => Ok(Step::Done(Done::Repeated(answer))),
+                    None => Err(Rejection::Finished {
+                        saga_id: saga_id.to_string(),
+                        status: meta.status,
+                    }
+                    .into()),
+                }
+            }
+            (Op::Tick, Some(meta)) => {
+                let (state, first_offset) = self.load_finished(saga_id, &meta)?;
+                Ok(Step::Done(Done::Unchanged {
+                    state,
+                    first_offset,
+                }))
+            }
+            (_, Some(meta)) => Err(Rejection::Finished {
                 saga_id: saga_id.to_string(),
-                status: state.status.expect("indexed sagas started"),
+                status: meta.status,
             }
             .into()),
             (_, None) => Err(EngineError::SagaNotFound {
@@ -842,30 +885,33 @@ impl Inner {
         }
     }
 
-    /// The first answer to `event_id`, if it was answered, when it was for `saga_id`.
-    fn answered(&self, saga_id: &str, event_id: &str) -> Result<Option<EventAnswer>> {
-        let found = self.unindexed.lock().events.get(event_id).cloned();
-        let found = match found {
-            Some(answer) => Some(answer),
-            None => self
-                .index
-                .get(&self.keys.event, event_id.as_bytes())?
-                .map(|value| {
-                    EventAnswer::decode(&value).ok_or_else(|| {
-                        EngineError::Inconsistent(format!(
-                            "unreadable index entry for event {event_id:?}"
-                        ))
-                    })
+    /// The first answer to `event_id` among the saga's records, read back from its last.
+    fn find_reply(
+        &self,
+        saga_id: &str,
+        last_offset: u64,
+        event_id: &str,
+    ) -> Result<Option<EventAnswer>> {
+        let history = saga_history(&self.log, saga_id, last_offset)?;
+        Ok(history.into_iter().find_map(|(offset, record)| {
+            record
+                .kind
+                .reply()
+                .filter(|(id, _)| *id == event_id)
+                .map(|(_, status)| EventAnswer { offset, status })
+        }))
+    }
+
+    /// What the index keeps of a finished saga that left memory.
+    fn meta(&self, saga_id: &str) -> Result<Option<SagaMeta>> {
+        self.index
+            .get(&self.keys.saga, saga_id.as_bytes())?
+            .map(|value| {
+                SagaMeta::decode(&value).ok_or_else(|| {
+                    EngineError::Inconsistent(format!("unreadable index entry for saga {saga_id}"))
                 })
-                .transpose()?,
-        };
-        match found {
-            Some(answer) if answer.saga_id != saga_id => Err(EngineError::EventConflict {
-                event_id: event_id.to_string(),
-                other_saga: answer.saga_id,
-            }),
-            found => Ok(found),
-        }
+            })
+            .transpose()
     }
 
     /// Updates projections, timers and what waits for the indexer after `records`
@@ -874,40 +920,26 @@ impl Inner {
         &self,
         key: &Arc<str>,
         before: Summary,
-        slot: &Slot,
+        slot: &mut Slot,
         records: &[Record],
         offsets: &Range<u64>,
     ) {
         let after = Summary::of(&slot.state);
         self.note_change(key, &slot.state.definition.name, before, after);
-        let mut unindexed = self.unindexed.lock();
-        for (record, offset) in records.iter().zip(offsets.clone()) {
-            if let Some((event_id, status)) = record.kind.reply() {
-                unindexed.events.insert(
-                    event_id.to_string(),
-                    EventAnswer {
-                        saga_id: key.to_string(),
-                        offset,
-                        status,
-                    },
-                );
-                unindexed
-                    .by_offset
-                    .entry(offset)
-                    .or_default()
-                    .push(Awaiting::Event(event_id.to_string()));
-                unindexed.len += 1;
+        for record in records {
+            if let Some((event_id, _)) = record.kind.reply() {
+                slot.events |= event_bits(event_id);
             }
         }
         if slot.state.is_terminal() {
+            let mut unindexed = self.unindexed.lock();
             unindexed
                 .by_offset
                 .entry(offsets.end - 1)
                 .or_default()
-                .push(Awaiting::Finished(key.clone()));
+                .push(key.clone());
             unindexed.len += 1;
         }
-        drop(unindexed);
         let appended = self
             .since_snapshot
             .fetch_add(records.len() as u64, Ordering::Relaxed);
@@ -975,7 +1007,8 @@ impl Inner {
         }
     }
 
-    /// The indexer committed everything below `watermark`: what waited for it goes.
+    /// The indexer committed everything below `watermark`: finished sagas it covers
+    /// leave memory.
     fn indexed_through(&self, watermark: u64) {
         let mut finished = Vec::new();
         {
@@ -984,16 +1017,9 @@ impl Inner {
                 if *entry.key() >= watermark {
                     break;
                 }
-                let awaiting = entry.remove();
-                unindexed.len -= awaiting.len();
-                for item in awaiting {
-                    match item {
-                        Awaiting::Event(event_id) => {
-                            unindexed.events.remove(&event_id);
-                        }
-                        Awaiting::Finished(key) => finished.push(key),
-                    }
-                }
+                let keys = entry.remove();
+                unindexed.len -= keys.len();
+                finished.extend(keys);
             }
         }
         for key in finished {
@@ -1012,70 +1038,55 @@ impl Inner {
         self.indexed.send_replace(watermark);
     }
 
-    /// A saga that is not in memory, rebuilt from the index and the log:
-    /// (state, offset of its first record), or `None` when there is no such saga.
-    fn load_from_index(&self, saga_id: &str) -> Result<Option<(SagaState, u64)>> {
-        let offsets = self.history_offsets(saga_id)?;
-        let Some(&first) = offsets.first() else {
-            return Ok(None);
+    /// A finished saga that left memory, rebuilt from its records:
+    /// (state, offset of its first record).
+    fn load_finished(&self, saga_id: &str, meta: &SagaMeta) -> Result<(SagaState, u64)> {
+        let history = saga_history(&self.log, saga_id, meta.last_offset)?;
+        let definition = match history.first().map(|(_, r)| &r.kind) {
+            Some(Kind::SagaStarted {
+                saga_type,
+                definition_version,
+                ..
+            }) => self
+                .registry
+                .read()
+                .get(saga_type, *definition_version)
+                .cloned()
+                .ok_or_else(|| {
+                    EngineError::Inconsistent(format!(
+                        "saga {saga_id} runs on {saga_type} version {definition_version}, which is not registered"
+                    ))
+                })?,
+            _ => {
+                return Err(EngineError::Inconsistent(format!(
+                    "saga {saga_id}: its history does not begin with its start"
+                )))
+            }
         };
-        let records = offsets
-            .iter()
-            .map(|&offset| self.read_record(offset))
-            .collect::<Result<Vec<_>>>()?;
-        let Kind::SagaStarted {
-            saga_type,
-            definition_version,
-            ..
-        } = &records[0].kind
-        else {
-            return Err(EngineError::Inconsistent(format!(
-                "saga {saga_id}: the first indexed record (offset {first}) is not its start"
-            )));
-        };
-        let definition = self
-            .registry
-            .read()
-            .get(saga_type, *definition_version)
-            .cloned()
-            .ok_or_else(|| {
-                EngineError::Inconsistent(format!(
-                    "saga {saga_id} runs on {saga_type} version {definition_version}, which is not registered"
-                ))
-            })?;
         let mut state = SagaState::new(saga_id, definition);
-        for record in &records {
+        for (_, record) in &history {
             apply_mut(&mut state, record);
         }
-        Ok(Some((state, first)))
+        Ok((state, meta.first_offset))
     }
 
-    fn history_offsets(&self, saga_id: &str) -> Result<Vec<u64>> {
-        self.index
-            .scan_prefix(&self.keys.history, &indexing::history_prefix(saga_id))
-            .map(|entry| {
-                let (_, value) = entry?;
-                let bytes: [u8; 8] = value.as_slice().try_into().map_err(|_| {
-                    EngineError::Inconsistent(format!("bad history index entry for saga {saga_id}"))
-                })?;
-                Ok(u64::from_be_bytes(bytes))
-            })
-            .collect()
-    }
-
-    fn read_record(&self, offset: u64) -> Result<Record> {
-        let payload = self.log.read(offset)?;
-        let record = sagalog_storage::LogRecord { offset, payload };
-        match decode_at(&record)? {
-            Entry::Saga(r) => Ok(r),
-            other => Err(EngineError::Inconsistent(format!(
-                "offset {offset} holds {other:?}, not a saga record"
-            ))),
+    /// Where a saga's records end, whether it is in memory or finished: (first, last).
+    fn saga_offsets(&self, saga_id: &str) -> Result<Option<(u64, u64)>> {
+        let in_memory = {
+            let sagas = self.shard(saga_id).sagas.lock();
+            sagas
+                .get(saga_id)
+                .filter(|slot| slot.state.status.is_some())
+                .map(|slot| (slot.first_offset, slot.last_offset))
+        };
+        match in_memory {
+            Some(offsets) => Ok(Some(offsets)),
+            None => Ok(self.meta(saga_id)?.map(|m| (m.first_offset, m.last_offset))),
         }
     }
 
     fn view(&self, state: &SagaState, first_offset: u64) -> Result<SagaView> {
-        let started = self.read_record(first_offset)?;
+        let (_, started) = read_saga_record(&self.log, first_offset)?;
         let payload = match started.kind {
             Kind::SagaStarted { payload, .. } if started.saga_id == state.saga_id => payload,
             _ => {
@@ -1115,42 +1126,30 @@ impl Inner {
                 .filter(|slot| slot.state.status.is_some())
                 .map(|slot| (slot.state.clone(), slot.first_offset))
         };
-        let found = match in_memory {
-            Some(found) => Some(found),
-            None => self.load_from_index(saga_id)?,
+        let (state, first_offset) = match in_memory {
+            Some(found) => found,
+            None => match self.meta(saga_id)? {
+                Some(meta) => self.load_finished(saga_id, &meta)?,
+                None => {
+                    return Err(EngineError::SagaNotFound {
+                        saga_id: saga_id.to_string(),
+                    })
+                }
+            },
         };
-        let (state, first_offset) = found.ok_or_else(|| EngineError::SagaNotFound {
-            saga_id: saga_id.to_string(),
-        })?;
         self.view(&state, first_offset)
     }
 
     async fn history(&self, saga_id: &str) -> Result<Vec<HistoryItem>> {
-        let last = {
-            let sagas = self.shard(saga_id).sagas.lock();
-            sagas
-                .get(saga_id)
-                .filter(|slot| slot.state.status.is_some())
-                .map(|slot| slot.last_offset)
-        };
-        if let Some(last) = last {
-            self.wait_indexed(last + 1).await?;
-        }
-        let offsets = self.history_offsets(saga_id)?;
-        if offsets.is_empty() {
-            return Err(EngineError::SagaNotFound {
+        let (_, last) = self
+            .saga_offsets(saga_id)?
+            .ok_or_else(|| EngineError::SagaNotFound {
                 saga_id: saga_id.to_string(),
-            });
-        }
-        offsets
+            })?;
+        Ok(saga_history(&self.log, saga_id, last)?
             .into_iter()
-            .map(|offset| {
-                Ok(HistoryItem {
-                    offset,
-                    record: self.read_record(offset)?,
-                })
-            })
-            .collect()
+            .map(|(offset, record)| HistoryItem { offset, record })
+            .collect())
     }
 
     fn list(&self, query: &ListQuery) -> Result<ListPage> {
@@ -1282,6 +1281,7 @@ fn run_indexer(inner: Arc<Inner>) {
     current_thread_runtime().block_on(async {
         let mut from = *inner.indexed.borrow();
         let mut tail = inner.log.subscribe(from);
+        let mut indexer = Indexer::new(&inner.keys, &inner.log);
         loop {
             let batch = tokio::select! {
                 batch = tail.next_batch(inner.config.index_batch_records, 16 << 20) => batch,
@@ -1289,7 +1289,7 @@ fn run_indexer(inner: Arc<Inner>) {
             };
             let result = batch
                 .map_err(EngineError::from)
-                .and_then(|records| index_records(&inner, &records));
+                .and_then(|records| index_records(&inner, &mut indexer, &records));
             match result {
                 Ok(next) => {
                     from = next;
@@ -1303,16 +1303,21 @@ fn run_indexer(inner: Arc<Inner>) {
                         _ = stop.wait_for(|stop| *stop) => return,
                     }
                     tail = inner.log.subscribe(from);
+                    indexer = Indexer::new(&inner.keys, &inner.log);
                 }
             }
         }
     });
 }
 
-fn index_records(inner: &Inner, records: &[sagalog_storage::LogRecord]) -> Result<u64> {
+fn index_records(
+    inner: &Inner,
+    indexer: &mut Indexer<'_>,
+    records: &[sagalog_storage::LogRecord],
+) -> Result<u64> {
     let mut batch = IndexBatch::default();
     for record in records {
-        indexing::add(&inner.keys, record, &mut batch)?;
+        indexer.add(record, &mut batch)?;
     }
     let next = records.last().map_or(0, |r| r.offset + 1);
     inner.index.commit(batch, next)?;

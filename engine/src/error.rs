@@ -42,11 +42,6 @@ pub enum EngineError {
          a repeated start must send the same body"
     )]
     StartConflict { saga_id: String },
-    #[error("event_id {event_id:?} already answered a reply to saga {other_saga}")]
-    EventConflict {
-        event_id: String,
-        other_saga: String,
-    },
     #[error("{what} reached its limit of {limit}; retry later")]
     AtLimit { what: &'static str, limit: usize },
     #[error("the log cannot be written, nothing was changed: {0}")]
@@ -84,8 +79,7 @@ impl EngineError {
             EngineError::Definition(RegistryError::Invalid(_))
             | EngineError::InvalidRequest { .. } => ErrorClass::BadRequest,
             EngineError::Definition(RegistryError::VersionConflict { .. })
-            | EngineError::StartConflict { .. }
-            | EngineError::EventConflict { .. } => ErrorClass::Conflict,
+            | EngineError::StartConflict { .. } => ErrorClass::Conflict,
             EngineError::AtLimit { .. } | EngineError::Unavailable(_) | EngineError::Closed => {
                 ErrorClass::Unavailable
             }

@@ -1,52 +1,35 @@
-//! The engine's sled indexes, all derived from the log (SPEC §7):
+//! The engine's sled indexes, derived from the log (SPEC §7). Active sagas are all in
+//! memory (restored by snapshot plus replay), so the indexes only need to find the
+//! sagas that finished and left memory:
 //!
-//! | keyspace | key | value | for |
-//! | --- | --- | --- | --- |
-//! | `history` | saga id, 0, seq (u32 BE) | offset (u64 BE) | a saga's records |
-//! | `event` | event id | saga id, 0, offset (u64 BE), answered status | repeated replies |
-//! | `saga_type` | saga id | saga type | the type of a finished saga |
-//! | `finished` | status, updated_at (u64 BE), saga id | (empty) | listing finished sagas |
+//! | keyspace | key | value |
+//! | --- | --- | --- |
+//! | `saga` | saga id | [`SagaMeta`]: first and last record offsets, status, `updated_at`, type |
+//! | `finished` | status, `updated_at` (u64 BE), saga id | (empty): listing, newest first |
 //!
-//! Active sagas are all in memory and listed from there; only finished ones are listed
-//! from `finished`, which each saga enters once. Index writes are made by one indexer
-//! that follows the log tail, one sled batch (with the watermark) per batch of records
-//! it reads; on open, [`catch_up`](sagalog_storage::index::catch_up) runs the same code
-//! from the watermark, and `reindex` runs it from nothing.
+//! A saga's history is read backwards from its last record through each record's
+//! [`Link`], so no per-record index is written: each saga costs two index writes, when
+//! it finishes. The indexer follows the log tail and commits one sled batch (with the
+//! watermark) per batch of records it reads; on open the same code catches up from the
+//! watermark, and `reindex` runs it from nothing.
 
-use sagalog_storage::{IndexBatch, Keyspace, LogRecord};
+use sagalog_storage::{IndexBatch, Keyspace, Log, LogRecord};
 
 use crate::error::{EngineError, Result};
-use crate::record::{Entry, Kind, Status};
+use crate::record::{Entry, Kind, Link, Record, Status};
 
 pub struct Keys {
-    pub history: Keyspace,
-    pub event: Keyspace,
-    pub saga_type: Keyspace,
+    pub saga: Keyspace,
     pub finished: Keyspace,
 }
 
 impl Default for Keys {
     fn default() -> Keys {
         Keys {
-            history: Keyspace::new("history"),
-            event: Keyspace::new("event"),
-            saga_type: Keyspace::new("saga_type"),
+            saga: Keyspace::new("saga"),
             finished: Keyspace::new("finished"),
         }
     }
-}
-
-pub fn history_prefix(saga_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(saga_id.len() + 5);
-    key.extend_from_slice(saga_id.as_bytes());
-    key.push(0);
-    key
-}
-
-fn history_key(saga_id: &str, seq: u32) -> Vec<u8> {
-    let mut key = history_prefix(saga_id);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
 }
 
 pub fn finished_key(status: Status, updated_at_ms: u64, saga_id: &str) -> Vec<u8> {
@@ -65,34 +48,41 @@ pub fn parse_finished_key(key: &[u8]) -> Option<(Status, u64, String)> {
     Some((status, at, id))
 }
 
-/// A repeated reply's answer as the `event` keyspace keeps it.
+/// What the `saga` keyspace keeps of a finished saga.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventAnswer {
-    pub saga_id: String,
-    pub offset: u64,
+pub struct SagaMeta {
+    pub first_offset: u64,
+    pub last_offset: u64,
     pub status: Status,
+    pub updated_at_ms: u64,
+    pub saga_type: String,
 }
 
-impl EventAnswer {
+impl SagaMeta {
     pub fn encode(&self) -> Vec<u8> {
-        let mut value = Vec::with_capacity(self.saga_id.len() + 10);
-        value.extend_from_slice(self.saga_id.as_bytes());
-        value.push(0);
-        value.extend_from_slice(&self.offset.to_be_bytes());
+        let mut value = Vec::with_capacity(25 + self.saga_type.len());
+        value.extend_from_slice(&self.first_offset.to_be_bytes());
+        value.extend_from_slice(&self.last_offset.to_be_bytes());
         value.push(self.status.index() as u8);
+        value.extend_from_slice(&self.updated_at_ms.to_be_bytes());
+        value.extend_from_slice(self.saga_type.as_bytes());
         value
     }
 
-    pub fn decode(value: &[u8]) -> Option<EventAnswer> {
-        let zero = value.iter().position(|b| *b == 0)?;
-        let rest = value.get(zero + 1..)?;
-        if rest.len() != 9 {
-            return None;
-        }
-        Some(EventAnswer {
-            saga_id: std::str::from_utf8(&value[..zero]).ok()?.to_string(),
-            offset: u64::from_be_bytes(rest[..8].try_into().ok()?),
-            status: *Status::ALL.get(usize::from(rest[8]))?,
+    pub fn decode(value: &[u8]) -> Option<SagaMeta> {
+        let u64_at = |at: usize| {
+            value
+                .get(at..at + 8)?
+                .try_into()
+                .ok()
+                .map(u64::from_be_bytes)
+        };
+        Some(SagaMeta {
+            first_offset: u64_at(0)?,
+            last_offset: u64_at(8)?,
+            status: *Status::ALL.get(usize::from(*value.get(16)?))?,
+            updated_at_ms: u64_at(17)?,
+            saga_type: std::str::from_utf8(value.get(25..)?).ok()?.to_string(),
         })
     }
 }
@@ -104,40 +94,127 @@ pub fn decode_at(record: &LogRecord) -> Result<Entry> {
     })
 }
 
-/// The index writes for one log record.
-pub fn add(keys: &Keys, record: &LogRecord, batch: &mut IndexBatch) -> Result<()> {
-    let Entry::Saga(r) = decode_at(record)? else {
-        return Ok(());
-    };
-    batch.put(
-        &keys.history,
-        &history_key(&r.saga_id, r.seq),
-        &record.offset.to_be_bytes(),
-    );
-    if let Some((event_id, status)) = r.kind.reply() {
-        let answer = EventAnswer {
-            saga_id: r.saga_id.clone(),
-            offset: record.offset,
-            status,
-        };
-        batch.put(&keys.event, event_id.as_bytes(), &answer.encode());
+/// The saga record at `offset`, with its link.
+pub fn read_saga_record(log: &Log, offset: u64) -> Result<(Link, Record)> {
+    let payload = log.read(offset)?;
+    match decode_at(&LogRecord { offset, payload })? {
+        Entry::Saga { link, record } => Ok((link, record)),
+        other => Err(EngineError::Inconsistent(format!(
+            "offset {offset} holds {other:?}, not a saga record"
+        ))),
     }
-    let finished = match &r.kind {
-        Kind::SagaStarted { saga_type, .. } => {
-            batch.put(&keys.saga_type, r.saga_id.as_bytes(), saga_type.as_bytes());
-            None
+}
+
+/// Offsets of a saga's previous and first records, given one record's link.
+/// `Follows` needs the record before it, read from the log (records of one append are
+/// contiguous, so this is at most a few reads).
+pub fn predecessors(log: &Log, offset: u64, link: Link) -> Result<(Option<u64>, u64)> {
+    match link {
+        Link::Start => Ok((None, offset)),
+        Link::After { prev, first } => Ok((Some(prev), first)),
+        Link::Follows => {
+            let prev = offset.checked_sub(1).ok_or_else(|| {
+                EngineError::Inconsistent("the log's first record follows nothing".into())
+            })?;
+            let (prev_link, _) = read_saga_record(log, prev)?;
+            let (_, first) = predecessors(log, prev, prev_link)?;
+            Ok((Some(prev), first))
         }
-        Kind::SagaCompleted => Some(Status::Completed),
-        Kind::SagaCompensated => Some(Status::Compensated),
-        Kind::StatusOverridden { to, .. } if to.is_terminal() => Some(*to),
-        _ => None,
-    };
-    if let Some(status) = finished {
-        batch.put(
-            &keys.finished,
-            &finished_key(status, r.at_ms, &r.saga_id),
-            &[],
-        );
     }
-    Ok(())
+}
+
+/// Every record of a saga, oldest first, read backwards from its last one.
+pub fn saga_history(log: &Log, saga_id: &str, last_offset: u64) -> Result<Vec<(u64, Record)>> {
+    let mut history = Vec::new();
+    let mut next = Some(last_offset);
+    while let Some(offset) = next {
+        let (link, record) = read_saga_record(log, offset)?;
+        if record.saga_id != saga_id {
+            return Err(EngineError::Inconsistent(format!(
+                "saga {saga_id}: its chain reaches offset {offset}, a record of saga {}",
+                record.saga_id
+            )));
+        }
+        next = match link {
+            Link::Start => None,
+            Link::Follows => Some(offset - 1),
+            Link::After { prev, .. } => Some(prev),
+        };
+        history.push((offset, record));
+        if history.len() > (u32::MAX as usize) {
+            return Err(EngineError::Inconsistent(format!(
+                "saga {saga_id}: its chain loops"
+            )));
+        }
+    }
+    history.reverse();
+    Ok(history)
+}
+
+/// Turns log records into index writes. It remembers the previous record's saga and
+/// first offset to resolve `Follows` links without reading the log.
+pub struct Indexer<'a> {
+    keys: &'a Keys,
+    log: &'a Log,
+    previous: Option<(u64, String, u64)>,
+}
+
+impl<'a> Indexer<'a> {
+    pub fn new(keys: &'a Keys, log: &'a Log) -> Indexer<'a> {
+        Indexer {
+            keys,
+            log,
+            previous: None,
+        }
+    }
+
+    /// The index writes for one log record (records must come in log order).
+    pub fn add(&mut self, record: &LogRecord, batch: &mut IndexBatch) -> Result<()> {
+        let Entry::Saga { link, record: r } = decode_at(record)? else {
+            self.previous = None;
+            return Ok(());
+        };
+        let first = match (link, &self.previous) {
+            (Link::Start, _) => record.offset,
+            (Link::After { first, .. }, _) => first,
+            (Link::Follows, Some((offset, saga_id, first)))
+                if *offset + 1 == record.offset && *saga_id == r.saga_id =>
+            {
+                *first
+            }
+            (Link::Follows, _) => predecessors(self.log, record.offset, link)?.1,
+        };
+        let finished = match &r.kind {
+            Kind::SagaCompleted => Some(Status::Completed),
+            Kind::SagaCompensated => Some(Status::Compensated),
+            Kind::StatusOverridden { to, .. } if to.is_terminal() => Some(*to),
+            _ => None,
+        };
+        if let Some(status) = finished {
+            let saga_type = match read_saga_record(self.log, first)?.1.kind {
+                Kind::SagaStarted { saga_type, .. } => saga_type,
+                _ => {
+                    return Err(EngineError::Inconsistent(format!(
+                        "saga {}: its first record (offset {first}) is not its start",
+                        r.saga_id
+                    )))
+                }
+            };
+            let meta = SagaMeta {
+                first_offset: first,
+                last_offset: record.offset,
+                status,
+                updated_at_ms: r.at_ms,
+                saga_type,
+            };
+            batch.put(&self.keys.saga, r.saga_id.as_bytes(), &meta.encode());
+            batch.put(
+                &self.keys.finished,
+                &finished_key(status, r.at_ms, &r.saga_id),
+                &[],
+            );
+        }
+        self.previous = Some((record.offset, r.saga_id, first));
+        Ok(())
+    }
 }

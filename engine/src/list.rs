@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::engine::{Inner, ListPage, ListQuery, MAX_LIST_SCAN};
 use crate::error::{EngineError, Result};
-use crate::indexing::{finished_key, parse_finished_key};
+use crate::indexing::{finished_key, parse_finished_key, SagaMeta};
 use crate::record::Status;
 
 /// Most items one page may hold.
@@ -113,10 +113,10 @@ fn type_matches(inner: &Inner, id: &str, want: Option<&str>) -> Result<bool> {
     if let Some(saga_type) = inner.saga_type_in_memory(id) {
         return Ok(saga_type == want);
     }
-    Ok(inner
-        .index
-        .get(&inner.keys.saga_type, id.as_bytes())?
-        .is_some_and(|t| t == want.as_bytes()))
+    let meta = inner.index.get(&inner.keys.saga, id.as_bytes())?;
+    Ok(meta
+        .and_then(|value| SagaMeta::decode(&value))
+        .is_some_and(|meta| meta.saga_type == want))
 }
 
 /// Up to `query.limit` in-memory sagas of `status` below the cursor; and whether the

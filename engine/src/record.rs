@@ -224,10 +224,26 @@ impl Kind {
     }
 }
 
+/// Where a saga record's predecessors are, so a saga's history can be read backwards
+/// from its latest record without an index of every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum Link {
+    /// The saga's first record (`saga_started`).
+    Start,
+    /// The saga's previous record is the log record just before this one (they were
+    /// appended together); so is its first, if that one is.
+    Follows,
+    /// The saga's previous record is at offset `prev` and its first at `first`.
+    After { prev: u64, first: u64 },
+}
+
 /// One log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Entry {
-    Saga(Record),
+    Saga {
+        link: Link,
+        record: Record,
+    },
     /// A definition registered at run time, as its JSON, so it survives a restart.
     DefinitionRegistered {
         json: String,
@@ -288,13 +304,21 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<Entry> {
-        let record = |seq, kind| {
-            Entry::Saga(Record {
+        let record = |seq, kind| Entry::Saga {
+            link: if seq == 1 {
+                Link::Start
+            } else {
+                Link::After {
+                    prev: u64::from(seq),
+                    first: 0,
+                }
+            },
+            record: Record {
                 saga_id: "s-1".into(),
                 seq,
                 at_ms: 1_700_000_000_000 + u64::from(seq),
                 kind,
-            })
+            },
         };
         vec![
             record(

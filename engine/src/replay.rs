@@ -16,7 +16,7 @@ use sagalog_storage::{IndexStore, Log, SnapshotStore, StorageError};
 use crate::definition::{Definition, Registry};
 use crate::engine::{note_change, Inner, Shard, Slot, Summary};
 use crate::error::{EngineError, Result};
-use crate::indexing::{self, decode_at, Keys};
+use crate::indexing::{decode_at, Indexer, Keys};
 use crate::projection::{Counters, Projections};
 use crate::record::{Entry, Kind};
 use crate::state::{apply_mut, SagaState, StoredSaga};
@@ -40,6 +40,7 @@ struct SnapshotSaga {
     saga: StoredSaga,
     first_offset: u64,
     last_offset: u64,
+    events: u64,
 }
 
 fn bincode_config() -> bincode::config::Configuration {
@@ -55,8 +56,9 @@ pub(crate) fn catch_up_index(
     chunk: usize,
 ) -> Result<()> {
     let run = || {
+        let mut indexer = Indexer::new(keys, log);
         catch_up(log, index, chunk, |record, batch| {
-            indexing::add(keys, record, batch)
+            indexer.add(record, batch)
         })
     };
     let applied = match run() {
@@ -181,6 +183,7 @@ fn from_snapshot(data: &[u8], offset: u64, shards: usize) -> Result<Restored> {
         saga,
         first_offset,
         last_offset,
+        events,
     } in body.sagas
     {
         let definition = restored
@@ -208,6 +211,7 @@ fn from_snapshot(data: &[u8], offset: u64, shards: usize) -> Result<Restored> {
                 busy: false,
                 first_offset,
                 last_offset,
+                events,
             },
         );
     }
@@ -218,7 +222,7 @@ fn from_snapshot(data: &[u8], offset: u64, shards: usize) -> Result<Restored> {
 /// Folds one log record into the restored state.
 fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<()> {
     let r = match decode_at(record)? {
-        Entry::Saga(r) => r,
+        Entry::Saga { record: r, .. } => r,
         Entry::DefinitionRegistered { json } => {
             let definition = Definition::from_json(&json).map_err(|e| {
                 EngineError::Inconsistent(format!("definition at offset {}: {e}", record.offset))
@@ -257,6 +261,7 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
                 busy: false,
                 first_offset: record.offset,
                 last_offset: record.offset,
+                events: 0,
             },
         );
     }
@@ -278,6 +283,9 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
     }
     let before = Summary::of(&slot.state);
     apply_mut(&mut slot.state, &r);
+    if let Some((event_id, _)) = r.kind.reply() {
+        slot.events |= crate::engine::event_bits(event_id);
+    }
     slot.last_offset = record.offset;
     let after = Summary::of(&slot.state);
     let counter = AtomicUsize::new(*active);
@@ -320,6 +328,7 @@ pub(crate) fn capture(inner: &Inner, offset: u64) -> Vec<u8> {
                     saga: StoredSaga::from(&slot.state),
                     first_offset: slot.first_offset,
                     last_offset: slot.last_offset,
+                    events: slot.events,
                 });
             }
         }

@@ -54,7 +54,7 @@ fn kinds_in(engine: &Engine) -> BTreeSet<&'static str> {
     for record in engine.log().iter_from(0) {
         let record = record.unwrap();
         match Entry::decode(&record.payload).unwrap() {
-            Entry::Saga(r) => {
+            Entry::Saga { record: r, .. } => {
                 kinds.insert("saga");
                 kinds.insert(r.kind.name());
             }
