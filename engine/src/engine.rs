@@ -99,8 +99,10 @@ pub const MAX_EVENT_ID_BYTES: usize = 256;
 /// Most finished-saga index entries one list call looks at (a type filter can skip
 /// many); past it the page ends early with a cursor to go on from.
 pub const MAX_LIST_SCAN: usize = 100_000;
-/// Longest a history read waits for the indexer to reach the saga's last record.
+/// Longest a caller waits for the indexer (a bounded wait, then an error).
 const INDEX_WAIT: Duration = Duration::from_secs(10);
+/// How long the indexer lets records gather after a short batch.
+const INDEX_GATHER: Duration = Duration::from_millis(5);
 
 /// `[A-Za-z0-9._:-]{1,128}`: saga ids.
 pub fn is_valid_saga_id(id: &str) -> bool {
@@ -222,6 +224,8 @@ pub(crate) struct Inner {
     pub projections: Mutex<Projections>,
     pub timers: Mutex<BTreeSet<(u64, Arc<str>)>>,
     timer_wake: Notify,
+    /// When the timer thread wakes next by itself (unix ms).
+    timer_sleeps_until: AtomicU64,
     unindexed: Mutex<Unindexed>,
     indexed: watch::Sender<u64>,
     gate: tokio::sync::RwLock<()>,
@@ -405,6 +409,7 @@ impl Engine {
             projections: Mutex::new(restored.projections),
             timers: Mutex::new(restored.timers),
             timer_wake: Notify::new(),
+            timer_sleeps_until: AtomicU64::new(0),
             unindexed: Mutex::new(Unindexed::default()),
             indexed: watch::channel(watermark).0,
             gate: tokio::sync::RwLock::new(()),
@@ -967,8 +972,12 @@ impl Inner {
             before,
             after,
         );
-        if after.due_ms.is_some() && before.due_ms != after.due_ms {
-            self.timer_wake.notify_one();
+        // Wake the timer only for a due time before the one it sleeps until.
+        if let Some(due) = after.due_ms {
+            if due < self.timer_sleeps_until.load(Ordering::SeqCst) {
+                self.timer_sleeps_until.store(due, Ordering::SeqCst);
+                self.timer_wake.notify_one();
+            }
         }
     }
 
@@ -1291,9 +1300,17 @@ fn run_indexer(inner: Arc<Inner>) {
                 .map_err(EngineError::from)
                 .and_then(|records| index_records(&inner, &mut indexer, &records));
             match result {
-                Ok(next) => {
+                Ok((next, read)) => {
                     from = next;
                     inner.indexed_through(next);
+                    // A short batch: let records gather rather than pay a sled batch for
+                    // each group commit (finished sagas leave memory a little later).
+                    if read < inner.config.index_batch_records {
+                        tokio::select! {
+                            _ = tokio::time::sleep(INDEX_GATHER) => {}
+                            _ = stop.wait_for(|stop| *stop) => return,
+                        }
+                    }
                 }
                 Err(EngineError::Storage(StorageError::Closed)) => return,
                 Err(e) => {
@@ -1314,14 +1331,14 @@ fn index_records(
     inner: &Inner,
     indexer: &mut Indexer<'_>,
     records: &[sagalog_storage::LogRecord],
-) -> Result<u64> {
+) -> Result<(u64, usize)> {
     let mut batch = IndexBatch::default();
     for record in records {
         indexer.add(record, &mut batch)?;
     }
     let next = records.last().map_or(0, |r| r.offset + 1);
     inner.index.commit(batch, next)?;
-    Ok(next)
+    Ok((next, records.len()))
 }
 
 /// Fires due timers, sleeping until the next one is due (or a sooner one is added),
@@ -1343,10 +1360,18 @@ fn run_timer(inner: Arc<Inner>) {
             if inner.clone().run_due_timers().await > 0 {
                 continue;
             }
+            // Writers wake the timer for a due time before `timer_sleeps_until`; it is
+            // "never" while the next due time is read, so one added meanwhile wakes it.
+            let woken = inner.timer_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            inner.timer_sleeps_until.store(u64::MAX, Ordering::SeqCst);
             let now_ms = inner.clock.now_ms();
             let next_due = inner.timers.lock().first().map(|(at, _)| *at);
             let wait_ms = next_due.map_or(1000, |at| at.saturating_sub(now_ms).clamp(1, 1000));
-            let woken = inner.timer_wake.notified();
+            inner
+                .timer_sleeps_until
+                .store(now_ms + wait_ms, Ordering::SeqCst);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
                 _ = woken => {}

@@ -520,3 +520,39 @@ async fn definitions_are_validated_and_versions_never_change() {
     let err = engine.register_definition(changed).await.unwrap_err();
     assert_eq!(err.class(), sagalog_engine::ErrorClass::Conflict);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timer_thread_fires_timeouts_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = sagalog_engine::Engine::open(dir.path(), common::config()).unwrap();
+    let quick = Definition::from_json(
+        r#"{"name": "quick", "version": 1, "steps": [
+            {"name": "only", "topic": "quick.commands", "compensable": true,
+             "timeout_ms": 30, "max_attempts": 2, "backoff_ms": 5}]}"#,
+    )
+    .unwrap();
+    engine.register_definition(quick).await.unwrap();
+    let started = engine
+        .start(StartRequest {
+            saga_type: "quick".into(),
+            saga_id: Some("q-1".into()),
+            payload: serde_json::json!({}),
+            trace_id: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(started.saga.status, Status::Started);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let saga = engine.get("q-1").unwrap();
+        if saga.status == Status::Compensated {
+            assert_eq!(saga.steps[0].attempts, 2, "both attempts timed out");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no timeout fired: {saga:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
