@@ -211,6 +211,16 @@ pub fn backoff_ms(base_ms: u64, attempt: u32) -> u64 {
 /// The records `input` adds to the saga at `now_ms`, or why it does not fit.
 /// An input that changes nothing (a tick with nothing due) gives no records.
 pub fn decide(state: &SagaState, input: Input, now_ms: u64) -> Result<Vec<Record>, Rejection> {
+    decide_and_apply(state, input, now_ms).map(|(records, _)| records)
+}
+
+/// [`decide`], also giving the state the records leave (the fold of `state` and the
+/// records, which deciding computes anyway).
+pub fn decide_and_apply(
+    state: &SagaState,
+    input: Input,
+    now_ms: u64,
+) -> Result<(Vec<Record>, SagaState), Rejection> {
     let saga_id = || state.saga_id.clone();
     let status = match (state.status, &input) {
         (None, Input::Start { .. }) => None,
@@ -218,7 +228,9 @@ pub fn decide(state: &SagaState, input: Input, now_ms: u64) -> Result<Vec<Record
         (Some(_), Input::Start { .. }) => {
             return Err(Rejection::AlreadyStarted { saga_id: saga_id() })
         }
-        (Some(status), Input::Tick) if status.is_terminal() => return Ok(Vec::new()),
+        (Some(status), Input::Tick) if status.is_terminal() => {
+            return Ok((Vec::new(), state.clone()))
+        }
         (Some(status), _) if status.is_terminal() => {
             return Err(Rejection::Finished {
                 saga_id: saga_id(),
@@ -273,7 +285,7 @@ pub fn decide(state: &SagaState, input: Input, now_ms: u64) -> Result<Vec<Record
             d.issue(step, action, attempt + 1);
         }
     }
-    Ok(d.records)
+    Ok((d.records, d.state))
 }
 
 fn decide_reply(d: &mut Decision, reply: Reply) -> Result<(), Rejection> {

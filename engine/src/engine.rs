@@ -31,12 +31,12 @@ use sagalog_storage::{
 };
 use tokio::sync::{watch, Notify};
 
-use crate::decider::{decide, Input, Rejection, Reply};
+use crate::decider::{decide_and_apply, Input, Rejection, Reply};
 use crate::definition::{Definition, Registered, Registry};
 use crate::error::{EngineError, Result};
 use crate::indexing::{read_saga_record, saga_history, Indexer, Keys, SagaMeta};
 use crate::projection::{Counters, Place, Projections};
-use crate::record::{Entry, Kind, Link, Record, Status};
+use crate::record::{encode_saga_record, Entry, Kind, Link, Record, Status};
 use crate::replay;
 use crate::state::{apply_mut, SagaState};
 use crate::view::{self, SagaView};
@@ -285,9 +285,11 @@ impl Op {
 
 /// What an operation did.
 enum Done {
-    /// Records were appended at `offsets`; the saga is now `state`.
+    /// Records were appended at `offsets`; the saga is now in `status` (and `state`,
+    /// when the operation wants it).
     Appended {
-        state: SagaState,
+        status: Status,
+        state: Option<SagaState>,
         first_offset: u64,
         offsets: Range<u64>,
     },
@@ -306,6 +308,8 @@ struct Pending {
     /// The link of the first record (the others follow it).
     link: Link,
     after: SagaState,
+    /// Whether the caller needs the new state back (not for replies and ticks).
+    want_state: bool,
 }
 
 enum Step {
@@ -491,7 +495,7 @@ impl Engine {
         };
         match inner.transact(&saga_id, op).await? {
             Done::Appended {
-                state,
+                state: Some(state),
                 first_offset,
                 ..
             } => Ok(StartAnswer {
@@ -505,8 +509,8 @@ impl Engine {
                 saga: inner.view(&state, first_offset)?,
                 created: false,
             }),
-            Done::Unchanged { .. } | Done::Repeated(_) => {
-                unreachable!("a start appends or finds the saga")
+            Done::Appended { state: None, .. } | Done::Unchanged { .. } | Done::Repeated(_) => {
+                unreachable!("a start appends (with its state) or finds the saga")
             }
         }
     }
@@ -534,9 +538,11 @@ impl Engine {
             ));
         }
         match self.inner.transact(saga_id, Op::Reply(reply)).await? {
-            Done::Appended { state, offsets, .. } => Ok(ReplyAnswer {
+            Done::Appended {
+                status, offsets, ..
+            } => Ok(ReplyAnswer {
                 saga_id: saga_id.to_string(),
-                status: state.status.expect("started"),
+                status,
                 offset: offsets.start,
                 repeated: false,
             }),
@@ -715,11 +721,7 @@ impl Inner {
             .enumerate()
             .map(|(i, record)| {
                 let link = if i == 0 { pending.link } else { Link::Follows };
-                Entry::Saga {
-                    link,
-                    record: record.clone(),
-                }
-                .encode()
+                encode_saga_record(link, record)
             })
             .collect();
         let appended = self.log.append_batch(encoded).await;
@@ -739,7 +741,8 @@ impl Inner {
                     slot.state = pending.after;
                     self.installed(&pending.key, before, slot, &pending.records, &offsets);
                     Ok(Done::Appended {
-                        state: slot.state.clone(),
+                        status: slot.state.status.expect("started"),
+                        state: pending.want_state.then(|| slot.state.clone()),
                         first_offset: slot.first_offset,
                         offsets,
                     })
@@ -789,19 +792,16 @@ impl Inner {
                 }
                 _ => {}
             }
-            let records = decide(&slot.state, op.input(), now_ms)?;
+            let (records, after) = decide_and_apply(&slot.state, op.input(), now_ms)?;
             if records.is_empty() {
                 return Ok(Step::Done(Done::Unchanged {
-                    state: slot.state.clone(),
+                    state: after,
                     first_offset: slot.first_offset,
                 }));
             }
-            let mut after = slot.state.clone();
-            for record in &records {
-                apply_mut(&mut after, record);
-            }
             slot.busy = true;
             return Ok(Step::Append(Pending {
+                want_state: !matches!(op, Op::Reply(_) | Op::Tick),
                 key,
                 records,
                 link: Link::After {
@@ -839,11 +839,7 @@ impl Inner {
                     });
                 }
                 let state = SagaState::new(saga_id, definition.clone());
-                let records = decide(&state, op.input(), now_ms)?;
-                let mut after = state.clone();
-                for record in &records {
-                    apply_mut(&mut after, record);
-                }
+                let (records, after) = decide_and_apply(&state, op.input(), now_ms)?;
                 let key: Arc<str> = Arc::from(saga_id);
                 sagas.insert(
                     key.clone(),
@@ -856,6 +852,7 @@ impl Inner {
                     },
                 );
                 Ok(Step::Append(Pending {
+                    want_state: true,
                     key,
                     records,
                     link: Link::Start,
@@ -1111,7 +1108,7 @@ impl Inner {
     fn view_of(&self, done: Done) -> Result<SagaView> {
         match done {
             Done::Appended {
-                state,
+                state: Some(state),
                 first_offset,
                 ..
             }
@@ -1123,7 +1120,9 @@ impl Inner {
                 state,
                 first_offset,
             } => self.view(&state, first_offset),
-            Done::Repeated(_) => unreachable!("only replies repeat"),
+            Done::Appended { state: None, .. } | Done::Repeated(_) => {
+                unreachable!("operations with a view keep their state; only replies repeat")
+            }
         }
     }
 
