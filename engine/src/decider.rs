@@ -148,7 +148,7 @@ impl Decision {
 
     fn push(&mut self, kind: Kind) {
         let record = Record {
-            saga_id: self.state.saga_id.clone(),
+            saga_id: self.state.saga_id.to_string(),
             seq: self.state.seq + 1,
             at_ms: self.now_ms,
             kind,
@@ -221,7 +221,7 @@ pub fn decide_and_apply(
     input: Input,
     now_ms: u64,
 ) -> Result<(Vec<Record>, SagaState), Rejection> {
-    let saga_id = || state.saga_id.clone();
+    let saga_id = || state.saga_id.to_string();
     let status = match (state.status, &input) {
         (None, Input::Start { .. }) => None,
         (None, _) => return Err(Rejection::NotStarted { saga_id: saga_id() }),
@@ -292,7 +292,7 @@ fn decide_reply(d: &mut Decision, reply: Reply) -> Result<(), Rejection> {
     let state = &d.state;
     let Some(step) = state.definition.step_index(&reply.step) else {
         return Err(Rejection::UnknownStep {
-            saga_id: state.saga_id.clone(),
+            saga_id: state.saga_id.to_string(),
             saga_type: state.definition.name.clone(),
             step: reply.step,
         });
@@ -306,7 +306,7 @@ fn decide_reply(d: &mut Decision, reply: Reply) -> Result<(), Rejection> {
     });
     if !fits {
         return Err(Rejection::Unexpected {
-            saga_id: state.saga_id.clone(),
+            saga_id: state.saga_id.to_string(),
             expected: expectation(state),
             step: reply.step,
             outcome: reply.outcome.as_str(),
@@ -384,7 +384,12 @@ fn decide_tick(d: &mut Decision) {
                 retry_at_ms,
             });
             if retry_at_ms.is_none() {
-                let reason = d.state.failure_reason.clone().unwrap_or_default();
+                let reason = d
+                    .state
+                    .failure_reason
+                    .as_deref()
+                    .unwrap_or_default()
+                    .to_string();
                 d.gave_up(p.step, p.action, reason);
             }
         }
@@ -401,7 +406,7 @@ fn decide_override(
 ) -> Result<(), Rejection> {
     let invalid = |why| {
         Err(Rejection::InvalidOverride {
-            saga_id: d.state.saga_id.clone(),
+            saga_id: d.state.saga_id.to_string(),
             from,
             to,
             why,

@@ -16,7 +16,7 @@
 //! (then lets finished sagas leave memory); the *timer* fires due timeouts and retries
 //! and takes the periodic snapshots.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +39,7 @@ use crate::projection::{Counters, Place, Projections};
 use crate::record::{encode_saga_record, Entry, Kind, Link, Record, Status};
 use crate::replay;
 use crate::state::{apply_mut, SagaState};
+use crate::table::SagaTable;
 use crate::view::{self, SagaView};
 
 /// Where the engine gets the time from (unix milliseconds). Tests drive a manual one.
@@ -165,7 +166,8 @@ pub struct EngineStats {
     pub counters: Counters,
     /// Active sagas (in memory, not finished) per status.
     pub active_by_status: [usize; 6],
-    /// Unix ms of the oldest `updated_at` among the sagas in each status, if any.
+    /// Unix ms of the oldest `updated_at` among the active sagas in each status, if any
+    /// (a scan of the sagas in memory).
     pub oldest_updated_ms: [Option<u64>; 6],
     pub log_next_offset: u64,
     pub index_watermark: u64,
@@ -187,7 +189,7 @@ pub(crate) struct Slot {
 
 #[derive(Default)]
 pub(crate) struct Shard {
-    pub sagas: Mutex<HashMap<Arc<str>, Slot>>,
+    pub sagas: Mutex<SagaTable>,
     idle: Notify,
 }
 
@@ -651,17 +653,24 @@ impl Engine {
 
     pub fn stats(&self) -> EngineStats {
         let inner = &self.inner;
-        let projections = inner.projections.lock();
+        let counters = inner.projections.lock().counters.clone();
         let mut active_by_status = [0; 6];
-        let mut oldest_updated_ms = [None; 6];
-        for status in Status::ALL {
-            if !status.is_terminal() {
-                active_by_status[status.index()] = projections.in_memory(status);
+        for status in Status::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            active_by_status[status.index()] = counters.status_counts[status.index()] as usize;
+        }
+        let mut oldest_updated_ms: [Option<u64>; 6] = [None; 6];
+        for shard in inner.shards.iter() {
+            for slot in shard.sagas.lock().values() {
+                if let Some(status) = slot.state.status.filter(|s| !s.is_terminal()) {
+                    let oldest = &mut oldest_updated_ms[status.index()];
+                    *oldest = Some(oldest.map_or(slot.state.updated_at_ms, |o| {
+                        o.min(slot.state.updated_at_ms)
+                    }));
+                }
             }
-            oldest_updated_ms[status.index()] = projections.oldest_updated_ms(status);
         }
         EngineStats {
-            counters: projections.counters.clone(),
+            counters,
             active_by_status,
             oldest_updated_ms,
             log_next_offset: inner.log.next_offset(),
@@ -762,8 +771,8 @@ impl Inner {
     fn decide_locked(&self, shard: &Shard, saga_id: &str, op: &Op) -> Result<Step> {
         let now_ms = self.clock.now_ms();
         let mut sagas = shard.sagas.lock();
-        if let Some(key) = sagas.get_key_value(saga_id).map(|(k, _)| k.clone()) {
-            let slot = sagas.get_mut(saga_id).expect("found above");
+        if let Some(slot) = sagas.get_mut(saga_id) {
+            let key = slot.state.saga_id.clone();
             if slot.busy {
                 return Ok(Step::Busy);
             }
@@ -838,19 +847,16 @@ impl Inner {
                         limit,
                     });
                 }
-                let state = SagaState::new(saga_id, definition.clone());
-                let (records, after) = decide_and_apply(&state, op.input(), now_ms)?;
                 let key: Arc<str> = Arc::from(saga_id);
-                sagas.insert(
-                    key.clone(),
-                    Slot {
-                        state,
-                        busy: true,
-                        first_offset: 0,
-                        last_offset: 0,
-                        events: 0,
-                    },
-                );
+                let state = SagaState::new(key.clone(), definition.clone());
+                let (records, after) = decide_and_apply(&state, op.input(), now_ms)?;
+                sagas.insert(Slot {
+                    state,
+                    busy: true,
+                    first_offset: 0,
+                    last_offset: 0,
+                    events: 0,
+                });
                 Ok(Step::Append(Pending {
                     want_state: true,
                     key,
@@ -1035,10 +1041,7 @@ impl Inner {
                 !slot.busy && slot.state.is_terminal() && slot.last_offset < watermark
             });
             if leave {
-                let slot = sagas.remove(&key).expect("checked");
-                if let Some(place) = Summary::of(&slot.state).place {
-                    self.projections.lock().evicted(&key, place);
-                }
+                sagas.remove(&key);
             }
         }
         self.indexed.send_replace(watermark);
@@ -1094,7 +1097,7 @@ impl Inner {
     fn view(&self, state: &SagaState, first_offset: u64) -> Result<SagaView> {
         let (_, started) = read_saga_record(&self.log, first_offset)?;
         let payload = match started.kind {
-            Kind::SagaStarted { payload, .. } if started.saga_id == state.saga_id => payload,
+            Kind::SagaStarted { payload, .. } if *started.saga_id == *state.saga_id => payload,
             _ => {
                 return Err(EngineError::Inconsistent(format!(
                     "saga {}: offset {first_offset} is not its start",
@@ -1240,7 +1243,7 @@ fn same_start(state: &SagaState, definition: &Definition, request_hash: u64) -> 
         Ok(())
     } else {
         Err(EngineError::StartConflict {
-            saga_id: state.saga_id.clone(),
+            saga_id: state.saga_id.to_string(),
         })
     }
 }
@@ -1255,7 +1258,7 @@ pub(crate) fn note_change(
     after: Summary,
 ) {
     if before.place != after.place {
-        projections.moved(key, saga_type, before.place, after.place);
+        projections.moved(saga_type, before.place, after.place);
     }
     if before.due_ms != after.due_ms {
         if let Some(due) = before.due_ms {

@@ -20,6 +20,7 @@ pub mod projection;
 pub mod record;
 mod replay;
 pub mod state;
+mod table;
 pub mod view;
 
 pub use decider::{decide, Input, Outcome, Rejection, Reply};

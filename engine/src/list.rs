@@ -3,6 +3,8 @@
 //! the `finished` index (a finished saga may briefly be in both until the indexer
 //! lets it leave memory; it is listed once).
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -13,8 +15,6 @@ use crate::record::Status;
 
 /// Most items one page may hold.
 pub const MAX_LIST_LIMIT: usize = 1000;
-/// In-memory entries copied per lock hold while listing.
-const CHUNK: usize = 1024;
 
 type Position = (u64, Arc<str>);
 
@@ -60,17 +60,14 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
     let mut candidates: Vec<Position> = Vec::new();
     let mut cut_short = false;
     for &status in &statuses {
-        let (found, short) = from_memory(
+        candidates.extend(from_memory(
             inner,
             status,
-            cursor.clone(),
+            cursor.as_ref(),
             from_ms,
             to_ms,
             query,
-            &mut scanned,
-        );
-        candidates.extend(found);
-        cut_short |= short;
+        ));
         if status.is_terminal() {
             let (found, short) = from_index(
                 inner,
@@ -119,43 +116,50 @@ fn type_matches(inner: &Inner, id: &str, want: Option<&str>) -> Result<bool> {
         .is_some_and(|meta| meta.saga_type == want))
 }
 
-/// Up to `query.limit` in-memory sagas of `status` below the cursor; and whether the
-/// scan stopped at its bound before the sagas ran out.
+/// The newest `query.limit` in-memory sagas of `status` below the cursor: one pass
+/// over the sagas in memory keeping the best ones in a bounded heap.
 fn from_memory(
     inner: &Inner,
     status: Status,
-    mut position: Option<Position>,
+    cursor: Option<&Position>,
     from_ms: u64,
     to_ms: u64,
     query: &ListQuery,
-    scanned: &mut usize,
-) -> (Vec<Position>, bool) {
-    let mut found = Vec::new();
-    loop {
-        let chunk: Vec<Position> = inner
-            .projections
-            .lock()
-            .newest(status, position.as_ref(), from_ms, to_ms)
-            .take(CHUNK)
-            .cloned()
-            .collect();
-        let Some(last) = chunk.last().cloned() else {
-            return (found, false);
-        };
-        for entry in chunk {
-            *scanned += 1;
-            if type_matches(inner, &entry.1, query.saga_type.as_deref()).unwrap_or(false) {
-                found.push(entry);
-                if found.len() == query.limit {
-                    return (found, false);
+) -> Vec<Position> {
+    let mut best: BinaryHeap<Reverse<Position>> = BinaryHeap::with_capacity(query.limit + 1);
+    for shard in inner.shards.iter() {
+        let sagas = shard.sagas.lock();
+        for slot in sagas.values() {
+            let state = &slot.state;
+            let at = state.updated_at_ms;
+            if state.status != Some(status) || at < from_ms || at > to_ms {
+                continue;
+            }
+            if query
+                .saga_type
+                .as_deref()
+                .is_some_and(|t| t != state.definition.name)
+            {
+                continue;
+            }
+            let worse_than_cursor =
+                cursor.is_some_and(|(c_at, c_id)| (at, &*state.saga_id) >= (*c_at, &**c_id));
+            if worse_than_cursor {
+                continue;
+            }
+            let better = best.len() < query.limit
+                || best
+                    .peek()
+                    .is_some_and(|Reverse((b_at, b_id))| (at, &*state.saga_id) > (*b_at, &**b_id));
+            if better {
+                best.push(Reverse((at, state.saga_id.clone())));
+                if best.len() > query.limit {
+                    best.pop();
                 }
             }
         }
-        if *scanned >= MAX_LIST_SCAN {
-            return (found, true);
-        }
-        position = Some(last);
     }
+    best.into_iter().map(|Reverse(p)| p).collect()
 }
 
 fn from_index(

@@ -195,25 +195,19 @@ fn from_snapshot(data: &[u8], offset: u64, shards: usize) -> Result<Restored> {
         let state = saga
             .into_state(definition)
             .ok_or_else(|| bad(format!("saga {id} does not fit its definition")))?;
-        let key: Arc<str> = Arc::from(id.as_str());
+        let key = state.saga_id.clone();
         let summary = Summary::of(&state);
-        if let Some(place) = summary.place {
-            restored.projections.restored(&key, place);
-        }
         if let Some(due) = summary.due_ms {
             restored.timers.insert((due, key.clone()));
         }
         restored.active += 1;
-        restored.shard(&id).sagas.lock().insert(
-            key,
-            Slot {
-                state,
-                busy: false,
-                first_offset,
-                last_offset,
-                events,
-            },
-        );
+        restored.shard(&id).sagas.lock().insert(Slot {
+            state,
+            busy: false,
+            first_offset,
+            last_offset,
+            events,
+        });
     }
     restored.snapshot_offset = offset;
     Ok(restored)
@@ -254,27 +248,21 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
                 r.saga_id, record.offset
             ))
         })?;
-        sagas.insert(
-            Arc::from(r.saga_id.as_str()),
-            Slot {
-                state: SagaState::new(r.saga_id.clone(), definition),
-                busy: false,
-                first_offset: record.offset,
-                last_offset: record.offset,
-                events: 0,
-            },
-        );
+        sagas.insert(Slot {
+            state: SagaState::new(r.saga_id.as_str(), definition),
+            busy: false,
+            first_offset: record.offset,
+            last_offset: record.offset,
+            events: 0,
+        });
     }
-    let Some(key) = sagas
-        .get_key_value(r.saga_id.as_str())
-        .map(|(k, _)| k.clone())
-    else {
+    let Some(slot) = sagas.get_mut(&r.saga_id) else {
         return Err(EngineError::Inconsistent(format!(
             "record at offset {} is for saga {}, which is not active",
             record.offset, r.saga_id
         )));
     };
-    let slot = sagas.get_mut(&key).expect("found above");
+    let key = slot.state.saga_id.clone();
     if r.seq != slot.state.seq + 1 {
         return Err(EngineError::Inconsistent(format!(
             "saga {} record at offset {} has seq {} after {}",
@@ -301,9 +289,6 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
     *active = counter.into_inner();
     if slot.state.is_terminal() {
         // Finished sagas are served from the indexes, which caught up before replay.
-        if let Some(place) = after.place {
-            projections.evicted(&key, place);
-        }
         sagas.remove(&key);
     }
     Ok(())

@@ -92,9 +92,11 @@ impl Pending {
 
 /// A saga as its records left it. The payload stays in the log (the `saga_started`
 /// record); only what deciding needs is kept here.
+/// Kept compact (shared id, binary trace id, boxed slices): the engine holds one per
+/// active saga, within a budget of 300 bytes each.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SagaState {
-    pub saga_id: String,
+    pub saga_id: Arc<str>,
     pub definition: Arc<Definition>,
     /// `None` until the `saga_started` record is applied.
     pub status: Option<Status>,
@@ -102,19 +104,39 @@ pub struct SagaState {
     pub seq: u32,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
-    pub steps: Vec<StepState>,
+    pub steps: Box<[StepState]>,
     pub pending: Option<Pending>,
-    pub failure_reason: Option<String>,
-    pub trace_id: String,
+    pub failure_reason: Option<Box<str>>,
+    /// The W3C trace id (16 bytes; all zero when the start gave none that parses).
+    pub trace_id: [u8; 16],
     pub request_hash: u64,
+}
+
+/// A trace id's 32 hex digits as 16 bytes; `None` unless it is exactly that.
+pub fn parse_trace_id(hex: &str) -> Option<[u8; 16]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let digit = |b: u8| (b as char).to_digit(16);
+        out[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
+}
+
+/// 16 bytes as 32 lowercase hex digits.
+pub fn trace_id_hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl SagaState {
     /// A saga not started yet, to run on `definition`.
-    pub fn new(saga_id: impl Into<String>, definition: Arc<Definition>) -> SagaState {
+    pub fn new(saga_id: impl Into<Arc<str>>, definition: Arc<Definition>) -> SagaState {
         SagaState {
             saga_id: saga_id.into(),
-            steps: vec![StepState::NEW; definition.steps.len()],
+            steps: vec![StepState::NEW; definition.steps.len()].into_boxed_slice(),
             definition,
             status: None,
             seq: 0,
@@ -122,7 +144,7 @@ impl SagaState {
             updated_at_ms: 0,
             pending: None,
             failure_reason: None,
-            trace_id: String::new(),
+            trace_id: [0; 16],
             request_hash: 0,
         }
     }
@@ -158,7 +180,7 @@ pub fn apply(mut state: SagaState, record: &Record) -> SagaState {
 
 /// [`apply`] in place.
 pub fn apply_mut(state: &mut SagaState, record: &Record) {
-    assert_eq!(record.saga_id, state.saga_id, "a record of another saga");
+    assert_eq!(*record.saga_id, *state.saga_id, "a record of another saga");
     assert_eq!(
         record.seq,
         state.seq + 1,
@@ -190,7 +212,7 @@ pub fn apply_mut(state: &mut SagaState, record: &Record) {
             );
             state.status = Some(Status::Started);
             state.created_at_ms = record.at_ms;
-            state.trace_id = trace_id.clone();
+            state.trace_id = parse_trace_id(trace_id).unwrap_or_default();
             state.request_hash = *request_hash;
         }
         Kind::CommandIssued {
@@ -235,7 +257,7 @@ pub fn apply_mut(state: &mut SagaState, record: &Record) {
             ..
         } => {
             failed_attempt(state, *step, *action, *attempt, *retry_at_ms);
-            state.failure_reason = Some(reason.clone());
+            state.failure_reason = Some(reason.as_str().into());
         }
         Kind::StepTimedOut {
             step,
@@ -244,16 +266,19 @@ pub fn apply_mut(state: &mut SagaState, record: &Record) {
             retry_at_ms,
         } => {
             failed_attempt(state, *step, *action, *attempt, *retry_at_ms);
-            state.failure_reason = Some(format!(
-                "{} of step {} timed out (attempt {attempt})",
-                action.as_str(),
-                state.definition.steps[usize::from(*step)].name
-            ));
+            state.failure_reason = Some(
+                format!(
+                    "{} of step {} timed out (attempt {attempt})",
+                    action.as_str(),
+                    state.definition.steps[usize::from(*step)].name
+                )
+                .into(),
+            );
         }
         Kind::CompensationFailed { step, reason } => {
             step_mut(state, *step).status = StepStatus::CompensationFailed;
             state.status = Some(Status::CompensationFailed);
-            state.failure_reason = Some(reason.clone());
+            state.failure_reason = Some(reason.as_str().into());
             state.pending = None;
         }
         Kind::SagaCompleted => {
@@ -262,7 +287,7 @@ pub fn apply_mut(state: &mut SagaState, record: &Record) {
         }
         Kind::SagaFailed { reason, .. } => {
             state.status = Some(Status::Failed);
-            state.failure_reason = Some(reason.clone());
+            state.failure_reason = Some(reason.as_str().into());
             state.pending = None;
         }
         Kind::SagaCompensated => {
@@ -341,17 +366,17 @@ pub struct StoredSaga {
 impl From<&SagaState> for StoredSaga {
     fn from(state: &SagaState) -> StoredSaga {
         StoredSaga {
-            saga_id: state.saga_id.clone(),
+            saga_id: state.saga_id.to_string(),
             saga_type: state.definition.name.clone(),
             definition_version: state.definition.version,
             status: state.status,
             seq: state.seq,
             created_at_ms: state.created_at_ms,
             updated_at_ms: state.updated_at_ms,
-            steps: state.steps.clone(),
+            steps: state.steps.to_vec(),
             pending: state.pending,
-            failure_reason: state.failure_reason.clone(),
-            trace_id: state.trace_id.clone(),
+            failure_reason: state.failure_reason.as_deref().map(str::to_string),
+            trace_id: trace_id_hex(&state.trace_id),
             request_hash: state.request_hash,
         }
     }
@@ -365,16 +390,16 @@ impl StoredSaga {
             && definition.version == self.definition_version
             && definition.steps.len() == self.steps.len();
         fits.then_some(SagaState {
-            saga_id: self.saga_id,
+            saga_id: self.saga_id.into(),
             definition,
             status: self.status,
             seq: self.seq,
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
-            steps: self.steps,
+            steps: self.steps.into_boxed_slice(),
             pending: self.pending,
-            failure_reason: self.failure_reason,
-            trace_id: self.trace_id,
+            failure_reason: self.failure_reason.map(String::into_boxed_str),
+            trace_id: parse_trace_id(&self.trace_id).unwrap_or_default(),
             request_hash: self.request_hash,
         })
     }

@@ -29,7 +29,7 @@ pub struct SagaView {
 
 pub fn saga_view(state: &SagaState, payload: String) -> SagaView {
     SagaView {
-        saga_id: state.saga_id.clone(),
+        saga_id: state.saga_id.to_string(),
         saga_type: state.definition.name.clone(),
         definition_version: state.definition.version,
         status: state.status.expect("a viewed saga has started"),
@@ -47,8 +47,8 @@ pub fn saga_view(state: &SagaState, payload: String) -> SagaView {
             .collect(),
         created_at_ms: state.created_at_ms,
         updated_at_ms: state.updated_at_ms,
-        failure_reason: state.failure_reason.clone(),
-        trace_id: state.trace_id.clone(),
+        failure_reason: state.failure_reason.as_deref().map(str::to_string),
+        trace_id: crate::state::trace_id_hex(&state.trace_id),
         payload,
     }
 }

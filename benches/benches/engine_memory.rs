@@ -1,0 +1,93 @@
+//! Memory per active saga: heap bytes the engine holds for 100,000 order sagas waiting
+//! on their first step, counted by a global allocator that tracks live bytes. Payloads
+//! stay in the log and are not counted because they are not held.
+//!
+//! `cargo bench -p sagalog-benches --bench engine_memory` prints the figure (target:
+//! at most 300 bytes per active saga).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
+
+use sagalog_engine::{Engine, EngineConfig, StartRequest};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const SAGAS: usize = 100_000;
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run then.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        snapshot_every_records: 0,
+        ..EngineConfig::default()
+    };
+    let engine = Arc::new(Engine::open(dir.path(), config).unwrap());
+    let start = |first: usize, count: usize| {
+        let engine = engine.clone();
+        runtime.block_on(async move {
+            let tasks: Vec<_> = (0..256)
+                .map(|t| {
+                    let engine = engine.clone();
+                    tokio::spawn(async move {
+                        for i in (first + t..first + count).step_by(256) {
+                            engine
+                                .start(StartRequest {
+                                    saga_type: "order".into(),
+                                    saga_id: Some(format!("m-{i:08}")),
+                                    payload: serde_json::json!({"sku": "A-1", "qty": 2}),
+                                    trace_id: None,
+                                })
+                                .await
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            engine.wait_indexed().await.unwrap();
+        })
+    };
+    // Warm up so that buffers and caches that do not grow per saga are allocated.
+    start(0, 10_000);
+    let before = LIVE.load(Ordering::Relaxed);
+    start(10_000, SAGAS);
+    let after = LIVE.load(Ordering::Relaxed);
+    let per_saga = (after - before) as f64 / SAGAS as f64;
+    let active = engine.stats().active_by_status.iter().sum::<usize>();
+    assert_eq!(active, SAGAS + 10_000);
+    println!(
+        "engine_memory: {per_saga:.0} bytes of heap per active saga ({SAGAS} sagas; target <= 300)"
+    );
+}
