@@ -338,7 +338,7 @@ impl Summary {
         }
     }
 
-    fn is_active(&self) -> bool {
+    pub(crate) fn is_active(&self) -> bool {
         self.place.is_some_and(|p| !p.status.is_terminal())
     }
 }
@@ -957,15 +957,9 @@ impl Inner {
         }
     }
 
-    /// Projections and timers for a saga that went from `before` to `after` (shared
-    /// by the live path and replay).
-    pub(crate) fn note_change(
-        &self,
-        key: &Arc<str>,
-        saga_type: &str,
-        before: Summary,
-        after: Summary,
-    ) {
+    /// Projections, timers and the active count for a saga that went from `before` to
+    /// `after`. (Replay counts the same way but sets timers once at its end.)
+    fn note_change(&self, key: &Arc<str>, saga_type: &str, before: Summary, after: Summary) {
         note_change(
             &mut self.projections.lock(),
             &mut self.timers.lock(),
@@ -1248,7 +1242,7 @@ fn same_start(state: &SagaState, definition: &Definition, request_hash: u64) -> 
     }
 }
 
-pub(crate) fn note_change(
+fn note_change(
     projections: &mut Projections,
     timers: &mut BTreeSet<(u64, Arc<str>)>,
     active: &AtomicUsize,

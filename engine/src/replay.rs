@@ -6,7 +6,6 @@
 //! - the log after it is folded in with the same `apply` the live path uses.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use bincode::{Decode, Encode};
@@ -14,7 +13,7 @@ use sagalog_storage::index::catch_up;
 use sagalog_storage::{IndexStore, Log, SnapshotStore, StorageError};
 
 use crate::definition::{Definition, Registry};
-use crate::engine::{note_change, Inner, Shard, Slot, Summary};
+use crate::engine::{Inner, Shard, Slot, Summary};
 use crate::error::{EngineError, Result};
 use crate::indexing::{decode_at, Indexer, Keys};
 use crate::projection::{Counters, Projections};
@@ -147,6 +146,16 @@ pub(crate) fn restore(log: &Log, snapshots: &SnapshotStore, shards: usize) -> Re
         fold(&mut restored, &record)?;
         restored.replayed += 1;
     }
+    // Timers and the active count from the sagas left, once, rather than per record.
+    for shard in restored.shards.iter() {
+        for slot in shard.sagas.lock().values() {
+            let summary = Summary::of(&slot.state);
+            if let Some(due) = summary.due_ms {
+                restored.timers.insert((due, slot.state.saga_id.clone()));
+            }
+            restored.active += usize::from(summary.is_active());
+        }
+    }
     tracing::info!(
         snapshot_offset = from,
         replayed = restored.replayed,
@@ -195,12 +204,6 @@ fn from_snapshot(data: &[u8], offset: u64, shards: usize) -> Result<Restored> {
         let state = saga
             .into_state(definition)
             .ok_or_else(|| bad(format!("saga {id} does not fit its definition")))?;
-        let key = state.saga_id.clone();
-        let summary = Summary::of(&state);
-        if let Some(due) = summary.due_ms {
-            restored.timers.insert((due, key.clone()));
-        }
-        restored.active += 1;
         restored.shard(&id).sagas.lock().insert(Slot {
             state,
             busy: false,
@@ -230,8 +233,6 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
         registry,
         shards,
         projections,
-        timers,
-        active,
         ..
     } = restored;
     let shard = &shards[crate::engine::shard_index(&r.saga_id, shards.len())];
@@ -276,17 +277,9 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
     }
     slot.last_offset = record.offset;
     let after = Summary::of(&slot.state);
-    let counter = AtomicUsize::new(*active);
-    note_change(
-        projections,
-        timers,
-        &counter,
-        &key,
-        &slot.state.definition.name,
-        before,
-        after,
-    );
-    *active = counter.into_inner();
+    if before.place != after.place {
+        projections.moved(&slot.state.definition.name, before.place, after.place);
+    }
     if slot.state.is_terminal() {
         // Finished sagas are served from the indexes, which caught up before replay.
         sagas.remove(&key);
