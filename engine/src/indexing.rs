@@ -4,7 +4,7 @@
 //!
 //! | keyspace | key | value |
 //! | --- | --- | --- |
-//! | `saga` | saga id | [`SagaMeta`]: first and last record offsets, status, `updated_at`, type |
+//! | `saga` | saga id | [`SagaMeta`]: first and last record offsets, status, `updated_at` |
 //! | `finished` | status, `updated_at` (u64 BE), saga id | (empty): listing, newest first |
 //!
 //! A saga's history is read backwards from its last record through each record's
@@ -16,7 +16,7 @@
 use sagalog_storage::{IndexBatch, Keyspace, Log, LogRecord};
 
 use crate::error::{EngineError, Result};
-use crate::record::{Entry, Kind, Link, Record, Status};
+use crate::record::{peek, Entry, Link, Record, Status};
 
 pub struct Keys {
     pub saga: Keyspace,
@@ -49,23 +49,21 @@ pub fn parse_finished_key(key: &[u8]) -> Option<(Status, u64, String)> {
 }
 
 /// What the `saga` keyspace keeps of a finished saga.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SagaMeta {
     pub first_offset: u64,
     pub last_offset: u64,
     pub status: Status,
     pub updated_at_ms: u64,
-    pub saga_type: String,
 }
 
 impl SagaMeta {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut value = Vec::with_capacity(25 + self.saga_type.len());
-        value.extend_from_slice(&self.first_offset.to_be_bytes());
-        value.extend_from_slice(&self.last_offset.to_be_bytes());
-        value.push(self.status.index() as u8);
-        value.extend_from_slice(&self.updated_at_ms.to_be_bytes());
-        value.extend_from_slice(self.saga_type.as_bytes());
+    pub fn encode(&self) -> [u8; 25] {
+        let mut value = [0u8; 25];
+        value[..8].copy_from_slice(&self.first_offset.to_be_bytes());
+        value[8..16].copy_from_slice(&self.last_offset.to_be_bytes());
+        value[16] = self.status.index() as u8;
+        value[17..].copy_from_slice(&self.updated_at_ms.to_be_bytes());
         value
     }
 
@@ -77,12 +75,12 @@ impl SagaMeta {
                 .ok()
                 .map(u64::from_be_bytes)
         };
+        (value.len() == 25).then_some(())?;
         Some(SagaMeta {
             first_offset: u64_at(0)?,
             last_offset: u64_at(8)?,
-            status: *Status::ALL.get(usize::from(*value.get(16)?))?,
+            status: *Status::ALL.get(usize::from(value[16]))?,
             updated_at_ms: u64_at(17)?,
-            saga_type: std::str::from_utf8(value.get(25..)?).ok()?.to_string(),
         })
     }
 }
@@ -170,51 +168,47 @@ impl<'a> Indexer<'a> {
 
     /// The index writes for one log record (records must come in log order).
     pub fn add(&mut self, record: &LogRecord, batch: &mut IndexBatch) -> Result<()> {
-        let Entry::Saga { link, record: r } = decode_at(record)? else {
+        let peeked = peek(&record.payload).map_err(|source| EngineError::Corrupt {
+            offset: record.offset,
+            source,
+        })?;
+        let Some(p) = peeked else {
             self.previous = None;
             return Ok(());
         };
-        let first = match (link, &self.previous) {
+        let first = match (p.link, &self.previous) {
             (Link::Start, _) => record.offset,
             (Link::After { first, .. }, _) => first,
             (Link::Follows, Some((offset, saga_id, first)))
-                if *offset + 1 == record.offset && *saga_id == r.saga_id =>
+                if *offset + 1 == record.offset && saga_id == p.saga_id =>
             {
                 *first
             }
-            (Link::Follows, _) => predecessors(self.log, record.offset, link)?.1,
+            (Link::Follows, _) => predecessors(self.log, record.offset, p.link)?.1,
         };
-        let finished = match &r.kind {
-            Kind::SagaCompleted => Some(Status::Completed),
-            Kind::SagaCompensated => Some(Status::Compensated),
-            Kind::StatusOverridden { to, .. } if to.is_terminal() => Some(*to),
-            _ => None,
-        };
-        if let Some(status) = finished {
-            let saga_type = match read_saga_record(self.log, first)?.1.kind {
-                Kind::SagaStarted { saga_type, .. } => saga_type,
-                _ => {
-                    return Err(EngineError::Inconsistent(format!(
-                        "saga {}: its first record (offset {first}) is not its start",
-                        r.saga_id
-                    )))
-                }
-            };
+        if let Some(status) = p.finished {
             let meta = SagaMeta {
                 first_offset: first,
                 last_offset: record.offset,
                 status,
-                updated_at_ms: r.at_ms,
-                saga_type,
+                updated_at_ms: p.at_ms,
             };
-            batch.put(&self.keys.saga, r.saga_id.as_bytes(), &meta.encode());
+            batch.put(&self.keys.saga, p.saga_id.as_bytes(), &meta.encode());
             batch.put(
                 &self.keys.finished,
-                &finished_key(status, r.at_ms, &r.saga_id),
+                &finished_key(status, p.at_ms, p.saga_id),
                 &[],
             );
         }
-        self.previous = Some((record.offset, r.saga_id, first));
+        match &mut self.previous {
+            Some((offset, saga_id, prev_first)) => {
+                *offset = record.offset;
+                saga_id.clear();
+                saga_id.push_str(p.saga_id);
+                *prev_first = first;
+            }
+            None => self.previous = Some((record.offset, p.saga_id.to_string(), first)),
+        }
         Ok(())
     }
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crate::engine::{Inner, ListPage, ListQuery, MAX_LIST_SCAN};
 use crate::error::{EngineError, Result};
-use crate::indexing::{finished_key, parse_finished_key, SagaMeta};
-use crate::record::Status;
+use crate::indexing::{finished_key, parse_finished_key, read_saga_record, SagaMeta};
+use crate::record::{Kind, Status};
 
 /// Most items one page may hold.
 pub const MAX_LIST_LIMIT: usize = 1000;
@@ -110,10 +110,18 @@ fn type_matches(inner: &Inner, id: &str, want: Option<&str>) -> Result<bool> {
     if let Some(saga_type) = inner.saga_type_in_memory(id) {
         return Ok(saga_type == want);
     }
-    let meta = inner.index.get(&inner.keys.saga, id.as_bytes())?;
-    Ok(meta
+    // A finished saga: its type is in its first record.
+    let Some(meta) = inner
+        .index
+        .get(&inner.keys.saga, id.as_bytes())?
         .and_then(|value| SagaMeta::decode(&value))
-        .is_some_and(|meta| meta.saga_type == want))
+    else {
+        return Ok(false);
+    };
+    match read_saga_record(&inner.log, meta.first_offset)?.1.kind {
+        Kind::SagaStarted { saga_type, .. } => Ok(saga_type == want),
+        _ => Ok(false),
+    }
 }
 
 /// The newest `query.limit` in-memory sagas of `status` below the cursor: one pass

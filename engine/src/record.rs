@@ -273,6 +273,64 @@ pub fn encode_saga_record(link: Link, record: &Record) -> Vec<u8> {
     out
 }
 
+/// What the indexer needs of a saga record, read without decoding (or allocating)
+/// the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek<'a> {
+    pub link: Link,
+    pub saga_id: &'a str,
+    pub at_ms: u64,
+    /// The status the record ends the saga in, if it ends it.
+    pub finished: Option<Status>,
+}
+
+/// Positions of the [`Kind`] variants the peek reads (checked against the real
+/// encoding by a test, so a reordering of `Kind` cannot slip by).
+const KIND_SAGA_COMPLETED: u32 = 7;
+const KIND_SAGA_COMPENSATED: u32 = 9;
+const KIND_STATUS_OVERRIDDEN: u32 = 10;
+
+/// Reads the link, saga id, time and ending status of a saga record; `None` for the
+/// other entries.
+pub fn peek(bytes: &[u8]) -> Result<Option<Peek<'_>>, DecodeError> {
+    use bincode::de::read::SliceReader;
+    use bincode::de::{BorrowDecode, DecoderImpl};
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version > FORMAT_VERSION || version == 0 {
+        return Err(DecodeError::NewerFormat { found: version });
+    }
+    let invalid = |e: bincode::error::DecodeError| DecodeError::Invalid {
+        version,
+        reason: e.to_string(),
+    };
+    let mut decoder = DecoderImpl::new(SliceReader::new(body), config(), ());
+    let entry: u32 = Decode::decode(&mut decoder).map_err(invalid)?;
+    if entry != 0 {
+        return Ok(None);
+    }
+    let link: Link = Decode::decode(&mut decoder).map_err(invalid)?;
+    let saga_id: &str = BorrowDecode::borrow_decode(&mut decoder).map_err(invalid)?;
+    let _seq: u32 = Decode::decode(&mut decoder).map_err(invalid)?;
+    let at_ms: u64 = Decode::decode(&mut decoder).map_err(invalid)?;
+    let kind: u32 = Decode::decode(&mut decoder).map_err(invalid)?;
+    let finished = match kind {
+        KIND_SAGA_COMPLETED => Some(Status::Completed),
+        KIND_SAGA_COMPENSATED => Some(Status::Compensated),
+        KIND_STATUS_OVERRIDDEN => {
+            let _from: Status = Decode::decode(&mut decoder).map_err(invalid)?;
+            let to: Status = Decode::decode(&mut decoder).map_err(invalid)?;
+            to.is_terminal().then_some(to)
+        }
+        _ => None,
+    };
+    Ok(Some(Peek {
+        link,
+        saga_id,
+        at_ms,
+        finished,
+    }))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("empty record")]
@@ -381,6 +439,61 @@ mod tests {
         for entry in sample() {
             assert_eq!(Entry::decode(&entry.encode()).unwrap(), entry);
         }
+    }
+
+    #[test]
+    fn peek_reads_what_a_full_decode_reads() {
+        let kinds = [
+            Kind::SagaCompleted,
+            Kind::SagaCompensated,
+            Kind::SagaFailed {
+                step: 1,
+                reason: "x".into(),
+            },
+            Kind::StatusOverridden {
+                from: Status::Failed,
+                to: Status::Compensated,
+                reason: "r".into(),
+            },
+            Kind::StatusOverridden {
+                from: Status::InProgress,
+                to: Status::Failed,
+                reason: "r".into(),
+            },
+            Kind::RetryRequested {
+                step: 0,
+                action: Action::Compensate,
+            },
+        ];
+        for kind in kinds {
+            let record = Record {
+                saga_id: "peeked".into(),
+                seq: 3,
+                at_ms: 99,
+                kind: kind.clone(),
+            };
+            let link = Link::After { prev: 7, first: 2 };
+            let bytes = encode_saga_record(link, &record);
+            let peeked = peek(&bytes).unwrap().unwrap();
+            let finished = match &kind {
+                Kind::SagaCompleted => Some(Status::Completed),
+                Kind::SagaCompensated => Some(Status::Compensated),
+                Kind::StatusOverridden { to, .. } if to.is_terminal() => Some(*to),
+                _ => None,
+            };
+            assert_eq!(
+                peeked,
+                Peek {
+                    link,
+                    saga_id: "peeked",
+                    at_ms: 99,
+                    finished
+                },
+                "{kind:?}"
+            );
+        }
+        let other = Entry::DefinitionRegistered { json: "{}".into() }.encode();
+        assert_eq!(peek(&other).unwrap(), None);
     }
 
     #[test]
