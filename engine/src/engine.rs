@@ -36,7 +36,7 @@ use crate::definition::{Definition, Registered, Registry};
 use crate::error::{EngineError, Result};
 use crate::indexing::{read_saga_record, saga_history, Indexer, Keys, SagaMeta};
 use crate::projection::{Counters, Place, Projections};
-use crate::record::{encode_saga_record, Entry, Kind, Link, Record, Status};
+use crate::record::{encode_saga_record, Action, Entry, Kind, Link, Record, Status};
 use crate::replay;
 use crate::state::{apply_mut, SagaState};
 use crate::table::SagaTable;
@@ -57,7 +57,27 @@ impl Clock for SystemClock {
     }
 }
 
-#[derive(Debug, Clone)]
+/// What the engine reports as it installs records, for metrics (the histograms' inputs;
+/// the gauges and counters are in [`EngineStats`]). Called with a saga's lock held:
+/// keep it to atomic updates.
+pub trait EngineObserver: Send + Sync + 'static {
+    /// A saga of `saga_type` ended in `status` (terminal, or `FAILED` /
+    /// `COMPENSATION_FAILED`) `duration_ms` after it started.
+    fn saga_status(&self, _saga_type: &str, _status: Status, _duration_ms: u64) {}
+    /// A step's attempt ended: `action` execute or compensate, `outcome` as replied
+    /// (`timed_out` for a timeout), `duration_ms` since its command was issued.
+    fn step_outcome(
+        &self,
+        _saga_type: &str,
+        _step: &str,
+        _action: Action,
+        _outcome: &'static str,
+        _duration_ms: u64,
+    ) {
+    }
+}
+
+#[derive(Clone)]
 pub struct EngineConfig {
     pub log: LogConfig,
     pub snapshots: SnapshotConfig,
@@ -75,6 +95,24 @@ pub struct EngineConfig {
     /// Due timers fired at once.
     pub timer_concurrency: usize,
     pub shards: usize,
+    pub observer: Option<Arc<dyn EngineObserver>>,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("log", &self.log)
+            .field("snapshots", &self.snapshots)
+            .field("snapshot_every_records", &self.snapshot_every_records)
+            .field("max_active_sagas", &self.max_active_sagas)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("index_batch_records", &self.index_batch_records)
+            .field("max_unindexed", &self.max_unindexed)
+            .field("timer_concurrency", &self.timer_concurrency)
+            .field("shards", &self.shards)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
 }
 
 impl Default for EngineConfig {
@@ -89,6 +127,7 @@ impl Default for EngineConfig {
             max_unindexed: 1_000_000,
             timer_concurrency: 256,
             shards: 64,
+            observer: None,
         }
     }
 }
@@ -441,6 +480,18 @@ impl Engine {
             spawn("sagalog-timer", run_timer)?,
         ];
         Ok(Engine { inner, threads })
+    }
+
+    /// Rebuilds the indexes of the (closed) data directory `dir` from its log, from
+    /// nothing; returns how many records it read. `sagalog reindex` runs this.
+    pub fn reindex(dir: impl AsRef<Path>, config: &EngineConfig) -> Result<u64> {
+        let data = DataDir::open(dir)?;
+        let (log, _) = data.open_log(config.log.clone())?;
+        let index = data.open_index()?;
+        index.clear()?;
+        replay::catch_up_index(&log, &index, &Keys::default(), config.index_batch_records)?;
+        index.flush()?;
+        Ok(log.next_offset() - log.start_offset())
     }
 
     /// The log, for the relay and the HTTP outbox (tail subscriptions, reads).
@@ -934,6 +985,9 @@ impl Inner {
     ) {
         let after = Summary::of(&slot.state);
         self.note_change(key, &slot.state.definition.name, before, after);
+        if let Some(observer) = &self.config.observer {
+            observe(observer.as_ref(), before, &slot.state, records);
+        }
         for record in records {
             if let Some((event_id, _)) = record.kind.reply() {
                 slot.events |= event_bits(event_id);
@@ -1228,6 +1282,58 @@ impl Inner {
         }
         while ticks.join_next().await.is_some() {}
         count
+    }
+}
+
+/// Reports what `records` did to the observer. A step's duration runs from the saga's
+/// record before the outcome (the command's issue or re-issue) to the outcome.
+fn observe(observer: &dyn EngineObserver, before: Summary, state: &SagaState, records: &[Record]) {
+    let saga_type = state.definition.name.as_str();
+    let step_name = |step: u16| state.definition.steps[usize::from(step)].name.as_str();
+    let mut previous_at = before
+        .place
+        .map_or(state.created_at_ms, |p| p.updated_at_ms);
+    for record in records {
+        let took = record.at_ms.saturating_sub(previous_at);
+        match &record.kind {
+            Kind::StepSucceeded { step, .. } => observer.step_outcome(
+                saga_type,
+                step_name(*step),
+                Action::Execute,
+                "succeeded",
+                took,
+            ),
+            Kind::StepCompensated { step, .. } => observer.step_outcome(
+                saga_type,
+                step_name(*step),
+                Action::Compensate,
+                "compensated",
+                took,
+            ),
+            Kind::StepFailed { step, action, .. } => {
+                let outcome = match action {
+                    Action::Execute => "failed",
+                    Action::Compensate => "compensation_failed",
+                };
+                observer.step_outcome(saga_type, step_name(*step), *action, outcome, took)
+            }
+            Kind::StepTimedOut { step, action, .. } => {
+                observer.step_outcome(saga_type, step_name(*step), *action, "timed_out", took)
+            }
+            _ => {}
+        }
+        previous_at = record.at_ms;
+    }
+    let status = state.status.expect("installed sagas started");
+    let changed = before.place.map(|p| p.status) != Some(status);
+    let reportable =
+        status.is_terminal() || matches!(status, Status::Failed | Status::CompensationFailed);
+    if changed && reportable {
+        observer.saga_status(
+            saga_type,
+            status,
+            state.updated_at_ms.saturating_sub(state.created_at_ms),
+        );
     }
 }
 

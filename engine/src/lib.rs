@@ -26,8 +26,8 @@ pub mod view;
 pub use decider::{decide, Input, Outcome, Rejection, Reply};
 pub use definition::{Definition, Registry, StepDefinition};
 pub use engine::{
-    is_valid_saga_id, Clock, Engine, EngineConfig, EngineStats, HistoryItem, ListPage, ListQuery,
-    ReplyAnswer, StartAnswer, StartRequest, SystemClock,
+    is_valid_saga_id, Clock, Engine, EngineConfig, EngineObserver, EngineStats, HistoryItem,
+    ListPage, ListQuery, ReplyAnswer, StartAnswer, StartRequest, SystemClock,
 };
 pub use error::{EngineError, ErrorClass};
 pub use record::{Action, Entry, Kind, Record, Status};

@@ -556,3 +556,112 @@ async fn the_timer_thread_fires_timeouts_by_itself() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+#[derive(Default)]
+struct Recorder {
+    events: parking_lot::Mutex<Vec<String>>,
+}
+
+impl sagalog_engine::EngineObserver for Recorder {
+    fn saga_status(&self, saga_type: &str, status: Status, duration_ms: u64) {
+        self.events
+            .lock()
+            .push(format!("{saga_type} {status} {duration_ms}"));
+    }
+
+    fn step_outcome(
+        &self,
+        saga_type: &str,
+        step: &str,
+        action: sagalog_engine::Action,
+        outcome: &'static str,
+        duration_ms: u64,
+    ) {
+        self.events.lock().push(format!(
+            "{saga_type} {step} {} {outcome} {duration_ms}",
+            action.as_str()
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_observer_sees_step_outcomes_and_saga_endings_with_durations() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let recorder = Arc::new(Recorder::default());
+    let config = sagalog_engine::EngineConfig {
+        observer: Some(recorder.clone()),
+        ..common::config()
+    };
+    let engine =
+        sagalog_engine::Engine::open_with_clock(dir.path(), config, clock.clone()).unwrap();
+    start(&engine, "o-1").await;
+    clock.advance(40);
+    answer(&engine, "o-1", Outcome::Succeeded).await;
+    clock.advance(60);
+    let fail = |attempt| {
+        reply(
+            &format!("f{attempt}"),
+            "charge_payment",
+            Outcome::Failed,
+            attempt,
+        )
+    };
+    engine.reply("o-1", fail(1)).await.unwrap();
+    clock.advance(200);
+    engine.run_due_timers().await;
+    engine.reply("o-1", fail(2)).await.unwrap();
+    clock.advance(400);
+    engine.run_due_timers().await;
+    engine.reply("o-1", fail(3)).await.unwrap();
+    clock.advance(25);
+    answer(&engine, "o-1", Outcome::Compensated).await;
+    let events = recorder.events.lock().clone();
+    assert_eq!(
+        events,
+        [
+            "order reserve_inventory execute succeeded 40",
+            "order charge_payment execute failed 60",
+            "order charge_payment execute failed 0",
+            "order charge_payment execute failed 0",
+            "order FAILED 700",
+            "order reserve_inventory compensate compensated 25",
+            "order COMPENSATED 725",
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_rebuilds_the_indexes_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    {
+        let engine = open(dir.path(), &clock);
+        for i in 0..5 {
+            let id = format!("x-{i}");
+            start(&engine, &id).await;
+            for _ in 0..3 {
+                answer(&engine, &id, Outcome::Succeeded).await;
+            }
+        }
+        engine.wait_indexed().await.unwrap();
+    }
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let records = sagalog_engine::Engine::reindex(dir.path(), &common::config()).unwrap();
+    assert_eq!(records, 40);
+    let engine = open(dir.path(), &clock);
+    for i in 0..5 {
+        assert_eq!(
+            engine.get(&format!("x-{i}")).unwrap().status,
+            Status::Completed
+        );
+    }
+    let page = engine
+        .list(&ListQuery {
+            limit: 10,
+            status: Some(Status::Completed),
+            ..ListQuery::default()
+        })
+        .unwrap();
+    assert_eq!(page.items.len(), 5);
+}
