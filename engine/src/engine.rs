@@ -269,7 +269,7 @@ pub(crate) struct Inner {
     timer_sleeps_until: AtomicU64,
     unindexed: Mutex<Unindexed>,
     indexed: watch::Sender<u64>,
-    gate: tokio::sync::RwLock<()>,
+    gate: Arc<tokio::sync::RwLock<()>>,
     active: AtomicUsize,
     since_snapshot: AtomicU64,
     snapshot_offset: AtomicU64,
@@ -457,7 +457,7 @@ impl Engine {
             timer_sleeps_until: AtomicU64::new(0),
             unindexed: Mutex::new(Unindexed::default()),
             indexed: watch::channel(watermark).0,
-            gate: tokio::sync::RwLock::new(()),
+            gate: Arc::new(tokio::sync::RwLock::new(())),
             active: AtomicUsize::new(restored.active),
             since_snapshot: AtomicU64::new(restored.replayed),
             snapshot_offset: AtomicU64::new(restored.snapshot_offset),
@@ -542,17 +542,16 @@ impl Engine {
         }
         let op = Op::Start {
             request_hash: request_hash(&definition.name, &payload),
-            payload,
+            payload: payload.clone(),
             trace_id,
             definition,
         };
         match inner.transact(&saga_id, op).await? {
+            // The payload is at hand: no need to read it back from the log.
             Done::Appended {
-                state: Some(state),
-                first_offset,
-                ..
+                state: Some(state), ..
             } => Ok(StartAnswer {
-                saga: inner.view(&state, first_offset)?,
+                saga: view::saga_view(&state, payload),
                 created: true,
             }),
             Done::Existing {
@@ -761,8 +760,12 @@ impl Inner {
 
     /// Decides `op` for the saga, appends the records and installs the new state once
     /// they are durable.
-    async fn transact(&self, saga_id: &str, op: Op) -> Result<Done> {
-        let _gate = self.gate.read().await;
+    ///
+    /// Cancel-safe: once the saga is marked busy, the append and the install run in a
+    /// task of their own, so a caller that goes away (a closed HTTP connection) cannot
+    /// leave the saga busy, or its records durable but not installed.
+    async fn transact(self: &Arc<Self>, saga_id: &str, op: Op) -> Result<Done> {
+        let gate = self.gate.clone().read_owned().await;
         self.wait_for_indexer_room().await?;
         let shard = self.shard(saga_id);
         let pending = loop {
@@ -775,6 +778,21 @@ impl Inner {
                 Step::Append(pending) => break pending,
             }
         };
+        let inner = self.clone();
+        let task = tokio::spawn(async move {
+            let done = inner.append_and_install(pending).await;
+            drop(gate);
+            done
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(EngineError::Inconsistent(format!(
+                "the task appending saga records failed: {e}"
+            )))
+        })
+    }
+
+    async fn append_and_install(&self, pending: Pending) -> Result<Done> {
+        let shard = self.shard(&pending.key);
         let encoded: Vec<Vec<u8>> = pending
             .records
             .iter()
@@ -1215,8 +1233,8 @@ impl Inner {
         crate::list::list(self, query)
     }
 
-    async fn register_definition(&self, definition: Definition) -> Result<Registered> {
-        let _gate = self.gate.read().await;
+    async fn register_definition(self: &Arc<Self>, definition: Definition) -> Result<Registered> {
+        let gate = self.gate.clone().read_owned().await;
         {
             let registry = self.registry.read();
             let mut probe = registry.clone();
@@ -1227,11 +1245,24 @@ impl Inner {
         let entry = Entry::DefinitionRegistered {
             json: definition.to_json(),
         };
-        self.log
-            .append(entry.encode())
-            .await
-            .map_err(EngineError::Unavailable)?;
-        Ok(self.registry.write().register(definition)?)
+        // Like `transact`: the registry follows the log even if the caller goes away.
+        let inner = self.clone();
+        tokio::spawn(async move {
+            inner
+                .log
+                .append(entry.encode())
+                .await
+                .map_err(EngineError::Unavailable)?;
+            let registered = inner.registry.write().register(definition)?;
+            drop(gate);
+            Ok(registered)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(EngineError::Inconsistent(format!(
+                "the task registering a definition failed: {e}"
+            )))
+        })
     }
 
     async fn snapshot(&self) -> Result<SnapshotInfo> {

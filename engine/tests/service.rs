@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 
 use common::{answer, open, start, ManualClock};
@@ -664,4 +665,38 @@ async fn reindex_rebuilds_the_indexes_from_the_log() {
         })
         .unwrap();
     assert_eq!(page.items.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_mid_append_leaves_the_saga_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = open(dir.path(), &clock);
+    start(&engine, "gone-1").await;
+    let r = reply("evt-gone", "reserve_inventory", Outcome::Succeeded, 1);
+    // Polled once, up to where it waits for the fsync, then dropped (as hyper drops a
+    // handler when its connection closes).
+    {
+        let pending = engine.reply("gone-1", r.clone());
+        tokio::pin!(pending);
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(pending.as_mut().poll(cx))).await;
+        assert!(
+            first.is_pending(),
+            "the reply should be waiting on the disk"
+        );
+    }
+    // The reply was recorded anyway, and the saga is not stuck busy.
+    let again = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        engine.reply("gone-1", r),
+    )
+    .await
+    .expect("the saga is not left busy")
+    .unwrap();
+    assert!(again.repeated, "the dropped reply's records were installed");
+    answer(&engine, "gone-1", Outcome::Succeeded).await;
+    let history = engine.history("gone-1").await.unwrap();
+    let seqs: Vec<u32> = history.iter().map(|h| h.record.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u32).collect::<Vec<_>>());
 }
