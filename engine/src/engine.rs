@@ -283,43 +283,29 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// The input an operation decides, with what the engine checks before deciding.
-enum Op {
-    Start {
-        payload: String,
-        trace_id: String,
-        request_hash: u64,
-        definition: Arc<Definition>,
-    },
-    Reply(Reply),
-    Tick,
-    Override {
-        to: Status,
-        reason: String,
-    },
-    Retry,
+/// An input to decide, and for a start the definition the new saga runs on.
+struct Op {
+    input: Input,
+    definition: Option<Arc<Definition>>,
+}
+
+impl From<Input> for Op {
+    fn from(input: Input) -> Op {
+        Op {
+            input,
+            definition: None,
+        }
+    }
 }
 
 impl Op {
-    fn input(&self) -> Input {
-        match self {
-            Op::Start {
-                payload,
-                trace_id,
-                request_hash,
-                ..
-            } => Input::Start {
-                payload: payload.clone(),
-                trace_id: trace_id.clone(),
-                request_hash: *request_hash,
-            },
-            Op::Reply(reply) => Input::Reply(reply.clone()),
-            Op::Tick => Input::Tick,
-            Op::Override { to, reason } => Input::Override {
-                to: *to,
-                reason: reason.clone(),
-            },
-            Op::Retry => Input::Retry,
+    /// The definition and request hash of a start.
+    fn start(&self) -> Option<(&Arc<Definition>, u64)> {
+        match (&self.input, &self.definition) {
+            (Input::Start { request_hash, .. }, Some(definition)) => {
+                Some((definition, *request_hash))
+            }
+            _ => None,
         }
     }
 }
@@ -540,11 +526,13 @@ impl Engine {
                 ),
             ));
         }
-        let op = Op::Start {
-            request_hash: request_hash(&definition.name, &payload),
-            payload: payload.clone(),
-            trace_id,
-            definition,
+        let op = Op {
+            input: Input::Start {
+                request_hash: request_hash(&definition.name, &payload),
+                payload: payload.clone(),
+                trace_id,
+            },
+            definition: Some(definition),
         };
         match inner.transact(&saga_id, op).await? {
             // The payload is at hand: no need to read it back from the log.
@@ -589,7 +577,11 @@ impl Engine {
                 format!("at most {MAX_REASON_BYTES} bytes"),
             ));
         }
-        match self.inner.transact(saga_id, Op::Reply(reply)).await? {
+        match self
+            .inner
+            .transact(saga_id, Input::Reply(reply).into())
+            .await?
+        {
             Done::Appended {
                 status, offsets, ..
             } => Ok(ReplyAnswer {
@@ -625,14 +617,14 @@ impl Engine {
         }
         let done = self
             .inner
-            .transact(saga_id, Op::Override { to, reason })
+            .transact(saga_id, Input::Override { to, reason }.into())
             .await?;
         self.inner.view_of(done)
     }
 
     /// An operator re-issues the saga's pending command with a fresh attempt budget.
     pub async fn retry(&self, saga_id: &str) -> Result<SagaView> {
-        let done = self.inner.transact(saga_id, Op::Retry).await?;
+        let done = self.inner.transact(saga_id, Input::Retry.into()).await?;
         self.inner.view_of(done)
     }
 
@@ -845,32 +837,25 @@ impl Inner {
             if slot.busy {
                 return Ok(Step::Busy);
             }
-            match op {
-                Op::Start {
-                    definition,
-                    request_hash,
-                    ..
-                } => {
-                    return same_start(&slot.state, definition, *request_hash).map(|()| {
-                        Step::Done(Done::Existing {
-                            state: slot.state.clone(),
-                            first_offset: slot.first_offset,
-                        })
+            if let Some((definition, request_hash)) = op.start() {
+                return same_start(&slot.state, definition, request_hash).map(|()| {
+                    Step::Done(Done::Existing {
+                        state: slot.state.clone(),
+                        first_offset: slot.first_offset,
                     })
-                }
-                Op::Reply(reply) => {
-                    let bits = event_bits(&reply.event_id);
-                    if slot.events & bits == bits {
-                        if let Some(answer) =
-                            self.find_reply(saga_id, slot.last_offset, &reply.event_id)?
-                        {
-                            return Ok(Step::Done(Done::Repeated(answer)));
-                        }
+                });
+            }
+            if let Input::Reply(reply) = &op.input {
+                let bits = event_bits(&reply.event_id);
+                if slot.events & bits == bits {
+                    if let Some(answer) =
+                        self.find_reply(saga_id, slot.last_offset, &reply.event_id)?
+                    {
+                        return Ok(Step::Done(Done::Repeated(answer)));
                     }
                 }
-                _ => {}
             }
-            let (records, after) = decide_and_apply(&slot.state, op.input(), now_ms)?;
+            let (records, after) = decide_and_apply(&slot.state, op.input.clone(), now_ms)?;
             if records.is_empty() {
                 return Ok(Step::Done(Done::Unchanged {
                     state: after,
@@ -879,7 +864,7 @@ impl Inner {
             }
             slot.busy = true;
             return Ok(Step::Append(Pending {
-                want_state: !matches!(op, Op::Reply(_) | Op::Tick),
+                want_state: !matches!(op.input, Input::Reply(_) | Input::Tick),
                 key,
                 records,
                 link: Link::After {
@@ -891,24 +876,17 @@ impl Inner {
         }
         // Not in memory: a new saga, or one that finished and left memory, or none.
         let meta = self.meta(saga_id)?;
-        match (op, meta) {
-            (
-                Op::Start {
-                    definition,
-                    request_hash,
-                    ..
-                },
-                Some(meta),
-            ) => {
+        match (&op.input, op.start(), meta) {
+            (_, Some((definition, request_hash)), Some(meta)) => {
                 let (state, first_offset) = self.load_finished(saga_id, &meta)?;
-                same_start(&state, definition, *request_hash).map(|()| {
+                same_start(&state, definition, request_hash).map(|()| {
                     Step::Done(Done::Existing {
                         state,
                         first_offset,
                     })
                 })
             }
-            (Op::Start { definition, .. }, None) => {
+            (_, Some((definition, _)), None) => {
                 let limit = self.config.max_active_sagas;
                 if self.active.load(Ordering::Relaxed) >= limit {
                     return Err(EngineError::AtLimit {
@@ -918,7 +896,7 @@ impl Inner {
                 }
                 let key: Arc<str> = Arc::from(saga_id);
                 let state = SagaState::new(key.clone(), definition.clone());
-                let (records, after) = decide_and_apply(&state, op.input(), now_ms)?;
+                let (records, after) = decide_and_apply(&state, op.input.clone(), now_ms)?;
                 sagas.insert(Slot {
                     state,
                     busy: true,
@@ -934,7 +912,7 @@ impl Inner {
                     after,
                 }))
             }
-            (Op::Reply(reply), Some(meta)) => {
+            (Input::Reply(reply), _, Some(meta)) => {
                 match self.find_reply(saga_id, meta.last_offset, &reply.event_id)? {
                     Some(answer) => Ok(Step::Done(Done::Repeated(answer))),
                     None => Err(Rejection::Finished {
@@ -944,19 +922,19 @@ impl Inner {
                     .into()),
                 }
             }
-            (Op::Tick, Some(meta)) => {
+            (Input::Tick, _, Some(meta)) => {
                 let (state, first_offset) = self.load_finished(saga_id, &meta)?;
                 Ok(Step::Done(Done::Unchanged {
                     state,
                     first_offset,
                 }))
             }
-            (_, Some(meta)) => Err(Rejection::Finished {
+            (_, _, Some(meta)) => Err(Rejection::Finished {
                 saga_id: saga_id.to_string(),
                 status: meta.status,
             }
             .into()),
-            (_, None) => Err(EngineError::SagaNotFound {
+            (_, _, None) => Err(EngineError::SagaNotFound {
                 saga_id: saga_id.to_string(),
             }),
         }
@@ -1279,7 +1257,7 @@ impl Inner {
     }
 
     async fn tick(self: Arc<Self>, key: Arc<str>) {
-        match self.transact(&key, Op::Tick).await {
+        match self.transact(&key, Input::Tick.into()).await {
             Ok(_) => {}
             // The log cannot take the records now: try again in a second.
             Err(e) if e.class() == crate::error::ErrorClass::Unavailable => {
