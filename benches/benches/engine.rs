@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sagalog_engine::{Engine, EngineConfig, Outcome, Reply, StartRequest};
+use sagalog_benches::{engine_in_tempdir, start_order};
+use sagalog_engine::{Engine, EngineConfig, Outcome, Reply};
 
 const RECORDS_PER_SAGA: u64 = 8;
 
@@ -21,15 +22,7 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 
 async fn run_saga(engine: &Engine) {
     let id = format!("b-{}", NEXT.fetch_add(1, Ordering::Relaxed));
-    engine
-        .start(StartRequest {
-            saga_type: "order".into(),
-            saga_id: Some(id.clone()),
-            payload: serde_json::json!({"sku": "A-1", "qty": 2}),
-            trace_id: None,
-        })
-        .await
-        .unwrap();
+    start_order(engine, id.clone()).await;
     for step in ["reserve_inventory", "charge_payment", "ship_order"] {
         engine
             .reply(
@@ -97,15 +90,7 @@ fn order_sagas(c: &mut Criterion) {
 }
 
 fn replay(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        snapshot_every_records: 0,
-        ..EngineConfig::default()
-    };
+    let (runtime, dir, config) = engine_in_tempdir();
     let records = {
         let engine = Arc::new(Engine::open(dir.path(), config.clone()).unwrap());
         runtime.block_on(async {

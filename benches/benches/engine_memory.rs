@@ -9,7 +9,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 
-use sagalog_engine::{Engine, EngineConfig, StartRequest};
+use sagalog_benches::{engine_in_tempdir, start_order};
+use sagalog_engine::Engine;
 
 struct Counting;
 
@@ -41,16 +42,7 @@ static ALLOCATOR: Counting = Counting;
 const SAGAS: usize = 100_000;
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run then.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        snapshot_every_records: 0,
-        ..EngineConfig::default()
-    };
+    let (runtime, dir, config) = engine_in_tempdir();
     let engine = Arc::new(Engine::open(dir.path(), config).unwrap());
     let start = |first: usize, count: usize| {
         let engine = engine.clone();
@@ -60,15 +52,7 @@ fn main() {
                     let engine = engine.clone();
                     tokio::spawn(async move {
                         for i in (first + t..first + count).step_by(256) {
-                            engine
-                                .start(StartRequest {
-                                    saga_type: "order".into(),
-                                    saga_id: Some(format!("m-{i:08}")),
-                                    payload: serde_json::json!({"sku": "A-1", "qty": 2}),
-                                    trace_id: None,
-                                })
-                                .await
-                                .unwrap();
+                            start_order(&engine, format!("m-{i:08}")).await;
                         }
                     })
                 })
