@@ -770,21 +770,13 @@ impl Inner {
                 Step::Append(pending) => break pending,
             }
         };
-        let inner = self.clone();
-        let task = tokio::spawn(async move {
-            let done = inner.append_and_install(pending).await;
-            drop(gate);
-            done
-        });
-        task.await.unwrap_or_else(|e| {
-            Err(EngineError::Inconsistent(format!(
-                "the task appending saga records failed: {e}"
-            )))
-        })
-    }
-
-    async fn append_and_install(&self, pending: Pending) -> Result<Done> {
-        let shard = self.shard(&pending.key);
+        // The saga is busy from here: a caller dropped before the records reach the
+        // writer releases it (`Release`); one dropped after leaves the rest to a task
+        // (`Finishing`), since the records will be durable either way.
+        let release = Release {
+            inner: self,
+            key: Some(pending.key.clone()),
+        };
         let encoded: Vec<Vec<u8>> = pending
             .records
             .iter()
@@ -794,7 +786,31 @@ impl Inner {
                 encode_saga_record(link, record)
             })
             .collect();
-        let appended = self.log.append_batch(encoded).await;
+        let submitted = self.log.submit_batch(encoded).await;
+        release.disarm();
+        match submitted {
+            Err(e) => self.install(pending, Err(e)),
+            Ok(appending) => {
+                Finishing {
+                    inner: self.clone(),
+                    gate: Some(gate),
+                    pending: Some(pending),
+                    appending: Some(appending),
+                }
+                .run()
+                .await
+            }
+        }
+    }
+
+    /// Installs the outcome of a transaction's append: the new state once its records
+    /// are durable, or the saga as it was when they are not.
+    fn install(
+        &self,
+        pending: Pending,
+        appended: sagalog_storage::Result<Range<u64>>,
+    ) -> Result<Done> {
+        let shard = self.shard(&pending.key);
         let done = {
             let mut sagas = shard.sagas.lock();
             let slot = sagas
@@ -1343,6 +1359,82 @@ fn observe(observer: &dyn EngineObserver, before: Summary, state: &SagaState, re
             status,
             state.updated_at_ms.saturating_sub(state.created_at_ms),
         );
+    }
+}
+
+/// Releases a busy saga whose records never reached the writer (the transaction was
+/// dropped while waiting for room in the writer's queue).
+struct Release<'a> {
+    inner: &'a Inner,
+    key: Option<Arc<str>>,
+}
+
+impl Release<'_> {
+    fn disarm(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let shard = self.inner.shard(&key);
+        {
+            let mut sagas = shard.sagas.lock();
+            if let Some(slot) = sagas.get_mut(&key) {
+                slot.busy = false;
+                if slot.state.status.is_none() {
+                    sagas.remove(&key);
+                }
+            }
+        }
+        shard.idle.notify_waiters();
+    }
+}
+
+/// Waits for a transaction's records to be durable and installs them. Dropped before
+/// that (its caller went away), it hands the wait and the install to a task: the
+/// records are on their way to disk, and the saga must not stay busy nor its state fall
+/// behind its records.
+struct Finishing {
+    inner: Arc<Inner>,
+    gate: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+    pending: Option<Pending>,
+    appending: Option<sagalog_storage::Appending>,
+}
+
+impl Finishing {
+    async fn run(mut self) -> Result<Done> {
+        let appended = self.appending.as_mut().expect("set until run").await;
+        self.appending = None;
+        let pending = self.pending.take().expect("set until run");
+        let done = self.inner.install(pending, appended);
+        drop(self.gate.take());
+        done
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        let (Some(pending), Some(appending)) = (self.pending.take(), self.appending.take()) else {
+            return;
+        };
+        let (inner, gate) = (self.inner.clone(), self.gate.take());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let appended = appending.await;
+                    if let Err(e) = inner.install(pending, appended) {
+                        tracing::warn!(error = %e, "an abandoned transaction's records were not installed");
+                    }
+                    drop(gate);
+                });
+            }
+            Err(_) => tracing::error!(
+                saga_id = %pending.key,
+                "a transaction was dropped outside a runtime; the saga stays busy until restart"
+            ),
+        }
     }
 }
 

@@ -26,6 +26,6 @@ pub use datadir::{DataDir, DirLock, INDEX_DIR, LOCK_FILE, LOG_DIR, SNAPSHOT_DIR}
 pub use error::{Result, StorageError};
 pub use index::{IndexBatch, IndexStore, Keyspace};
 pub use log::{
-    Log, LogRecord, LogStats, OpenReport, RetentionReport, Tail, TailCut, SEGMENT_SUFFIX,
+    Appending, Log, LogRecord, LogStats, OpenReport, RetentionReport, Tail, TailCut, SEGMENT_SUFFIX,
 };
 pub use snapshot::{Snapshot, SnapshotConfig, SnapshotInfo, SnapshotStore};

@@ -323,12 +323,21 @@ impl Log {
     /// Appends records as one contiguous run of offsets, all or none; resolves once they
     /// are durable. Waits while the writer's queue is full.
     pub async fn append_batch(&self, records: Vec<Vec<u8>>) -> Result<Range<u64>> {
+        self.submit_batch(records).await?.await
+    }
+
+    /// The first half of [`Log::append_batch`]: hands the records to the writer (waiting
+    /// while its queue is full) and returns the [`Appending`] that resolves once they
+    /// are durable. Once this returns, the records will be written whether or not the
+    /// `Appending` is awaited — a caller that must act on the outcome even if it is
+    /// cancelled (the engine installs state) awaits it in a task of its own then.
+    pub async fn submit_batch(&self, records: Vec<Vec<u8>>) -> Result<Appending> {
         let (request, reply) = self.append_request(records)?;
         self.sender()?
             .send_async(request)
             .await
             .map_err(|_| StorageError::Closed)?;
-        reply.await.map_err(|_| StorageError::Closed)?
+        Ok(Appending { reply })
     }
 
     /// [`Log::append_batch`] for threads outside an async runtime (offline tools).
@@ -497,6 +506,25 @@ impl Log {
             sync_dir(self.dir())?;
         }
         Ok(report)
+    }
+}
+
+/// Records handed to the writer: resolves to their offsets once they are durable (or
+/// to the error that kept them from it).
+pub struct Appending {
+    reply: oneshot::Receiver<Result<Range<u64>>>,
+}
+
+impl std::future::Future for Appending {
+    type Output = Result<Range<u64>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.reply)
+            .poll(cx)
+            .map(|reply| reply.map_err(|_| StorageError::Closed)?)
     }
 }
 
