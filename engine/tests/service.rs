@@ -700,3 +700,44 @@ async fn a_caller_that_goes_away_mid_append_leaves_the_saga_consistent() {
     let seqs: Vec<u32> = history.iter().map(|h| h.record.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u32).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_without_ids_gets_a_fresh_saga_id_and_trace_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = open(dir.path(), &clock);
+    let mut ids = BTreeSet::new();
+    for _ in 0..50 {
+        let saga = engine
+            .start(StartRequest {
+                saga_type: "order".into(),
+                saga_id: None,
+                payload: serde_json::json!({"n": 1}),
+                trace_id: None,
+            })
+            .await
+            .unwrap()
+            .saga;
+        assert!(
+            sagalog_engine::is_valid_saga_id(&saga.saga_id),
+            "{}",
+            saga.saga_id
+        );
+        assert_eq!(saga.saga_id.len(), 36, "a UUID: {}", saga.saga_id);
+        assert_eq!(saga.trace_id.len(), 32);
+        assert!(saga.trace_id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(ids.insert(saga.saga_id.clone()), "ids are unique");
+        assert_eq!(engine.get(&saga.saga_id).unwrap().trace_id, saga.trace_id);
+    }
+    let given = engine
+        .start(StartRequest {
+            saga_type: "order".into(),
+            saga_id: Some("traced".into()),
+            payload: serde_json::json!({}),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        })
+        .await
+        .unwrap()
+        .saga;
+    assert_eq!(given.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+}
