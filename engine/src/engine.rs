@@ -454,6 +454,8 @@ impl Engine {
             indexed: watch::channel(watermark).0,
             gate: Arc::new(tokio::sync::RwLock::new(())),
             active: AtomicUsize::new(restored.active),
+            // Records replayed count towards the next snapshot: a long replay is
+            // followed by a snapshot soon, so the next start is short.
             since_snapshot: AtomicU64::new(restored.replayed),
             snapshot_offset: AtomicU64::new(restored.snapshot_offset),
             replayed: restored.replayed,
@@ -472,11 +474,14 @@ impl Engine {
                     source,
                 })
         };
-        let threads = vec![
-            spawn("sagalog-indexer", run_indexer)?,
-            spawn("sagalog-timer", run_timer)?,
-        ];
-        Ok(Engine { inner, threads })
+        let mut engine = Engine {
+            inner: inner.clone(),
+            threads: Vec::with_capacity(2),
+        };
+        // On an error `engine` is dropped, which stops the threads already started.
+        engine.threads.push(spawn("sagalog-indexer", run_indexer)?);
+        engine.threads.push(spawn("sagalog-timer", run_timer)?);
+        Ok(engine)
     }
 
     /// Rebuilds the indexes of the (closed) data directory `dir` from its log, from
