@@ -42,6 +42,7 @@ use crate::replay;
 use crate::state::{apply_mut, SagaState};
 use crate::table::SagaTable;
 use crate::view::{self, SagaView};
+use sagalog_storage::index::IndexWriter;
 
 /// Where the engine gets the time from (unix milliseconds). Tests drive a manual one.
 pub trait Clock: Send + Sync + 'static {
@@ -1572,6 +1573,7 @@ fn index_records(
     for record in records {
         indexer.add(record, &mut batch)?;
     }
+    indexer.end_chunk(&mut batch)?;
     let next = records.last().map_or(0, |r| r.offset + 1);
     inner.index.commit(batch, next)?;
     Ok((next, records.len()))

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use crate::engine::{Inner, ListPage, ListQuery, MAX_LIST_SCAN};
 use crate::error::{EngineError, Result};
-use crate::indexing::{finished_key, parse_finished_key, read_saga_record, SagaMeta};
+use crate::indexing::{
+    bucket_key_from, bucket_newest_ms, read_saga_record, Bucket, SagaMeta, MAX_BUCKET_SPAN_MS,
+};
 use crate::record::{Kind, Status};
 
 /// Most items one page may hold.
@@ -170,6 +172,12 @@ fn from_memory(
     best.into_iter().map(|Reverse(p)| p).collect()
 }
 
+/// Up to `query.limit` finished sagas of `status` from the index, newest first, below
+/// the cursor and within `[from_ms, to_ms]`; and whether the scan stopped at its bound.
+///
+/// Buckets are read newest first (by their newest entry); an entry is final once it is
+/// newer than everything the next bucket can hold, so the merge keeps only the entries
+/// of overlapping buckets in memory.
 fn from_index(
     inner: &Inner,
     status: Status,
@@ -179,33 +187,54 @@ fn from_index(
     query: &ListQuery,
     scanned: &mut usize,
 ) -> Result<(Vec<Position>, bool)> {
-    let lower = finished_key(status, from_ms, "");
-    let past_to = match to_ms.checked_add(1) {
-        Some(ms) => finished_key(status, ms, ""),
-        None => vec![status.index() as u8 + 1],
-    };
-    let upper = match cursor {
-        Some((at, id)) => finished_key(status, *at, id).min(past_to),
-        None => past_to,
+    // Entries at or past `below` are out: past the cursor or after `to_ms`.
+    let past_to = (to_ms.saturating_add(1), Arc::<str>::from(""));
+    let below = match cursor {
+        Some(c) if *c < past_to => c.clone(),
+        _ => past_to,
     };
     let mut found = Vec::new();
-    if lower >= upper {
+    if below <= (from_ms, Arc::from("")) {
         return Ok((found, false));
     }
+    // A bucket whose newest entry is past `below.0 + span` holds only entries past it.
+    let lower = bucket_key_from(status, from_ms);
+    let upper = bucket_key_from(status, below.0.saturating_add(MAX_BUCKET_SPAN_MS + 1));
     let range = (
         Bound::Included(lower.as_slice()),
         Bound::Excluded(upper.as_slice()),
     );
-    for entry in inner.index.range(&inner.keys.finished, range).rev() {
-        let (key, _) = entry?;
-        let (_, at, id) = parse_finished_key(&key).ok_or_else(|| {
-            EngineError::Inconsistent(format!("unreadable finished-index key {key:?}"))
-        })?;
-        *scanned += 1;
-        if type_matches(inner, &id, query.saga_type.as_deref())? {
-            found.push((at, Arc::from(id.as_str())));
-            if found.len() == query.limit {
-                return Ok((found, false));
+    let mut buckets = inner
+        .index
+        .range(&inner.keys.finished, range)
+        .rev()
+        .peekable();
+    let mut pending: BinaryHeap<Position> = BinaryHeap::new();
+    while let Some(entry) = buckets.next() {
+        let (key, value) = entry?;
+        let bad = || EngineError::Inconsistent(format!("unreadable finished-index entry {key:?}"));
+        for (at, id) in Bucket::decode(&value).ok_or_else(bad)?.entries {
+            *scanned += 1;
+            let position = (at, Arc::from(id.as_str()));
+            if at >= from_ms && position < below {
+                pending.push(position);
+            }
+        }
+        // What the next bucket can hold is at most its newest entry.
+        let next_newest = match buckets.peek() {
+            Some(Ok((next_key, _))) => bucket_newest_ms(next_key),
+            _ => None,
+        };
+        while let Some(top) = pending.peek() {
+            if next_newest.is_some_and(|newest| top.0 <= newest) {
+                break;
+            }
+            let position = pending.pop().expect("peeked");
+            if type_matches(inner, &position.1, query.saga_type.as_deref())? {
+                found.push(position);
+                if found.len() == query.limit {
+                    return Ok((found, false));
+                }
             }
         }
         if *scanned >= MAX_LIST_SCAN {

@@ -54,12 +54,7 @@ pub(crate) fn catch_up_index(
     keys: &Keys,
     chunk: usize,
 ) -> Result<()> {
-    let run = || {
-        let mut indexer = Indexer::new(keys, log);
-        catch_up(log, index, chunk, |record, batch| {
-            indexer.add(record, batch)
-        })
-    };
+    let run = || catch_up(log, index, chunk, Indexer::new(keys, log));
     let applied = match run() {
         Err(EngineError::Storage(e @ StorageError::IndexOutOfStep { .. })) => {
             tracing::warn!(error = %e, "rebuilding the indexes from the log");

@@ -741,3 +741,66 @@ async fn a_start_without_ids_gets_a_fresh_saga_id_and_trace_id() {
         .saga;
     assert_eq!(given.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_sagas_page_newest_first_across_index_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = Arc::new(open(dir.path(), &clock));
+    // 200 sagas finishing 4 s apart, in bursts of 80 s (more than a bucket's 60 s span,
+    // so a batch can write several buckets), each burst indexed before the next.
+    for burst in 0..10 {
+        for i in 0..20 {
+            let id = format!("p-{:03}", burst * 20 + i);
+            clock.advance(4_000);
+            start(&engine, &id).await;
+            for _ in 0..3 {
+                answer(&engine, &id, Outcome::Succeeded).await;
+            }
+        }
+        engine.wait_indexed().await.unwrap();
+    }
+    let list = |cursor: Option<String>, from_ms: Option<u64>, to_ms: Option<u64>| {
+        engine
+            .list(&ListQuery {
+                limit: 7,
+                status: Some(Status::Completed),
+                cursor,
+                from_ms,
+                to_ms,
+                ..ListQuery::default()
+            })
+            .unwrap()
+    };
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = list(cursor, None, None);
+        seen.extend(
+            page.items
+                .iter()
+                .map(|s| (s.updated_at_ms, s.saga_id.clone())),
+        );
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..200).rev().map(|i| format!("p-{i:03}")).collect();
+    let ids: Vec<String> = seen.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(ids, expected, "every finished saga once, newest first");
+    assert!(seen.windows(2).all(|w| w[0] > w[1]));
+    // A window in the middle of the history.
+    let (from, to) = (seen[150].0, seen[40].0);
+    let mut window = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = list(cursor, Some(from), Some(to));
+        window.extend(page.items.iter().map(|s| s.saga_id.clone()));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(window, expected[40..=150].to_vec());
+}

@@ -200,9 +200,27 @@ pub fn u64_key(n: u64) -> [u8; 8] {
     n.to_be_bytes()
 }
 
+/// What turns log records into index writes for [`catch_up`]: a closure over each
+/// record, or a type that also writes something per chunk (index entries gathered
+/// over many records).
+pub trait IndexWriter<E> {
+    fn add(&mut self, record: &LogRecord, batch: &mut IndexBatch) -> Result<(), E>;
+
+    /// Called after the chunk's records, before the chunk is committed.
+    fn end_chunk(&mut self, _batch: &mut IndexBatch) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+impl<E, F: FnMut(&LogRecord, &mut IndexBatch) -> Result<(), E>> IndexWriter<E> for F {
+    fn add(&mut self, record: &LogRecord, batch: &mut IndexBatch) -> Result<(), E> {
+        self(record, batch)
+    }
+}
+
 /// Brings `index` up to the log's head: reads the records from the watermark on in
-/// chunks of `chunk_records`, lets `apply` turn each into index writes, and commits each
-/// chunk with its watermark. Returns how many records were applied.
+/// chunks of `chunk_records`, lets `writer` turn each into index writes, and commits
+/// each chunk with its watermark. Returns how many records were applied.
 ///
 /// Fails with [`StorageError::IndexOutOfStep`] when the watermark is past the log's head
 /// (a cut tail took records the index had seen) or below its start (retention removed
@@ -211,7 +229,7 @@ pub fn catch_up<E: From<StorageError>>(
     log: &Log,
     index: &IndexStore,
     chunk_records: usize,
-    mut apply: impl FnMut(&LogRecord, &mut IndexBatch) -> Result<(), E>,
+    mut writer: impl IndexWriter<E>,
 ) -> Result<u64, E> {
     let watermark = index.watermark()?;
     let (start, next) = (log.start_offset(), log.next_offset());
@@ -237,8 +255,9 @@ pub fn catch_up<E: From<StorageError>>(
         let records = log.read_batch(from, chunk_records.max(1), usize::MAX)?;
         let mut batch = IndexBatch::default();
         for record in &records {
-            apply(record, &mut batch)?;
+            writer.add(record, &mut batch)?;
         }
+        writer.end_chunk(&mut batch)?;
         let last = records
             .last()
             .expect("offsets below the head are readable")
