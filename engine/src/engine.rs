@@ -32,6 +32,7 @@ use sagalog_storage::{
 };
 use tokio::sync::{watch, Notify};
 
+use crate::bloom::FinishedIds;
 use crate::decider::{decide_and_apply, Input, Rejection, Reply};
 use crate::definition::{Definition, Registered, Registry};
 use crate::error::{EngineError, Result};
@@ -273,6 +274,8 @@ pub(crate) struct Inner {
     /// When the timer thread wakes next by itself (unix ms).
     timer_sleeps_until: AtomicU64,
     unindexed: Mutex<Unindexed>,
+    /// Ids of the sagas in the `saga` index: a new id needs no sled lookup.
+    finished_ids: RwLock<FinishedIds>,
     indexed: watch::Sender<u64>,
     gate: Arc<tokio::sync::RwLock<()>>,
     active: AtomicUsize,
@@ -439,7 +442,13 @@ impl Engine {
         replay::catch_up_index(&log, &index, &keys, config.index_batch_records)?;
         let restored = replay::restore(&log, &snapshots, config.shards)?;
         let watermark = index.watermark()?;
+        let mut finished_ids = FinishedIds::default();
+        for entry in index.scan_prefix(&keys.saga, b"") {
+            let (id, _) = entry?;
+            finished_ids.insert(&String::from_utf8_lossy(&id));
+        }
         let inner = Arc::new(Inner {
+            finished_ids: RwLock::new(finished_ids),
             clock,
             log,
             index,
@@ -921,7 +930,7 @@ impl Inner {
             }));
         }
         // Not in memory: a new saga, or one that finished and left memory, or none.
-        let meta = if op.fresh_id {
+        let meta = if op.fresh_id || !self.finished_ids.read().may_contain(saga_id) {
             None
         } else {
             self.meta(saga_id)?
@@ -1527,7 +1536,7 @@ fn run_indexer(inner: Arc<Inner>) {
     current_thread_runtime().block_on(async {
         let mut from = *inner.indexed.borrow();
         let mut tail = inner.log.subscribe(from);
-        let mut indexer = Indexer::new(&inner.keys, &inner.log);
+        let mut indexer = Indexer::new(&inner.keys, &inner.log).with_filter(&inner.finished_ids);
         loop {
             let batch = tokio::select! {
                 batch = tail.next_batch(inner.config.index_batch_records, 16 << 20) => batch,
@@ -1557,7 +1566,8 @@ fn run_indexer(inner: Arc<Inner>) {
                         _ = stop.wait_for(|stop| *stop) => return,
                     }
                     tail = inner.log.subscribe(from);
-                    indexer = Indexer::new(&inner.keys, &inner.log);
+                    indexer =
+                        Indexer::new(&inner.keys, &inner.log).with_filter(&inner.finished_ids);
                 }
             }
         }

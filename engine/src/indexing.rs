@@ -16,9 +16,11 @@
 //! one sled batch (with the watermark) per batch of records it reads; on open the same
 //! code catches up from the watermark, and `reindex` runs it from nothing.
 
+use parking_lot::RwLock;
 use sagalog_storage::index::IndexWriter;
 use sagalog_storage::{IndexBatch, Keyspace, Log, LogRecord};
 
+use crate::bloom::FinishedIds;
 use crate::error::{EngineError, Result};
 use crate::record::{peek, Entry, Link, Record, Status};
 
@@ -236,6 +238,9 @@ pub struct Indexer<'a> {
     finished: [Vec<(u64, String)>; 6],
     /// The offset of the current batch's first record.
     batch_offset: Option<u64>,
+    /// The engine's filter of finished ids, told of each finished saga before its
+    /// entry is committed.
+    finished_ids: Option<&'a RwLock<FinishedIds>>,
 }
 
 impl<'a> Indexer<'a> {
@@ -246,7 +251,13 @@ impl<'a> Indexer<'a> {
             previous: None,
             finished: Default::default(),
             batch_offset: None,
+            finished_ids: None,
         }
+    }
+
+    pub(crate) fn with_filter(mut self, finished_ids: &'a RwLock<FinishedIds>) -> Indexer<'a> {
+        self.finished_ids = Some(finished_ids);
+        self
     }
 
     /// The index writes for one log record (records must come in log order); the
@@ -279,6 +290,9 @@ impl<'a> Indexer<'a> {
                 updated_at_ms: p.at_ms,
             };
             batch.put(&self.keys.saga, p.saga_id.as_bytes(), &meta.encode());
+            if let Some(ids) = self.finished_ids {
+                ids.write().insert(p.saga_id);
+            }
             self.finished[status.index()].push((p.at_ms, p.saga_id.to_string()));
         }
         match &mut self.previous {

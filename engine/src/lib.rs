@@ -10,6 +10,7 @@
 //! - [`projection`]: status counts, per-type counters, sagas ordered for listing.
 //! - [`indexing`]: the sled indexes derived from the log.
 
+mod bloom;
 pub mod decider;
 pub mod definition;
 mod engine;

@@ -804,3 +804,50 @@ async fn finished_sagas_page_newest_first_across_index_buckets() {
     }
     assert_eq!(window, expected[40..=150].to_vec());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_saga_keeps_its_id_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    {
+        let engine = open(dir.path(), &clock);
+        start(&engine, "done-1").await;
+        for _ in 0..3 {
+            answer(&engine, "done-1", Outcome::Succeeded).await;
+        }
+        engine.wait_indexed().await.unwrap();
+    }
+    let engine = open(dir.path(), &clock);
+    let again = engine
+        .start(StartRequest {
+            saga_type: "order".into(),
+            saga_id: Some("done-1".into()),
+            payload: serde_json::json!({"order": "done-1", "qty": 2}),
+            trace_id: None,
+        })
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.saga.status, Status::Completed);
+    let other = engine
+        .start(StartRequest {
+            saga_type: "order".into(),
+            saga_id: Some("done-1".into()),
+            payload: serde_json::json!({"qty": 9}),
+            trace_id: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(other, EngineError::StartConflict { .. }),
+        "{other}"
+    );
+    let late = engine
+        .reply("done-1", reply("late", "ship_order", Outcome::Succeeded, 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(late, EngineError::Rejected(Rejection::Finished { .. })),
+        "{late}"
+    );
+}
