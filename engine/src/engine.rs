@@ -442,13 +442,8 @@ impl Engine {
         replay::catch_up_index(&log, &index, &keys, config.index_batch_records)?;
         let restored = replay::restore(&log, &snapshots, config.shards)?;
         let watermark = index.watermark()?;
-        let mut finished_ids = FinishedIds::default();
-        for entry in index.scan_prefix(&keys.saga, b"") {
-            let (id, _) = entry?;
-            finished_ids.insert(&String::from_utf8_lossy(&id));
-        }
         let inner = Arc::new(Inner {
-            finished_ids: RwLock::new(finished_ids),
+            finished_ids: RwLock::new(FinishedIds::default()),
             clock,
             log,
             index,
@@ -1533,6 +1528,9 @@ fn current_thread_runtime() -> tokio::runtime::Runtime {
 /// Follows the log tail and writes the indexes, one sled batch per batch of records.
 fn run_indexer(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
+    if let Err(e) = fill_finished_ids(&inner) {
+        tracing::error!(error = %e, "reading the finished sagas' ids failed; every new id is looked up in the index");
+    }
     current_thread_runtime().block_on(async {
         let mut from = *inner.indexed.borrow();
         let mut tail = inner.log.subscribe(from);
@@ -1572,6 +1570,24 @@ fn run_indexer(inner: Arc<Inner>) {
             }
         }
     });
+}
+
+/// Puts the ids of the `saga` index into the filter, a few thousand per lock hold, then
+/// lets it answer "no".
+fn fill_finished_ids(inner: &Inner) -> Result<()> {
+    let mut ids = inner.index.scan_prefix(&inner.keys.saga, b"").peekable();
+    while ids.peek().is_some() {
+        if *inner.stop.borrow() {
+            return Ok(());
+        }
+        let mut filter = inner.finished_ids.write();
+        for entry in ids.by_ref().take(4096) {
+            let (id, _) = entry?;
+            filter.insert(&String::from_utf8_lossy(&id));
+        }
+    }
+    inner.finished_ids.write().set_ready();
+    Ok(())
 }
 
 fn index_records(
