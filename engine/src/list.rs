@@ -89,7 +89,7 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
     candidates.truncate(want);
     let mut items = Vec::with_capacity(candidates.len());
     for (_, id) in &candidates {
-        match inner_get(inner, id) {
+        match inner.get_view(id) {
             Ok(view) => items.push(view),
             // Gone between listing and reading (cannot happen today: sagas are never
             // deleted); skip rather than fail the page.
@@ -101,10 +101,6 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
         .then(|| candidates.last().map(encode_cursor))
         .flatten();
     Ok(ListPage { items, next_cursor })
-}
-
-fn inner_get(inner: &Inner, id: &str) -> Result<crate::view::SagaView> {
-    inner.get_view(id)
 }
 
 fn type_matches(inner: &Inner, id: &str, want: Option<&str>) -> Result<bool> {
