@@ -166,23 +166,21 @@ async fn repeated_start_and_reply_return_the_first_answer_and_append_nothing() {
         let first = start(&engine, "order-4").await;
         let head = engine.log().next_offset();
         let again = engine
-            .start(StartRequest {
-                saga_type: "order".into(),
-                saga_id: Some("order-4".into()),
-                payload: serde_json::json!({"qty": 2, "order": "order-4"}),
-                trace_id: None,
-            })
+            .start(common::request(
+                "order",
+                Some("order-4"),
+                serde_json::json!({"qty": 2, "order": "order-4"}),
+            ))
             .await
             .unwrap();
         assert!(!again.created);
         assert_eq!(again.saga.saga_id, first.saga_id);
         let conflict = engine
-            .start(StartRequest {
-                saga_type: "order".into(),
-                saga_id: Some("order-4".into()),
-                payload: serde_json::json!({"qty": 3}),
-                trace_id: None,
-            })
+            .start(common::request(
+                "order",
+                Some("order-4"),
+                serde_json::json!({"qty": 3}),
+            ))
             .await
             .unwrap_err();
         assert!(matches!(conflict, EngineError::StartConflict { .. }));
@@ -224,12 +222,11 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let engine = open(dir.path(), &clock);
     let head = engine.log().next_offset();
     let bad_id = engine
-        .start(StartRequest {
-            saga_type: "order".into(),
-            saga_id: Some("has space".into()),
-            payload: serde_json::json!({}),
-            trace_id: None,
-        })
+        .start(common::request(
+            "order",
+            Some("has space"),
+            serde_json::json!({}),
+        ))
         .await
         .unwrap_err();
     assert!(matches!(
@@ -240,12 +237,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         }
     ));
     let unknown_type = engine
-        .start(StartRequest {
-            saga_type: "invoice".into(),
-            saga_id: None,
-            payload: serde_json::json!({}),
-            trace_id: None,
-        })
+        .start(common::request("invoice", None, serde_json::json!({})))
         .await
         .unwrap_err();
     assert!(matches!(
@@ -361,12 +353,11 @@ async fn listing_filters_and_pages_through_every_saga_once() {
         clock.advance(10);
         let saga_type = if i % 5 == 0 { "refund" } else { "order" };
         engine
-            .start(StartRequest {
-                saga_type: saga_type.into(),
-                saga_id: Some(format!("l-{i:02}")),
-                payload: serde_json::json!({}),
-                trace_id: None,
-            })
+            .start(common::request(
+                saga_type,
+                Some(&format!("l-{i:02}")),
+                serde_json::json!({}),
+            ))
             .await
             .unwrap();
         if i % 3 == 0 {
@@ -534,12 +525,7 @@ async fn the_timer_thread_fires_timeouts_by_itself() {
     .unwrap();
     engine.register_definition(quick).await.unwrap();
     let started = engine
-        .start(StartRequest {
-            saga_type: "quick".into(),
-            saga_id: Some("q-1".into()),
-            payload: serde_json::json!({}),
-            trace_id: None,
-        })
+        .start(common::request("quick", Some("q-1"), serde_json::json!({})))
         .await
         .unwrap();
     assert_eq!(started.saga.status, Status::Started);
@@ -709,12 +695,7 @@ async fn a_start_without_ids_gets_a_fresh_saga_id_and_trace_id() {
     let mut ids = BTreeSet::new();
     for _ in 0..50 {
         let saga = engine
-            .start(StartRequest {
-                saga_type: "order".into(),
-                saga_id: None,
-                payload: serde_json::json!({"n": 1}),
-                trace_id: None,
-            })
+            .start(common::request("order", None, serde_json::json!({"n": 1})))
             .await
             .unwrap()
             .saga;
@@ -819,23 +800,21 @@ async fn a_finished_saga_keeps_its_id_across_a_restart() {
     }
     let engine = open(dir.path(), &clock);
     let again = engine
-        .start(StartRequest {
-            saga_type: "order".into(),
-            saga_id: Some("done-1".into()),
-            payload: serde_json::json!({"order": "done-1", "qty": 2}),
-            trace_id: None,
-        })
+        .start(common::request(
+            "order",
+            Some("done-1"),
+            serde_json::json!({"order": "done-1", "qty": 2}),
+        ))
         .await
         .unwrap();
     assert!(!again.created);
     assert_eq!(again.saga.status, Status::Completed);
     let other = engine
-        .start(StartRequest {
-            saga_type: "order".into(),
-            saga_id: Some("done-1".into()),
-            payload: serde_json::json!({"qty": 9}),
-            trace_id: None,
-        })
+        .start(common::request(
+            "order",
+            Some("done-1"),
+            serde_json::json!({"qty": 9}),
+        ))
         .await
         .unwrap_err();
     assert!(

@@ -45,14 +45,24 @@ pub fn open(dir: &Path, clock: &Arc<ManualClock>) -> Engine {
     Engine::open_with_clock(dir, config(), clock.clone()).expect("engine opens")
 }
 
+/// A start request with no trace id.
+pub fn request(saga_type: &str, saga_id: Option<&str>, payload: serde_json::Value) -> StartRequest {
+    StartRequest {
+        saga_type: saga_type.into(),
+        saga_id: saga_id.map(str::to_string),
+        payload,
+        trace_id: None,
+    }
+}
+
+/// Starts an order saga with the payload `{"order": saga_id, "qty": 2}`.
 pub async fn start(engine: &Engine, saga_id: &str) -> SagaView {
     engine
-        .start(StartRequest {
-            saga_type: "order".into(),
-            saga_id: Some(saga_id.into()),
-            payload: serde_json::json!({"order": saga_id, "qty": 2}),
-            trace_id: None,
-        })
+        .start(request(
+            "order",
+            Some(saga_id),
+            serde_json::json!({"order": saga_id, "qty": 2}),
+        ))
         .await
         .expect("start")
         .saga
