@@ -97,6 +97,9 @@ pub struct EngineConfig {
     pub max_unindexed: usize,
     /// Due timers fired at once.
     pub timer_concurrency: usize,
+    /// Most finished-saga index entries one list call reads (a type filter can skip
+    /// many); past it the page ends early, with a cursor to go on from.
+    pub list_scan_limit: usize,
     pub shards: usize,
     pub observer: Option<Arc<dyn EngineObserver>>,
 }
@@ -112,6 +115,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("index_batch_records", &self.index_batch_records)
             .field("max_unindexed", &self.max_unindexed)
             .field("timer_concurrency", &self.timer_concurrency)
+            .field("list_scan_limit", &self.list_scan_limit)
             .field("shards", &self.shards)
             .field("observer", &self.observer.is_some())
             .finish()
@@ -129,6 +133,7 @@ impl Default for EngineConfig {
             index_batch_records: 4096,
             max_unindexed: 1_000_000,
             timer_concurrency: 256,
+            list_scan_limit: 100_000,
             shards: 64,
             observer: None,
         }
@@ -139,9 +144,6 @@ impl Default for EngineConfig {
 pub const MAX_REASON_BYTES: usize = 4096;
 /// Longest an `event_id` may be, in bytes.
 pub const MAX_EVENT_ID_BYTES: usize = 256;
-/// Most finished-saga index entries one list call looks at (a type filter can skip
-/// many); past it the page ends early with a cursor to go on from.
-pub const MAX_LIST_SCAN: usize = 100_000;
 /// Longest a caller waits for the indexer (a bounded wait, then an error).
 const INDEX_WAIT: Duration = Duration::from_secs(10);
 /// How long the indexer lets records gather after a short batch.
@@ -428,10 +430,14 @@ impl Engine {
         config: EngineConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine> {
-        if config.shards == 0 || config.index_batch_records == 0 || config.timer_concurrency == 0 {
+        if config.shards == 0
+            || config.index_batch_records == 0
+            || config.timer_concurrency == 0
+            || config.list_scan_limit == 0
+        {
             return Err(invalid(
                 "config",
-                "shards, index_batch_records and timer_concurrency must be > 0",
+                "shards, index_batch_records, timer_concurrency and list_scan_limit must be > 0",
             ));
         }
         let data = DataDir::open(dir)?;

@@ -8,7 +8,7 @@ use std::collections::BinaryHeap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::engine::{Inner, ListPage, ListQuery, MAX_LIST_SCAN};
+use crate::engine::{Inner, ListPage, ListQuery};
 use crate::error::{EngineError, Result};
 use crate::indexing::{
     bucket_key_from, bucket_newest_ms, read_saga_record, Bucket, SagaMeta, MAX_BUCKET_SPAN_MS,
@@ -60,7 +60,9 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
     let want = query.limit;
     let mut scanned = 0usize;
     let mut candidates: Vec<Position> = Vec::new();
-    let mut cut_short = false;
+    // When an index scan stops at its bound, what lies below the position it reached
+    // is undecided: the page must not go below it.
+    let mut floor: Option<Position> = None;
     for &status in &statuses {
         candidates.extend(from_memory(
             inner,
@@ -71,7 +73,7 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
             query,
         ));
         if status.is_terminal() {
-            let (found, short) = from_index(
+            let (found, reached) = from_index(
                 inner,
                 status,
                 cursor.as_ref(),
@@ -81,11 +83,16 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
                 &mut scanned,
             )?;
             candidates.extend(found);
-            cut_short |= short;
+            if let Some(reached) = reached {
+                floor = floor.max(Some(reached));
+            }
         }
     }
     candidates.sort_by(|a, b| b.cmp(a));
     candidates.dedup_by(|a, b| a.1 == b.1);
+    if let Some(floor) = &floor {
+        candidates.retain(|c| c >= floor);
+    }
     candidates.truncate(want);
     let mut items = Vec::with_capacity(candidates.len());
     for (_, id) in &candidates {
@@ -97,9 +104,13 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
             Err(e) => return Err(e),
         }
     }
-    let next_cursor = (candidates.len() == want || cut_short)
-        .then(|| candidates.last().map(encode_cursor))
-        .flatten();
+    let next_cursor = if candidates.len() == want {
+        candidates.last().map(encode_cursor)
+    } else {
+        // A short page is the last one, unless a scan stopped at its bound: then go on
+        // below the position it reached.
+        floor.as_ref().map(encode_cursor)
+    };
     Ok(ListPage { items, next_cursor })
 }
 
@@ -169,7 +180,9 @@ fn from_memory(
 }
 
 /// Up to `query.limit` finished sagas of `status` from the index, newest first, below
-/// the cursor and within `[from_ms, to_ms]`; and whether the scan stopped at its bound.
+/// the cursor and within `[from_ms, to_ms]`; and, when the scan stopped at its bound
+/// (`list_scan_limit`), the position it reached: everything at or above it was decided,
+/// everything below it not.
 ///
 /// Buckets are read newest first (by their newest entry); an entry is final once it is
 /// newer than everything the next bucket can hold, so the merge keeps only the entries
@@ -182,7 +195,7 @@ fn from_index(
     to_ms: u64,
     query: &ListQuery,
     scanned: &mut usize,
-) -> Result<(Vec<Position>, bool)> {
+) -> Result<(Vec<Position>, Option<Position>)> {
     // Entries at or past `below` are out: past the cursor or after `to_ms`.
     let past_to = (to_ms.saturating_add(1), Arc::<str>::from(""));
     let below = match cursor {
@@ -191,7 +204,7 @@ fn from_index(
     };
     let mut found = Vec::new();
     if below <= (from_ms, Arc::from("")) {
-        return Ok((found, false));
+        return Ok((found, None));
     }
     // A bucket whose newest entry is past `below.0 + span` holds only entries past it.
     let lower = bucket_key_from(status, from_ms);
@@ -206,6 +219,8 @@ fn from_index(
         .rev()
         .peekable();
     let mut pending: BinaryHeap<Position> = BinaryHeap::new();
+    // The last position taken off the heap (returned or filtered out), else `below`.
+    let mut reached = below.clone();
     while let Some(entry) = buckets.next() {
         let (key, value) = entry?;
         let bad = || EngineError::Inconsistent(format!("unreadable finished-index entry {key:?}"));
@@ -226,16 +241,19 @@ fn from_index(
                 break;
             }
             let position = pending.pop().expect("peeked");
+            reached = position.clone();
             if type_matches(inner, &position.1, query.saga_type.as_deref())? {
                 found.push(position);
                 if found.len() == query.limit {
-                    return Ok((found, false));
+                    return Ok((found, None));
                 }
             }
         }
-        if *scanned >= MAX_LIST_SCAN {
-            return Ok((found, true));
+        // Stop at the bound only once something was decided, so the next page always
+        // starts lower than this one.
+        if *scanned >= inner.config.list_scan_limit && reached < below {
+            return Ok((found, Some(reached)));
         }
     }
-    Ok((found, false))
+    Ok((found, None))
 }

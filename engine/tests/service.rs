@@ -830,3 +830,68 @@ async fn a_finished_saga_keeps_its_id_across_a_restart() {
         "{late}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrow_type_filter_pages_on_past_the_scan_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let config = sagalog_engine::EngineConfig {
+        list_scan_limit: 10,
+        ..common::config()
+    };
+    let engine =
+        sagalog_engine::Engine::open_with_clock(dir.path(), config, clock.clone()).unwrap();
+    let mut rare = (**engine.definitions().first().unwrap()).clone();
+    rare.name = "rare".into();
+    rare.steps.truncate(1);
+    engine.register_definition(rare).await.unwrap();
+    // 90 finished order sagas and, among them, 3 finished rare ones.
+    let mut rare_ids = Vec::new();
+    for i in 0..90 {
+        clock.advance(1_000);
+        let id = format!("n-{i:02}");
+        if i % 30 == 7 {
+            engine
+                .start(common::request("rare", Some(&id), serde_json::json!({})))
+                .await
+                .unwrap();
+            answer(&engine, &id, Outcome::Succeeded).await;
+            rare_ids.push(id);
+        } else {
+            start(&engine, &id).await;
+            for _ in 0..3 {
+                answer(&engine, &id, Outcome::Succeeded).await;
+            }
+        }
+        if i % 20 == 19 {
+            engine.wait_indexed().await.unwrap();
+        }
+    }
+    engine.wait_indexed().await.unwrap();
+    let mut found = Vec::new();
+    let mut cursor = None;
+    for _ in 0..100 {
+        let page = engine
+            .list(&ListQuery {
+                limit: 5,
+                status: Some(Status::Completed),
+                saga_type: Some("rare".into()),
+                cursor: cursor.clone(),
+                ..ListQuery::default()
+            })
+            .unwrap();
+        found.extend(page.items.iter().map(|s| s.saga_id.clone()));
+        match page.next_cursor {
+            Some(next) => {
+                assert_ne!(Some(&next), cursor.as_ref(), "each page moves on");
+                cursor = Some(next);
+            }
+            None => break,
+        }
+    }
+    rare_ids.reverse();
+    assert_eq!(
+        found, rare_ids,
+        "every rare saga, newest first, none lost at the bound"
+    );
+}
