@@ -522,7 +522,8 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownDefinition {
                 name: request.saga_type.clone(),
             })?;
-        let saga_id = match request.saga_id.clone() {
+        let fresh_id = request.saga_id.is_none();
+        let saga_id = match request.saga_id {
             Some(id) if is_valid_saga_id(&id) => id,
             Some(id) => {
                 return Err(invalid(
@@ -532,7 +533,6 @@ impl Engine {
             }
             None => inner.random_uuid().to_string(),
         };
-        let fresh_id = request.saga_id.is_none();
         let trace_id = match request.trace_id {
             Some(t) if is_valid_trace_id(&t) => t,
             Some(t) => {
@@ -850,6 +850,13 @@ impl Inner {
         pending: Pending,
         appended: sagalog_storage::Result<Range<u64>>,
     ) -> Result<Done> {
+        let offsets = match appended {
+            Ok(offsets) => offsets,
+            Err(e) => {
+                self.release(&pending.key);
+                return Err(EngineError::Unavailable(e));
+            }
+        };
         let shard = self.shard(&pending.key);
         let done = {
             let mut sagas = shard.sagas.lock();
@@ -857,32 +864,38 @@ impl Inner {
                 .get_mut(&pending.key)
                 .expect("a busy saga stays in memory");
             slot.busy = false;
-            match appended {
-                Ok(offsets) => {
-                    let before = Summary::of(&slot.state);
-                    if slot.state.status.is_none() {
-                        slot.first_offset = offsets.start;
-                    }
-                    slot.last_offset = offsets.end - 1;
-                    slot.state = pending.after;
-                    self.installed(&pending.key, before, slot, &pending.records, &offsets);
-                    Ok(Done::Appended {
-                        status: slot.state.status.expect("started"),
-                        state: pending.want_state.then(|| slot.state.clone()),
-                        first_offset: slot.first_offset,
-                        offsets,
-                    })
-                }
-                Err(e) => {
-                    if slot.state.status.is_none() {
-                        sagas.remove(&pending.key);
-                    }
-                    Err(EngineError::Unavailable(e))
-                }
+            let before = Summary::of(&slot.state);
+            if slot.state.status.is_none() {
+                slot.first_offset = offsets.start;
+            }
+            slot.last_offset = offsets.end - 1;
+            slot.state = pending.after;
+            self.installed(&pending.key, before, slot, &pending.records, &offsets);
+            Done::Appended {
+                status: slot.state.status.expect("started"),
+                state: pending.want_state.then(|| slot.state.clone()),
+                first_offset: slot.first_offset,
+                offsets,
             }
         };
         shard.idle.notify_waiters();
-        done
+        Ok(done)
+    }
+
+    /// Leaves a busy saga as it was before a transaction whose records were not
+    /// appended (a saga that was being started goes), and wakes its waiters.
+    fn release(&self, key: &str) {
+        let shard = self.shard(key);
+        {
+            let mut sagas = shard.sagas.lock();
+            if let Some(slot) = sagas.get_mut(key) {
+                slot.busy = false;
+                if slot.state.status.is_none() {
+                    sagas.remove(key);
+                }
+            }
+        }
+        shard.idle.notify_waiters();
     }
 
     fn decide_locked(&self, shard: &Shard, saga_id: &str, op: &Op) -> Result<Step> {
@@ -938,7 +951,7 @@ impl Inner {
         };
         match (&op.input, op.start(), meta) {
             (_, Some((definition, request_hash)), Some(meta)) => {
-                let (state, first_offset) = self.load_finished(saga_id, &meta)?;
+                let (state, first_offset, _) = self.load_finished(saga_id, &meta)?;
                 same_start(&state, definition, request_hash).map(|()| {
                     Step::Done(Done::Existing {
                         state,
@@ -983,7 +996,7 @@ impl Inner {
                 }
             }
             (Input::Tick, _, Some(meta)) => {
-                let (state, first_offset) = self.load_finished(saga_id, &meta)?;
+                let (state, first_offset, _) = self.load_finished(saga_id, &meta)?;
                 Ok(Step::Done(Done::Unchanged {
                     state,
                     first_offset,
@@ -1070,15 +1083,29 @@ impl Inner {
     /// Projections, timers and the active count for a saga that went from `before` to
     /// `after`. (Replay counts the same way but sets timers once at its end.)
     fn note_change(&self, key: &Arc<str>, saga_type: &str, before: Summary, after: Summary) {
-        note_change(
-            &mut self.projections.lock(),
-            &mut self.timers.lock(),
-            &self.active,
-            key,
-            saga_type,
-            before,
-            after,
-        );
+        if before.place != after.place {
+            self.projections
+                .lock()
+                .moved(saga_type, before.place, after.place);
+        }
+        if before.due_ms != after.due_ms {
+            let mut timers = self.timers.lock();
+            if let Some(due) = before.due_ms {
+                timers.remove(&(due, key.clone()));
+            }
+            if let Some(due) = after.due_ms {
+                timers.insert((due, key.clone()));
+            }
+        }
+        match (before.is_active(), after.is_active()) {
+            (false, true) => {
+                self.active.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.active.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         // Wake the timer only for a due time before the one it sleeps until.
         if let Some(due) = after.due_ms {
             if due < self.timer_sleeps_until.load(Ordering::SeqCst) {
@@ -1152,9 +1179,9 @@ impl Inner {
     }
 
     /// A finished saga that left memory, rebuilt from its records:
-    /// (state, offset of its first record).
-    fn load_finished(&self, saga_id: &str, meta: &SagaMeta) -> Result<(SagaState, u64)> {
-        let history = saga_history(&self.log, saga_id, meta.last_offset)?;
+    /// (state, offset of its first record, its start payload).
+    fn load_finished(&self, saga_id: &str, meta: &SagaMeta) -> Result<(SagaState, u64, String)> {
+        let mut history = saga_history(&self.log, saga_id, meta.last_offset)?;
         let definition = match history.first().map(|(_, r)| &r.kind) {
             Some(Kind::SagaStarted {
                 saga_type,
@@ -1180,7 +1207,11 @@ impl Inner {
         for (_, record) in &history {
             apply_mut(&mut state, record);
         }
-        Ok((state, meta.first_offset))
+        let payload = match &mut history[0].1.kind {
+            Kind::SagaStarted { payload, .. } => std::mem::take(payload),
+            _ => unreachable!("checked above"),
+        };
+        Ok((state, meta.first_offset, payload))
     }
 
     /// Where a saga's records end, whether it is in memory or finished: (first, last).
@@ -1241,18 +1272,19 @@ impl Inner {
                 .filter(|slot| slot.state.status.is_some())
                 .map(|slot| (slot.state.clone(), slot.first_offset))
         };
-        let (state, first_offset) = match in_memory {
-            Some(found) => found,
-            None => match self.meta(saga_id)? {
-                Some(meta) => self.load_finished(saga_id, &meta)?,
-                None => {
-                    return Err(EngineError::SagaNotFound {
-                        saga_id: saga_id.to_string(),
-                    })
-                }
-            },
-        };
-        self.view(&state, first_offset)
+        if let Some((state, first_offset)) = in_memory {
+            return self.view(&state, first_offset);
+        }
+        match self.meta(saga_id)? {
+            // The records are read already: the payload is the first one's.
+            Some(meta) => {
+                let (state, _, payload) = self.load_finished(saga_id, &meta)?;
+                Ok(view::saga_view(&state, payload))
+            }
+            None => Err(EngineError::SagaNotFound {
+                saga_id: saga_id.to_string(),
+            }),
+        }
     }
 
     async fn history(&self, saga_id: &str) -> Result<Vec<HistoryItem>> {
@@ -1421,18 +1453,9 @@ impl Release<'_> {
 
 impl Drop for Release<'_> {
     fn drop(&mut self) {
-        let Some(key) = self.key.take() else { return };
-        let shard = self.inner.shard(&key);
-        {
-            let mut sagas = shard.sagas.lock();
-            if let Some(slot) = sagas.get_mut(&key) {
-                slot.busy = false;
-                if slot.state.status.is_none() {
-                    sagas.remove(&key);
-                }
-            }
+        if let Some(key) = self.key.take() {
+            self.inner.release(&key);
         }
-        shard.idle.notify_waiters();
     }
 }
 
@@ -1490,37 +1513,6 @@ fn same_start(state: &SagaState, definition: &Definition, request_hash: u64) -> 
         Err(EngineError::StartConflict {
             saga_id: state.saga_id.to_string(),
         })
-    }
-}
-
-fn note_change(
-    projections: &mut Projections,
-    timers: &mut BTreeSet<(u64, Arc<str>)>,
-    active: &AtomicUsize,
-    key: &Arc<str>,
-    saga_type: &str,
-    before: Summary,
-    after: Summary,
-) {
-    if before.place != after.place {
-        projections.moved(saga_type, before.place, after.place);
-    }
-    if before.due_ms != after.due_ms {
-        if let Some(due) = before.due_ms {
-            timers.remove(&(due, key.clone()));
-        }
-        if let Some(due) = after.due_ms {
-            timers.insert((due, key.clone()));
-        }
-    }
-    match (before.is_active(), after.is_active()) {
-        (false, true) => {
-            active.fetch_add(1, Ordering::Relaxed);
-        }
-        (true, false) => {
-            active.fetch_sub(1, Ordering::Relaxed);
-        }
-        _ => {}
     }
 }
 
