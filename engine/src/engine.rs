@@ -27,12 +27,13 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use sagalog_storage::{
-    DataDir, IndexBatch, IndexStore, Log, LogConfig, SnapshotConfig, SnapshotInfo, SnapshotStore,
-    StorageError,
+    DataDir, IndexBatch, IndexStore, Log, LogConfig, LogRecord, SnapshotConfig, SnapshotInfo,
+    SnapshotStore, StorageError,
 };
 use tokio::sync::{watch, Notify};
 
 use crate::bloom::FinishedIds;
+use crate::command::Command;
 use crate::decider::{decide_and_apply, Input, Rejection, Reply};
 use crate::definition::{Definition, Registered, Registry};
 use crate::error::{EngineError, Result};
@@ -510,6 +511,11 @@ impl Engine {
     /// The log, for the relay and the HTTP outbox (tail subscriptions, reads).
     pub fn log(&self) -> &Log {
         &self.inner.log
+    }
+
+    /// The commands among `records` (consecutive records read from [`Engine::log`]).
+    pub fn commands(&self, records: &[LogRecord]) -> Result<Vec<Command>> {
+        crate::command::render(&self.inner.log, &self.inner.registry, records)
     }
 
     pub async fn start(&self, request: StartRequest) -> Result<StartAnswer> {

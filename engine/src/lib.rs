@@ -7,10 +7,12 @@
 //!   No I/O, no clock: the same two functions serve the live path, replay and tests.
 //! - [`Engine`]: the service over a data directory — start, reply, override, retry,
 //!   get, list, history, definitions, snapshots — with the indexer and timer threads.
+//! - [`command`]: issued commands as participants see them (the outbox and the relay).
 //! - [`projection`]: status counts, per-type counters, sagas ordered for listing.
 //! - [`indexing`]: the sled indexes derived from the log.
 
 mod bloom;
+pub mod command;
 pub mod decider;
 pub mod definition;
 mod engine;
@@ -24,6 +26,7 @@ pub mod state;
 mod table;
 pub mod view;
 
+pub use command::Command;
 pub use decider::{decide, Input, Outcome, Rejection, Reply};
 pub use definition::{Definition, Registry, StepDefinition};
 pub use engine::{

@@ -895,3 +895,56 @@ async fn a_narrow_type_filter_pages_on_past_the_scan_bound() {
         "every rare saga, newest first, none lost at the bound"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_render_from_any_starting_offset_with_the_saga_payload_and_stable_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = open(dir.path(), &clock);
+    start(&engine, "c-1").await;
+    start(&engine, "c-2").await;
+    answer(&engine, "c-1", Outcome::Failed).await;
+    clock.advance(60_000);
+    engine.run_due_timers().await;
+    answer(&engine, "c-1", Outcome::Succeeded).await;
+
+    let records = engine.log().read_batch(0, 1000, 1 << 20).unwrap();
+    let all = engine.commands(&records).unwrap();
+    let seen: Vec<_> = all
+        .iter()
+        .map(|c| (c.saga_id.as_str(), c.step.as_str(), c.attempt))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("c-1", "reserve_inventory", 1),
+            ("c-2", "reserve_inventory", 1),
+            ("c-1", "reserve_inventory", 2),
+            ("c-1", "charge_payment", 1),
+        ]
+    );
+    let last = all.last().unwrap();
+    assert_eq!(last.topic, "payment.commands");
+    assert_eq!(last.action, sagalog_engine::Action::Execute);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&last.payload).unwrap(),
+        serde_json::json!({"order": "c-1", "qty": 2})
+    );
+    assert_eq!(last.trace_id, engine.get("c-1").unwrap().trace_id);
+    // Each batch that starts at a command (no saga_started in it) renders the same.
+    for command in &all {
+        let alone = engine
+            .log()
+            .read_batch(command.offset, 1, 0)
+            .map(|batch| engine.commands(&batch).unwrap())
+            .unwrap();
+        assert_eq!(
+            alone,
+            [command.clone()],
+            "the command at offset {}",
+            command.offset
+        );
+    }
+    let ids: BTreeSet<_> = all.iter().map(|c| c.event_id.clone()).collect();
+    assert_eq!(ids.len(), all.len(), "event ids are unique: {ids:?}");
+}

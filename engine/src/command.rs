@@ -1,0 +1,161 @@
+//! Commands as participants see them (SPEC §4's command item), rendered from the log's
+//! `command_issued` records. The HTTP outbox and the Kafka relay both read the log tail
+//! and hand its records here, so a command looks the same whichever way it travels.
+//!
+//! A command record holds its step number, action and attempt; the saga's type, its
+//! definition version, payload and trace id live in the saga's first record, found
+//! through the record's [`Link`] (in the same batch when the saga started there, else
+//! one read of the log per saga per batch).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sagalog_storage::{Log, LogRecord};
+
+use crate::definition::Registry;
+use crate::error::{EngineError, Result};
+use crate::indexing::{decode_at, predecessors, read_saga_record};
+use crate::record::{Action, Entry, Kind, Link};
+
+/// One issued command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// `{saga_id}/{seq}`: unique, and the same every time the record is read, so a
+    /// participant (or Kafka consumer) can drop a duplicate delivery.
+    pub event_id: String,
+    pub saga_id: String,
+    pub saga_type: String,
+    pub step: String,
+    /// The step's Kafka topic.
+    pub topic: String,
+    pub action: Action,
+    pub attempt: u32,
+    /// The saga's start payload, as JSON text.
+    pub payload: String,
+    /// The saga's W3C trace id (32 hex digits).
+    pub trace_id: String,
+    /// The log offset of the `command_issued` record.
+    pub offset: u64,
+}
+
+/// What a saga's first record says about it.
+#[derive(Clone)]
+struct Origin {
+    saga_type: String,
+    definition_version: u32,
+    payload: Arc<str>,
+    trace_id: String,
+}
+
+/// The commands among `records` (consecutive log records, in log order).
+pub(crate) fn render(
+    log: &Log,
+    registry: &parking_lot::RwLock<Registry>,
+    records: &[LogRecord],
+) -> Result<Vec<Command>> {
+    let mut commands = Vec::new();
+    // First offset of each saga record seen, to resolve `Follows` links in the batch.
+    let mut previous: Option<(u64, u64)> = None;
+    let mut origins: HashMap<u64, Origin> = HashMap::new();
+    for record in records {
+        let Entry::Saga { link, record: saga } = decode_at(record)? else {
+            previous = None;
+            continue;
+        };
+        let first = match (link, previous) {
+            (Link::Start, _) => record.offset,
+            (Link::After { first, .. }, _) => first,
+            (Link::Follows, Some((prev, first))) if prev + 1 == record.offset => first,
+            (Link::Follows, _) => predecessors(log, record.offset, link)?.1,
+        };
+        previous = Some((record.offset, first));
+        match saga.kind {
+            Kind::SagaStarted {
+                saga_type,
+                definition_version,
+                payload,
+                trace_id,
+                ..
+            } => {
+                origins.insert(
+                    first,
+                    Origin {
+                        saga_type,
+                        definition_version,
+                        payload: payload.into(),
+                        trace_id,
+                    },
+                );
+            }
+            Kind::CommandIssued {
+                step,
+                action,
+                attempt,
+                ..
+            } => {
+                let origin = match origins.get(&first) {
+                    Some(origin) => origin.clone(),
+                    None => {
+                        let origin = origin_at(log, first)?;
+                        origins.insert(first, origin.clone());
+                        origin
+                    }
+                };
+                let definition = registry
+                    .read()
+                    .get(&origin.saga_type, origin.definition_version)
+                    .cloned()
+                    .ok_or_else(|| {
+                        EngineError::Inconsistent(format!(
+                            "saga {} runs on {} version {}, which is not registered",
+                            saga.saga_id, origin.saga_type, origin.definition_version
+                        ))
+                    })?;
+                let step_def = definition.steps.get(usize::from(step)).ok_or_else(|| {
+                    EngineError::Inconsistent(format!(
+                        "command at offset {} names step {step} of {} version {}, which has {}",
+                        record.offset,
+                        origin.saga_type,
+                        origin.definition_version,
+                        definition.steps.len()
+                    ))
+                })?;
+                commands.push(Command {
+                    event_id: format!("{}/{}", saga.saga_id, saga.seq),
+                    saga_id: saga.saga_id,
+                    saga_type: origin.saga_type,
+                    step: step_def.name.clone(),
+                    topic: step_def.topic.clone(),
+                    action,
+                    attempt,
+                    payload: origin.payload.to_string(),
+                    trace_id: origin.trace_id,
+                    offset: record.offset,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(commands)
+}
+
+fn origin_at(log: &Log, first: u64) -> Result<Origin> {
+    match read_saga_record(log, first)?.1.kind {
+        Kind::SagaStarted {
+            saga_type,
+            definition_version,
+            payload,
+            trace_id,
+            ..
+        } => Ok(Origin {
+            saga_type,
+            definition_version,
+            payload: payload.into(),
+            trace_id,
+        }),
+        other => Err(EngineError::Inconsistent(format!(
+            "offset {first} should hold a saga's first record, not {}",
+            other.name()
+        ))),
+    }
+}
