@@ -940,7 +940,7 @@ async fn commands_render_from_any_starting_offset_with_the_saga_payload_and_stab
             .unwrap();
         assert_eq!(
             alone,
-            [command.clone()],
+            std::slice::from_ref(command),
             "the command at offset {}",
             command.offset
         );
