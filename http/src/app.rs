@@ -1,0 +1,512 @@
+//! The request handlers: each route of SPEC §4 turned into one engine call, with the
+//! limits checked first (auth, body size, JSON nesting, ids, `limit`) so that bad input
+//! gets a clear 4xx and changes nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use sagalog_engine::definition::Registered;
+use sagalog_engine::{
+    is_valid_saga_id, Clock, Definition, Engine, ListQuery, Reply, StartRequest, Status,
+};
+
+use crate::error::ApiError;
+use crate::json;
+use crate::metrics::Metrics;
+use crate::outbox::{self, OutboxQuery};
+use crate::routes::{route, Matched, Route};
+
+/// Largest `limit` of a list or outbox call.
+pub const MAX_LIMIT: usize = 1000;
+/// `limit` when a list or outbox call gives none.
+pub const DEFAULT_LIMIT: usize = 100;
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// `/internal/` routes need `Authorization: Bearer <token>` when set.
+    pub admin_token: Option<String>,
+    /// Largest request body (413 beyond it).
+    pub max_body_bytes: usize,
+    /// Longest an outbox long poll waits (`wait_ms` is capped at it).
+    pub max_outbox_wait_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            admin_token: None,
+            max_body_bytes: 1024 * 1024,
+            max_outbox_wait_ms: 30_000,
+        }
+    }
+}
+
+pub struct App {
+    pub engine: Arc<Engine>,
+    pub metrics: Arc<Metrics>,
+    pub config: ApiConfig,
+    pub clock: Arc<dyn Clock>,
+    /// True once shutdown began: `/readyz` fails and long polls return.
+    pub stopping: watch::Receiver<bool>,
+}
+
+pub type Body = Full<Bytes>;
+
+fn respond(status: StatusCode, body: Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(e.body())));
+    *response.status_mut() = e.status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+impl App {
+    /// Answers one request, timing it under its route pattern.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let (endpoint, result) = match route(&method, &path) {
+            Ok(matched) => {
+                let pattern = matched.pattern;
+                (pattern, self.dispatch(matched, request).await)
+            }
+            Err(e) => ("unmatched", Err(e)),
+        };
+        let response = result.unwrap_or_else(|e| {
+            if e.is_server_error() {
+                tracing::warn!(%method, %path, code = e.code, message = %e.message, "request failed");
+            }
+            error_response(&e)
+        });
+        self.metrics
+            .api_request(endpoint, method.as_str(), started.elapsed());
+        response
+    }
+
+    async fn dispatch(
+        &self,
+        matched: Matched<'_>,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, ApiError> {
+        if matched.is_internal() {
+            self.authorize(&request)?;
+        }
+        let param = matched.param.unwrap_or_default().to_string();
+        let query = request.uri().query().unwrap_or_default().to_string();
+        let trace_id = request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(trace_id_of);
+        let body = read_body(request, self.config.max_body_bytes).await?;
+        let engine = &self.engine;
+        let result = match matched.route {
+            Route::StartSaga => self.start(&body, trace_id).await,
+            Route::Reply => self.reply(&param, &body).await,
+            Route::GetSaga => {
+                let id = saga_id(&param)?;
+                let view = self.timed("get", || engine.get(id))?;
+                Ok(respond(StatusCode::OK, json::saga(&view)))
+            }
+            Route::History => self.history(&param).await,
+            Route::ListSagas => self.list(&query),
+            Route::Outbox => {
+                let query = OutboxQuery::parse(&query, self.config.max_outbox_wait_ms)?;
+                let page = outbox::poll(engine, &query, self.stopping.clone()).await?;
+                Ok(respond(StatusCode::OK, page))
+            }
+            Route::PutDefinition => self.put_definition(&param, &body).await,
+            Route::ListDefinitions => {
+                let items: Vec<Value> = engine.definitions().iter().map(definition_json).collect();
+                Ok(respond(StatusCode::OK, json!({ "items": items })))
+            }
+            Route::OverrideStatus => {
+                let id = saga_id(&param)?;
+                let body: json::OverrideBody = json::parse(&body)?;
+                let to: Status = body.status.parse().map_err(|e: String| {
+                    ApiError::bad_request("invalid_request", format!("status: {e}"))
+                })?;
+                let view = engine.override_status(id, to, body.reason).await?;
+                Ok(respond(StatusCode::OK, json::saga(&view)))
+            }
+            Route::Retry => {
+                let view = engine.retry(saga_id(&param)?).await?;
+                Ok(respond(StatusCode::ACCEPTED, json::saga(&view)))
+            }
+            Route::Snapshot => {
+                let info = engine.snapshot().await?;
+                Ok(respond(
+                    StatusCode::CREATED,
+                    json!({"offset": info.offset, "bytes": info.bytes}),
+                ))
+            }
+            Route::Metrics => Ok(self.metrics_response()),
+            Route::Healthz => Ok(respond(StatusCode::OK, json!({"status": "ok"}))),
+            Route::Readyz => self.ready(),
+        };
+        result.map_err(|e| self.counted(e))
+    }
+
+    fn counted(&self, e: ApiError) -> ApiError {
+        if e.storage {
+            self.metrics.storage_error();
+        }
+        e
+    }
+
+    fn authorize(&self, request: &Request<Incoming>) -> Result<(), ApiError> {
+        let Some(token) = &self.config.admin_token else {
+            return Ok(());
+        };
+        let given = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the bearer token does not match the admin token",
+            )),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "/internal/ routes need an Authorization: Bearer <admin token> header",
+            )),
+        }
+    }
+
+    fn timed<T>(
+        &self,
+        query: &str,
+        f: impl FnOnce() -> sagalog_engine::error::Result<T>,
+    ) -> Result<T, ApiError> {
+        let started = Instant::now();
+        let result = f();
+        self.metrics.query(query, started.elapsed());
+        Ok(result?)
+    }
+
+    async fn start(
+        &self,
+        body: &[u8],
+        trace_id: Option<String>,
+    ) -> Result<Response<Body>, ApiError> {
+        let body: json::StartBody = json::parse(body)?;
+        if let Some(id) = &body.saga_id {
+            saga_id(id)?;
+        }
+        let payload = match body.payload {
+            Some(raw) => serde_json::from_str(raw.get())
+                .map_err(|e| ApiError::bad_request("invalid_json", format!("payload: {e}")))?,
+            None => json!({}),
+        };
+        let answer = self
+            .engine
+            .start(StartRequest {
+                saga_type: body.saga_type,
+                saga_id: body.saga_id,
+                payload,
+                trace_id,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        let status = if answer.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok(respond(status, json::saga(&answer.saga)))
+    }
+
+    async fn reply(&self, id: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
+        let id = saga_id(id)?;
+        let body: json::ReplyBody = json::parse(body)?;
+        let step = body.step.clone();
+        let outcome: sagalog_engine::Outcome = body.outcome.into();
+        let reply = Reply {
+            event_id: body.event_id,
+            step: body.step,
+            outcome,
+            attempt: body.attempt,
+            data: body.data.map(|d| d.get().to_string()).unwrap_or_default(),
+            reason: body.reason.unwrap_or_default(),
+        };
+        match self.engine.reply(id, reply).await {
+            Ok(answer) => {
+                if !answer.repeated {
+                    self.metrics.event(&step, outcome.as_str());
+                }
+                let status = if answer.repeated {
+                    StatusCode::OK
+                } else {
+                    StatusCode::ACCEPTED
+                };
+                Ok(respond(
+                    status,
+                    json!({"saga_id": answer.saga_id, "status": answer.status.as_str(),
+                           "offset": answer.offset}),
+                ))
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                if e.status.is_client_error() {
+                    self.metrics.event(&step, "rejected");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn history(&self, id: &str) -> Result<Response<Body>, ApiError> {
+        let id = saga_id(id)?;
+        let started = Instant::now();
+        let items = self.engine.history(id).await;
+        self.metrics.query("history", started.elapsed());
+        let items = items.map_err(ApiError::from)?;
+        let definition = items.first().and_then(|first| match &first.record.kind {
+            sagalog_engine::Kind::SagaStarted {
+                saga_type,
+                definition_version,
+                ..
+            } => self
+                .engine
+                .definitions()
+                .into_iter()
+                .find(|d| &d.name == saga_type && d.version == *definition_version),
+            _ => None,
+        });
+        let items: Vec<Value> = items
+            .iter()
+            .map(|item| json::history_item(item, definition.as_deref()))
+            .collect();
+        Ok(respond(
+            StatusCode::OK,
+            json!({"saga_id": id, "items": items}),
+        ))
+    }
+
+    fn list(&self, query: &str) -> Result<Response<Body>, ApiError> {
+        let mut list = ListQuery {
+            limit: DEFAULT_LIMIT,
+            ..ListQuery::default()
+        };
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "status" if !value.is_empty() => {
+                    list.status = Some(value.parse().map_err(|e: String| {
+                        ApiError::bad_request("invalid_request", format!("status: {e}"))
+                    })?)
+                }
+                "type" if !value.is_empty() => list.saga_type = Some(value.into_owned()),
+                "fromDate" if !value.is_empty() => {
+                    list.from_ms = Some(json::parse_rfc3339("fromDate", &value)?)
+                }
+                "toDate" if !value.is_empty() => {
+                    list.to_ms = Some(json::parse_rfc3339("toDate", &value)?)
+                }
+                "limit" => list.limit = parse_limit(&value)?,
+                "cursor" if !value.is_empty() => list.cursor = Some(value.into_owned()),
+                "status" | "type" | "fromDate" | "toDate" | "cursor" => {}
+                other => {
+                    return Err(ApiError::bad_request(
+                        "invalid_request",
+                        format!("unknown query parameter {other:?}; known: status, type, fromDate, toDate, limit, cursor"),
+                    ))
+                }
+            }
+        }
+        let page = self.timed("list", || self.engine.list(&list))?;
+        let items: Vec<Value> = page.items.iter().map(json::saga).collect();
+        Ok(respond(
+            StatusCode::OK,
+            json!({"items": items, "next_cursor": page.next_cursor}),
+        ))
+    }
+
+    async fn put_definition(&self, name: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::bad_request("invalid_json", "the body is not UTF-8"))?;
+        json::parse::<Value>(body)?;
+        let definition = Definition::from_json(text)
+            .map_err(|e| ApiError::bad_request("invalid_definition", e.to_string()))?;
+        if definition.name != name {
+            return Err(ApiError::bad_request(
+                "invalid_definition",
+                format!(
+                    "name: the body names {:?} but the path names {name:?}",
+                    definition.name
+                ),
+            ));
+        }
+        let registered = self
+            .engine
+            .register_definition(definition.clone())
+            .await
+            .map_err(ApiError::from)?;
+        let mut out = definition_json(&Arc::new(definition));
+        out["registered"] = json!(matches!(registered, Registered::New));
+        Ok(respond(StatusCode::OK, out))
+    }
+
+    fn metrics_response(&self) -> Response<Body> {
+        let text = self.metrics.render(&self.engine, self.clock.now_ms());
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+
+    fn ready(&self) -> Result<Response<Body>, ApiError> {
+        let not_ready =
+            |reason: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason);
+        if *self.stopping.borrow() {
+            return Err(not_ready("shutting down".into()));
+        }
+        if let Some(reason) = self.engine.log().poisoned() {
+            return Err(not_ready(format!("the log cannot be written: {reason}")));
+        }
+        Ok(respond(StatusCode::OK, json!({"status": "ready"})))
+    }
+}
+
+fn definition_json(definition: &Arc<Definition>) -> Value {
+    serde_json::from_str(&definition.to_json()).expect("a definition serializes to JSON")
+}
+
+/// `limit`: 1 to [`MAX_LIMIT`].
+pub fn parse_limit(value: &str) -> Result<usize, ApiError> {
+    match value.parse::<usize>() {
+        Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => Ok(limit),
+        _ => Err(ApiError::bad_request(
+            "invalid_request",
+            format!("limit: {value:?} is not a number from 1 to {MAX_LIMIT}"),
+        )),
+    }
+}
+
+fn saga_id(id: &str) -> Result<&str, ApiError> {
+    if is_valid_saga_id(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_saga_id",
+            format!("saga id {id:?} must match [A-Za-z0-9._:-]{{1,128}}"),
+        ))
+    }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`); an invalid
+/// header is ignored, as the W3C spec asks, and the saga gets a new trace id.
+fn trace_id_of(traceparent: &str) -> Option<String> {
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    match parts.as_slice() {
+        [version, trace, parent, flags]
+            if hex(version, 2)
+                && *version != "ff"
+                && hex(trace, 32)
+                && trace.bytes().any(|b| b != b'0')
+                && hex(parent, 16)
+                && hex(flags, 2) =>
+        {
+            Some(trace.to_string())
+        }
+        _ => None,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the body up to `max_bytes`: `413 payload_too_large` beyond it (checked on
+/// `Content-Length` first, so an oversized body is refused before it is read).
+async fn read_body(request: Request<Incoming>, max_bytes: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is over the limit of {max_bytes} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_bytes as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), max_bytes).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_request",
+            format!("reading the body failed: {e}"),
+        )),
+    }
+}
+
+/// How long a shutdown waits for requests in flight before it gives up on them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_gives_its_trace_id_and_invalid_ones_are_ignored() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            trace_id_of(&format!("00-{id}-00f067aa0ba902b7-01")).as_deref(),
+            Some(id)
+        );
+        assert_eq!(
+            trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id_of("00-XYZ-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id_of(&format!("ff-{id}-00f067aa0ba902b7-01")), None);
+    }
+
+    #[test]
+    fn limits_are_one_to_a_thousand() {
+        assert_eq!(parse_limit("1000").unwrap(), 1000);
+        assert!(parse_limit("1001").is_err());
+        assert!(parse_limit("0").is_err());
+        assert!(parse_limit("ten").is_err());
+    }
+}

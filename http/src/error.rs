@@ -1,0 +1,78 @@
+//! The API's one error shape, `{"error": {"code", "message"}}` (SPEC §4), and the one
+//! place an engine error becomes an HTTP status.
+
+use hyper::StatusCode;
+use sagalog_engine::{EngineError, ErrorClass};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// snake_case, stable: clients branch on it.
+    pub code: &'static str,
+    pub message: String,
+    /// The log or the indexes failed (`saga_storage_errors_total` counts these).
+    pub storage: bool,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            storage: false,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    pub fn body(&self) -> String {
+        serde_json::json!({"error": {"code": self.code, "message": self.message}}).to_string()
+    }
+
+    /// Whether the error is the server's (5xx): these are logged.
+    pub fn is_server_error(&self) -> bool {
+        self.status.is_server_error()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        let message = e.to_string();
+        let (status, code) = match (&e, e.class()) {
+            (EngineError::SagaNotFound { .. }, _) => (StatusCode::NOT_FOUND, "saga_not_found"),
+            (EngineError::UnknownDefinition { .. }, _) => {
+                (StatusCode::NOT_FOUND, "definition_not_found")
+            }
+            (_, ErrorClass::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
+            (EngineError::Definition(_), ErrorClass::BadRequest) => {
+                (StatusCode::BAD_REQUEST, "invalid_definition")
+            }
+            (_, ErrorClass::BadRequest) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            (EngineError::StartConflict { .. }, _) => (StatusCode::CONFLICT, "start_conflict"),
+            (EngineError::Definition(_), ErrorClass::Conflict) => {
+                (StatusCode::CONFLICT, "version_conflict")
+            }
+            (_, ErrorClass::Conflict) => (StatusCode::CONFLICT, "conflict"),
+            (_, ErrorClass::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            (_, ErrorClass::Internal) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError {
+            storage: matches!(
+                e,
+                EngineError::Storage(_) | EngineError::Unavailable(_) | EngineError::Corrupt { .. }
+            ),
+            ..ApiError::new(status, code, message)
+        }
+    }
+}

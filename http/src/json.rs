@@ -1,0 +1,306 @@
+//! The JSON bodies of SPEC §4: requests parsed with their limits, and sagas, history
+//! items and commands rendered with the fixed field names.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use sagalog_engine::{Command, Definition, HistoryItem, Kind, Outcome, SagaView};
+
+use crate::error::ApiError;
+
+/// Deepest nesting of arrays and objects a request body may have.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Unix ms as RFC 3339 in UTC with milliseconds (`2026-11-23T10:00:00.123Z`).
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// An RFC 3339 UTC time (`...Z`) as unix ms; `field` names it in the error.
+pub fn parse_rfc3339(field: &str, text: &str) -> Result<u64, ApiError> {
+    let time = humantime::parse_rfc3339_weak(text).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "{field}: {text:?} is not an RFC 3339 UTC time such as 2026-11-23T10:00:00Z ({e})"
+            ),
+        )
+    })?;
+    let since = time.duration_since(UNIX_EPOCH).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("{field}: {text:?} is before 1970"),
+        )
+    })?;
+    Ok(since.as_millis().min(u128::from(u64::MAX)) as u64)
+}
+
+/// The nesting depth of a JSON text (strings skipped), without parsing it: a body nested
+/// deeper than [`MAX_JSON_DEPTH`] is refused before serde recurses into it.
+pub fn depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Parses a request body: `400 invalid_json` for malformed JSON or a nesting past the
+/// limit, `400 invalid_request` for a missing or mistyped field (serde's message names it).
+pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the request needs a JSON body",
+        ));
+    }
+    let deepest = depth(body);
+    if deepest > MAX_JSON_DEPTH {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            format!("the body nests {deepest} levels deep; at most {MAX_JSON_DEPTH} are accepted"),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let code = match e.classify() {
+            serde_json::error::Category::Data => "invalid_request",
+            _ => "invalid_json",
+        };
+        ApiError::bad_request(code, format!("request body: {e}"))
+    })
+}
+
+#[derive(Deserialize)]
+pub struct StartBody<'a> {
+    #[serde(rename = "type")]
+    pub saga_type: String,
+    #[serde(default)]
+    pub saga_id: Option<String>,
+    #[serde(default, borrow)]
+    pub payload: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+pub struct ReplyBody<'a> {
+    pub event_id: String,
+    pub step: String,
+    pub outcome: OutcomeBody,
+    pub attempt: u32,
+    #[serde(default, borrow)]
+    pub data: Option<&'a RawValue>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeBody {
+    Succeeded,
+    Failed,
+    Compensated,
+    CompensationFailed,
+}
+
+impl From<OutcomeBody> for Outcome {
+    fn from(o: OutcomeBody) -> Outcome {
+        match o {
+            OutcomeBody::Succeeded => Outcome::Succeeded,
+            OutcomeBody::Failed => Outcome::Failed,
+            OutcomeBody::Compensated => Outcome::Compensated,
+            OutcomeBody::CompensationFailed => Outcome::CompensationFailed,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OverrideBody {
+    pub status: String,
+    pub reason: String,
+}
+
+/// A JSON text the engine stored (a payload or reply data) as a value; empty is null.
+fn stored_json(text: &str) -> Value {
+    if text.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+pub fn saga(view: &SagaView) -> Value {
+    let steps: Vec<Value> = view
+        .steps
+        .iter()
+        .map(|s| json!({"name": s.name, "status": s.status.as_str(), "attempts": s.attempts}))
+        .collect();
+    json!({
+        "saga_id": view.saga_id,
+        "type": view.saga_type,
+        "definition_version": view.definition_version,
+        "status": view.status.as_str(),
+        "current_step": view.current_step,
+        "steps": steps,
+        "created_at": rfc3339(view.created_at_ms),
+        "updated_at": rfc3339(view.updated_at_ms),
+        "failure_reason": view.failure_reason,
+        "trace_id": view.trace_id,
+        "payload": stored_json(&view.payload),
+    })
+}
+
+/// A history item: `offset`, `seq`, `kind`, `at`, then the record's own fields, with
+/// step numbers given as the step names of the saga's definition.
+pub fn history_item(item: &HistoryItem, definition: Option<&Definition>) -> Value {
+    let record = &item.record;
+    let step_name = |step: u16| -> Value {
+        definition
+            .and_then(|d| d.steps.get(usize::from(step)))
+            .map_or_else(|| json!(step), |s| json!(s.name))
+    };
+    let mut out = Map::new();
+    out.insert("offset".into(), json!(item.offset));
+    out.insert("seq".into(), json!(record.seq));
+    out.insert("kind".into(), json!(record.kind.name()));
+    out.insert("at".into(), json!(rfc3339(record.at_ms)));
+    let fields = match &record.kind {
+        Kind::SagaStarted {
+            saga_type,
+            definition_version,
+            payload,
+            trace_id,
+            ..
+        } => json!({"type": saga_type, "definition_version": definition_version,
+                    "payload": stored_json(payload), "trace_id": trace_id}),
+        Kind::CommandIssued {
+            step,
+            action,
+            attempt,
+            deadline_ms,
+        } => json!({"step": step_name(*step), "action": action.as_str(), "attempt": attempt,
+                    "deadline": rfc3339(*deadline_ms)}),
+        Kind::StepSucceeded {
+            step,
+            attempt,
+            event_id,
+            data,
+            ..
+        }
+        | Kind::StepCompensated {
+            step,
+            attempt,
+            event_id,
+            data,
+            ..
+        } => json!({"step": step_name(*step), "attempt": attempt, "event_id": event_id,
+                    "data": stored_json(data)}),
+        Kind::StepFailed {
+            step,
+            action,
+            attempt,
+            event_id,
+            reason,
+            retry_at_ms,
+            ..
+        } => json!({"step": step_name(*step), "action": action.as_str(), "attempt": attempt,
+                    "event_id": event_id, "reason": reason,
+                    "retry_at": retry_at_ms.map(rfc3339)}),
+        Kind::StepTimedOut {
+            step,
+            action,
+            attempt,
+            retry_at_ms,
+        } => json!({"step": step_name(*step), "action": action.as_str(), "attempt": attempt,
+                    "retry_at": retry_at_ms.map(rfc3339)}),
+        Kind::CompensationFailed { step, reason } | Kind::SagaFailed { step, reason } => {
+            json!({"step": step_name(*step), "reason": reason})
+        }
+        Kind::SagaCompleted | Kind::SagaCompensated => json!({}),
+        Kind::StatusOverridden { from, to, reason } => {
+            json!({"from": from.as_str(), "to": to.as_str(), "reason": reason})
+        }
+        Kind::RetryRequested { step, action } => {
+            json!({"step": step_name(*step), "action": action.as_str()})
+        }
+    };
+    if let Value::Object(fields) = fields {
+        out.extend(fields);
+    }
+    Value::Object(out)
+}
+
+/// A command item (SPEC §4): the outbox's items and, with the relay, the Kafka value.
+pub fn command(command: &Command) -> Value {
+    json!({
+        "event_id": command.event_id,
+        "saga_id": command.saga_id,
+        "saga_type": command.saga_type,
+        "step": command.step,
+        "action": command.action.as_str(),
+        "attempt": command.attempt,
+        "payload": stored_json(&command.payload),
+        "offset": command.offset,
+        "topic": command.topic,
+        "trace_id": command.trace_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_nesting_and_skips_brackets_in_strings() {
+        assert_eq!(depth(br#"{"a": [1, {"b": "[[[{{"}]}"#), 3);
+        assert_eq!(depth(br#""\"[""#), 0);
+        assert_eq!(depth(b"[[[[]]]]"), 4);
+    }
+
+    #[test]
+    fn parse_tells_malformed_json_from_a_missing_field() {
+        let e = parse::<OverrideBody>(b"{nope").unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        let e = parse::<OverrideBody>(br#"{"status": "COMPENSATED"}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_request");
+        assert!(e.message.contains("reason"), "{}", e.message);
+        let deep = format!(
+            "{}{}",
+            "[".repeat(MAX_JSON_DEPTH + 1),
+            "]".repeat(MAX_JSON_DEPTH + 1)
+        );
+        assert_eq!(
+            parse::<Value>(deep.as_bytes()).unwrap_err().code,
+            "invalid_json"
+        );
+    }
+
+    #[test]
+    fn times_round_trip_through_rfc3339() {
+        let ms = 1_795_000_000_123;
+        let text = rfc3339(ms);
+        assert!(text.ends_with(".123Z"), "{text}");
+        assert_eq!(parse_rfc3339("fromDate", &text).unwrap(), ms);
+        assert!(parse_rfc3339("fromDate", "yesterday")
+            .unwrap_err()
+            .message
+            .contains("fromDate"));
+    }
+}

@@ -1,0 +1,25 @@
+//! sagalog-http: the HTTP API of SPEC §4 and the metrics of §6, on hyper 1.x.
+//!
+//! - [`routes`]: the route table (one list the router, the metrics labels and the
+//!   OpenAPI test share).
+//! - [`app`]: the handlers — limits and auth first, then one engine call each.
+//! - [`json`]: request bodies and the fixed response shapes.
+//! - [`outbox`]: the long-polled command feed, read from the log tail.
+//! - [`metrics`]: the Prometheus registry, fed by the engine's and log's observers and
+//!   by [`sagalog_engine::Engine::stats`] at each scrape.
+//! - [`server`]: the accept loop, connection limit and graceful stop.
+//! - [`client`]: a small keep-alive client for tests and the load generator.
+
+pub mod app;
+pub mod client;
+pub mod error;
+pub mod json;
+pub mod metrics;
+pub mod outbox;
+pub mod routes;
+pub mod server;
+
+pub use app::{ApiConfig, App};
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use server::serve;

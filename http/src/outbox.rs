@@ -1,0 +1,107 @@
+//! `GET /api/v1/outbox`: the commands of the log in order, for participants when no
+//! Kafka is configured. Fed by the log's tail subscription: a long poll waits on the
+//! writer's publication of new records, never on a timer.
+//!
+//! `next_after` is the offset of the last record looked at (command or not), so a
+//! participant passing it back never rescans records that hold no command. A call looks
+//! at most [`MAX_SCANNED_RECORDS`] records, then answers with what it found.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use sagalog_engine::Engine;
+
+use crate::app::{parse_limit, DEFAULT_LIMIT};
+use crate::error::ApiError;
+use crate::json;
+
+/// Most log records one outbox call reads.
+pub const MAX_SCANNED_RECORDS: usize = 10_000;
+/// Most bytes one read of the tail takes.
+const READ_BYTES: usize = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxQuery {
+    /// Commands after this offset; from the log's start when `None`.
+    pub after: Option<u64>,
+    pub limit: usize,
+    pub wait_ms: u64,
+}
+
+impl OutboxQuery {
+    pub fn parse(query: &str, max_wait_ms: u64) -> Result<OutboxQuery, ApiError> {
+        let mut out = OutboxQuery {
+            after: None,
+            limit: DEFAULT_LIMIT,
+            wait_ms: 0,
+        };
+        let number = |key: &str, value: &str| {
+            value.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_request",
+                    format!("{key}: {value:?} is not a non-negative integer"),
+                )
+            })
+        };
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "after" => out.after = Some(number("after", &value)?),
+                "limit" => out.limit = parse_limit(&value)?,
+                "wait_ms" => {
+                    let wait_ms = number("wait_ms", &value)?;
+                    if wait_ms > max_wait_ms {
+                        return Err(ApiError::bad_request(
+                            "invalid_request",
+                            format!("wait_ms: at most {max_wait_ms}"),
+                        ));
+                    }
+                    out.wait_ms = wait_ms;
+                }
+                other => {
+                    return Err(ApiError::bad_request(
+                        "invalid_request",
+                        format!("unknown query parameter {other:?}; known: after, limit, wait_ms"),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One outbox page: `{"items": [commands], "next_after": offset or null}`.
+pub async fn poll(
+    engine: &Engine,
+    query: &OutboxQuery,
+    mut stopping: watch::Receiver<bool>,
+) -> Result<Value, ApiError> {
+    let log = engine.log();
+    let from = query
+        .after
+        .map_or(0, |after| after.saturating_add(1))
+        .max(log.start_offset());
+    let mut tail = log.subscribe(from);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms);
+    let mut items = Vec::new();
+    let mut scanned = 0;
+    let mut next_after = query.after;
+    while items.len() < query.limit && scanned < MAX_SCANNED_RECORDS {
+        let available = tail.position() < log.next_offset();
+        if !available && (!items.is_empty() || tokio::time::Instant::now() >= deadline) {
+            break;
+        }
+        let want = (query.limit - items.len()).min(MAX_SCANNED_RECORDS - scanned);
+        let batch = tokio::select! {
+            batch = tail.next_batch(want, READ_BYTES) => batch.map_err(sagalog_engine::EngineError::from)?,
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = stopping.wait_for(|stop| *stop) => break,
+        };
+        scanned += batch.len();
+        next_after = batch.last().map(|r| r.offset).or(next_after);
+        let commands = engine.commands(&batch)?;
+        items.extend(commands.iter().map(json::command));
+    }
+    Ok(json!({"items": items, "next_after": next_after}))
+}

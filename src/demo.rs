@@ -1,0 +1,169 @@
+//! `serve --demo`: a customer that starts order sagas and the three participants of
+//! the built-in `order` definition, in-process, so a new user sees sagas complete,
+//! retry, compensate and need an operator within seconds.
+//!
+//! The participants read the same feed as `GET /api/v1/outbox` (the log tail rendered
+//! by [`Engine::commands`]) and reply through the engine, as an HTTP participant would.
+//! Each saga's fate is a hash of its id, so it is the same on every run:
+//! - 10 % fail `charge_payment` on every attempt → `reserve_inventory` is compensated;
+//! - 4 % fail `ship_order` for good → both earlier steps are compensated, last first;
+//! - half of those (2 %) then fail to compensate `charge_payment` → `COMPENSATION_FAILED`,
+//!   for an operator to retry or override;
+//! - 15 % of first attempts fail and the retry succeeds; 5 % of replies take 1–3 s.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sagalog_engine::{Action, Command, Engine, Outcome, Reply, StartRequest};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+/// Sagas the demo customer starts per second.
+const STARTS_PER_SECOND: u64 = 5;
+/// Replies being prepared at once; the participants wait for room beyond it.
+const MAX_REPLIES_IN_FLIGHT: usize = 256;
+/// Records one read of the tail takes.
+const TAIL_BATCH: usize = 512;
+
+pub struct Demo {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Demo {
+    pub async fn stop(self) {
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+pub fn spawn(engine: Arc<Engine>, stopping: watch::Receiver<bool>) -> Demo {
+    let customer = tokio::spawn(customer(engine.clone(), stopping.clone()));
+    let participants = tokio::spawn(participants(engine, stopping));
+    Demo {
+        tasks: vec![customer, participants],
+    }
+}
+
+/// Fair dice from a name: the same name always rolls the same number in 0..100.
+fn roll(parts: &[&str]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    parts.hash(&mut hasher);
+    hasher.finish() % 100
+}
+
+async fn customer(engine: Arc<Engine>, mut stopping: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / STARTS_PER_SECOND));
+    let run = roll(&[&std::process::id().to_string()]);
+    for n in 0u64.. {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        let request = StartRequest {
+            saga_type: "order".into(),
+            saga_id: None,
+            payload: serde_json::json!({
+                "order_id": format!("demo-{run}-{n}"),
+                "amount_cents": 1000 + (n * 37) % 9000,
+                "items": 1 + n % 4,
+            }),
+            trace_id: None,
+        };
+        if let Err(e) = engine.start(request).await {
+            tracing::warn!(error = %e, "demo: starting a saga failed");
+        }
+    }
+}
+
+async fn participants(engine: Arc<Engine>, mut stopping: watch::Receiver<bool>) {
+    let mut tail = engine.log().subscribe(engine.log().next_offset());
+    let room = Arc::new(Semaphore::new(MAX_REPLIES_IN_FLIGHT));
+    loop {
+        let batch = tokio::select! {
+            batch = tail.next_batch(TAIL_BATCH, 4 << 20) => batch,
+            _ = stopping.wait_for(|stop| *stop) => return,
+        };
+        let commands = match batch.map_err(sagalog_engine::EngineError::from) {
+            Ok(records) => engine.commands(&records),
+            Err(e) => Err(e),
+        };
+        let commands = match commands {
+            Ok(commands) => commands,
+            Err(e) => {
+                tracing::warn!(error = %e, "demo: reading commands failed; participants stop");
+                return;
+            }
+        };
+        for command in commands {
+            let Ok(permit) = room.clone().acquire_owned().await else {
+                return;
+            };
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                answer(&engine, command).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// What the participant for `command` replies, and after how long.
+fn decide(command: &Command) -> (Outcome, Duration) {
+    let saga = command.saga_id.as_str();
+    let step = command.step.as_str();
+    let attempt = command.attempt.to_string();
+    let slow = roll(&[saga, step, &attempt, "slow"]) < 5;
+    let delay = if slow {
+        Duration::from_millis(1000 + roll(&[saga, step, "delay"]) * 20)
+    } else {
+        Duration::from_millis(20 + roll(&[saga, step, "delay"]))
+    };
+    let fate = roll(&[saga, "fate"]);
+    let outcome = match command.action {
+        Action::Execute => {
+            let doomed = (step == "charge_payment" && fate < 10)
+                || (step == "ship_order" && (10..14).contains(&fate));
+            let flaky = command.attempt == 1 && roll(&[saga, step, "flaky"]) < 15;
+            if doomed || flaky {
+                Outcome::Failed
+            } else {
+                Outcome::Succeeded
+            }
+        }
+        Action::Compensate => {
+            let stuck = step == "charge_payment" && (10..12).contains(&fate);
+            if stuck {
+                Outcome::CompensationFailed
+            } else {
+                Outcome::Compensated
+            }
+        }
+    };
+    (outcome, delay)
+}
+
+async fn answer(engine: &Engine, command: Command) {
+    let (outcome, delay) = decide(&command);
+    tokio::time::sleep(delay).await;
+    let reason = match outcome {
+        Outcome::Failed => "demo participant: declined",
+        Outcome::CompensationFailed => "demo participant: refund service unreachable",
+        _ => "",
+    };
+    let reply = Reply {
+        event_id: format!("demo-reply/{}", command.event_id),
+        step: command.step.clone(),
+        outcome,
+        attempt: command.attempt,
+        data: String::new(),
+        reason: reason.into(),
+    };
+    if let Err(e) = engine.reply(&command.saga_id, reply).await {
+        // A slow reply may arrive after the step timed out and moved on: the engine
+        // rejects it, as it would a real participant's.
+        tracing::debug!(saga_id = %command.saga_id, error = %e, "demo: reply not taken");
+    }
+}

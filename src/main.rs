@@ -1,0 +1,199 @@
+//! The `sagalog` binary: wires the engine, the HTTP API and (with `--demo`) the demo
+//! participants together. The crates do the work; this file only starts and stops them.
+
+mod demo;
+mod options;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use sagalog_engine::{Clock, Definition, Engine, EngineConfig, SystemClock};
+use sagalog_http::{ApiConfig, App, Metrics};
+use tokio::sync::watch;
+
+use options::{LogFormat, Serve, ServeArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "sagalog",
+    version,
+    about = "An event-sourced saga orchestrator on its own log"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine and its HTTP API
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let serve = match args.resolve().and_then(|s| s.check_exposure().map(|()| s)) {
+                Ok(serve) => serve,
+                Err(e) => {
+                    eprintln!("sagalog serve: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(serve.log_format);
+            match run(serve) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SAGALOG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(serve: Serve) -> Result<(), String> {
+    if let Some(brokers) = &serve.kafka_brokers {
+        return Err(format!(
+            "--kafka-brokers {brokers}: this build has no Kafka relay yet; participants \
+             read commands from GET /api/v1/outbox instead (leave the option out)"
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sagalog-worker")
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let metrics = Metrics::new();
+    let mut config = EngineConfig {
+        snapshot_every_records: serve.snapshot_every_records,
+        observer: Some(metrics.clone()),
+        ..EngineConfig::default()
+    };
+    config.log.fsync = serve.fsync;
+    config.log.observer = Some(metrics.clone());
+    std::fs::create_dir_all(&serve.data_dir)
+        .map_err(|e| format!("creating {}: {e}", serve.data_dir.display()))?;
+    let started = std::time::Instant::now();
+    let engine = Arc::new(
+        Engine::open(&serve.data_dir, config)
+            .map_err(|e| format!("opening {}: {e}", serve.data_dir.display()))?,
+    );
+    let stats = engine.stats();
+    tracing::info!(
+        data_dir = %serve.data_dir.display(),
+        replayed_records = stats.replayed_records,
+        head = stats.log_next_offset,
+        took_ms = started.elapsed().as_millis() as u64,
+        "engine open"
+    );
+    let result = runtime.block_on(serve_until_signal(&serve, engine.clone(), metrics));
+    drop(runtime);
+    // The log acknowledged every write after its fsync; closing joins the engine's
+    // threads (indexer, timer) so the indexes are flushed too.
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => drop(engine),
+        Err(_) => tracing::warn!("the engine is still referenced at exit"),
+    }
+    tracing::info!("stopped");
+    result
+}
+
+async fn serve_until_signal(
+    serve: &Serve,
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+) -> Result<(), String> {
+    if let Some(dir) = &serve.definitions {
+        load_definitions(&engine, dir).await?;
+    }
+    let listener = tokio::net::TcpListener::bind(serve.listen)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", serve.listen))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| format!("listening on {}: {e}", serve.listen))?;
+    let (stop_tx, stopping) = watch::channel(false);
+    let app = Arc::new(App {
+        engine: engine.clone(),
+        metrics,
+        config: ApiConfig {
+            admin_token: serve.admin_token.clone(),
+            max_body_bytes: serve.max_body_bytes,
+            ..ApiConfig::default()
+        },
+        clock: Arc::new(SystemClock) as Arc<dyn Clock>,
+        stopping: stopping.clone(),
+    });
+    let demo = serve
+        .demo
+        .then(|| demo::spawn(engine.clone(), stopping.clone()));
+    tracing::info!(%address, demo = serve.demo, "listening");
+    let shutdown = async move {
+        wait_for_signal().await;
+        tracing::info!("stop signal: finishing requests in flight");
+        let _ = stop_tx.send(true);
+    };
+    sagalog_http::serve(listener, app, serve.max_connections, shutdown)
+        .await
+        .map_err(|e| format!("serving: {e}"))?;
+    if let Some(demo) = demo {
+        demo.stop().await;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Registers every `*.json` definition in `dir` (an unchanged one is a no-op).
+async fn load_definitions(engine: &Engine, dir: &Path) -> Result<(), String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("definitions {}: {e}", dir.display()))?;
+    let mut paths: Vec<_> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("definition {}: {e}", path.display()))?;
+        let definition = Definition::from_json(&text)
+            .map_err(|e| format!("definition {}: {e}", path.display()))?;
+        let (name, version) = (definition.name.clone(), definition.version);
+        engine
+            .register_definition(definition)
+            .await
+            .map_err(|e| format!("definition {}: {e}", path.display()))?;
+        tracing::info!(file = %path.display(), name, version, "definition loaded");
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! `sagalog serve`'s options (SPEC §8): each from the command line, else its
+//! `SAGALOG_<NAME>` environment variable (clap reads both), else the TOML file given by
+//! `--config` (keys are the option names with `_`, e.g. `data_dir = "/var/lib/sagalog"`),
+//! else the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Every `serve` option, each optional so that the file and defaults can fill it in.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// Data directory: log/, index/, snapshots/ [default: ./data]
+    #[arg(long, env = "SAGALOG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "SAGALOG_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of saga definitions (every *.json file) [default: the built-in `order`]
+    #[arg(long, env = "SAGALOG_DEFINITIONS")]
+    pub definitions: Option<PathBuf>,
+    /// Kafka bootstrap servers, comma-separated [default: none, the HTTP outbox only]
+    #[arg(long, env = "SAGALOG_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Bearer token the /internal/ routes require
+    #[arg(long, env = "SAGALOG_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// TOML file with any of these options (keys with `_`)
+    #[arg(long, env = "SAGALOG_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Listen on a non-loopback address without an admin token
+    #[arg(long, env = "SAGALOG_INSECURE")]
+    #[serde(default)]
+    pub insecure: bool,
+    /// Also run built-in participants for `order` that reply, some failing and slow
+    #[arg(long, env = "SAGALOG_DEMO")]
+    #[serde(default)]
+    pub demo: bool,
+    /// Log format [default: human]
+    #[arg(long, env = "SAGALOG_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Largest request body in bytes (413 beyond) [default: 1048576]
+    #[arg(long, env = "SAGALOG_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Most client connections open at once [default: 1024]
+    #[arg(long, env = "SAGALOG_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// When the log fsyncs: always, never, or interval_ms=N [default: always]
+    #[arg(long, env = "SAGALOG_FSYNC")]
+    pub fsync: Option<String>,
+    /// Take a snapshot every this many log records (0: only on demand) [default: 1000000]
+    #[arg(long, env = "SAGALOG_SNAPSHOT_EVERY_RECORDS")]
+    pub snapshot_every_records: Option<u64>,
+}
+
+/// The options with every default filled in.
+#[derive(Debug, Clone)]
+pub struct Serve {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub definitions: Option<PathBuf>,
+    pub kafka_brokers: Option<String>,
+    pub admin_token: Option<String>,
+    pub insecure: bool,
+    pub demo: bool,
+    pub log_format: LogFormat,
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub fsync: sagalog_storage::FsyncPolicy,
+    pub snapshot_every_records: u64,
+}
+
+impl ServeArgs {
+    /// Fills what the command line and environment left unset from the config file,
+    /// then the defaults; checks the values.
+    pub fn resolve(self) -> Result<Serve, String> {
+        let file = match &self.config {
+            Some(path) => read_config(path)?,
+            None => ServeArgs::default(),
+        };
+        let fsync = match self.fsync.or(file.fsync) {
+            Some(text) => text.parse().map_err(|e| format!("fsync: {e}"))?,
+            None => sagalog_storage::FsyncPolicy::Always,
+        };
+        let max_body_bytes = self
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(1 << 20);
+        if max_body_bytes == 0 {
+            return Err("max_body_bytes: must be at least 1".into());
+        }
+        let max_connections = self
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(1024);
+        if max_connections == 0 {
+            return Err("max_connections: must be at least 1".into());
+        }
+        let admin_token = self.admin_token.or(file.admin_token);
+        if admin_token.as_deref().is_some_and(str::is_empty) {
+            return Err("admin_token: must not be empty".into());
+        }
+        Ok(Serve {
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("data")),
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            definitions: self.definitions.or(file.definitions),
+            kafka_brokers: self.kafka_brokers.or(file.kafka_brokers),
+            admin_token,
+            insecure: self.insecure || file.insecure,
+            demo: self.demo || file.demo,
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Human),
+            max_body_bytes,
+            max_connections,
+            fsync,
+            snapshot_every_records: self
+                .snapshot_every_records
+                .or(file.snapshot_every_records)
+                .unwrap_or(1_000_000),
+        })
+    }
+}
+
+fn read_config(path: &Path) -> Result<ServeArgs, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+impl Serve {
+    /// `serve` refuses a non-loopback address with no admin token unless `--insecure`.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if self.listen.ip().is_loopback() || self.admin_token.is_some() || self.insecure {
+            Ok(())
+        } else {
+            Err(format!(
+                "refusing to listen on {} with no admin token: the /internal/ routes would be \
+                 open to the network. Set --admin-token (SAGALOG_ADMIN_TOKEN), or pass \
+                 --insecure if something else guards them",
+                self.listen
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_wins_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sagalog.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/from/file\"\nlisten = \"127.0.0.1:9999\"\nmax_connections = 7\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            data_dir: Some("/from/cli".into()),
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        let serve = args.resolve().unwrap();
+        assert_eq!(serve.data_dir, PathBuf::from("/from/cli"));
+        assert_eq!(serve.listen, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(serve.max_connections, 7);
+        assert_eq!(serve.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn a_config_file_with_an_unknown_key_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sagalog.toml");
+        std::fs::write(&file, "data_dri = \"x\"\n").unwrap();
+        let e = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("data_dri"), "{e}");
+    }
+
+    #[test]
+    fn a_public_address_needs_a_token_or_insecure() {
+        let mut serve = ServeArgs {
+            listen: Some("0.0.0.0:8080".parse().unwrap()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(serve.check_exposure().unwrap_err().contains("0.0.0.0:8080"));
+        serve.admin_token = Some("t".into());
+        assert!(serve.check_exposure().is_ok());
+    }
+}
