@@ -1,0 +1,416 @@
+//! The real `sagalog serve` binary over HTTP: every route's success path, idempotent
+//! repeats, a restart that keeps sagas, history and every gauge, SIGTERM draining a
+//! long poll and exiting 0, and auth on `/internal/`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{admin, data_dir, get, post, samples, serve, TOKEN};
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// A definition whose steps have one attempt each, so failures are immediate.
+fn quick_definition() -> Value {
+    json!({
+        "name": "quick", "version": 1,
+        "steps": [
+            {"name": "a", "topic": "a.commands", "compensable": true,
+             "timeout_ms": 60000, "max_attempts": 1, "backoff_ms": 10},
+            {"name": "b", "topic": "b.commands", "compensable": false,
+             "timeout_ms": 60000, "max_attempts": 1, "backoff_ms": 10}
+        ]
+    })
+}
+
+fn reply(event_id: &str, step: &str, outcome: &str, attempt: u32) -> Value {
+    json!({"event_id": event_id, "step": step, "outcome": outcome, "attempt": attempt,
+           "data": {"note": event_id}, "reason": format!("{step} said {outcome}")})
+}
+
+const GAUGES: &[&str] = &[
+    "saga_status_gauge",
+    "saga_active_total",
+    "saga_executions_total",
+    "saga_failed_total",
+    "saga_compensated_total",
+    "saga_last_failed_timestamp",
+    "sagalog_log_head_offset",
+    "sagalog_snapshot_offset",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_and_a_restart_keeps_sagas_history_and_gauges() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(&root);
+    let server = serve(&dir, &["--admin-token", TOKEN]);
+    let mut c = server.client().await;
+
+    // Definitions.
+    let put = c
+        .send(
+            Method::PUT,
+            "/api/v1/definitions/quick",
+            &[],
+            Some(quick_definition().to_string().as_bytes()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text());
+    assert_eq!(put.json()["registered"], true);
+    let defs = get(&mut c, "/api/v1/definitions").await;
+    let names: Vec<_> = defs.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["order", "quick"]);
+
+    // Start, with a traceparent; a repeat answers 200 with the same saga.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let start = json!({"type": "order", "saga_id": "o-1", "payload": {"amount": 42}});
+    let first = c
+        .send(
+            Method::POST,
+            "/api/v1/sagas",
+            &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+            Some(start.to_string().as_bytes()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    let saga = first.json();
+    assert_eq!(saga["status"], "STARTED");
+    assert_eq!(saga["trace_id"], trace);
+    assert_eq!(saga["current_step"], "reserve_inventory");
+    assert_eq!(saga["payload"], json!({"amount": 42}));
+    assert_eq!(
+        saga["steps"][0],
+        json!({"name": "reserve_inventory", "status": "running", "attempts": 1})
+    );
+    let again = post(&mut c, "/api/v1/sagas", start.clone()).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["created_at"], saga["created_at"]);
+
+    // Replies: 202, and a repeated event_id gives the first answer with 200.
+    let r = post(
+        &mut c,
+        "/api/v1/sagas/o-1/events",
+        reply("e1", "reserve_inventory", "succeeded", 1),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(r.json()["status"], "IN_PROGRESS");
+    let offset = r.json()["offset"].clone();
+    let r2 = post(
+        &mut c,
+        "/api/v1/sagas/o-1/events",
+        reply("e1", "reserve_inventory", "succeeded", 1),
+    )
+    .await;
+    assert_eq!(
+        (r2.status, r2.json()["offset"].clone()),
+        (StatusCode::OK, offset)
+    );
+    post(
+        &mut c,
+        "/api/v1/sagas/o-1/events",
+        reply("e2", "charge_payment", "succeeded", 1),
+    )
+    .await;
+    let done = post(
+        &mut c,
+        "/api/v1/sagas/o-1/events",
+        reply("e3", "ship_order", "succeeded", 1),
+    )
+    .await;
+    assert_eq!(done.json()["status"], "COMPLETED");
+
+    // A saga that needs an operator: a compensation fails, retry, then compensated.
+    let q = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "quick", "saga_id": "q-1"}),
+    )
+    .await;
+    assert_eq!(q.status, StatusCode::CREATED, "{}", q.text());
+    post(
+        &mut c,
+        "/api/v1/sagas/q-1/events",
+        reply("q1", "a", "succeeded", 1),
+    )
+    .await;
+    let failed = post(
+        &mut c,
+        "/api/v1/sagas/q-1/events",
+        reply("q2", "b", "failed", 1),
+    )
+    .await;
+    assert_eq!(failed.json()["status"], "FAILED");
+    let stuck = post(
+        &mut c,
+        "/api/v1/sagas/q-1/events",
+        reply("q3", "a", "compensation_failed", 1),
+    )
+    .await;
+    assert_eq!(stuck.json()["status"], "COMPENSATION_FAILED");
+    let retry = admin(&mut c, Method::POST, "/internal/v1/sagas/q-1/retry", None).await;
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.text());
+    assert_eq!(retry.json()["current_step"], "a");
+    let attempts = retry.json()["steps"][0]["attempts"].as_u64().unwrap();
+    let comp = post(
+        &mut c,
+        "/api/v1/sagas/q-1/events",
+        reply("q4", "a", "compensated", attempts as u32),
+    )
+    .await;
+    assert_eq!(comp.json()["status"], "COMPENSATED", "{}", comp.text());
+
+    // An operator override, recorded with its reason.
+    post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "order", "saga_id": "o-2"}),
+    )
+    .await;
+    let patched = admin(
+        &mut c,
+        Method::PATCH,
+        "/internal/v1/sagas/o-2/status",
+        Some(json!({"status": "COMPENSATED", "reason": "Manual compensation"})),
+    )
+    .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.text());
+    assert_eq!(patched.json()["status"], "COMPENSATED");
+
+    // Reads: get, history, list with filters, outbox.
+    let got = get(&mut c, "/api/v1/sagas/o-1").await;
+    assert_eq!(
+        (got.status, got.json()["status"].clone()),
+        (StatusCode::OK, json!("COMPLETED"))
+    );
+    let history = get(&mut c, "/api/v1/sagas/q-1/history").await.json();
+    let kinds: Vec<_> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("saga_started"));
+    assert!(kinds.contains(&"retry_requested".to_string()), "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("saga_compensated"));
+    let overridden = get(&mut c, "/api/v1/sagas/o-2/history").await.json();
+    assert_eq!(
+        overridden["items"].as_array().unwrap().last().unwrap()["reason"],
+        "Manual compensation"
+    );
+    let compensated = get(&mut c, "/api/v1/sagas?status=COMPENSATED&limit=10")
+        .await
+        .json();
+    let ids: Vec<_> = compensated["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["saga_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["o-2", "q-1"]);
+    let page = get(&mut c, "/api/v1/sagas?type=order&limit=1").await.json();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    let cursor = page["next_cursor"].as_str().expect("a second page");
+    let next = get(
+        &mut c,
+        &format!("/api/v1/sagas?type=order&limit=1&cursor={cursor}"),
+    )
+    .await
+    .json();
+    assert_ne!(next["items"][0]["saga_id"], page["items"][0]["saga_id"]);
+    let dated = get(
+        &mut c,
+        "/api/v1/sagas?fromDate=2000-01-01T00:00:00Z&toDate=2000-01-02T00:00:00Z",
+    )
+    .await
+    .json();
+    assert_eq!(dated["items"], json!([]));
+    let outbox = get(&mut c, "/api/v1/outbox?limit=2").await.json();
+    assert_eq!(outbox["items"][0]["saga_id"], "o-1");
+    assert_eq!(outbox["items"][0]["step"], "reserve_inventory");
+    assert_eq!(outbox["items"][0]["action"], "execute");
+    let after = outbox["next_after"].as_u64().unwrap();
+    let rest = get(&mut c, &format!("/api/v1/outbox?after={after}&limit=1000"))
+        .await
+        .json();
+    assert!(rest["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["offset"].as_u64().unwrap() > after));
+
+    // Snapshot, health, metrics.
+    let snap = admin(&mut c, Method::POST, "/internal/v1/snapshots", None).await;
+    assert_eq!(snap.status, StatusCode::CREATED, "{}", snap.text());
+    assert!(snap.json()["offset"].as_u64().unwrap() > 0);
+    assert_eq!(get(&mut c, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(get(&mut c, "/readyz").await.status, StatusCode::OK);
+    let metrics = get(&mut c, "/metrics").await;
+    assert!(metrics
+        .content_type
+        .as_deref()
+        .unwrap()
+        .starts_with("text/plain"));
+    let before = samples(&metrics.text(), GAUGES);
+    assert!(
+        before.contains(&"saga_status_gauge{status=\"COMPENSATED\"} 2".to_string()),
+        "{before:#?}"
+    );
+    let history_before = get(&mut c, "/api/v1/sagas/q-1/history").await.json();
+    // One more saga after the snapshot, so the restart replays records too.
+    post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "order", "saga_id": "o-3"}),
+    )
+    .await;
+    let metrics = get(&mut c, "/metrics").await.text();
+    let before = samples(&metrics, GAUGES);
+    drop(c);
+
+    let status = server.terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+
+    let server = serve(&dir, &["--admin-token", TOKEN]);
+    let mut c = server.client().await;
+    let after_restart = samples(&get(&mut c, "/metrics").await.text(), GAUGES);
+    assert_eq!(
+        after_restart, before,
+        "every gauge keeps its value across a restart"
+    );
+    assert_eq!(
+        get(&mut c, "/api/v1/sagas/q-1/history").await.json(),
+        history_before
+    );
+    assert_eq!(
+        get(&mut c, "/api/v1/sagas/o-1").await.json()["status"],
+        "COMPLETED"
+    );
+    assert_eq!(
+        get(&mut c, "/api/v1/sagas/o-3").await.json()["status"],
+        "STARTED"
+    );
+    let repeat = post(
+        &mut c,
+        "/api/v1/sagas/o-1/events",
+        reply("e1", "reserve_inventory", "succeeded", 1),
+    )
+    .await;
+    assert_eq!(
+        repeat.status,
+        StatusCode::OK,
+        "a repeated event_id is answered after a restart too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_long_poll_in_flight_finish_and_exits_zero() {
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &[]);
+    let mut c = server.client().await;
+    let poll = tokio::spawn(async move {
+        let started = Instant::now();
+        let answer = c.get("/api/v1/outbox?wait_ms=25000").await.unwrap();
+        (answer, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    let (answer, took) = poll.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.json()["items"], json!([]));
+    assert!(
+        took < Duration::from_secs(20),
+        "the long poll ended with the stop, not its wait ({took:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_routes_need_the_bearer_token_when_one_is_set() {
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &["--admin-token", TOKEN]);
+    let mut c = server.client().await;
+    let none = c
+        .send(Method::POST, "/internal/v1/snapshots", &[], None)
+        .await
+        .unwrap();
+    common::expect_error(&none, 401, "unauthorized");
+    let wrong = c
+        .send(
+            Method::POST,
+            "/internal/v1/snapshots",
+            &[("authorization", "Bearer nope")],
+            None,
+        )
+        .await
+        .unwrap();
+    common::expect_error(&wrong, 401, "unauthorized");
+    let right = admin(&mut c, Method::POST, "/internal/v1/snapshots", None).await;
+    assert_eq!(right.status, StatusCode::CREATED);
+    // Public routes need no token.
+    assert_eq!(
+        get(&mut c, "/api/v1/definitions").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_reaches_completed_and_compensated_sagas() {
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &["--demo"]);
+    let mut c = server.client().await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let count = |body: Value| body["items"].as_array().map_or(0, Vec::len);
+        let completed = count(
+            get(&mut c, "/api/v1/sagas?status=COMPLETED&limit=5")
+                .await
+                .json(),
+        );
+        let compensated = count(
+            get(&mut c, "/api/v1/sagas?status=COMPENSATED&limit=5")
+                .await
+                .json(),
+        );
+        if completed > 0 && compensated > 0 {
+            let metrics = get(&mut c, "/metrics").await.text();
+            let failures = samples(&metrics, &["saga_step_executions_total"])
+                .into_iter()
+                .filter(|l| {
+                    l.contains("step=\"charge_payment\"") && l.contains("status=\"failed\"")
+                })
+                .count();
+            assert_eq!(failures, 1, "step failures show in /metrics:\n{metrics}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no completed and compensated sagas after 90 s (completed {completed}, compensated {compensated})");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_a_token() {
+    let root = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagalog"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(data_dir(&root))
+        .env_remove("SAGALOG_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no admin token") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+    assert!(!data_dir(&root).exists(), "a refused start creates nothing");
+}
