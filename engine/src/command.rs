@@ -47,6 +47,27 @@ struct Origin {
     trace_id: String,
 }
 
+impl Origin {
+    /// The origin a `saga_started` record gives; any other kind back as it was.
+    fn of(kind: Kind) -> Result<Origin, Kind> {
+        match kind {
+            Kind::SagaStarted {
+                saga_type,
+                definition_version,
+                payload,
+                trace_id,
+                ..
+            } => Ok(Origin {
+                saga_type,
+                definition_version,
+                payload: payload.into(),
+                trace_id,
+            }),
+            other => Err(other),
+        }
+    }
+}
+
 /// The commands among `records` (consecutive log records, in log order).
 pub(crate) fn render(
     log: &Log,
@@ -69,93 +90,67 @@ pub(crate) fn render(
             (Link::Follows, _) => predecessors(log, record.offset, link)?.1,
         };
         previous = Some((record.offset, first));
-        match saga.kind {
-            Kind::SagaStarted {
-                saga_type,
-                definition_version,
-                payload,
-                trace_id,
-                ..
-            } => {
-                origins.insert(
-                    first,
-                    Origin {
-                        saga_type,
-                        definition_version,
-                        payload: payload.into(),
-                        trace_id,
-                    },
-                );
+        let (step, action, attempt) = match Origin::of(saga.kind) {
+            Ok(origin) => {
+                origins.insert(first, origin);
+                continue;
             }
-            Kind::CommandIssued {
+            Err(Kind::CommandIssued {
                 step,
                 action,
                 attempt,
                 ..
-            } => {
-                let origin = match origins.get(&first) {
-                    Some(origin) => origin.clone(),
-                    None => {
-                        let origin = origin_at(log, first)?;
-                        origins.insert(first, origin.clone());
-                        origin
-                    }
-                };
-                let definition = registry
-                    .read()
-                    .get(&origin.saga_type, origin.definition_version)
-                    .cloned()
-                    .ok_or_else(|| {
-                        EngineError::Inconsistent(format!(
-                            "saga {} runs on {} version {}, which is not registered",
-                            saga.saga_id, origin.saga_type, origin.definition_version
-                        ))
-                    })?;
-                let step_def = definition.steps.get(usize::from(step)).ok_or_else(|| {
-                    EngineError::Inconsistent(format!(
-                        "command at offset {} names step {step} of {} version {}, which has {}",
-                        record.offset,
-                        origin.saga_type,
-                        origin.definition_version,
-                        definition.steps.len()
-                    ))
-                })?;
-                commands.push(Command {
-                    event_id: format!("{}/{}", saga.saga_id, saga.seq),
-                    saga_id: saga.saga_id,
-                    saga_type: origin.saga_type,
-                    step: step_def.name.clone(),
-                    topic: step_def.topic.clone(),
-                    action,
-                    attempt,
-                    payload: origin.payload.to_string(),
-                    trace_id: origin.trace_id,
-                    offset: record.offset,
-                });
+            }) => (step, action, attempt),
+            Err(_) => continue,
+        };
+        let origin = match origins.get(&first) {
+            Some(origin) => origin.clone(),
+            None => {
+                let origin = origin_at(log, first)?;
+                origins.insert(first, origin.clone());
+                origin
             }
-            _ => {}
-        }
+        };
+        let definition = registry
+            .read()
+            .get(&origin.saga_type, origin.definition_version)
+            .cloned()
+            .ok_or_else(|| {
+                EngineError::Inconsistent(format!(
+                    "saga {} runs on {} version {}, which is not registered",
+                    saga.saga_id, origin.saga_type, origin.definition_version
+                ))
+            })?;
+        let step_def = definition.steps.get(usize::from(step)).ok_or_else(|| {
+            EngineError::Inconsistent(format!(
+                "command at offset {} names step {step} of {} version {}, which has {}",
+                record.offset,
+                origin.saga_type,
+                origin.definition_version,
+                definition.steps.len()
+            ))
+        })?;
+        commands.push(Command {
+            event_id: format!("{}/{}", saga.saga_id, saga.seq),
+            saga_id: saga.saga_id,
+            saga_type: origin.saga_type,
+            step: step_def.name.clone(),
+            topic: step_def.topic.clone(),
+            action,
+            attempt,
+            payload: origin.payload.to_string(),
+            trace_id: origin.trace_id,
+            offset: record.offset,
+        });
     }
     Ok(commands)
 }
 
 fn origin_at(log: &Log, first: u64) -> Result<Origin> {
-    match read_saga_record(log, first)?.1.kind {
-        Kind::SagaStarted {
-            saga_type,
-            definition_version,
-            payload,
-            trace_id,
-            ..
-        } => Ok(Origin {
-            saga_type,
-            definition_version,
-            payload: payload.into(),
-            trace_id,
-        }),
-        other => Err(EngineError::Inconsistent(format!(
+    Origin::of(read_saga_record(log, first)?.1.kind).map_err(|other| {
+        EngineError::Inconsistent(format!(
             "offset {first} should hold a saga's first record, not {}",
             other.name()
-        ))),
-    }
+        ))
+    })
 }
