@@ -11,14 +11,16 @@ use serde_json::json;
 async fn bad_input_gets_its_status_code_and_changes_nothing() {
     let root = tempfile::tempdir().unwrap();
     let server = serve(&data_dir(&root), &["--max-body-bytes", "2048"]);
-    let mut c = server.client().await;
+    let mut c = common::client(&server).await;
     let start = json!({"type": "order", "saga_id": "e-1"});
     assert_eq!(
         post(&mut c, "/api/v1/sagas", start.clone()).await.status,
         201
     );
     let head = || async {
-        let metrics = get(&mut server.client().await, "/metrics").await.text();
+        let metrics = get(&mut common::client(&server).await, "/metrics")
+            .await
+            .text();
         common::samples(&metrics, &["sagalog_log_head_offset"])
     };
     let head_before = head().await;
@@ -170,7 +172,7 @@ async fn bad_input_gets_its_status_code_and_changes_nothing() {
 async fn metrics_have_every_spec_name_and_pass_promtool() {
     let root = tempfile::tempdir().unwrap();
     let server = serve(&data_dir(&root), &["--demo"]);
-    let mut c = server.client().await;
+    let mut c = common::client(&server).await;
     // Let the demo move some sagas so the label sets are filled in.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     get(&mut c, "/api/v1/sagas/nobody").await;

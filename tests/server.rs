@@ -44,7 +44,7 @@ async fn every_route_answers_and_a_restart_keeps_sagas_history_and_gauges() {
     let root = tempfile::tempdir().unwrap();
     let dir = data_dir(&root);
     let server = serve(&dir, &["--admin-token", TOKEN]);
-    let mut c = server.client().await;
+    let mut c = common::client(&server).await;
 
     // Definitions.
     let put = c
@@ -275,11 +275,11 @@ async fn every_route_answers_and_a_restart_keeps_sagas_history_and_gauges() {
     let before = samples(&metrics, GAUGES);
     drop(c);
 
-    let status = server.terminate();
+    let status = server.terminate().unwrap();
     assert!(status.success(), "SIGTERM exits 0, got {status}");
 
     let server = serve(&dir, &["--admin-token", TOKEN]);
-    let mut c = server.client().await;
+    let mut c = common::client(&server).await;
     let after_restart = samples(&get(&mut c, "/metrics").await.text(), GAUGES);
     assert_eq!(
         after_restart, before,
@@ -314,14 +314,14 @@ async fn every_route_answers_and_a_restart_keeps_sagas_history_and_gauges() {
 async fn sigterm_lets_a_long_poll_in_flight_finish_and_exits_zero() {
     let root = tempfile::tempdir().unwrap();
     let server = serve(&data_dir(&root), &[]);
-    let mut c = server.client().await;
+    let mut c = common::client(&server).await;
     let poll = tokio::spawn(async move {
         let started = Instant::now();
         let answer = c.get("/api/v1/outbox?wait_ms=25000").await.unwrap();
         (answer, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = tokio::task::spawn_blocking(move || server.terminate())
+    let status = tokio::task::spawn_blocking(move || server.terminate().unwrap())
         .await
         .unwrap();
     assert!(status.success(), "exit status {status}");
@@ -338,7 +338,7 @@ async fn sigterm_lets_a_long_poll_in_flight_finish_and_exits_zero() {
 async fn internal_routes_need_the_bearer_token_when_one_is_set() {
     let root = tempfile::tempdir().unwrap();
     let server = serve(&data_dir(&root), &["--admin-token", TOKEN]);
-    let mut c = server.client().await;
+    let mut c = common::client(&server).await;
     let none = c
         .send(Method::POST, "/internal/v1/snapshots", &[], None)
         .await
@@ -367,7 +367,7 @@ async fn internal_routes_need_the_bearer_token_when_one_is_set() {
 async fn demo_reaches_completed_and_compensated_sagas() {
     let root = tempfile::tempdir().unwrap();
     let server = serve(&data_dir(&root), &["--demo"]);
-    let mut c = server.client().await;
+    let mut c = common::client(&server).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let count = |body: Value| body["items"].as_array().map_or(0, Vec::len);

@@ -1,0 +1,375 @@
+//! The load generator: drives order sagas through a sagalog server over HTTP and plays
+//! their participants from the outbox, then prints sagas/s, requests/s and request
+//! latency percentiles.
+//!
+//! ```sh
+//! cargo build --release --bin sagalog && cargo build --release -p sagalog-benches --bin load
+//! target/release/load --sagas 50000 --connections 64            # starts its own server
+//! target/release/load --target 127.0.0.1:8080 --rate 5000        # an existing server
+//! ```
+//!
+//! Without `--target` it starts `sagalog serve` (the binary next to this one, or
+//! `--sagalog PATH`) on a free loopback port with a temporary data directory and the
+//! default fsync `always`. Workers on `--connections` keep-alive connections start
+//! sagas (at most `--in-flight` unfinished at once, paced by `--rate` when given) and
+//! send the participants' replies; one more connection long-polls the outbox for the
+//! commands. `--fail-percent` of the sagas fail `charge_payment` on every attempt and
+//! are compensated, the rest complete.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hyper::StatusCode;
+use sagalog_benches::process::Server;
+use sagalog_http::client::Client;
+use serde_json::{json, Value};
+use tokio::sync::{Notify, Semaphore};
+
+#[derive(Parser, Debug)]
+#[command(about = "Drive order sagas through a sagalog server and report throughput and latency")]
+struct Args {
+    /// A running server (host:port); without it, one is started
+    #[arg(long)]
+    target: Option<std::net::SocketAddr>,
+    /// The sagalog binary to start [default: the one next to this binary]
+    #[arg(long)]
+    sagalog: Option<PathBuf>,
+    /// Sagas to drive
+    #[arg(long, default_value_t = 20_000)]
+    sagas: u64,
+    /// Keep-alive connections for starts and replies (plus one for the outbox)
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Most sagas started and not yet finished
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
+    /// Start at most this many sagas per second (open loop); unlimited when absent
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Share of sagas, in percent, that fail charge_payment for good and compensate
+    #[arg(long, default_value_t = 10)]
+    fail_percent: u64,
+    /// Give up (and report what finished) after this many seconds
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+}
+
+/// Counts shared by the workers.
+struct Tally {
+    sagas: u64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    completed: AtomicU64,
+    compensated: AtomicU64,
+    /// Notified when the last saga finishes.
+    all_done: Notify,
+}
+
+impl Tally {
+    fn finished(&self, compensated: bool) {
+        let counter = if compensated {
+            &self.compensated
+        } else {
+            &self.completed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let done =
+            self.completed.load(Ordering::Relaxed) + self.compensated.load(Ordering::Relaxed);
+        if done == self.sagas {
+            self.all_done.notify_one();
+        }
+    }
+}
+
+/// What the workers share.
+struct Shared {
+    run: String,
+    fail_percent: u64,
+    tally: Tally,
+    /// One permit per saga that may be unfinished; a finished saga gives its back.
+    room: Arc<Semaphore>,
+    starts: flume::Receiver<u64>,
+    commands: flume::Receiver<Value>,
+}
+
+fn main() -> Result<(), String> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let server = match args.target {
+        Some(_) => None,
+        None => {
+            let binary = match &args.sagalog {
+                Some(path) => path.clone(),
+                None => std::env::current_exe()
+                    .map_err(|e| e.to_string())?
+                    .with_file_name("sagalog"),
+            };
+            if !binary.exists() {
+                return Err(format!(
+                    "{} not found: build it (cargo build --release --bin sagalog) or pass --sagalog",
+                    binary.display()
+                ));
+            }
+            Some(Server::start(&binary, &dir.path().join("data"), &[])?)
+        }
+    };
+    let addr = match (&server, args.target) {
+        (Some(server), _) => server.addr,
+        (None, Some(target)) => target,
+        (None, None) => unreachable!("a server is started when no target is given"),
+    };
+    println!(
+        "driving {} order sagas against {addr}: {} connections, at most {} in flight, rate {}, {}% failing at charge_payment",
+        args.sagas,
+        args.connections,
+        args.in_flight,
+        args.rate.map_or("unlimited".into(), |r| format!("{r}/s")),
+        args.fail_percent
+    );
+    let report = runtime.block_on(drive(addr, &args))?;
+    println!("{report}");
+    if let Some(server) = server {
+        let status = server.terminate()?;
+        if !status.success() {
+            return Err(format!("the server exited with {status}"));
+        }
+    }
+    Ok(())
+}
+
+async fn drive(addr: std::net::SocketAddr, args: &Args) -> Result<String, String> {
+    let mut control = Client::connect(addr).await.map_err(|e| e.to_string())?;
+    let head = log_head(&mut control).await?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    // Every command of an unfinished saga may wait here: bounded by the in-flight limit.
+    let (commands_tx, commands) = flume::bounded(args.in_flight.max(1) * 4);
+    let (starts_tx, starts) = flume::bounded(args.connections.max(1));
+    let shared = Arc::new(Shared {
+        run: format!("load-{stamp}"),
+        fail_percent: args.fail_percent,
+        tally: Tally {
+            sagas: args.sagas,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            compensated: AtomicU64::new(0),
+            all_done: Notify::new(),
+        },
+        room: Arc::new(Semaphore::new(args.in_flight.max(1))),
+        starts,
+        commands,
+    });
+    let mut workers = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections.max(1) {
+        let client = Client::connect(addr).await.map_err(|e| e.to_string())?;
+        workers.push(tokio::spawn(worker(client, shared.clone())));
+    }
+    let started = Instant::now();
+    let poller = tokio::spawn(poll_outbox(control, head, shared.run.clone(), commands_tx));
+    let feeder = tokio::spawn(feed(starts_tx, shared.room.clone(), args.sagas, args.rate));
+    let limit = Duration::from_secs(args.timeout_s);
+    let timed_out = args.sagas > 0
+        && tokio::time::timeout(limit, shared.tally.all_done.notified())
+            .await
+            .is_err();
+    let elapsed = started.elapsed();
+    poller.abort();
+    feeder.abort();
+    let _ = poller.await;
+    let _ = feeder.await;
+    // The channels are closed now: each worker ends and hands back its latencies.
+    let mut latencies_us = Vec::new();
+    for worker in workers {
+        latencies_us.append(&mut worker.await.map_err(|e| e.to_string())?);
+    }
+    let report = summary(&shared.tally, elapsed, &mut latencies_us);
+    if timed_out {
+        return Err(format!(
+            "not every saga finished within {limit:?}:\n{report}"
+        ));
+    }
+    Ok(report)
+}
+
+/// The log head from `/metrics`, so the outbox is read from there on.
+async fn log_head(client: &mut Client) -> Result<u64, String> {
+    let metrics = client.get("/metrics").await.map_err(|e| e.to_string())?;
+    metrics
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix("sagalog_log_head_offset "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| "the server's /metrics has no sagalog_log_head_offset".to_string())
+}
+
+/// Hands out saga numbers, each once there is room for another unfinished saga.
+async fn feed(starts: flume::Sender<u64>, room: Arc<Semaphore>, sagas: u64, rate: Option<u64>) {
+    let mut pace =
+        rate.map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r.max(1) as f64)));
+    for n in 0..sagas {
+        if let Some(pace) = &mut pace {
+            pace.tick().await;
+        }
+        let Ok(permit) = room.acquire().await else {
+            return;
+        };
+        permit.forget(); // given back by the worker that sees the saga finish
+        if starts.send_async(n).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Long-polls the outbox from `head` and queues this run's commands for the workers.
+async fn poll_outbox(
+    mut client: Client,
+    head: u64,
+    run: String,
+    commands: flume::Sender<Value>,
+) -> Result<(), String> {
+    let mut after = head.checked_sub(1);
+    loop {
+        let path = match after {
+            Some(after) => format!("/api/v1/outbox?after={after}&limit=1000&wait_ms=1000"),
+            None => "/api/v1/outbox?limit=1000&wait_ms=1000".to_string(),
+        };
+        let page = client.get(&path).await.map_err(|e| e.to_string())?;
+        if page.status != StatusCode::OK {
+            return Err(format!("outbox: {} {}", page.status, page.text()));
+        }
+        let mut page = page.json();
+        after = page["next_after"].as_u64().or(after);
+        let Value::Array(items) = page["items"].take() else {
+            return Err("outbox: no items array".into());
+        };
+        for command in items {
+            let ours = command["saga_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with(&run));
+            if ours && commands.send_async(command).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Sends starts and replies on one connection until the channels close; returns the
+/// latency of each request in µs.
+async fn worker(mut client: Client, shared: Arc<Shared>) -> Vec<u32> {
+    let mut latencies = Vec::new();
+    let mut starting = true;
+    loop {
+        let job = tokio::select! {
+            biased;
+            command = shared.commands.recv_async() => match command {
+                Ok(command) => Ok(command),
+                Err(_) => break,
+            },
+            n = shared.starts.recv_async(), if starting => match n {
+                Ok(n) => Err(n),
+                Err(_) => {
+                    starting = false;
+                    continue;
+                }
+            },
+        };
+        let (path, body) = match &job {
+            Ok(command) => reply_to(command, &shared),
+            Err(n) => (
+                "/api/v1/sagas".to_string(),
+                json!({"type": "order", "saga_id": format!("{}-{n}", shared.run),
+                       "payload": {"order": n, "amount_cents": 1000 + n % 9000}}),
+            ),
+        };
+        let sent = Instant::now();
+        let answer = client.post_json(&path, &body).await;
+        latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        shared.tally.requests.fetch_add(1, Ordering::Relaxed);
+        let expected = if job.is_ok() {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::CREATED
+        };
+        match answer {
+            Ok(answer) if answer.status == expected => {
+                let status = answer.json()["status"].as_str().map(str::to_string);
+                if matches!(status.as_deref(), Some("COMPLETED" | "COMPENSATED")) {
+                    shared.room.add_permits(1);
+                    shared
+                        .tally
+                        .finished(status.as_deref() == Some("COMPENSATED"));
+                }
+            }
+            Ok(answer) => {
+                shared.tally.errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("{path}: {} {}", answer.status, answer.text());
+            }
+            Err(e) => {
+                shared.tally.errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("{path}: {e}");
+                return latencies;
+            }
+        }
+    }
+    latencies
+}
+
+/// The participant's reply to `command`: `charge_payment` fails for the doomed share of
+/// sagas (every attempt), compensations succeed, everything else succeeds.
+fn reply_to(command: &Value, shared: &Shared) -> (String, Value) {
+    let saga_id = command["saga_id"].as_str().unwrap_or_default();
+    let step = command["step"].as_str().unwrap_or_default();
+    let n: u64 = saga_id
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let doomed = n % 100 < shared.fail_percent;
+    let outcome = match (command["action"].as_str(), step) {
+        (Some("compensate"), _) => "compensated",
+        (_, "charge_payment") if doomed => "failed",
+        _ => "succeeded",
+    };
+    (
+        format!("/api/v1/sagas/{saga_id}/events"),
+        json!({"event_id": format!("{}/reply", command["event_id"].as_str().unwrap_or_default()),
+               "step": step, "outcome": outcome, "attempt": command["attempt"],
+               "reason": if outcome == "failed" { "card declined" } else { "" }}),
+    )
+}
+
+fn summary(tally: &Tally, elapsed: Duration, latencies_us: &mut [u32]) -> String {
+    latencies_us.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies_us.len() as f64 * p).ceil() as usize).clamp(1, latencies_us.len()) - 1;
+        f64::from(latencies_us[i]) / 1000.0
+    };
+    let secs = elapsed.as_secs_f64();
+    let requests = tally.requests.load(Ordering::Relaxed);
+    format!(
+        "{} sagas in {secs:.2} s: {:.0} sagas/s, {:.0} requests/s; completed {}, compensated {}, errors {}\n\
+         request latency ms: p50 {:.2}, p99 {:.2}, max {:.2} ({} requests)",
+        tally.sagas,
+        tally.sagas as f64 / secs,
+        requests as f64 / secs,
+        tally.completed.load(Ordering::Relaxed),
+        tally.compensated.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
+        pct(0.50),
+        pct(0.99),
+        latencies_us.last().map_or(0.0, |&m| f64::from(m) / 1000.0),
+        latencies_us.len(),
+    )
+}

@@ -1,0 +1,101 @@
+//! Runs the real `sagalog serve` binary on a free loopback port (`--listen
+//! 127.0.0.1:0`, JSON logs) and learns its address from the `listening` log line. The
+//! integration tests and the load generator both start servers this way.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Longest a server may take to open its data directory and listen.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest a server may take to stop after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Every log line the server wrote so far (JSON lines).
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `binary serve --data-dir DIR --listen 127.0.0.1:0 --log-format json EXTRA…`
+    /// with no admin token from the environment; returns once it listens.
+    pub fn start(binary: &Path, data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(extra)
+            .env_remove("SAGALOG_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(entry) = serde_json::from_str::<Value>(&line) {
+                    if entry["fields"]["message"] == "listening" {
+                        let _ = tx.send(entry["fields"]["address"].as_str().map(str::to_string));
+                    }
+                }
+                lines.lock().expect("log lock").push(line);
+            }
+        });
+        let address = rx.recv_timeout(START_TIMEOUT).ok().flatten();
+        let Some(addr) = address.and_then(|a| a.parse().ok()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = log.lock().expect("log lock").join("\n");
+            return Err(format!(
+                "sagalog did not log the address it listens on; its log:\n{log}"
+            ));
+        };
+        Ok(Server { child, addr, log })
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> Result<ExitStatus, String> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .map_err(|e| format!("kill -TERM {pid}: {e}"))?;
+        if !sent.success() {
+            return Err(format!("kill -TERM {pid} failed"));
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "sagalog did not stop within {STOP_TIMEOUT:?} of SIGTERM"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
