@@ -414,3 +414,34 @@ fn serve_refuses_a_public_address_without_a_token() {
     );
     assert!(!data_dir(&root).exists(), "a refused start creates nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_the_connection_limit_waits_until_a_connection_closes() {
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &["--max-connections", "2"]);
+    let mut first = common::client(&server).await;
+    let mut second = common::client(&server).await;
+    assert_eq!(get(&mut first, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(get(&mut second, "/healthz").await.status, StatusCode::OK);
+    // The third connection is queued by the kernel, not served.
+    let mut third = common::client(&server).await;
+    let waiting = tokio::spawn(async move {
+        let answer = third.get("/healthz").await.unwrap();
+        (answer.status, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a third connection was served past the limit of 2"
+    );
+    let closed_at = Instant::now();
+    drop(first);
+    let (status, served_at) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(served_at >= closed_at);
+    // The open connections keep working meanwhile.
+    assert_eq!(get(&mut second, "/healthz").await.status, StatusCode::OK);
+}
