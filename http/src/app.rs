@@ -60,8 +60,9 @@ pub struct App {
 
 pub type Body = Full<Bytes>;
 
-fn respond(status: StatusCode, body: Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+fn respond(status: StatusCode, body: impl serde::Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(&body).expect("response bodies serialize");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -338,11 +339,11 @@ impl App {
             }
         }
         let page = self.timed("list", || self.engine.list(&list))?;
-        let items: Vec<Value> = page.items.iter().map(json::saga).collect();
-        Ok(respond(
-            StatusCode::OK,
-            json!({"items": items, "next_cursor": page.next_cursor}),
-        ))
+        let page_body = json::SagaPage {
+            items: page.items.iter().map(json::saga).collect(),
+            next_cursor: page.next_cursor.as_deref(),
+        };
+        Ok(respond(StatusCode::OK, page_body))
     }
 
     async fn put_definition(&self, name: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
@@ -146,25 +146,75 @@ fn stored_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
 
-pub fn saga(view: &SagaView) -> Value {
-    let steps: Vec<Value> = view
-        .steps
-        .iter()
-        .map(|s| json!({"name": s.name, "status": s.status.as_str(), "attempts": s.attempts}))
-        .collect();
-    json!({
-        "saga_id": view.saga_id,
-        "type": view.saga_type,
-        "definition_version": view.definition_version,
-        "status": view.status.as_str(),
-        "current_step": view.current_step,
-        "steps": steps,
-        "created_at": rfc3339(view.created_at_ms),
-        "updated_at": rfc3339(view.updated_at_ms),
-        "failure_reason": view.failure_reason,
-        "trace_id": view.trace_id,
-        "payload": stored_json(&view.payload),
-    })
+/// A JSON text the engine stored, written out as it is (a string when it is not JSON;
+/// null when empty), without building a value.
+pub struct Stored<'a>(pub &'a str);
+
+impl Serialize for Stored<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_empty() {
+            return serializer.serialize_none();
+        }
+        match serde_json::from_str::<&RawValue>(self.0) {
+            Ok(raw) => raw.serialize(serializer),
+            Err(_) => serializer.serialize_str(self.0),
+        }
+    }
+}
+
+/// A saga as the API shows it (SPEC §4's field names).
+#[derive(Serialize)]
+pub struct SagaBody<'a> {
+    saga_id: &'a str,
+    #[serde(rename = "type")]
+    saga_type: &'a str,
+    definition_version: u32,
+    status: &'static str,
+    current_step: Option<&'a str>,
+    steps: Vec<StepBody<'a>>,
+    created_at: String,
+    updated_at: String,
+    failure_reason: Option<&'a str>,
+    trace_id: &'a str,
+    payload: Stored<'a>,
+}
+
+#[derive(Serialize)]
+struct StepBody<'a> {
+    name: &'a str,
+    status: &'static str,
+    attempts: u32,
+}
+
+pub fn saga(view: &SagaView) -> SagaBody<'_> {
+    SagaBody {
+        saga_id: &view.saga_id,
+        saga_type: &view.saga_type,
+        definition_version: view.definition_version,
+        status: view.status.as_str(),
+        current_step: view.current_step.as_deref(),
+        steps: view
+            .steps
+            .iter()
+            .map(|s| StepBody {
+                name: &s.name,
+                status: s.status.as_str(),
+                attempts: s.attempts,
+            })
+            .collect(),
+        created_at: rfc3339(view.created_at_ms),
+        updated_at: rfc3339(view.updated_at_ms),
+        failure_reason: view.failure_reason.as_deref(),
+        trace_id: &view.trace_id,
+        payload: Stored(&view.payload),
+    }
+}
+
+/// A page of sagas (`GET /api/v1/sagas`).
+#[derive(Serialize)]
+pub struct SagaPage<'a> {
+    pub items: Vec<SagaBody<'a>>,
+    pub next_cursor: Option<&'a str>,
 }
 
 /// A history item: `offset`, `seq`, `kind`, `at`, then the record's own fields, with
