@@ -22,10 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 use sagalog_benches::process::Server;
 use sagalog_http::client::Client;
-use serde_json::{json, Value};
+use serde::Deserialize;
 use tokio::sync::{Notify, Semaphore};
 
 #[derive(Parser, Debug)]
@@ -84,6 +84,28 @@ impl Tally {
     }
 }
 
+/// The fields of an outbox command a participant needs.
+#[derive(Deserialize)]
+struct OutboxCommand {
+    event_id: String,
+    saga_id: String,
+    step: String,
+    action: String,
+    attempt: u32,
+}
+
+#[derive(Deserialize)]
+struct OutboxPage {
+    items: Vec<OutboxCommand>,
+    next_after: Option<u64>,
+}
+
+/// The one field of a reply's answer the participants look at.
+#[derive(Deserialize)]
+struct ReplyAnswer<'a> {
+    status: &'a str,
+}
+
 /// What the workers share.
 struct Shared {
     run: String,
@@ -92,7 +114,7 @@ struct Shared {
     /// One permit per saga that may be unfinished; a finished saga gives its back.
     room: Arc<Semaphore>,
     starts: flume::Receiver<u64>,
-    commands: flume::Receiver<Value>,
+    commands: flume::Receiver<OutboxCommand>,
 }
 
 fn main() -> Result<(), String> {
@@ -234,7 +256,7 @@ async fn poll_outbox(
     mut client: Client,
     head: u64,
     run: String,
-    commands: flume::Sender<Value>,
+    commands: flume::Sender<OutboxCommand>,
 ) -> Result<(), String> {
     let mut after = head.checked_sub(1);
     loop {
@@ -246,16 +268,11 @@ async fn poll_outbox(
         if page.status != StatusCode::OK {
             return Err(format!("outbox: {} {}", page.status, page.text()));
         }
-        let mut page = page.json();
-        after = page["next_after"].as_u64().or(after);
-        let Value::Array(items) = page["items"].take() else {
-            return Err("outbox: no items array".into());
-        };
-        for command in items {
-            let ours = command["saga_id"]
-                .as_str()
-                .is_some_and(|id| id.starts_with(&run));
-            if ours && commands.send_async(command).await.is_err() {
+        let page: OutboxPage = serde_json::from_slice(&page.body)
+            .map_err(|e| format!("outbox: {e}: {}", page.text()))?;
+        after = page.next_after.or(after);
+        for command in page.items {
+            if command.saga_id.starts_with(&run) && commands.send_async(command).await.is_err() {
                 return Ok(());
             }
         }
@@ -286,12 +303,17 @@ async fn worker(mut client: Client, shared: Arc<Shared>) -> Vec<u32> {
             Ok(command) => reply_to(command, &shared),
             Err(n) => (
                 "/api/v1/sagas".to_string(),
-                json!({"type": "order", "saga_id": format!("{}-{n}", shared.run),
-                       "payload": {"order": n, "amount_cents": 1000 + n % 9000}}),
+                format!(
+                    r#"{{"type":"order","saga_id":"{}-{n}","payload":{{"order":{n},"amount_cents":{}}}}}"#,
+                    shared.run,
+                    1000 + n % 9000
+                ),
             ),
         };
         let sent = Instant::now();
-        let answer = client.post_json(&path, &body).await;
+        let answer = client
+            .send(Method::POST, &path, &[], Some(body.as_bytes()))
+            .await;
         latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
         shared.tally.requests.fetch_add(1, Ordering::Relaxed);
         let expected = if job.is_ok() {
@@ -301,12 +323,13 @@ async fn worker(mut client: Client, shared: Arc<Shared>) -> Vec<u32> {
         };
         match answer {
             Ok(answer) if answer.status == expected => {
-                let status = answer.json()["status"].as_str().map(str::to_string);
-                if matches!(status.as_deref(), Some("COMPLETED" | "COMPENSATED")) {
-                    shared.room.add_permits(1);
-                    shared
-                        .tally
-                        .finished(status.as_deref() == Some("COMPENSATED"));
+                if job.is_ok() {
+                    let status = serde_json::from_slice::<ReplyAnswer>(&answer.body)
+                        .map_or("", |a| a.status);
+                    if matches!(status, "COMPLETED" | "COMPENSATED") {
+                        shared.room.add_permits(1);
+                        shared.tally.finished(status == "COMPENSATED");
+                    }
                 }
             }
             Ok(answer) => {
@@ -325,25 +348,30 @@ async fn worker(mut client: Client, shared: Arc<Shared>) -> Vec<u32> {
 
 /// The participant's reply to `command`: `charge_payment` fails for the doomed share of
 /// sagas (every attempt), compensations succeed, everything else succeeds.
-fn reply_to(command: &Value, shared: &Shared) -> (String, Value) {
-    let saga_id = command["saga_id"].as_str().unwrap_or_default();
-    let step = command["step"].as_str().unwrap_or_default();
-    let n: u64 = saga_id
+fn reply_to(command: &OutboxCommand, shared: &Shared) -> (String, String) {
+    let n: u64 = command
+        .saga_id
         .rsplit('-')
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     let doomed = n % 100 < shared.fail_percent;
-    let outcome = match (command["action"].as_str(), step) {
-        (Some("compensate"), _) => "compensated",
+    let outcome = match (command.action.as_str(), command.step.as_str()) {
+        ("compensate", _) => "compensated",
         (_, "charge_payment") if doomed => "failed",
         _ => "succeeded",
     };
+    let reason = if outcome == "failed" {
+        "card declined"
+    } else {
+        ""
+    };
     (
-        format!("/api/v1/sagas/{saga_id}/events"),
-        json!({"event_id": format!("{}/reply", command["event_id"].as_str().unwrap_or_default()),
-               "step": step, "outcome": outcome, "attempt": command["attempt"],
-               "reason": if outcome == "failed" { "card declined" } else { "" }}),
+        format!("/api/v1/sagas/{}/events", command.saga_id),
+        format!(
+            r#"{{"event_id":"{}/reply","step":"{}","outcome":"{outcome}","attempt":{},"reason":"{reason}"}}"#,
+            command.event_id, command.step, command.attempt
+        ),
     )
 }
 
