@@ -15,7 +15,7 @@ use sagalog_storage::{Log, LogRecord};
 use crate::definition::Registry;
 use crate::error::{EngineError, Result};
 use crate::indexing::{decode_at, predecessors, read_saga_record};
-use crate::record::{Action, Entry, Kind, Link};
+use crate::record::{peek, Action, Entry, Kind, Link, Shape};
 
 /// One issued command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,10 +79,15 @@ pub(crate) fn render(
     let mut previous: Option<(u64, u64)> = None;
     let mut origins: HashMap<u64, Origin> = HashMap::new();
     for record in records {
-        let Entry::Saga { link, record: saga } = decode_at(record)? else {
+        let corrupt = |source| EngineError::Corrupt {
+            offset: record.offset,
+            source,
+        };
+        let Some(peeked) = peek(&record.payload).map_err(corrupt)? else {
             previous = None;
             continue;
         };
+        let link = peeked.link;
         let first = match (link, previous) {
             (Link::Start, _) => record.offset,
             (Link::After { first, .. }, _) => first,
@@ -90,6 +95,15 @@ pub(crate) fn render(
             (Link::Follows, _) => predecessors(log, record.offset, link)?.1,
         };
         previous = Some((record.offset, first));
+        if peeked.shape == Shape::Other {
+            continue;
+        }
+        let Entry::Saga { record: saga, .. } = decode_at(record)? else {
+            return Err(EngineError::Inconsistent(format!(
+                "offset {} peeks as a saga record but decodes as another entry",
+                record.offset
+            )));
+        };
         let (step, action, attempt) = match Origin::of(saga.kind) {
             Ok(origin) => {
                 origins.insert(first, origin);

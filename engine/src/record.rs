@@ -282,10 +282,22 @@ pub struct Peek<'a> {
     pub at_ms: u64,
     /// The status the record ends the saga in, if it ends it.
     pub finished: Option<Status>,
+    /// Whether it starts the saga, issues a command, or something else.
+    pub shape: Shape,
+}
+
+/// The kinds of saga record the command feed (outbox, relay) needs to decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Started,
+    CommandIssued,
+    Other,
 }
 
 /// Positions of the [`Kind`] variants the peek reads (checked against the real
 /// encoding by a test, so a reordering of `Kind` cannot slip by).
+const KIND_SAGA_STARTED: u32 = 0;
+const KIND_COMMAND_ISSUED: u32 = 1;
 const KIND_SAGA_COMPLETED: u32 = 7;
 const KIND_SAGA_COMPENSATED: u32 = 9;
 const KIND_STATUS_OVERRIDDEN: u32 = 10;
@@ -323,11 +335,17 @@ pub fn peek(bytes: &[u8]) -> Result<Option<Peek<'_>>, DecodeError> {
         }
         _ => None,
     };
+    let shape = match kind {
+        KIND_SAGA_STARTED => Shape::Started,
+        KIND_COMMAND_ISSUED => Shape::CommandIssued,
+        _ => Shape::Other,
+    };
     Ok(Some(Peek {
         link,
         saga_id,
         at_ms,
         finished,
+        shape,
     }))
 }
 
@@ -444,6 +462,19 @@ mod tests {
     #[test]
     fn peek_reads_what_a_full_decode_reads() {
         let kinds = [
+            Kind::SagaStarted {
+                saga_type: "order".into(),
+                definition_version: 1,
+                payload: "{}".into(),
+                trace_id: "t".into(),
+                request_hash: 5,
+            },
+            Kind::CommandIssued {
+                step: 1,
+                action: Action::Execute,
+                attempt: 2,
+                deadline_ms: 10,
+            },
             Kind::SagaCompleted,
             Kind::SagaCompensated,
             Kind::SagaFailed {
@@ -481,13 +512,19 @@ mod tests {
                 Kind::StatusOverridden { to, .. } if to.is_terminal() => Some(*to),
                 _ => None,
             };
+            let shape = match &kind {
+                Kind::SagaStarted { .. } => Shape::Started,
+                Kind::CommandIssued { .. } => Shape::CommandIssued,
+                _ => Shape::Other,
+            };
             assert_eq!(
                 peeked,
                 Peek {
                     link,
                     saga_id: "peeked",
                     at_ms: 99,
-                    finished
+                    finished,
+                    shape,
                 },
                 "{kind:?}"
             );

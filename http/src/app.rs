@@ -61,7 +61,14 @@ pub struct App {
 pub type Body = Full<Bytes>;
 
 fn respond(status: StatusCode, body: impl serde::Serialize) -> Response<Body> {
-    let body = serde_json::to_vec(&body).expect("response bodies serialize");
+    respond_bytes(
+        status,
+        serde_json::to_vec(&body).expect("response bodies serialize"),
+    )
+}
+
+/// A response with a JSON body already serialized.
+fn respond_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
@@ -133,7 +140,7 @@ impl App {
             Route::Outbox => {
                 let query = OutboxQuery::parse(&query, self.config.max_outbox_wait_ms)?;
                 let page = outbox::poll(engine, &query, self.stopping.clone()).await?;
-                Ok(respond(StatusCode::OK, page))
+                Ok(respond_bytes(StatusCode::OK, page))
             }
             Route::PutDefinition => self.put_definition(&param, &body).await,
             Route::ListDefinitions => {

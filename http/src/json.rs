@@ -298,19 +298,33 @@ pub fn history_item(item: &HistoryItem, definition: Option<&Definition>) -> Valu
 }
 
 /// A command item (SPEC §4): the outbox's items and, with the relay, the Kafka value.
-pub fn command(command: &Command) -> Value {
-    json!({
-        "event_id": command.event_id,
-        "saga_id": command.saga_id,
-        "saga_type": command.saga_type,
-        "step": command.step,
-        "action": command.action.as_str(),
-        "attempt": command.attempt,
-        "payload": stored_json(&command.payload),
-        "offset": command.offset,
-        "topic": command.topic,
-        "trace_id": command.trace_id,
-    })
+#[derive(Serialize)]
+pub struct CommandBody<'a> {
+    event_id: &'a str,
+    saga_id: &'a str,
+    saga_type: &'a str,
+    step: &'a str,
+    action: &'static str,
+    attempt: u32,
+    payload: Stored<'a>,
+    offset: u64,
+    topic: &'a str,
+    trace_id: &'a str,
+}
+
+pub fn command(command: &Command) -> CommandBody<'_> {
+    CommandBody {
+        event_id: &command.event_id,
+        saga_id: &command.saga_id,
+        saga_type: &command.saga_type,
+        step: &command.step,
+        action: command.action.as_str(),
+        attempt: command.attempt,
+        payload: Stored(&command.payload),
+        offset: command.offset,
+        topic: &command.topic,
+        trace_id: &command.trace_id,
+    }
 }
 
 #[cfg(test)]

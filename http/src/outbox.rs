@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use sagalog_engine::Engine;
@@ -71,12 +70,18 @@ impl OutboxQuery {
     }
 }
 
-/// One outbox page: `{"items": [commands], "next_after": offset or null}`.
+#[derive(serde::Serialize)]
+struct Page<'a> {
+    items: Vec<json::CommandBody<'a>>,
+    next_after: Option<u64>,
+}
+
+/// One outbox page: `{"items": [commands], "next_after": offset or null}`, as JSON.
 pub async fn poll(
     engine: &Engine,
     query: &OutboxQuery,
     mut stopping: watch::Receiver<bool>,
-) -> Result<Value, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let log = engine.log();
     let from = query
         .after
@@ -100,8 +105,11 @@ pub async fn poll(
         };
         scanned += batch.len();
         next_after = batch.last().map(|r| r.offset).or(next_after);
-        let commands = engine.commands(&batch)?;
-        items.extend(commands.iter().map(json::command));
+        items.extend(engine.commands(&batch)?);
     }
-    Ok(json!({"items": items, "next_after": next_after}))
+    let page = Page {
+        items: items.iter().map(json::command).collect(),
+        next_after,
+    };
+    Ok(serde_json::to_vec(&page).expect("a page serializes"))
 }
