@@ -390,6 +390,18 @@ async fn demo_reaches_completed_and_compensated_sagas() {
                 })
                 .count();
             assert_eq!(failures, 1, "step failures show in /metrics:\n{metrics}");
+            // A failed saga is logged with its trace id, the one the API shows.
+            let failed_line = server
+                .log_text()
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|entry| entry["fields"]["message"] == "saga failed; compensating")
+                .expect("a failed saga is logged");
+            let saga_id = failed_line["fields"]["saga_id"].as_str().unwrap();
+            let saga = get(&mut c, &format!("/api/v1/sagas/{saga_id}"))
+                .await
+                .json();
+            assert_eq!(failed_line["fields"]["trace_id"], saga["trace_id"]);
             break;
         }
         assert!(Instant::now() < deadline, "no completed and compensated sagas after 90 s (completed {completed}, compensated {compensated})");

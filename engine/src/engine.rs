@@ -1063,6 +1063,7 @@ impl Inner {
         if let Some(observer) = &self.config.observer {
             observe(observer.as_ref(), before, &slot.state, records);
         }
+        log_records(before, &slot.state, records, offsets);
         for record in records {
             if let Some((event_id, _)) = record.kind.reply() {
                 slot.events |= event_bits(event_id);
@@ -1389,6 +1390,31 @@ impl Inner {
         }
         while ticks.join_next().await.is_some() {}
         count
+    }
+}
+
+/// Logs each record with the saga's trace id (debug), and a saga that failed (info) or
+/// whose compensation failed (warn), so one trace id finds a saga in the logs.
+fn log_records(before: Summary, state: &SagaState, records: &[Record], offsets: &Range<u64>) {
+    let status = state.status.expect("installed sagas started");
+    let changed = before.place.map(|p| p.status) != Some(status);
+    let failed = changed && matches!(status, Status::Failed | Status::CompensationFailed);
+    if !failed && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let trace_id = crate::state::trace_id_hex(&state.trace_id);
+    for (record, offset) in records.iter().zip(offsets.clone()) {
+        tracing::debug!(saga_id = %state.saga_id, trace_id, offset, seq = record.seq, kind = record.kind.name(), "saga record");
+    }
+    let reason = state.failure_reason.as_deref().unwrap_or_default();
+    match status {
+        Status::Failed if failed => {
+            tracing::info!(saga_id = %state.saga_id, trace_id, reason, "saga failed; compensating")
+        }
+        Status::CompensationFailed if failed => {
+            tracing::warn!(saga_id = %state.saga_id, trace_id, reason, "compensation failed; an operator must retry or override")
+        }
+        _ => {}
     }
 }
 
