@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sagalog_storage::{Log, LogRecord};
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 
 use crate::definition::Registry;
 use crate::error::{EngineError, Result};
@@ -36,6 +38,64 @@ pub struct Command {
     pub trace_id: String,
     /// The log offset of the `command_issued` record.
     pub offset: u64,
+    /// When the command was issued (unix ms).
+    pub at_ms: u64,
+}
+
+/// A JSON text the engine stored (a payload), written out as it is: a string when it
+/// is not JSON, null when empty.
+pub struct StoredJson<'a>(pub &'a str);
+
+impl Serialize for StoredJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        if self.0.is_empty() {
+            return serializer.serialize_none();
+        }
+        match serde_json::from_str::<&RawValue>(self.0) {
+            Ok(raw) => raw.serialize(serializer),
+            Err(_) => serializer.serialize_str(self.0),
+        }
+    }
+}
+
+/// The command item of SPEC §4: the outbox's items, and the Kafka value the relay
+/// publishes.
+impl Serialize for Command {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Item<'a> {
+            event_id: &'a str,
+            saga_id: &'a str,
+            saga_type: &'a str,
+            step: &'a str,
+            action: &'static str,
+            attempt: u32,
+            payload: StoredJson<'a>,
+            offset: u64,
+            topic: &'a str,
+            trace_id: &'a str,
+        }
+        Item {
+            event_id: &self.event_id,
+            saga_id: &self.saga_id,
+            saga_type: &self.saga_type,
+            step: &self.step,
+            action: self.action.as_str(),
+            attempt: self.attempt,
+            payload: StoredJson(&self.payload),
+            offset: self.offset,
+            topic: &self.topic,
+            trace_id: &self.trace_id,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl Command {
+    /// The command item as JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a command serializes")
+    }
 }
 
 /// What a saga's first record says about it.
@@ -155,6 +215,7 @@ pub(crate) fn render(
             payload: origin.payload.to_string(),
             trace_id: origin.trace_id,
             offset: record.offset,
+            at_ms: saga.at_ms,
         });
     }
     Ok(commands)

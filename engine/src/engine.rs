@@ -513,6 +513,11 @@ impl Engine {
         &self.inner.log
     }
 
+    /// The index store, for state kept beside the indexes (the relay's position).
+    pub fn index(&self) -> &IndexStore {
+        &self.inner.index
+    }
+
     /// The commands among `records` (consecutive records read from [`Engine::log`]).
     pub fn commands(&self, records: &[LogRecord]) -> Result<Vec<Command>> {
         crate::command::render(&self.inner.log, &self.inner.registry, records)

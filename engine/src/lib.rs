@@ -26,7 +26,7 @@ pub mod state;
 mod table;
 pub mod view;
 
-pub use command::Command;
+pub use command::{Command, StoredJson};
 pub use decider::{decide, Input, Outcome, Rejection, Reply};
 pub use definition::{Definition, Registry, StepDefinition};
 pub use engine::{

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use sagalog_engine::{Command, Definition, HistoryItem, Kind, Outcome, SagaView};
+use sagalog_engine::{Definition, HistoryItem, Kind, Outcome, SagaView, StoredJson};
 
 use crate::error::ApiError;
 
@@ -146,22 +146,6 @@ fn stored_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
 
-/// A JSON text the engine stored, written out as it is (a string when it is not JSON;
-/// null when empty), without building a value.
-pub struct Stored<'a>(pub &'a str);
-
-impl Serialize for Stored<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if self.0.is_empty() {
-            return serializer.serialize_none();
-        }
-        match serde_json::from_str::<&RawValue>(self.0) {
-            Ok(raw) => raw.serialize(serializer),
-            Err(_) => serializer.serialize_str(self.0),
-        }
-    }
-}
-
 /// A saga as the API shows it (SPEC §4's field names).
 #[derive(Serialize)]
 pub struct SagaBody<'a> {
@@ -176,7 +160,7 @@ pub struct SagaBody<'a> {
     updated_at: String,
     failure_reason: Option<&'a str>,
     trace_id: &'a str,
-    payload: Stored<'a>,
+    payload: StoredJson<'a>,
 }
 
 #[derive(Serialize)]
@@ -206,7 +190,7 @@ pub fn saga(view: &SagaView) -> SagaBody<'_> {
         updated_at: rfc3339(view.updated_at_ms),
         failure_reason: view.failure_reason.as_deref(),
         trace_id: &view.trace_id,
-        payload: Stored(&view.payload),
+        payload: StoredJson(&view.payload),
     }
 }
 
@@ -295,36 +279,6 @@ pub fn history_item(item: &HistoryItem, definition: Option<&Definition>) -> Valu
         out.extend(fields);
     }
     Value::Object(out)
-}
-
-/// A command item (SPEC §4): the outbox's items and, with the relay, the Kafka value.
-#[derive(Serialize)]
-pub struct CommandBody<'a> {
-    event_id: &'a str,
-    saga_id: &'a str,
-    saga_type: &'a str,
-    step: &'a str,
-    action: &'static str,
-    attempt: u32,
-    payload: Stored<'a>,
-    offset: u64,
-    topic: &'a str,
-    trace_id: &'a str,
-}
-
-pub fn command(command: &Command) -> CommandBody<'_> {
-    CommandBody {
-        event_id: &command.event_id,
-        saga_id: &command.saga_id,
-        saga_type: &command.saga_type,
-        step: &command.step,
-        action: command.action.as_str(),
-        attempt: command.attempt,
-        payload: Stored(&command.payload),
-        offset: command.offset,
-        topic: &command.topic,
-        trace_id: &command.trace_id,
-    }
 }
 
 #[cfg(test)]

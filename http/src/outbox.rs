@@ -14,7 +14,6 @@ use sagalog_engine::Engine;
 
 use crate::app::{parse_limit, DEFAULT_LIMIT};
 use crate::error::ApiError;
-use crate::json;
 
 /// Most log records one outbox call reads.
 pub const MAX_SCANNED_RECORDS: usize = 10_000;
@@ -72,7 +71,7 @@ impl OutboxQuery {
 
 #[derive(serde::Serialize)]
 struct Page<'a> {
-    items: Vec<json::CommandBody<'a>>,
+    items: &'a [sagalog_engine::Command],
     next_after: Option<u64>,
 }
 
@@ -108,7 +107,7 @@ pub async fn poll(
         items.extend(engine.commands(&batch)?);
     }
     let page = Page {
-        items: items.iter().map(json::command).collect(),
+        items: &items,
         next_after,
     };
     Ok(serde_json::to_vec(&page).expect("a page serializes"))

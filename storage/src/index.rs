@@ -135,6 +135,16 @@ impl IndexStore {
         self.db.apply_batch(batch.batch).map_err(self.err())
     }
 
+    /// Writes one entry outside the watermarked batches: for state that is not derived
+    /// from the log's records alone, such as the relay's position (sled makes it
+    /// durable within its flush interval; [`IndexStore::flush`] forces it).
+    pub fn put(&self, space: &Keyspace, key: &[u8], value: &[u8]) -> Result<()> {
+        self.db
+            .insert(space.key(key), value)
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
     pub fn get(&self, space: &Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self
             .db
