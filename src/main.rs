@@ -11,6 +11,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use sagalog_engine::{Clock, Definition, Engine, EngineConfig, SystemClock};
 use sagalog_http::{ApiConfig, App, Metrics};
+use sagalog_relay::{Relay, RelayConfig, RelayObserver};
 use tokio::sync::watch;
 
 use options::{LogFormat, Serve, ServeArgs};
@@ -69,12 +70,6 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run(serve: Serve) -> Result<(), String> {
-    if let Some(brokers) = &serve.kafka_brokers {
-        return Err(format!(
-            "--kafka-brokers {brokers}: this build has no Kafka relay yet; participants \
-             read commands from GET /api/v1/outbox instead (leave the option out)"
-        ));
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sagalog-worker")
@@ -132,7 +127,7 @@ async fn serve_until_signal(
     let (stop_tx, stopping) = watch::channel(false);
     let app = Arc::new(App {
         engine: engine.clone(),
-        metrics,
+        metrics: metrics.clone(),
         config: ApiConfig {
             admin_token: serve.admin_token.clone(),
             max_body_bytes: serve.max_body_bytes,
@@ -141,6 +136,21 @@ async fn serve_until_signal(
         clock: Arc::new(SystemClock) as Arc<dyn Clock>,
         stopping: stopping.clone(),
     });
+    let relay = match &serve.kafka_brokers {
+        Some(brokers) => {
+            let config = RelayConfig {
+                create_topics: serve.kafka_create_topics,
+                ..RelayConfig::new(brokers.clone())
+            };
+            let observer = Arc::new(RelayMetrics(metrics.clone()));
+            Some(
+                Relay::start(engine.clone(), config, observer)
+                    .await
+                    .map_err(|e| format!("starting the Kafka relay ({brokers}): {e}"))?,
+            )
+        }
+        None => None,
+    };
     let demo = serve
         .demo
         .then(|| demo::spawn(engine.clone(), stopping.clone()));
@@ -156,7 +166,42 @@ async fn serve_until_signal(
     if let Some(demo) = demo {
         demo.stop().await;
     }
+    if let Some(relay) = relay {
+        relay
+            .stop()
+            .await
+            .map_err(|e| format!("stopping the Kafka relay: {e}"))?;
+    }
     Ok(())
+}
+
+/// The relay's reports, as the outbox metrics of SPEC §6.
+struct RelayMetrics(Arc<Metrics>);
+
+impl RelayObserver for RelayMetrics {
+    fn published(&self, append_to_ack: std::time::Duration) {
+        self.0.outbox.published.inc();
+        self.0
+            .outbox
+            .publish_duration
+            .observe(append_to_ack.as_secs_f64());
+    }
+
+    fn failed(&self) {
+        self.0.outbox.failed.inc();
+    }
+
+    fn retried(&self) {
+        self.0.outbox.retry_attempts.inc();
+    }
+
+    fn dead_lettered(&self) {
+        self.0.outbox.dead_letter.inc();
+    }
+
+    fn pending(&self, records: u64) {
+        self.0.outbox.pending.set(records as i64);
+    }
 }
 
 async fn wait_for_signal() {

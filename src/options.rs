@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// Kafka bootstrap servers, comma-separated [default: none, the HTTP outbox only]
     #[arg(long, env = "SAGALOG_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
+    /// Create missing Kafka topics at start [default: true]
+    #[arg(long, env = "SAGALOG_KAFKA_CREATE_TOPICS")]
+    pub kafka_create_topics: Option<bool>,
     /// Bearer token the /internal/ routes require
     #[arg(long, env = "SAGALOG_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -71,6 +74,7 @@ pub struct Serve {
     pub listen: SocketAddr,
     pub definitions: Option<PathBuf>,
     pub kafka_brokers: Option<String>,
+    pub kafka_create_topics: bool,
     pub admin_token: Option<String>,
     pub insecure: bool,
     pub demo: bool,
@@ -122,6 +126,10 @@ impl ServeArgs {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             definitions: self.definitions.or(file.definitions),
             kafka_brokers: self.kafka_brokers.or(file.kafka_brokers),
+            kafka_create_topics: self
+                .kafka_create_topics
+                .or(file.kafka_create_topics)
+                .unwrap_or(true),
             admin_token,
             insecure: self.insecure || file.insecure,
             demo: self.demo || file.demo,

@@ -1,0 +1,402 @@
+//! The publisher: log tail → Kafka, in log order, many in flight.
+//!
+//! It reads records from its position with a tail subscription (woken by each group
+//! commit), renders the commands among them ([`Engine::commands`]) and hands each to
+//! the idempotent producer at once, keeping the deliveries in a window in log order.
+//! The oldest delivery is awaited first; when it is acknowledged the position moves
+//! past it and the records up to the next command, so the position only ever moves
+//! over a contiguous prefix of published records. It is stored every
+//! [`RelayConfig::position_interval`] and on stop.
+//!
+//! A failed delivery holds the window (later commands of the same saga never overtake
+//! it): a failure to reach the broker is retried with backoff without bound, so a
+//! broker that is down delays commands but skips none; a command the broker refuses
+//! as such (too large, invalid) is retried up to [`RelayConfig::max_attempts`] and
+//! then dead-lettered — recorded in the log, copied to the dead-letter topic when the
+//! broker takes it — and publishing goes on with the next command.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use sagalog_engine::{Command, Engine};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::{position, topics, RelayConfig, Result};
+
+/// Records one read of the tail takes.
+const READ_RECORDS: usize = 1024;
+const READ_BYTES: usize = 8 << 20;
+/// Longest a stop waits for the deliveries in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the copy of a dead letter to the dead-letter topic may take.
+const DEAD_LETTER_COPY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the relay reports, for the outbox metrics of SPEC §6.
+pub trait RelayObserver: Send + Sync + 'static {
+    /// A command was acknowledged by the broker `append_to_ack` after it was issued.
+    fn published(&self, _append_to_ack: Duration) {}
+    /// A delivery attempt failed.
+    fn failed(&self) {}
+    /// A command is sent again after a failure.
+    fn retried(&self) {}
+    /// A command was dead-lettered.
+    fn dead_lettered(&self) {}
+    /// Log records not yet past the relay (log head minus position).
+    fn pending(&self, _records: u64) {}
+}
+
+/// How one delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    /// The broker cannot be reached or is busy: retry without bound.
+    Unreachable(String),
+    /// The broker (or librdkafka's own checks) refuses this record.
+    Refused(String),
+}
+
+type Delivery = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// A command handed to the producer and not yet acknowledged.
+struct InFlight {
+    command: Command,
+    /// The offset the position moves to once this command is done: the next command's
+    /// offset, or past the records read so far.
+    end: u64,
+    attempt: u32,
+    delivery: Delivery,
+}
+
+/// A running relay; [`Relay::stop`] ends it and stores its position.
+pub struct Relay {
+    task: JoinHandle<Result<()>>,
+    stop: watch::Sender<bool>,
+    position: Arc<AtomicU64>,
+}
+
+impl Relay {
+    /// Creates the missing topics (when configured to), then starts publishing from the
+    /// stored position.
+    pub async fn start(
+        engine: Arc<Engine>,
+        config: RelayConfig,
+        observer: Arc<dyn RelayObserver>,
+    ) -> Result<Relay> {
+        if config.create_topics {
+            topics::ensure(&config, &topics::needed(&engine, &config)).await?;
+        }
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "delivery.timeout.ms",
+                config.delivery_timeout.as_millis().to_string(),
+            )
+            .set("linger.ms", "2")
+            .set(
+                "queue.buffering.max.messages",
+                (config.max_in_flight * 2).max(16).to_string(),
+            )
+            .create()?;
+        let start = position::load(engine.index())?.max(engine.log().start_offset());
+        let position = Arc::new(AtomicU64::new(start));
+        let (stop, stopping) = watch::channel(false);
+        let publisher = Publisher {
+            engine,
+            producer,
+            config,
+            observer,
+            position: position.clone(),
+            stopping,
+        };
+        Ok(Relay {
+            task: tokio::spawn(publisher.run(start)),
+            stop,
+            position,
+        })
+    }
+
+    /// The first log offset not yet published.
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    /// Stops publishing (waiting a little for deliveries in flight) and stores the
+    /// position durably.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "the relay task failed");
+                Ok(())
+            }
+        }
+    }
+}
+
+struct Publisher {
+    engine: Arc<Engine>,
+    producer: FutureProducer,
+    config: RelayConfig,
+    observer: Arc<dyn RelayObserver>,
+    position: Arc<AtomicU64>,
+    stopping: watch::Receiver<bool>,
+}
+
+impl Publisher {
+    async fn run(self, start: u64) -> Result<()> {
+        let engine = self.engine.clone();
+        let log = engine.log();
+        let mut tail = log.subscribe(start);
+        let mut window: VecDeque<InFlight> = VecDeque::new();
+        let mut position = start;
+        let mut stored = start;
+        let mut store_tick = tokio::time::interval(self.config.position_interval);
+        let mut stopping = self.stopping.clone();
+        tracing::info!(position, brokers = %self.config.brokers, "relay publishing");
+        loop {
+            tokio::select! {
+                biased;
+                () = stopped(&mut stopping) => break,
+                outcome = async { (&mut window.front_mut().expect("checked").delivery).await }, if !window.is_empty() => {
+                    let slot = window.pop_front().expect("checked");
+                    match self.settle(slot, outcome).await? {
+                        Some(retry) => window.push_front(retry),
+                        None => {
+                            position = window.front().map_or_else(|| tail.position(), |next| next.command.offset);
+                        }
+                    }
+                }
+                batch = tail.next_batch(READ_RECORDS, READ_BYTES), if window.len() < self.config.max_in_flight => {
+                    let batch = match batch {
+                        Ok(batch) => batch,
+                        Err(sagalog_storage::StorageError::Closed) => break,
+                        Err(e) => return Err(e.into()),
+                    };
+                    let read_to = tail.position();
+                    let commands = self.engine.commands(&batch)?;
+                    let mut commands = commands.into_iter().peekable();
+                    while let Some(command) = commands.next() {
+                        let end = commands.peek().map_or(read_to, |next| next.offset);
+                        match window.back_mut() {
+                            Some(last) => last.end = command.offset,
+                            None => position = command.offset,
+                        }
+                        let delivery = self.send(&command);
+                        window.push_back(InFlight { command, end, attempt: 1, delivery });
+                    }
+                    match window.back_mut() {
+                        Some(last) => last.end = last.end.max(read_to),
+                        None => position = read_to,
+                    }
+                }
+                _ = store_tick.tick() => {
+                    if position != stored {
+                        position::store(self.engine.index(), position)?;
+                        stored = position;
+                    }
+                    self.position.store(position, Ordering::Release);
+                    self.observer.pending(log.next_offset().saturating_sub(position));
+                }
+            }
+            self.position.store(position, Ordering::Release);
+        }
+        let position = self.drain(window, position).await;
+        self.position.store(position, Ordering::Release);
+        position::store_durably(self.engine.index(), position)?;
+        tracing::info!(position, "relay stopped");
+        Ok(())
+    }
+
+    /// Waits (bounded) for the deliveries in flight at a stop, so that a clean stop
+    /// republishes nothing; returns the position they reach.
+    async fn drain(&self, mut window: VecDeque<InFlight>, mut position: u64) -> u64 {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while let Some(mut slot) = window.pop_front() {
+            match tokio::time::timeout_at(deadline, &mut slot.delivery).await {
+                Ok(Outcome::Delivered) => {
+                    self.observer.published(since_issue(&slot.command));
+                    position = slot.end;
+                }
+                _ => break,
+            }
+        }
+        position
+    }
+
+    /// Handles the oldest delivery's outcome: `None` when the command is done
+    /// (published or dead-lettered), or the slot to wait on again after a re-send.
+    async fn settle(&self, mut slot: InFlight, outcome: Outcome) -> Result<Option<InFlight>> {
+        let reason = match outcome {
+            Outcome::Delivered => {
+                self.observer.published(since_issue(&slot.command));
+                return Ok(None);
+            }
+            Outcome::Refused(reason) if slot.attempt >= self.config.max_attempts => {
+                self.dead_letter(&slot.command, &reason).await?;
+                return Ok(None);
+            }
+            Outcome::Refused(reason) | Outcome::Unreachable(reason) => reason,
+        };
+        self.observer.failed();
+        let backoff = self
+            .config
+            .retry_backoff
+            .saturating_mul(2u32.saturating_pow(slot.attempt.saturating_sub(1).min(16)))
+            .min(self.config.max_retry_backoff);
+        tracing::warn!(
+            offset = slot.command.offset,
+            saga_id = %slot.command.saga_id,
+            attempt = slot.attempt,
+            backoff_ms = backoff.as_millis() as u64,
+            reason,
+            "publishing a command failed; retrying"
+        );
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stopped(&mut stopping) => {}
+        }
+        slot.attempt = slot.attempt.saturating_add(1);
+        slot.delivery = self.send(&slot.command);
+        self.observer.retried();
+        Ok(Some(slot))
+    }
+
+    /// Hands `command` to the producer; the delivery resolves with its outcome.
+    fn send(&self, command: &Command) -> Delivery {
+        let value = command.to_json();
+        let record = FutureRecord::to(&command.topic)
+            .key(command.saga_id.as_str())
+            .payload(&value)
+            .headers(headers(command));
+        match self.producer.send_result(record) {
+            Ok(delivery) => Box::pin(async move {
+                match delivery.await {
+                    Ok(Ok(_)) => Outcome::Delivered,
+                    Ok(Err((e, _))) => classify(&e),
+                    Err(_) => Outcome::Unreachable("the producer dropped the message".into()),
+                }
+            }),
+            Err((e, _)) => {
+                let outcome = classify(&e);
+                Box::pin(async move { outcome })
+            }
+        }
+    }
+
+    /// Records the dead letter in the log, then copies the command to the dead-letter
+    /// topic (best effort: the log entry is what counts).
+    async fn dead_letter(&self, command: &Command, reason: &str) -> Result<()> {
+        let entry = self
+            .engine
+            .dead_letter(&command.saga_id, command.offset, reason.to_string())
+            .await?;
+        self.observer.dead_lettered();
+        tracing::error!(
+            offset = command.offset,
+            dead_letter_offset = entry,
+            saga_id = %command.saga_id,
+            reason,
+            "command dead-lettered"
+        );
+        let value = command.to_json();
+        let copy = FutureRecord::to(&self.config.dead_letter_topic)
+            .key(command.saga_id.as_str())
+            .payload(&value)
+            .headers(headers(command).insert(Header {
+                key: "reason",
+                value: Some(reason),
+            }));
+        if let Err((e, _)) = self.producer.send(copy, DEAD_LETTER_COPY_TIMEOUT).await {
+            tracing::warn!(offset = command.offset, error = %e, "copying a dead letter to its topic failed; it stays in the log");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        // Hand what librdkafka still holds to the broker before the producer goes.
+        let _ = self.producer.flush(Duration::from_secs(1));
+    }
+}
+
+/// The headers of SPEC §5, plus a W3C `traceparent` so one saga is one trace.
+fn headers(command: &Command) -> OwnedHeaders {
+    let traceparent = format!("00-{}-{:016x}-01", command.trace_id, command.offset + 1);
+    [
+        ("event_id", command.event_id.as_str()),
+        ("saga_id", command.saga_id.as_str()),
+        ("saga_type", command.saga_type.as_str()),
+        ("step", command.step.as_str()),
+        ("action", command.action.as_str()),
+        ("traceparent", traceparent.as_str()),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new(), |headers, (key, value)| {
+        headers.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
+}
+
+/// Resolves once a stop is asked for (or the relay's handle is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+fn since_issue(command: &Command) -> Duration {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Duration::from_millis(now_ms.saturating_sub(command.at_ms))
+}
+
+/// Errors that are the record's own fault; everything else is the broker's (or the
+/// network's) and is retried without bound.
+fn classify(e: &KafkaError) -> Outcome {
+    let refused = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::BadMessage
+        )
+    );
+    if refused {
+        Outcome::Refused(e.to_string())
+    } else {
+        Outcome::Unreachable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_record_faults_are_refusals() {
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(matches!(classify(&too_large), Outcome::Refused(_)));
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        assert!(matches!(classify(&timed_out), Outcome::Unreachable(_)));
+        let down = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
+        assert!(matches!(classify(&down), Outcome::Unreachable(_)));
+    }
+}
