@@ -127,7 +127,11 @@ fn free_port() -> u16 {
 
 impl Tansu {
     pub fn start() -> Tansu {
-        let port = free_port();
+        Tansu::start_on(free_port())
+    }
+
+    /// On a given port: a broker started again where its clients expect it.
+    pub fn start_on(port: u16) -> Tansu {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_binary())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])

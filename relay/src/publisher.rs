@@ -63,6 +63,12 @@ enum Outcome {
     Unreachable(String),
     /// The broker (or librdkafka's own checks) refuses this record.
     Refused(String),
+    /// The topic does not exist (a broker that lost it, or one created by hand):
+    /// created again when the relay creates topics, then retried like `Unreachable`.
+    MissingTopic(String),
+    /// The producer cannot go on (e.g. the broker forgot its idempotence state): a new
+    /// one is made and everything in flight is sent again.
+    Fatal(String),
 }
 
 type Delivery = Pin<Box<dyn Future<Output = Outcome> + Send>>;
@@ -75,6 +81,16 @@ struct InFlight {
     end: u64,
     attempt: u32,
     delivery: Delivery,
+}
+
+/// What became of the oldest delivery.
+enum Settled {
+    /// Published or dead-lettered.
+    Done,
+    /// Sent again; wait on it again.
+    Retry(InFlight),
+    /// Sent again on a new producer: everything behind it must be sent again too.
+    Restarted(InFlight),
 }
 
 /// A running relay; [`Relay::stop`] ends it and stores its position.
@@ -95,26 +111,13 @@ impl Relay {
         if config.create_topics {
             topics::ensure(&config, &topics::needed(&engine, &config)).await?;
         }
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "delivery.timeout.ms",
-                config.delivery_timeout.as_millis().to_string(),
-            )
-            .set("linger.ms", "2")
-            .set(
-                "queue.buffering.max.messages",
-                (config.max_in_flight * 2).max(16).to_string(),
-            )
-            .create()?;
+        let producer = producer(&config)?;
         let start = position::load(engine.index())?.max(engine.log().start_offset());
         let position = Arc::new(AtomicU64::new(start));
         let (stop, stopping) = watch::channel(false);
         let publisher = Publisher {
             engine,
-            producer,
+            producer: parking_lot::Mutex::new(producer),
             config,
             observer,
             position: position.clone(),
@@ -148,7 +151,9 @@ impl Relay {
 
 struct Publisher {
     engine: Arc<Engine>,
-    producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error (an idempotent producer whose
+    /// broker lost its state cannot go on).
+    producer: parking_lot::Mutex<FutureProducer>,
     config: RelayConfig,
     observer: Arc<dyn RelayObserver>,
     position: Arc<AtomicU64>,
@@ -173,8 +178,14 @@ impl Publisher {
                 outcome = async { (&mut window.front_mut().expect("checked").delivery).await }, if !window.is_empty() => {
                     let slot = window.pop_front().expect("checked");
                     match self.settle(slot, outcome).await? {
-                        Some(retry) => window.push_front(retry),
-                        None => {
+                        Settled::Retry(slot) => window.push_front(slot),
+                        Settled::Restarted(slot) => {
+                            for later in window.iter_mut() {
+                                later.delivery = self.send(&later.command);
+                            }
+                            window.push_front(slot);
+                        }
+                        Settled::Done => {
                             position = window.front().map_or_else(|| tail.position(), |next| next.command.offset);
                         }
                     }
@@ -236,17 +247,33 @@ impl Publisher {
         position
     }
 
-    /// Handles the oldest delivery's outcome: `None` when the command is done
-    /// (published or dead-lettered), or the slot to wait on again after a re-send.
-    async fn settle(&self, mut slot: InFlight, outcome: Outcome) -> Result<Option<InFlight>> {
+    /// Handles the oldest delivery's outcome.
+    async fn settle(&self, mut slot: InFlight, outcome: Outcome) -> Result<Settled> {
         let reason = match outcome {
             Outcome::Delivered => {
                 self.observer.published(since_issue(&slot.command));
-                return Ok(None);
+                return Ok(Settled::Done);
             }
             Outcome::Refused(reason) if slot.attempt >= self.config.max_attempts => {
                 self.dead_letter(&slot.command, &reason).await?;
-                return Ok(None);
+                return Ok(Settled::Done);
+            }
+            Outcome::Fatal(reason) => {
+                self.observer.failed();
+                tracing::warn!(reason, "the Kafka producer failed for good; starting a new one and sending everything in flight again");
+                *self.producer.lock() = producer(&self.config)?;
+                slot.delivery = self.send(&slot.command);
+                self.observer.retried();
+                return Ok(Settled::Restarted(slot));
+            }
+            Outcome::MissingTopic(reason) => {
+                if self.config.create_topics {
+                    let topic = std::collections::BTreeSet::from([slot.command.topic.clone()]);
+                    if let Err(e) = topics::ensure(&self.config, &topic).await {
+                        tracing::error!(topic = %slot.command.topic, error = %e, "a missing topic cannot be created");
+                    }
+                }
+                reason
             }
             Outcome::Refused(reason) | Outcome::Unreachable(reason) => reason,
         };
@@ -272,7 +299,7 @@ impl Publisher {
         slot.attempt = slot.attempt.saturating_add(1);
         slot.delivery = self.send(&slot.command);
         self.observer.retried();
-        Ok(Some(slot))
+        Ok(Settled::Retry(slot))
     }
 
     /// Hands `command` to the producer; the delivery resolves with its outcome.
@@ -282,7 +309,8 @@ impl Publisher {
             .key(command.saga_id.as_str())
             .payload(&value)
             .headers(headers(command));
-        match self.producer.send_result(record) {
+        let producer = self.producer.lock().clone();
+        match producer.send_result(record) {
             Ok(delivery) => Box::pin(async move {
                 match delivery.await {
                     Ok(Ok(_)) => Outcome::Delivered,
@@ -320,7 +348,8 @@ impl Publisher {
                 key: "reason",
                 value: Some(reason),
             }));
-        if let Err((e, _)) = self.producer.send(copy, DEAD_LETTER_COPY_TIMEOUT).await {
+        let producer = self.producer.lock().clone();
+        if let Err((e, _)) = producer.send(copy, DEAD_LETTER_COPY_TIMEOUT).await {
             tracing::warn!(offset = command.offset, error = %e, "copying a dead letter to its topic failed; it stays in the log");
         }
         Ok(())
@@ -330,8 +359,26 @@ impl Publisher {
 impl Drop for Publisher {
     fn drop(&mut self) {
         // Hand what librdkafka still holds to the broker before the producer goes.
-        let _ = self.producer.flush(Duration::from_secs(1));
+        let _ = self.producer.lock().flush(Duration::from_secs(1));
     }
+}
+
+/// The idempotent producer (`acks=all`), its queue bounded by the in-flight limit.
+fn producer(config: &RelayConfig) -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "delivery.timeout.ms",
+            config.delivery_timeout.as_millis().to_string(),
+        )
+        .set("linger.ms", "2")
+        .set(
+            "queue.buffering.max.messages",
+            (config.max_in_flight * 2).max(16).to_string(),
+        )
+        .create()?)
 }
 
 /// The headers of SPEC §5, plus a W3C `traceparent` so one saga is one trace.
@@ -379,8 +426,20 @@ fn classify(e: &KafkaError) -> Outcome {
                 | RDKafkaErrorCode::BadMessage
         )
     );
-    if refused {
+    let missing = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownPartition
+        )
+    );
+    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+        Outcome::Fatal(e.to_string())
+    } else if refused {
         Outcome::Refused(e.to_string())
+    } else if missing {
+        Outcome::MissingTopic(e.to_string())
     } else {
         Outcome::Unreachable(e.to_string())
     }
