@@ -51,6 +51,9 @@ pub struct RelayConfig {
     /// is dead-lettered. Failures to reach the broker are retried without bound:
     /// nothing is skipped while the broker is down.
     pub max_attempts: u32,
+    /// Largest message the producer sends (librdkafka's `message.max.bytes`); a
+    /// command over it is refused, and dead-lettered.
+    pub max_message_bytes: usize,
     pub dead_letter_topic: String,
     pub reply_topic: String,
     /// Create missing topics at start (`--kafka-create-topics`).
@@ -70,6 +73,7 @@ impl RelayConfig {
             retry_backoff: Duration::from_millis(200),
             max_retry_backoff: Duration::from_secs(5),
             max_attempts: 5,
+            max_message_bytes: 1_000_000,
             dead_letter_topic: "sagalog.dead-letter".into(),
             reply_topic: "saga.replies".into(),
             create_topics: true,

@@ -374,6 +374,7 @@ fn producer(config: &RelayConfig) -> Result<FutureProducer> {
             config.delivery_timeout.as_millis().to_string(),
         )
         .set("linger.ms", "2")
+        .set("message.max.bytes", config.max_message_bytes.to_string())
         .set(
             "queue.buffering.max.messages",
             (config.max_in_flight * 2).max(16).to_string(),

@@ -288,3 +288,80 @@ async fn a_broker_down_for_30_s_delays_commands_but_loses_none() {
     }
     relay.stop().await.unwrap();
 }
+
+#[derive(Default)]
+struct DeadLetters {
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl RelayObserver for DeadLetters {
+    fn dead_lettered(&self) {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_broker_refuses_is_dead_lettered_and_the_stream_goes_on() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
+    let observer = Arc::new(DeadLetters::default());
+    let config = RelayConfig {
+        max_message_bytes: 4096,
+        retry_backoff: Duration::from_millis(20),
+        ..config(&tansu)
+    };
+    let relay = Relay::start(engine.clone(), config, observer.clone())
+        .await
+        .unwrap();
+    start_sagas(&engine, std::iter::once("fine-1".to_string())).await;
+    engine
+        .start(StartRequest {
+            saga_type: "order".into(),
+            saga_id: Some("poison".into()),
+            payload: serde_json::json!({"blob": "x".repeat(10_000)}),
+            trace_id: None,
+        })
+        .await
+        .unwrap();
+    start_sagas(&engine, std::iter::once("fine-2".to_string())).await;
+
+    let received = receive(&consumer(&tansu, 3), 2, Duration::from_secs(60)).await;
+    let sagas: Vec<&str> = received.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        sagas,
+        ["fine-1", "fine-2"],
+        "the stream goes on past the poison record"
+    );
+    assert_eq!(observer.count.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let head = engine.log().next_offset();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay.position() < head {
+        assert!(
+            Instant::now() < deadline,
+            "the position moves past the dead letter"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.stop().await.unwrap();
+    // The dead letter is a record in the log, naming the command and why.
+    let dead: Vec<_> = engine
+        .log()
+        .iter_from(0)
+        .map(|r| sagalog_engine::Entry::decode(&r.unwrap().payload).unwrap())
+        .filter_map(|entry| match entry {
+            sagalog_engine::Entry::DeadLettered {
+                saga_id, reason, ..
+            } => Some((saga_id, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "poison");
+    assert!(
+        dead[0].1.contains("size"),
+        "the reason says why: {}",
+        dead[0].1
+    );
+}
