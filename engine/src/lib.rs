@@ -8,6 +8,7 @@
 //! - [`Engine`]: the service over a data directory — start, reply, override, retry,
 //!   get, list, history, definitions, snapshots — with the indexer and timer threads.
 //! - [`command`]: issued commands as participants see them (the outbox and the relay).
+//! - [`wire`]: a participant's reply as JSON, read alike from HTTP and Kafka.
 //! - [`projection`]: status counts, per-type counters, sagas ordered for listing.
 //! - [`indexing`]: the sled indexes derived from the log.
 
@@ -25,6 +26,7 @@ mod replay;
 pub mod state;
 mod table;
 pub mod view;
+pub mod wire;
 
 pub use command::{Command, StoredJson};
 pub use decider::{decide, Input, Outcome, Rejection, Reply};

@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use sagalog_engine::definition::Registered;
+use sagalog_engine::wire::ReplyMessage;
 use sagalog_engine::{
-    is_valid_saga_id, Clock, Definition, Engine, ListQuery, Reply, StartRequest, Status,
+    is_valid_saga_id, Clock, Definition, Engine, ListQuery, StartRequest, Status,
 };
 
 use crate::error::ApiError;
@@ -250,17 +251,10 @@ impl App {
 
     async fn reply(&self, id: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
         let id = saga_id(id)?;
-        let body: json::ReplyBody = json::parse(body)?;
+        let body: ReplyMessage = json::parse(body)?;
         let step = body.step.clone();
         let outcome: sagalog_engine::Outcome = body.outcome.into();
-        let reply = Reply {
-            event_id: body.event_id,
-            step: body.step,
-            outcome,
-            attempt: body.attempt,
-            data: body.data.map(|d| d.get().to_string()).unwrap_or_default(),
-            reason: body.reason.unwrap_or_default(),
-        };
+        let reply = body.into_reply();
         match self.engine.reply(id, reply).await {
             Ok(answer) => {
                 if !answer.repeated {

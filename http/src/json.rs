@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use sagalog_engine::{Definition, HistoryItem, Kind, Outcome, SagaView, StoredJson};
+use sagalog_engine::{Definition, HistoryItem, Kind, SagaView, StoredJson};
 
 use crate::error::ApiError;
 
@@ -98,38 +98,6 @@ pub struct StartBody<'a> {
     pub saga_id: Option<String>,
     #[serde(default, borrow)]
     pub payload: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-pub struct ReplyBody<'a> {
-    pub event_id: String,
-    pub step: String,
-    pub outcome: OutcomeBody,
-    pub attempt: u32,
-    #[serde(default, borrow)]
-    pub data: Option<&'a RawValue>,
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-pub enum OutcomeBody {
-    Succeeded,
-    Failed,
-    Compensated,
-    CompensationFailed,
-}
-
-impl From<OutcomeBody> for Outcome {
-    fn from(o: OutcomeBody) -> Outcome {
-        match o {
-            OutcomeBody::Succeeded => Outcome::Succeeded,
-            OutcomeBody::Failed => Outcome::Failed,
-            OutcomeBody::Compensated => Outcome::Compensated,
-            OutcomeBody::CompensationFailed => Outcome::CompensationFailed,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
