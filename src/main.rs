@@ -11,7 +11,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use sagalog_engine::{Clock, Definition, Engine, EngineConfig, SystemClock};
 use sagalog_http::{ApiConfig, App, Metrics};
-use sagalog_relay::{Relay, RelayConfig, RelayObserver};
+use sagalog_relay::{Relay, RelayConfig, RelayObserver, ReplyConsumer, ReplyObserver};
 use tokio::sync::watch;
 
 use options::{LogFormat, Serve, ServeArgs};
@@ -143,11 +143,12 @@ async fn serve_until_signal(
                 ..RelayConfig::new(brokers.clone())
             };
             let observer = Arc::new(RelayMetrics(metrics.clone()));
-            Some(
-                Relay::start(engine.clone(), config, observer)
-                    .await
-                    .map_err(|e| format!("starting the Kafka relay ({brokers}): {e}"))?,
-            )
+            let relay = Relay::start(engine.clone(), config.clone(), observer.clone())
+                .await
+                .map_err(|e| format!("starting the Kafka relay ({brokers}): {e}"))?;
+            let replies = ReplyConsumer::start(engine.clone(), &config, observer)
+                .map_err(|e| format!("starting the Kafka reply consumer ({brokers}): {e}"))?;
+            Some((relay, replies))
         }
         None => None,
     };
@@ -166,7 +167,8 @@ async fn serve_until_signal(
     if let Some(demo) = demo {
         demo.stop().await;
     }
-    if let Some(relay) = relay {
+    if let Some((relay, replies)) = relay {
+        replies.stop().await;
         relay
             .stop()
             .await
@@ -175,7 +177,7 @@ async fn serve_until_signal(
     Ok(())
 }
 
-/// The relay's reports, as the outbox metrics of SPEC §6.
+/// The relay's and the reply consumer's reports, as the metrics of SPEC §6.
 struct RelayMetrics(Arc<Metrics>);
 
 impl RelayObserver for RelayMetrics {
@@ -201,6 +203,20 @@ impl RelayObserver for RelayMetrics {
 
     fn pending(&self, records: u64) {
         self.0.outbox.pending.set(records as i64);
+    }
+}
+
+impl ReplyObserver for RelayMetrics {
+    fn reply(&self, step: &str, status: &str) {
+        self.0.event(step, status);
+    }
+
+    fn invalid(&self) {
+        self.0.event("", "invalid");
+    }
+
+    fn lag(&self, messages: i64) {
+        self.0.outbox.consumer_lag.set(messages);
     }
 }
 

@@ -174,7 +174,7 @@ impl Metrics {
             ),
             events_processed: counter_vec(
                 "saga_events_processed_total",
-                "Participant replies by outcome; status rejected when the reply did not fit the saga.",
+                "Participant replies by outcome; status rejected when the reply did not fit the saga, invalid (step empty) for a Kafka message that is not a reply.",
                 &["step", "status"],
             ),
             storage_errors: counter(

@@ -5,6 +5,8 @@
 //!   (key = saga id, value = the command item, headers `event_id`, `saga_id`,
 //!   `saga_type`, `step`, `action`, `traceparent`) with many in flight, and moves its
 //!   stored position only over a contiguous prefix of acknowledged records.
+//! - [`replies`]: the reply consumer — participants' replies from the reply topic,
+//!   through the same engine path as the HTTP API.
 //! - [`topics`]: makes sure the step, reply and dead-letter topics exist.
 //! - [`position`]: the relay's durable position beside the indexes.
 //!
@@ -14,11 +16,13 @@
 
 pub mod position;
 pub mod publisher;
+pub mod replies;
 pub mod topics;
 
 use std::time::Duration;
 
 pub use publisher::{Relay, RelayObserver};
+pub use replies::{ReplyConsumer, ReplyObserver};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -33,6 +37,11 @@ pub enum RelayError {
 }
 
 pub type Result<T, E = RelayError> = std::result::Result<T, E>;
+
+/// Resolves once a stop is asked for (or the handle that would ask is gone).
+pub(crate) async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -56,6 +65,8 @@ pub struct RelayConfig {
     pub max_message_bytes: usize,
     pub dead_letter_topic: String,
     pub reply_topic: String,
+    /// The consumer group of the reply consumer.
+    pub reply_group: String,
     /// Create missing topics at start (`--kafka-create-topics`).
     pub create_topics: bool,
     pub topic_partitions: i32,
@@ -76,6 +87,7 @@ impl RelayConfig {
             max_message_bytes: 1_000_000,
             dead_letter_topic: "sagalog.dead-letter".into(),
             reply_topic: "saga.replies".into(),
+            reply_group: "sagalog".into(),
             create_topics: true,
             topic_partitions: 3,
             topic_replication: 1,

@@ -31,7 +31,7 @@ use sagalog_engine::{Command, Engine};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{position, topics, RelayConfig, Result};
+use crate::{position, stopped, topics, RelayConfig, Result};
 
 /// Records one read of the tail takes.
 const READ_RECORDS: usize = 1024;
@@ -400,11 +400,6 @@ fn headers(command: &Command) -> OwnedHeaders {
             value: Some(value),
         })
     })
-}
-
-/// Resolves once a stop is asked for (or the relay's handle is gone).
-async fn stopped(stopping: &mut watch::Receiver<bool>) {
-    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 fn since_issue(command: &Command) -> Duration {

@@ -366,3 +366,84 @@ async fn a_command_the_broker_refuses_is_dead_lettered_and_the_stream_goes_on() 
         dead[0].1
     );
 }
+
+#[derive(Default)]
+struct ReplyCounts {
+    invalid: std::sync::atomic::AtomicU64,
+    recorded: std::sync::atomic::AtomicU64,
+}
+
+impl sagalog_relay::ReplyObserver for ReplyCounts {
+    fn reply(&self, _step: &str, status: &str) {
+        if status != "rejected" {
+            self.recorded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn invalid(&self) {
+        self.invalid
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_on_kafka_drive_a_saga_to_completion_and_malformed_ones_are_skipped() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
+    let relay_config = config(&tansu);
+    let relay = Relay::start(engine.clone(), relay_config.clone(), Arc::new(Quiet))
+        .await
+        .unwrap();
+    let counts = Arc::new(ReplyCounts::default());
+    let replies =
+        sagalog_relay::ReplyConsumer::start(engine.clone(), &relay_config, counts.clone()).unwrap();
+    start_sagas(&engine, std::iter::once("r-1".to_string())).await;
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", tansu.brokers())
+        .create()
+        .unwrap();
+    let reply = |event: &str, step: &str| {
+        serde_json::json!({"saga_id": "r-1", "event_id": event, "step": step,
+                           "outcome": "succeeded", "attempt": 1, "data": {"by": "kafka"}})
+        .to_string()
+    };
+    let messages = [
+        "not json at all".to_string(),
+        r#"{"saga_id": "r-1", "step": "reserve_inventory"}"#.to_string(),
+        reply("k1", "reserve_inventory"),
+        reply("k1", "reserve_inventory"),
+        reply("k2", "charge_payment"),
+        reply("k3", "ship_order"),
+    ];
+    for message in &messages {
+        producer
+            .send(
+                FutureRecord::to("saga.replies").key("r-1").payload(message),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while engine.get("r-1").unwrap().status != sagalog_engine::Status::Completed {
+        assert!(
+            Instant::now() < deadline,
+            "the saga did not complete from Kafka replies: {:?}",
+            engine.get("r-1").unwrap().status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let invalid = counts.invalid.load(std::sync::atomic::Ordering::Relaxed);
+    let recorded = counts.recorded.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        (invalid, recorded),
+        (2, 3),
+        "two skipped, three recorded, the repeat answered"
+    );
+    replies.stop().await;
+    relay.stop().await.unwrap();
+}
