@@ -92,3 +92,88 @@ async fn commands_reach_their_step_topics_and_the_outbox_metrics_count_them() {
     }
     assert!(server.terminate().unwrap().success());
 }
+
+/// Every command in the log, by event id, read through the outbox.
+async fn commands_in_log(
+    c: &mut sagalog_http::client::Client,
+) -> std::collections::BTreeSet<String> {
+    let mut all = std::collections::BTreeSet::new();
+    let mut after: Option<u64> = None;
+    loop {
+        let path = match after {
+            Some(a) => format!("/api/v1/outbox?after={a}&limit=1000"),
+            None => "/api/v1/outbox?limit=1000".to_string(),
+        };
+        let page = get(c, &path).await.json();
+        let items = page["items"].as_array().unwrap();
+        for item in items {
+            all.insert(item["event_id"].as_str().unwrap().to_string());
+        }
+        let next = page["next_after"].as_u64();
+        if items.is_empty() && next == after {
+            return all;
+        }
+        after = next;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigkill_mid_stream_the_restarted_relay_fills_the_gap() {
+    let tansu = Tansu::start();
+    let root = tempfile::tempdir().unwrap();
+    let brokers = tansu.brokers();
+    let server = serve(&data_dir(&root), &["--kafka-brokers", &brokers]);
+    let addr = server.addr;
+    let writer = tokio::spawn(async move {
+        let mut c = sagalog_http::client::Client::connect(addr).await.unwrap();
+        for n in 0.. {
+            let body = json!({"type": "order", "saga_id": format!("kill-{n}")});
+            if c.post_json("/api/v1/sagas", &body).await.is_err() {
+                return n;
+            }
+        }
+        unreachable!()
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drop(server); // SIGKILL, mid-stream
+    let started_before_kill = writer.await.unwrap();
+    assert!(
+        started_before_kill > 10,
+        "the load ran before the kill ({started_before_kill})"
+    );
+
+    let server = serve(&data_dir(&root), &["--kafka-brokers", &brokers]);
+    let mut c = common::client(&server).await;
+    for n in 0..20 {
+        let body = json!({"type": "order", "saga_id": format!("after-{n}")});
+        assert_eq!(post(&mut c, "/api/v1/sagas", body).await.status, 201);
+    }
+    let expected = commands_in_log(&mut c).await;
+    let inventory = consumer(&tansu, "inventory.commands");
+    let mut received = std::collections::BTreeMap::<String, usize>::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !expected.iter().all(|id| received.contains_key(id)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let missing = expected
+            .iter()
+            .filter(|id| !received.contains_key(*id))
+            .count();
+        let message = tokio::time::timeout(left, inventory.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{missing} of {} commands never arrived", expected.len()));
+        let Ok(message) = message else { continue };
+        let value: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        let event_id = value["event_id"].as_str().unwrap().to_string();
+        assert!(
+            expected.contains(&event_id),
+            "{event_id} is a command of the log"
+        );
+        *received.entry(event_id).or_default() += 1;
+    }
+    let duplicates = received.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "{} commands, {} published more than once across the crash",
+        expected.len(),
+        duplicates
+    );
+}
