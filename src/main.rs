@@ -140,6 +140,7 @@ async fn serve_until_signal(
         Some(brokers) => {
             let config = RelayConfig {
                 create_topics: serve.kafka_create_topics,
+                max_message_bytes: serve.kafka_max_message_bytes,
                 ..RelayConfig::new(brokers.clone())
             };
             let observer = Arc::new(RelayMetrics(metrics.clone()));

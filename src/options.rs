@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Create missing Kafka topics at start [default: true]
     #[arg(long, env = "SAGALOG_KAFKA_CREATE_TOPICS")]
     pub kafka_create_topics: Option<bool>,
+    /// Largest Kafka message the relay sends; a command over it is dead-lettered
+    /// [default: 1000000]
+    #[arg(long, env = "SAGALOG_KAFKA_MAX_MESSAGE_BYTES")]
+    pub kafka_max_message_bytes: Option<usize>,
     /// Bearer token the /internal/ routes require
     #[arg(long, env = "SAGALOG_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -75,6 +79,7 @@ pub struct Serve {
     pub definitions: Option<PathBuf>,
     pub kafka_brokers: Option<String>,
     pub kafka_create_topics: bool,
+    pub kafka_max_message_bytes: usize,
     pub admin_token: Option<String>,
     pub insecure: bool,
     pub demo: bool,
@@ -130,6 +135,10 @@ impl ServeArgs {
                 .kafka_create_topics
                 .or(file.kafka_create_topics)
                 .unwrap_or(true),
+            kafka_max_message_bytes: self
+                .kafka_max_message_bytes
+                .or(file.kafka_max_message_bytes)
+                .unwrap_or(1_000_000),
             admin_token,
             insecure: self.insecure || file.insecure,
             demo: self.demo || file.demo,

@@ -177,3 +177,88 @@ async fn after_a_sigkill_mid_stream_the_restarted_relay_fills_the_gap() {
         duplicates
     );
 }
+
+async fn dead_letters(c: &mut sagalog_http::client::Client) -> Value {
+    common::admin(
+        c,
+        hyper::Method::GET,
+        "/internal/v1/outbox/dead-letters",
+        None,
+    )
+    .await
+    .json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_listed_and_can_be_replayed_over_the_api() {
+    let tansu = Tansu::start();
+    let root = tempfile::tempdir().unwrap();
+    let brokers = tansu.brokers();
+    let server = serve(
+        &data_dir(&root),
+        &[
+            "--kafka-brokers",
+            &brokers,
+            "--kafka-max-message-bytes",
+            "4096",
+            "--admin-token",
+            common::TOKEN,
+        ],
+    );
+    let mut c = common::client(&server).await;
+    let big = json!({"type": "order", "saga_id": "big-1", "payload": {"blob": "x".repeat(10_000)}});
+    assert_eq!(post(&mut c, "/api/v1/sagas", big).await.status, 201);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        let page = dead_letters(&mut c).await;
+        if let Some(item) = page["items"].as_array().and_then(|i| i.first()).cloned() {
+            break item;
+        }
+        assert!(Instant::now() < deadline, "no dead letter listed: {page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(first["saga_id"], "big-1");
+    assert_eq!(first["command"]["step"], "reserve_inventory");
+    assert!(
+        first["reason"].as_str().unwrap().contains("size"),
+        "{first}"
+    );
+    assert_eq!(first["replayed_at_offset"], Value::Null);
+
+    let offset = first["offset"].as_u64().unwrap();
+    let replay = common::admin(
+        &mut c,
+        hyper::Method::POST,
+        &format!("/internal/v1/outbox/dead-letters/{offset}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(replay.status, 202, "{}", replay.text());
+    let missing = common::admin(
+        &mut c,
+        hyper::Method::POST,
+        "/internal/v1/outbox/dead-letters/1/replay",
+        None,
+    )
+    .await;
+    common::expect_error(&missing, 404, "not_found");
+    // Still too large: the replay is dead-lettered again, and the first is marked.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = dead_letters(&mut c).await;
+        let items = page["items"].as_array().unwrap();
+        if items.len() == 2 && items[0]["replayed_at_offset"].is_u64() {
+            assert_eq!(
+                items[1]["command"]["event_id"],
+                first["command"]["event_id"]
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replay was not dead-lettered again: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use crate::definition::Registry;
 use crate::error::{EngineError, Result};
 use crate::indexing::{decode_at, predecessors, read_saga_record};
-use crate::record::{peek, Action, Entry, Kind, Link, Shape};
+use crate::record::{peek, Action, Entry, Kind, Link, Record, Shape};
 
 /// One issued command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,9 @@ pub struct Command {
     pub trace_id: String,
     /// The log offset of the `command_issued` record.
     pub offset: u64,
+    /// Where the command is in the feed: `offset`, or for a dead letter published
+    /// again, the offset of the `dead_letter_replayed` entry.
+    pub feed_offset: u64,
     /// When the command was issued (unix ms).
     pub at_ms: u64,
 }
@@ -128,16 +131,21 @@ impl Origin {
     }
 }
 
-/// The commands among `records` (consecutive log records, in log order).
+/// The commands among `records` (consecutive log records, in log order): each
+/// `command_issued` record, and the command a `dead_letter_replayed` entry names.
 pub(crate) fn render(
     log: &Log,
     registry: &parking_lot::RwLock<Registry>,
     records: &[LogRecord],
 ) -> Result<Vec<Command>> {
-    let mut commands = Vec::new();
-    // First offset of each saga record seen, to resolve `Follows` links in the batch.
+    let mut feed = Feed {
+        log,
+        registry,
+        origins: HashMap::new(),
+        commands: Vec::new(),
+    };
+    // First offset of the previous saga record, to resolve `Follows` links in the batch.
     let mut previous: Option<(u64, u64)> = None;
-    let mut origins: HashMap<u64, Origin> = HashMap::new();
     for record in records {
         let corrupt = |source| EngineError::Corrupt {
             offset: record.offset,
@@ -145,6 +153,11 @@ pub(crate) fn render(
         };
         let Some(peeked) = peek(&record.payload).map_err(corrupt)? else {
             previous = None;
+            if let Entry::DeadLetterReplayed { command_offset, .. } = decode_at(record)? {
+                let (link, saga) = read_saga_record(log, command_offset)?;
+                let first = predecessors(log, command_offset, link)?.1;
+                feed.push(record.offset, command_offset, first, saga)?;
+            }
             continue;
         };
         let link = peeked.link;
@@ -164,10 +177,27 @@ pub(crate) fn render(
                 record.offset
             )));
         };
+        feed.push(record.offset, record.offset, first, saga)?;
+    }
+    Ok(feed.commands)
+}
+
+/// Commands being rendered, with the origins of the sagas seen so far.
+struct Feed<'a> {
+    log: &'a Log,
+    registry: &'a parking_lot::RwLock<Registry>,
+    origins: HashMap<u64, Origin>,
+    commands: Vec<Command>,
+}
+
+impl Feed<'_> {
+    /// Takes in the saga record `saga` at `offset` (whose saga starts at `first`),
+    /// found at `feed_offset` in the feed: a start is remembered, a command rendered.
+    fn push(&mut self, feed_offset: u64, offset: u64, first: u64, saga: Record) -> Result<()> {
         let (step, action, attempt) = match Origin::of(saga.kind) {
             Ok(origin) => {
-                origins.insert(first, origin);
-                continue;
+                self.origins.insert(first, origin);
+                return Ok(());
             }
             Err(Kind::CommandIssued {
                 step,
@@ -175,17 +205,18 @@ pub(crate) fn render(
                 attempt,
                 ..
             }) => (step, action, attempt),
-            Err(_) => continue,
+            Err(_) => return Ok(()),
         };
-        let origin = match origins.get(&first) {
+        let origin = match self.origins.get(&first) {
             Some(origin) => origin.clone(),
             None => {
-                let origin = origin_at(log, first)?;
-                origins.insert(first, origin.clone());
+                let origin = origin_at(self.log, first)?;
+                self.origins.insert(first, origin.clone());
                 origin
             }
         };
-        let definition = registry
+        let definition = self
+            .registry
             .read()
             .get(&origin.saga_type, origin.definition_version)
             .cloned()
@@ -197,14 +228,13 @@ pub(crate) fn render(
             })?;
         let step_def = definition.steps.get(usize::from(step)).ok_or_else(|| {
             EngineError::Inconsistent(format!(
-                "command at offset {} names step {step} of {} version {}, which has {}",
-                record.offset,
+                "command at offset {offset} names step {step} of {} version {}, which has {}",
                 origin.saga_type,
                 origin.definition_version,
                 definition.steps.len()
             ))
         })?;
-        commands.push(Command {
+        self.commands.push(Command {
             event_id: format!("{}/{}", saga.saga_id, saga.seq),
             saga_id: saga.saga_id,
             saga_type: origin.saga_type,
@@ -214,11 +244,12 @@ pub(crate) fn render(
             attempt,
             payload: origin.payload.to_string(),
             trace_id: origin.trace_id,
-            offset: record.offset,
+            offset,
+            feed_offset,
             at_ms: saga.at_ms,
         });
+        Ok(())
     }
-    Ok(commands)
 }
 
 fn origin_at(log: &Log, first: u64) -> Result<Origin> {

@@ -34,6 +34,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::bloom::FinishedIds;
 use crate::command::Command;
+use crate::dead_letters::DeadLetter;
 use crate::decider::{decide_and_apply, Input, Rejection, Reply};
 use crate::definition::{Definition, Registered, Registry};
 use crate::error::{EngineError, Result};
@@ -704,6 +705,35 @@ impl Engine {
             saga_id: saga_id.to_string(),
             command_offset,
             reason,
+        };
+        self.inner
+            .log
+            .append(entry.encode())
+            .await
+            .map_err(EngineError::Unavailable)
+    }
+
+    /// Dead letters after the entry offset `after`, oldest first (as far as indexed).
+    pub fn dead_letters(&self, after: Option<u64>, limit: usize) -> Result<Vec<DeadLetter>> {
+        let inner = &self.inner;
+        crate::dead_letters::list(
+            &inner.log,
+            &inner.index,
+            &inner.keys,
+            &inner.registry,
+            after,
+            limit,
+        )
+    }
+
+    /// Puts the dead-lettered command at `dead_letter_offset` back into the command
+    /// feed (the relay publishes it again); returns the replay entry's offset.
+    pub async fn replay_dead_letter(&self, dead_letter_offset: u64) -> Result<u64> {
+        let (_, command_offset, _) =
+            crate::dead_letters::read(&self.inner.log, dead_letter_offset)?;
+        let entry = Entry::DeadLetterReplayed {
+            dead_letter_offset,
+            command_offset,
         };
         self.inner
             .log

@@ -28,6 +28,8 @@ pub enum EngineError {
     Rejected(#[from] Rejection),
     #[error("saga {saga_id} does not exist")]
     SagaNotFound { saga_id: String },
+    #[error("no dead letter at log offset {offset}")]
+    NoDeadLetter { offset: u64 },
     #[error("no definition named {name:?} is registered")]
     UnknownDefinition { name: String },
     #[error(transparent)]
@@ -73,9 +75,9 @@ impl EngineError {
                 ErrorClass::NotFound
             }
             EngineError::Rejected(_) => ErrorClass::Conflict,
-            EngineError::SagaNotFound { .. } | EngineError::UnknownDefinition { .. } => {
-                ErrorClass::NotFound
-            }
+            EngineError::SagaNotFound { .. }
+            | EngineError::UnknownDefinition { .. }
+            | EngineError::NoDeadLetter { .. } => ErrorClass::NotFound,
             EngineError::Definition(RegistryError::Invalid(_))
             | EngineError::InvalidRequest { .. } => ErrorClass::BadRequest,
             EngineError::Definition(RegistryError::VersionConflict { .. })

@@ -6,6 +6,7 @@
 //! | --- | --- | --- |
 //! | `saga` | saga id | [`SagaMeta`]: first and last record offsets, status, `updated_at` |
 //! | `finished` | status, newest `updated_at` (u64 BE), first offset of the batch, part | a [`Bucket`] of (`updated_at`, saga id) |
+//! | `dead_letters` | offset of a `dead_lettered` entry (u64 BE) | empty, or the offset of its latest replay |
 //!
 //! A saga's history is read backwards from its last record through each record's
 //! [`Link`], so no per-record index is written. Sagas that finish in one indexer batch
@@ -27,6 +28,8 @@ use crate::record::{peek, Entry, Link, Record, Status};
 pub struct Keys {
     pub saga: Keyspace,
     pub finished: Keyspace,
+    /// Dead-letter entry offset → empty, or the offset of its latest replay.
+    pub dead_letters: Keyspace,
 }
 
 impl Default for Keys {
@@ -34,6 +37,7 @@ impl Default for Keys {
         Keys {
             saga: Keyspace::new("saga"),
             finished: Keyspace::new("finished"),
+            dead_letters: Keyspace::new("dead_letters"),
         }
     }
 }
@@ -270,7 +274,7 @@ impl<'a> Indexer<'a> {
         })?;
         let Some(p) = peeked else {
             self.previous = None;
-            return Ok(());
+            return self.add_other(record, batch);
         };
         let first = match (p.link, &self.previous) {
             (Link::Start, _) => record.offset,
@@ -303,6 +307,27 @@ impl<'a> Indexer<'a> {
                 *prev_first = first;
             }
             None => self.previous = Some((record.offset, p.saga_id.to_string(), first)),
+        }
+        Ok(())
+    }
+}
+
+impl Indexer<'_> {
+    /// The entries that are not saga records: dead letters are listed by offset, and
+    /// a replay marks its dead letter with the replay's offset.
+    fn add_other(&mut self, record: &LogRecord, batch: &mut IndexBatch) -> Result<()> {
+        match decode_at(record)? {
+            Entry::DeadLettered { .. } => {
+                batch.put(&self.keys.dead_letters, &record.offset.to_be_bytes(), &[]);
+            }
+            Entry::DeadLetterReplayed {
+                dead_letter_offset, ..
+            } => batch.put(
+                &self.keys.dead_letters,
+                &dead_letter_offset.to_be_bytes(),
+                &record.offset.to_be_bytes(),
+            ),
+            Entry::Saga { .. } | Entry::DefinitionRegistered { .. } => {}
         }
         Ok(())
     }

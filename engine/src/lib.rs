@@ -14,6 +14,7 @@
 
 mod bloom;
 pub mod command;
+pub mod dead_letters;
 pub mod decider;
 pub mod definition;
 mod engine;
@@ -29,6 +30,7 @@ pub mod view;
 pub mod wire;
 
 pub use command::{Command, StoredJson};
+pub use dead_letters::DeadLetter;
 pub use decider::{decide, Input, Outcome, Rejection, Reply};
 pub use definition::{Definition, Registry, StepDefinition};
 pub use engine::{

@@ -255,6 +255,12 @@ pub enum Entry {
         command_offset: u64,
         reason: String,
     },
+    /// An operator asked to publish a dead-lettered command again: the command feed
+    /// (outbox, relay) carries the command at `command_offset` once more here.
+    DeadLetterReplayed {
+        dead_letter_offset: u64,
+        command_offset: u64,
+    },
 }
 
 /// [`Entry::Saga`] borrowed, for encoding without a copy of the record: it encodes to
@@ -448,6 +454,10 @@ mod tests {
                 saga_id: "s-1".into(),
                 command_offset: 9,
                 reason: "broker refused".into(),
+            },
+            Entry::DeadLetterReplayed {
+                dead_letter_offset: 12,
+                command_offset: 9,
             },
         ]
     }

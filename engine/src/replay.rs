@@ -222,7 +222,7 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
             restored.registry.register(definition)?;
             return Ok(());
         }
-        Entry::DeadLettered { .. } => return Ok(()),
+        Entry::DeadLettered { .. } | Entry::DeadLetterReplayed { .. } => return Ok(()),
     };
     let Restored {
         registry,

@@ -64,6 +64,9 @@ fn kinds_in(engine: &Engine) -> BTreeSet<&'static str> {
             Entry::DeadLettered { .. } => {
                 kinds.insert("dead_lettered");
             }
+            Entry::DeadLetterReplayed { .. } => {
+                kinds.insert("dead_letter_replayed");
+            }
         }
     }
     kinds

@@ -948,3 +948,59 @@ async fn commands_render_from_any_starting_offset_with_the_saga_payload_and_stab
     let ids: BTreeSet<_> = all.iter().map(|c| c.event_id.clone()).collect();
     assert_eq!(ids.len(), all.len(), "event ids are unique: {ids:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_listed_and_a_replay_puts_its_command_back_in_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = open(dir.path(), &clock);
+    start(&engine, "d-1").await;
+    let head = engine.log().next_offset();
+    let command = engine
+        .commands(&engine.log().read_batch(0, 100, 1 << 20).unwrap())
+        .unwrap()
+        .remove(0);
+    let dead = engine
+        .dead_letter("d-1", command.offset, "too large".into())
+        .await
+        .unwrap();
+    assert_eq!(dead, head);
+    engine.wait_indexed().await.unwrap();
+    let listed = engine.dead_letters(None, 10).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].offset,
+            listed[0].command_offset,
+            listed[0].reason.as_str()
+        ),
+        (dead, command.offset, "too large")
+    );
+    assert_eq!(listed[0].command.as_ref(), Some(&command));
+    assert_eq!(listed[0].replayed_at, None);
+    assert!(engine.dead_letters(Some(dead), 10).unwrap().is_empty());
+
+    let replay = engine.replay_dead_letter(dead).await.unwrap();
+    let fed = engine
+        .commands(&engine.log().read_batch(replay, 1, 0).unwrap())
+        .unwrap();
+    assert_eq!(fed.len(), 1, "the replay carries the command again");
+    assert_eq!(
+        (fed[0].offset, fed[0].feed_offset),
+        (command.offset, replay)
+    );
+    assert_eq!(
+        fed[0].event_id, command.event_id,
+        "with its event id, for deduplication"
+    );
+    engine.wait_indexed().await.unwrap();
+    assert_eq!(
+        engine.dead_letters(None, 10).unwrap()[0].replayed_at,
+        Some(replay)
+    );
+    let not_one = engine.replay_dead_letter(command.offset).await.unwrap_err();
+    assert!(
+        matches!(not_one, EngineError::NoDeadLetter { .. }),
+        "{not_one}"
+    );
+}

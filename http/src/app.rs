@@ -161,6 +161,20 @@ impl App {
                 let view = engine.retry(saga_id(&param)?).await?;
                 Ok(respond(StatusCode::ACCEPTED, json::saga(&view)))
             }
+            Route::DeadLetters => self.dead_letters(&query),
+            Route::ReplayDeadLetter => {
+                let offset: u64 = param.parse().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_request",
+                        format!("offset: {param:?} is not a log offset"),
+                    )
+                })?;
+                let replay = engine.replay_dead_letter(offset).await?;
+                Ok(respond(
+                    StatusCode::ACCEPTED,
+                    json!({"dead_letter_offset": offset, "replay_offset": replay}),
+                ))
+            }
             Route::Snapshot => {
                 let info = engine.snapshot().await?;
                 Ok(respond(
@@ -345,6 +359,42 @@ impl App {
             next_cursor: page.next_cursor.as_deref(),
         };
         Ok(respond(StatusCode::OK, page_body))
+    }
+
+    fn dead_letters(&self, query: &str) -> Result<Response<Body>, ApiError> {
+        let (mut after, mut limit) = (None, DEFAULT_LIMIT);
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "after" => {
+                    after = Some(value.parse::<u64>().map_err(|_| {
+                        ApiError::bad_request(
+                            "invalid_request",
+                            format!("after: {value:?} is not a log offset"),
+                        )
+                    })?)
+                }
+                "limit" => limit = parse_limit(&value)?,
+                other => {
+                    return Err(ApiError::bad_request(
+                        "invalid_request",
+                        format!("unknown query parameter {other:?}; known: after, limit"),
+                    ))
+                }
+            }
+        }
+        let letters = self.timed("dead_letters", || self.engine.dead_letters(after, limit))?;
+        let next_after = letters.last().map(|d| d.offset).or(after);
+        let items: Vec<Value> = letters
+            .iter()
+            .map(|d| {
+                json!({"offset": d.offset, "saga_id": d.saga_id, "command_offset": d.command_offset,
+                       "reason": d.reason, "replayed_at_offset": d.replayed_at, "command": d.command})
+            })
+            .collect();
+        Ok(respond(
+            StatusCode::OK,
+            json!({"items": items, "next_after": next_after}),
+        ))
     }
 
     async fn put_definition(&self, name: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {

@@ -186,7 +186,7 @@ impl Publisher {
                             window.push_front(slot);
                         }
                         Settled::Done => {
-                            position = window.front().map_or_else(|| tail.position(), |next| next.command.offset);
+                            position = window.front().map_or_else(|| tail.position(), |next| next.command.feed_offset);
                         }
                     }
                 }
@@ -200,10 +200,10 @@ impl Publisher {
                     let commands = self.engine.commands(&batch)?;
                     let mut commands = commands.into_iter().peekable();
                     while let Some(command) = commands.next() {
-                        let end = commands.peek().map_or(read_to, |next| next.offset);
+                        let end = commands.peek().map_or(read_to, |next| next.feed_offset);
                         match window.back_mut() {
-                            Some(last) => last.end = command.offset,
-                            None => position = command.offset,
+                            Some(last) => last.end = command.feed_offset,
+                            None => position = command.feed_offset,
                         }
                         let delivery = self.send(&command);
                         window.push_back(InFlight { command, end, attempt: 1, delivery });

@@ -1,0 +1,78 @@
+//! Dead letters: commands the relay could not publish (SPEC §4, §5). Each is an entry in
+//! the log; the indexer lists them by offset in the `dead_letters` keyspace, and a
+//! replay is another entry, which puts the command back into the command feed.
+
+use sagalog_storage::{IndexStore, Log, LogRecord};
+
+use crate::command::{render, Command};
+use crate::definition::Registry;
+use crate::error::{EngineError, Result};
+use crate::indexing::{decode_at, Keys};
+use crate::record::Entry;
+
+/// A dead-lettered command.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The offset of the `dead_lettered` entry.
+    pub offset: u64,
+    pub saga_id: String,
+    pub command_offset: u64,
+    pub reason: String,
+    /// The offset of its latest replay, if it was replayed.
+    pub replayed_at: Option<u64>,
+    /// The command as participants see it.
+    pub command: Option<Command>,
+}
+
+/// Dead letters after `after` (all when `None`), oldest first, at most `limit`.
+pub(crate) fn list(
+    log: &Log,
+    index: &IndexStore,
+    keys: &Keys,
+    registry: &parking_lot::RwLock<Registry>,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<DeadLetter>> {
+    let from = after.map_or(0, |a| a.saturating_add(1)).to_be_bytes();
+    let mut out = Vec::new();
+    for entry in index
+        .range(&keys.dead_letters, from.as_slice()..)
+        .take(limit)
+    {
+        let (key, value) = entry?;
+        let offset = u64::from_be_bytes(key.as_slice().try_into().map_err(|_| {
+            EngineError::Inconsistent("a dead-letter index key is not an offset".into())
+        })?);
+        let replayed_at = <[u8; 8]>::try_from(value.as_slice())
+            .ok()
+            .map(u64::from_be_bytes);
+        let (saga_id, command_offset, reason) = read(log, offset)?;
+        let command = render(log, registry, &log.read_batch(command_offset, 1, 0)?)?.pop();
+        out.push(DeadLetter {
+            offset,
+            saga_id,
+            command_offset,
+            reason,
+            replayed_at,
+            command,
+        });
+    }
+    Ok(out)
+}
+
+/// The dead letter at `offset`: saga id, command offset, reason.
+pub(crate) fn read(log: &Log, offset: u64) -> Result<(String, u64, String)> {
+    let not_one = || EngineError::NoDeadLetter { offset };
+    if offset < log.start_offset() || offset >= log.next_offset() {
+        return Err(not_one());
+    }
+    let payload = log.read(offset)?;
+    match decode_at(&LogRecord { offset, payload })? {
+        Entry::DeadLettered {
+            saga_id,
+            command_offset,
+            reason,
+        } => Ok((saga_id, command_offset, reason)),
+        _ => Err(not_one()),
+    }
+}
