@@ -14,6 +14,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use sagalog_benches::process::Tansu;
 use serde_json::{json, Value};
 
+/// One broker test at a time: each runs its own tansu and sagalog, and several at once
+/// on a small machine starve each other past the tests' time bounds.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn consumer(tansu: &Tansu, topic: &str) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", tansu.brokers())
@@ -41,6 +45,7 @@ async fn next_command(consumer: &StreamConsumer) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_reach_their_step_topics_and_the_outbox_metrics_count_them() {
+    let _serial = SERIAL.lock().await;
     let tansu = Tansu::start();
     let root = tempfile::tempdir().unwrap();
     let server = serve(&data_dir(&root), &["--kafka-brokers", &tansu.brokers()]);
@@ -119,6 +124,7 @@ async fn commands_in_log(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sigkill_mid_stream_the_restarted_relay_fills_the_gap() {
+    let _serial = SERIAL.lock().await;
     let tansu = Tansu::start();
     let root = tempfile::tempdir().unwrap();
     let brokers = tansu.brokers();
@@ -191,6 +197,7 @@ async fn dead_letters(c: &mut sagalog_http::client::Client) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_is_listed_and_can_be_replayed_over_the_api() {
+    let _serial = SERIAL.lock().await;
     let tansu = Tansu::start();
     let root = tempfile::tempdir().unwrap();
     let brokers = tansu.brokers();
