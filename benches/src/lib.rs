@@ -31,3 +31,13 @@ pub fn engine_in_tempdir() -> (tokio::runtime::Runtime, tempfile::TempDir, Engin
     };
     (runtime, dir, config)
 }
+
+/// The `p` quantile (0 to 1, nearest rank) of latencies in µs sorted ascending, in ms;
+/// 0 when there are none.
+pub fn quantile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted_us.len() as f64 * p).ceil() as usize).clamp(1, sorted_us.len());
+    f64::from(sorted_us[rank - 1]) / 1000.0
+}

@@ -377,13 +377,7 @@ fn reply_to(command: &OutboxCommand, shared: &Shared) -> (String, String) {
 
 fn summary(tally: &Tally, elapsed: Duration, latencies_us: &mut [u32]) -> String {
     latencies_us.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((latencies_us.len() as f64 * p).ceil() as usize).clamp(1, latencies_us.len()) - 1;
-        f64::from(latencies_us[i]) / 1000.0
-    };
+    let pct = |p: f64| sagalog_benches::quantile_ms(latencies_us, p);
     let secs = elapsed.as_secs_f64();
     let requests = tally.requests.load(Ordering::Relaxed);
     format!(
@@ -397,7 +391,7 @@ fn summary(tally: &Tally, elapsed: Duration, latencies_us: &mut [u32]) -> String
         tally.errors.load(Ordering::Relaxed),
         pct(0.50),
         pct(0.99),
-        latencies_us.last().map_or(0.0, |&m| f64::from(m) / 1000.0),
+        pct(1.0),
         latencies_us.len(),
     )
 }

@@ -128,17 +128,14 @@ async fn run(args: &Args, tansu: &Tansu) -> Result<(), String> {
     relay.stop().await.map_err(|e| e.to_string())?;
     let mut samples = std::mem::take(&mut *latencies.0.lock());
     samples.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len().max(1)) - 1;
-        samples.get(i).map_or(0.0, |&us| f64::from(us) / 1000.0)
-    };
+    let pct = |p: f64| sagalog_benches::quantile_ms(&samples, p);
     println!(
         "latency at {} commands/s for {} s: issue → ack p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} commands)",
         args.rate,
         args.seconds,
         pct(0.5),
         pct(0.99),
-        samples.last().map_or(0.0, |&us| f64::from(us) / 1000.0),
+        pct(1.0),
         samples.len()
     );
     Ok(())
