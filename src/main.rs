@@ -78,6 +78,7 @@ fn run(serve: Serve) -> Result<(), String> {
     let metrics = Metrics::new();
     let mut config = EngineConfig {
         snapshot_every_records: serve.snapshot_every_records,
+        max_active_sagas: serve.max_active_sagas,
         observer: Some(metrics.clone()),
         ..EngineConfig::default()
     };

@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// Most client connections open at once [default: 1024]
     #[arg(long, env = "SAGALOG_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Most sagas active at once; a start beyond it gets 503 [default: 10000000]
+    #[arg(long, env = "SAGALOG_MAX_ACTIVE_SAGAS")]
+    pub max_active_sagas: Option<usize>,
     /// When the log fsyncs: always, never, or interval_ms=N [default: always]
     #[arg(long, env = "SAGALOG_FSYNC")]
     pub fsync: Option<String>,
@@ -86,6 +89,7 @@ pub struct Serve {
     pub log_format: LogFormat,
     pub max_body_bytes: usize,
     pub max_connections: usize,
+    pub max_active_sagas: usize,
     pub fsync: sagalog_storage::FsyncPolicy,
     pub snapshot_every_records: u64,
 }
@@ -148,6 +152,10 @@ impl ServeArgs {
                 .unwrap_or(LogFormat::Human),
             max_body_bytes,
             max_connections,
+            max_active_sagas: self
+                .max_active_sagas
+                .or(file.max_active_sagas)
+                .unwrap_or(10_000_000),
             fsync,
             snapshot_every_records: self
                 .snapshot_every_records

@@ -169,6 +169,34 @@ async fn bad_input_gets_its_status_code_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_past_the_active_saga_limit_is_503_and_reads_go_on() {
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &["--max-active-sagas", "1"]);
+    let mut c = common::client(&server).await;
+    let first = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "order", "saga_id": "one"}),
+    )
+    .await;
+    assert_eq!(first.status, 201);
+    let second = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "order", "saga_id": "two"}),
+    )
+    .await;
+    let message = expect_error(&second, 503, "unavailable");
+    assert!(message.contains("limit"), "{message}");
+    expect_error(
+        &get(&mut c, "/api/v1/sagas/two").await,
+        404,
+        "saga_not_found",
+    );
+    assert_eq!(get(&mut c, "/api/v1/sagas/one").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_have_every_spec_name_and_pass_promtool() {
     let root = tempfile::tempdir().unwrap();
     let server = serve(&data_dir(&root), &["--demo"]);
