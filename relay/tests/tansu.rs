@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,43 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Quiet;
 impl RelayObserver for Quiet {}
+
+/// What the relay and the reply consumer reported.
+#[derive(Default)]
+struct Counts {
+    failed: AtomicU64,
+    dead_lettered: AtomicU64,
+    invalid: AtomicU64,
+    recorded: AtomicU64,
+}
+
+impl Counts {
+    fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+impl RelayObserver for Counts {
+    fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl sagalog_relay::ReplyObserver for Counts {
+    fn reply(&self, _step: &str, status: &str) {
+        if status != "rejected" {
+            self.recorded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn invalid(&self) {
+        self.invalid.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 const TOPICS: [&str; 3] = [
     "inventory.commands",
@@ -227,18 +265,6 @@ async fn every_command_of_ten_thousand_sagas_arrives_once_in_order_per_saga() {
     relay.stop().await.unwrap();
 }
 
-#[derive(Default)]
-struct Counting {
-    failed: std::sync::atomic::AtomicU64,
-}
-
-impl RelayObserver for Counting {
-    fn failed(&self) {
-        self.failed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_down_for_30_s_delays_commands_but_loses_none() {
     let _serial = SERIAL.lock().await;
@@ -246,7 +272,7 @@ async fn a_broker_down_for_30_s_delays_commands_but_loses_none() {
     let port = tansu.port;
     let dir = tempfile::tempdir().unwrap();
     let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
-    let observer = Arc::new(Counting::default());
+    let observer = Arc::new(Counts::default());
     let relay = Relay::start(engine.clone(), config(&tansu), observer.clone())
         .await
         .unwrap();
@@ -263,7 +289,7 @@ async fn a_broker_down_for_30_s_delays_commands_but_loses_none() {
         relay.position() < head,
         "nothing can be published while the broker is down"
     );
-    assert!(observer.failed.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(Counts::get(&observer.failed) > 0);
 
     // It comes back empty on the same port: the relay creates the topic again and
     // delivers every command it held back.
@@ -296,25 +322,13 @@ async fn a_broker_down_for_30_s_delays_commands_but_loses_none() {
     relay.stop().await.unwrap();
 }
 
-#[derive(Default)]
-struct DeadLetters {
-    count: std::sync::atomic::AtomicU64,
-}
-
-impl RelayObserver for DeadLetters {
-    fn dead_lettered(&self) {
-        self.count
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_the_broker_refuses_is_dead_lettered_and_the_stream_goes_on() {
     let _serial = SERIAL.lock().await;
     let tansu = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
-    let observer = Arc::new(DeadLetters::default());
+    let observer = Arc::new(Counts::default());
     let config = RelayConfig {
         max_message_bytes: 4096,
         retry_backoff: Duration::from_millis(20),
@@ -343,7 +357,7 @@ async fn a_command_the_broker_refuses_is_dead_lettered_and_the_stream_goes_on() 
         BTreeSet::from(["fine-1", "fine-2"]),
         "the stream goes on past the poison record"
     );
-    assert_eq!(observer.count.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(Counts::get(&observer.dead_lettered), 1);
     let head = engine.log().next_offset();
     let deadline = Instant::now() + Duration::from_secs(30);
     while relay.position() < head {
@@ -375,26 +389,6 @@ async fn a_command_the_broker_refuses_is_dead_lettered_and_the_stream_goes_on() 
     );
 }
 
-#[derive(Default)]
-struct ReplyCounts {
-    invalid: std::sync::atomic::AtomicU64,
-    recorded: std::sync::atomic::AtomicU64,
-}
-
-impl sagalog_relay::ReplyObserver for ReplyCounts {
-    fn reply(&self, _step: &str, status: &str) {
-        if status != "rejected" {
-            self.recorded
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    fn invalid(&self) {
-        self.invalid
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_on_kafka_drive_a_saga_to_completion_and_malformed_ones_are_skipped() {
     let _serial = SERIAL.lock().await;
@@ -406,7 +400,7 @@ async fn replies_on_kafka_drive_a_saga_to_completion_and_malformed_ones_are_skip
     let relay = Relay::start(engine.clone(), relay_config.clone(), Arc::new(Quiet))
         .await
         .unwrap();
-    let counts = Arc::new(ReplyCounts::default());
+    let counts = Arc::new(Counts::default());
     let replies =
         sagalog_relay::ReplyConsumer::start(engine.clone(), &relay_config, counts.clone()).unwrap();
     start_sagas(&engine, std::iter::once("r-1".to_string())).await;
@@ -446,8 +440,8 @@ async fn replies_on_kafka_drive_a_saga_to_completion_and_malformed_ones_are_skip
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let invalid = counts.invalid.load(std::sync::atomic::Ordering::Relaxed);
-    let recorded = counts.recorded.load(std::sync::atomic::Ordering::Relaxed);
+    let invalid = Counts::get(&counts.invalid);
+    let recorded = Counts::get(&counts.recorded);
     assert_eq!(
         (invalid, recorded),
         (2, 3),
