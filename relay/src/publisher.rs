@@ -38,6 +38,8 @@ const READ_RECORDS: usize = 1024;
 const READ_BYTES: usize = 8 << 20;
 /// Longest a stop waits for the deliveries in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a check that a topic exists may take while a command waits on it.
+const RECREATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the copy of a dead letter to the dead-letter topic may take.
 const DEAD_LETTER_COPY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -59,13 +61,11 @@ pub trait RelayObserver: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
     Delivered,
-    /// The broker cannot be reached or is busy: retry without bound.
+    /// The broker cannot be reached, is busy, or lacks the topic: retry without bound
+    /// (making sure the topic exists first).
     Unreachable(String),
     /// The broker (or librdkafka's own checks) refuses this record.
     Refused(String),
-    /// The topic does not exist (a broker that lost it, or one created by hand):
-    /// created again when the relay creates topics, then retried like `Unreachable`.
-    MissingTopic(String),
     /// The producer cannot go on (e.g. the broker forgot its idempotence state): a new
     /// one is made and everything in flight is sent again.
     Fatal(String),
@@ -109,7 +109,12 @@ impl Relay {
         observer: Arc<dyn RelayObserver>,
     ) -> Result<Relay> {
         if config.create_topics {
-            topics::ensure(&config, &topics::needed(&engine, &config)).await?;
+            topics::ensure(
+                &config,
+                &topics::needed(&engine, &config),
+                topics::CREATE_TIMEOUT,
+            )
+            .await?;
         }
         let producer = producer(&config)?;
         let start = position::load(engine.index())?.max(engine.log().start_offset());
@@ -266,16 +271,19 @@ impl Publisher {
                 self.observer.retried();
                 return Ok(Settled::Restarted(slot));
             }
-            Outcome::MissingTopic(reason) => {
+            Outcome::Unreachable(reason) => {
+                // A broker that came back without its topics may answer only with
+                // timeouts (its clients' metadata still names the old partitions): make
+                // sure the topic exists before trying again.
                 if self.config.create_topics {
                     let topic = std::collections::BTreeSet::from([slot.command.topic.clone()]);
-                    if let Err(e) = topics::ensure(&self.config, &topic).await {
-                        tracing::error!(topic = %slot.command.topic, error = %e, "a missing topic cannot be created");
+                    if let Err(e) = topics::ensure(&self.config, &topic, RECREATE_TIMEOUT).await {
+                        tracing::warn!(topic = %slot.command.topic, error = %e, "making sure the topic exists failed");
                     }
                 }
                 reason
             }
-            Outcome::Refused(reason) | Outcome::Unreachable(reason) => reason,
+            Outcome::Refused(reason) => reason,
         };
         self.observer.failed();
         let backoff = self
@@ -422,20 +430,10 @@ fn classify(e: &KafkaError) -> Outcome {
                 | RDKafkaErrorCode::BadMessage
         )
     );
-    let missing = matches!(
-        e.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::UnknownTopicOrPartition
-                | RDKafkaErrorCode::UnknownTopic
-                | RDKafkaErrorCode::UnknownPartition
-        )
-    );
     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
         Outcome::Fatal(e.to_string())
     } else if refused {
         Outcome::Refused(e.to_string())
-    } else if missing {
-        Outcome::MissingTopic(e.to_string())
     } else {
         Outcome::Unreachable(e.to_string())
     }

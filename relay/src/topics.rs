@@ -13,8 +13,8 @@ use sagalog_engine::Engine;
 
 use crate::{RelayConfig, RelayError, Result};
 
-/// Longest the broker may take to answer a topic creation.
-const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the broker may take to answer a topic creation at start.
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every step topic of every registered definition, the reply topic and the
 /// dead-letter topic.
@@ -29,8 +29,13 @@ pub fn needed(engine: &Engine, config: &RelayConfig) -> BTreeSet<String> {
     topics
 }
 
-/// Creates the topics of `names` that are missing.
-pub async fn ensure(config: &RelayConfig, names: &BTreeSet<String>) -> Result<()> {
+/// Creates the topics of `names` that are missing, waiting at most `timeout` for the
+/// broker.
+pub async fn ensure(
+    config: &RelayConfig,
+    names: &BTreeSet<String>,
+    timeout: Duration,
+) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .create()?;
@@ -45,8 +50,8 @@ pub async fn ensure(config: &RelayConfig, names: &BTreeSet<String>) -> Result<()
         })
         .collect();
     let options = AdminOptions::new()
-        .request_timeout(Some(CREATE_TIMEOUT))
-        .operation_timeout(Some(CREATE_TIMEOUT));
+        .request_timeout(Some(timeout))
+        .operation_timeout(Some(timeout));
     for result in admin.create_topics(&topics, &options).await? {
         match result {
             Ok(topic) => tracing::info!(topic, "topic created"),

@@ -268,6 +268,10 @@ async fn every_command_of_ten_thousand_sagas_arrives_once_in_order_per_saga() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_down_for_30_s_delays_commands_but_loses_none() {
     let _serial = SERIAL.lock().await;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter("sagalog_relay=debug")
+        .try_init();
     let tansu = Tansu::start();
     let port = tansu.port;
     let dir = tempfile::tempdir().unwrap();

@@ -83,7 +83,8 @@ async fn run(args: &Args, tansu: &Tansu) -> Result<(), String> {
     let latencies = Arc::new(Latencies::default());
     // Topics first, so that the timing is publishing alone.
     let config = RelayConfig::new(tansu.brokers());
-    sagalog_relay::topics::ensure(&config, &sagalog_relay::topics::needed(&engine, &config))
+    let topics = sagalog_relay::topics::needed(&engine, &config);
+    sagalog_relay::topics::ensure(&config, &topics, sagalog_relay::topics::CREATE_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
     let config = RelayConfig {
