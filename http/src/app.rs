@@ -163,12 +163,7 @@ impl App {
             }
             Route::DeadLetters => self.dead_letters(&query),
             Route::ReplayDeadLetter => {
-                let offset: u64 = param.parse().map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_request",
-                        format!("offset: {param:?} is not a log offset"),
-                    )
-                })?;
+                let offset = parse_u64("offset", &param)?;
                 let replay = engine.replay_dead_letter(offset).await?;
                 Ok(respond(
                     StatusCode::ACCEPTED,
@@ -365,14 +360,7 @@ impl App {
         let (mut after, mut limit) = (None, DEFAULT_LIMIT);
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match key.as_ref() {
-                "after" => {
-                    after = Some(value.parse::<u64>().map_err(|_| {
-                        ApiError::bad_request(
-                            "invalid_request",
-                            format!("after: {value:?} is not a log offset"),
-                        )
-                    })?)
-                }
+                "after" => after = Some(parse_u64("after", &value)?),
                 "limit" => limit = parse_limit(&value)?,
                 other => {
                     return Err(ApiError::bad_request(
@@ -447,6 +435,16 @@ impl App {
 
 fn definition_json(definition: &Arc<Definition>) -> Value {
     serde_json::from_str(&definition.to_json()).expect("a definition serializes to JSON")
+}
+
+/// A non-negative integer (an offset, a wait), named `field` in the error.
+pub fn parse_u64(field: &str, value: &str) -> Result<u64, ApiError> {
+    value.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("{field}: {value:?} is not a non-negative integer"),
+        )
+    })
 }
 
 /// `limit`: 1 to [`MAX_LIMIT`].

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use sagalog_engine::Engine;
 
-use crate::app::{parse_limit, DEFAULT_LIMIT};
+use crate::app::{parse_limit, parse_u64, DEFAULT_LIMIT};
 use crate::error::ApiError;
 
 /// Most log records one outbox call reads.
@@ -35,20 +35,12 @@ impl OutboxQuery {
             limit: DEFAULT_LIMIT,
             wait_ms: 0,
         };
-        let number = |key: &str, value: &str| {
-            value.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_request",
-                    format!("{key}: {value:?} is not a non-negative integer"),
-                )
-            })
-        };
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match key.as_ref() {
-                "after" => out.after = Some(number("after", &value)?),
+                "after" => out.after = Some(parse_u64("after", &value)?),
                 "limit" => out.limit = parse_limit(&value)?,
                 "wait_ms" => {
-                    let wait_ms = number("wait_ms", &value)?;
+                    let wait_ms = parse_u64("wait_ms", &value)?;
                     if wait_ms > max_wait_ms {
                         return Err(ApiError::bad_request(
                             "invalid_request",
