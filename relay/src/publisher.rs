@@ -10,7 +10,8 @@
 //!
 //! A failed delivery holds the window (later commands of the same saga never overtake
 //! it): a failure to reach the broker is retried with backoff without bound, so a
-//! broker that is down delays commands but skips none; a command the broker refuses
+//! broker that is down delays commands but skips none — every third attempt on a new
+//! producer, since one that knew a broker before it restarted may never recover; a command the broker refuses
 //! as such (too large, invalid) is retried up to [`RelayConfig::max_attempts`] and
 //! then dead-lettered — recorded in the log, copied to the dead-letter topic when the
 //! broker takes it — and publishing goes on with the next command.
@@ -40,6 +41,9 @@ const READ_BYTES: usize = 8 << 20;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a check that a topic exists may take while a command waits on it.
 const RECREATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A command that failed this many times in a row to reach the broker gets a new
+/// producer for its next attempt (and everything behind it is sent again).
+const RENEW_PRODUCER_AFTER: u32 = 3;
 /// Longest the copy of a dead letter to the dead-letter topic may take.
 const DEAD_LETTER_COPY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -76,11 +80,18 @@ type Delivery = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 /// A command handed to the producer and not yet acknowledged.
 struct InFlight {
     command: Command,
-    /// The offset the position moves to once this command is done: the next command's
-    /// offset, or past the records read so far.
-    end: u64,
     attempt: u32,
     delivery: Delivery,
+}
+
+/// Whether a failure calls for a new producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renew {
+    No,
+    /// The producer cannot go on: replace it at once.
+    Now,
+    /// It keeps failing: replace it after the usual backoff.
+    AfterBackoff,
 }
 
 /// What became of the oldest delivery.
@@ -190,9 +201,7 @@ impl Publisher {
                             }
                             window.push_front(slot);
                         }
-                        Settled::Done => {
-                            position = window.front().map_or_else(|| tail.position(), |next| next.command.feed_offset);
-                        }
+                        Settled::Done => position = position_of(&window, tail.position()),
                     }
                 }
                 batch = tail.next_batch(READ_RECORDS, READ_BYTES), if window.len() < self.config.max_in_flight => {
@@ -201,35 +210,23 @@ impl Publisher {
                         Err(sagalog_storage::StorageError::Closed) => break,
                         Err(e) => return Err(e.into()),
                     };
-                    let read_to = tail.position();
-                    let commands = self.engine.commands(&batch)?;
-                    let mut commands = commands.into_iter().peekable();
-                    while let Some(command) = commands.next() {
-                        let end = commands.peek().map_or(read_to, |next| next.feed_offset);
-                        match window.back_mut() {
-                            Some(last) => last.end = command.feed_offset,
-                            None => position = command.feed_offset,
-                        }
+                    for command in self.engine.commands(&batch)? {
                         let delivery = self.send(&command);
-                        window.push_back(InFlight { command, end, attempt: 1, delivery });
+                        window.push_back(InFlight { command, attempt: 1, delivery });
                     }
-                    match window.back_mut() {
-                        Some(last) => last.end = last.end.max(read_to),
-                        None => position = read_to,
-                    }
+                    position = position_of(&window, tail.position());
                 }
                 _ = store_tick.tick() => {
                     if position != stored {
                         position::store(self.engine.index(), position)?;
                         stored = position;
                     }
-                    self.position.store(position, Ordering::Release);
                     self.observer.pending(log.next_offset().saturating_sub(position));
                 }
             }
             self.position.store(position, Ordering::Release);
         }
-        let position = self.drain(window, position).await;
+        let position = self.drain(window, position, tail.position()).await;
         self.position.store(position, Ordering::Release);
         position::store_durably(self.engine.index(), position)?;
         tracing::info!(position, "relay stopped");
@@ -238,13 +235,13 @@ impl Publisher {
 
     /// Waits (bounded) for the deliveries in flight at a stop, so that a clean stop
     /// republishes nothing; returns the position they reach.
-    async fn drain(&self, mut window: VecDeque<InFlight>, mut position: u64) -> u64 {
+    async fn drain(&self, mut window: VecDeque<InFlight>, mut position: u64, read_to: u64) -> u64 {
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while let Some(mut slot) = window.pop_front() {
             match tokio::time::timeout_at(deadline, &mut slot.delivery).await {
                 Ok(Outcome::Delivered) => {
                     self.observer.published(since_issue(&slot.command));
-                    position = slot.end;
+                    position = position_of(&window, read_to);
                 }
                 _ => break,
             }
@@ -254,7 +251,7 @@ impl Publisher {
 
     /// Handles the oldest delivery's outcome.
     async fn settle(&self, mut slot: InFlight, outcome: Outcome) -> Result<Settled> {
-        let reason = match outcome {
+        let (reason, renew) = match outcome {
             Outcome::Delivered => {
                 self.observer.published(since_issue(&slot.command));
                 return Ok(Settled::Done);
@@ -263,14 +260,8 @@ impl Publisher {
                 self.dead_letter(&slot.command, &reason).await?;
                 return Ok(Settled::Done);
             }
-            Outcome::Fatal(reason) => {
-                self.observer.failed();
-                tracing::warn!(reason, "the Kafka producer failed for good; starting a new one and sending everything in flight again");
-                *self.producer.lock() = producer(&self.config)?;
-                slot.delivery = self.send(&slot.command);
-                self.observer.retried();
-                return Ok(Settled::Restarted(slot));
-            }
+            Outcome::Refused(reason) => (reason, Renew::No),
+            Outcome::Fatal(reason) => (reason, Renew::Now),
             Outcome::Unreachable(reason) => {
                 // A broker that came back without its topics may answer only with
                 // timeouts (its clients' metadata still names the old partitions): make
@@ -281,33 +272,47 @@ impl Publisher {
                         tracing::warn!(topic = %slot.command.topic, error = %e, "making sure the topic exists failed");
                     }
                 }
-                reason
+                // A producer still failing after the broker is back may hold stale
+                // state of it: a new one starts clean.
+                let renew = if slot.attempt.is_multiple_of(RENEW_PRODUCER_AFTER) {
+                    Renew::AfterBackoff
+                } else {
+                    Renew::No
+                };
+                (reason, renew)
             }
-            Outcome::Refused(reason) => reason,
         };
         self.observer.failed();
-        let backoff = self
-            .config
-            .retry_backoff
-            .saturating_mul(2u32.saturating_pow(slot.attempt.saturating_sub(1).min(16)))
-            .min(self.config.max_retry_backoff);
         tracing::warn!(
             offset = slot.command.offset,
             saga_id = %slot.command.saga_id,
             attempt = slot.attempt,
-            backoff_ms = backoff.as_millis() as u64,
             reason,
             "publishing a command failed; retrying"
         );
-        let mut stopping = self.stopping.clone();
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = stopped(&mut stopping) => {}
+        if renew != Renew::Now {
+            let backoff = self
+                .config
+                .retry_backoff
+                .saturating_mul(2u32.saturating_pow(slot.attempt.saturating_sub(1).min(16)))
+                .min(self.config.max_retry_backoff);
+            let mut stopping = self.stopping.clone();
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stopped(&mut stopping) => {}
+            }
+        }
+        if renew != Renew::No {
+            tracing::warn!("starting a new Kafka producer and sending everything in flight again");
+            *self.producer.lock() = producer(&self.config)?;
         }
         slot.attempt = slot.attempt.saturating_add(1);
         slot.delivery = self.send(&slot.command);
         self.observer.retried();
-        Ok(Settled::Retry(slot))
+        Ok(match renew {
+            Renew::No => Settled::Retry(slot),
+            Renew::Now | Renew::AfterBackoff => Settled::Restarted(slot),
+        })
     }
 
     /// Hands `command` to the producer; the delivery resolves with its outcome.
@@ -369,6 +374,14 @@ impl Drop for Publisher {
         // Hand what librdkafka still holds to the broker before the producer goes.
         let _ = self.producer.lock().flush(Duration::from_secs(1));
     }
+}
+
+/// The relay's position given the commands still in flight: the oldest one's place
+/// in the feed, or — none in flight — past every record read (`read_to`).
+fn position_of(window: &VecDeque<InFlight>, read_to: u64) -> u64 {
+    window
+        .front()
+        .map_or(read_to, |oldest| oldest.command.feed_offset)
 }
 
 /// The idempotent producer (`acks=all`), its queue bounded by the in-flight limit.
