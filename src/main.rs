@@ -83,6 +83,7 @@ fn run(serve: Serve) -> Result<(), String> {
         ..EngineConfig::default()
     };
     config.log.fsync = serve.fsync;
+    config.log.segment_bytes = serve.segment_bytes;
     config.log.observer = Some(metrics.clone());
     std::fs::create_dir_all(&serve.data_dir)
         .map_err(|e| format!("creating {}: {e}", serve.data_dir.display()))?;
@@ -157,6 +158,15 @@ async fn serve_until_signal(
     let demo = serve
         .demo
         .then(|| demo::spawn(engine.clone(), stopping.clone()));
+    let retention = serve.log_retention.map(|min_age| {
+        let hold = relay.as_ref().map(|(relay, _)| relay.position_reader());
+        tokio::spawn(run_retention(
+            engine.clone(),
+            min_age,
+            hold,
+            stopping.clone(),
+        ))
+    });
     tracing::info!(%address, demo = serve.demo, "listening");
     let shutdown = async move {
         wait_for_signal().await;
@@ -169,6 +179,9 @@ async fn serve_until_signal(
     if let Some(demo) = demo {
         demo.stop().await;
     }
+    if let Some(retention) = retention {
+        let _ = retention.await;
+    }
     if let Some((relay, replies)) = relay {
         replies.stop().await;
         relay
@@ -177,6 +190,41 @@ async fn serve_until_signal(
             .map_err(|e| format!("stopping the Kafka relay: {e}"))?;
     }
     Ok(())
+}
+
+/// Deletes the log segments nothing needs any more, now and then, until the stop.
+async fn run_retention(
+    engine: Arc<Engine>,
+    min_age: std::time::Duration,
+    hold: Option<impl Fn() -> u64 + Send + Sync + 'static>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    // Often enough that the log stays near its retention, rarely enough to cost nothing.
+    let every = (min_age / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let hold = hold.map(Arc::new);
+    tracing::info!(min_age = ?min_age, every = ?every, "log retention on");
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        let (engine, hold) = (engine.clone(), hold.clone());
+        let pass = tokio::task::spawn_blocking(move || {
+            engine.apply_retention(min_age, hold.map(|position| position()))
+        })
+        .await;
+        match pass {
+            Ok(Ok(report)) if report.incomplete => tracing::info!(
+                "retention waits: the relay is too far behind to check what it still needs"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "a retention pass failed"),
+            Err(e) => tracing::error!(error = %e, "a retention pass panicked"),
+        }
+    }
 }
 
 /// The relay's and the reply consumer's reports, as the metrics of SPEC §6.

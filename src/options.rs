@@ -72,6 +72,14 @@ pub struct ServeArgs {
     /// Take a snapshot every this many log records (0: only on demand) [default: 1000000]
     #[arg(long, env = "SAGALOG_SNAPSHOT_EVERY_RECORDS")]
     pub snapshot_every_records: Option<u64>,
+    /// Bytes after which the log starts a new segment [default: 67108864]
+    #[arg(long, env = "SAGALOG_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Delete log segments older than this (e.g. `7d`) once nothing needs them: below
+    /// the oldest snapshot, the Kafka relay's position and every active saga. Finished
+    /// sagas in them are removed. `off` keeps everything [default: off]
+    #[arg(long, env = "SAGALOG_LOG_RETENTION")]
+    pub log_retention: Option<String>,
 }
 
 /// The options with every default filled in.
@@ -92,6 +100,21 @@ pub struct Serve {
     pub max_active_sagas: usize,
     pub fsync: sagalog_storage::FsyncPolicy,
     pub snapshot_every_records: u64,
+    pub segment_bytes: u64,
+    /// `None`: keep every segment.
+    pub log_retention: Option<std::time::Duration>,
+}
+
+/// `off`, or a duration such as `36h` or `7d`.
+fn parse_retention(text: &str) -> Result<Option<std::time::Duration>, String> {
+    if text.trim() == "off" {
+        return Ok(None);
+    }
+    humantime::parse_duration(text.trim())
+        .map(Some)
+        .map_err(|e| {
+            format!("log_retention: {text:?} is neither `off` nor a duration like `7d`: {e}")
+        })
 }
 
 impl ServeArgs {
@@ -119,6 +142,17 @@ impl ServeArgs {
             .unwrap_or(1024);
         if max_connections == 0 {
             return Err("max_connections: must be at least 1".into());
+        }
+        let log_retention = match self.log_retention.or(file.log_retention) {
+            Some(text) => parse_retention(&text)?,
+            None => None,
+        };
+        let segment_bytes = self
+            .segment_bytes
+            .or(file.segment_bytes)
+            .unwrap_or(64 << 20);
+        if segment_bytes < 4096 {
+            return Err(format!("segment_bytes: {segment_bytes} is below 4096"));
         }
         let admin_token = self.admin_token.or(file.admin_token);
         if admin_token.as_deref().is_some_and(str::is_empty) {
@@ -161,6 +195,8 @@ impl ServeArgs {
                 .snapshot_every_records
                 .or(file.snapshot_every_records)
                 .unwrap_or(1_000_000),
+            segment_bytes,
+            log_retention,
         })
     }
 }
@@ -224,6 +260,24 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(e.contains("data_dri"), "{e}");
+    }
+
+    #[test]
+    fn retention_is_off_or_a_duration() {
+        let resolve = |text: &str| {
+            ServeArgs {
+                log_retention: Some(text.into()),
+                ..ServeArgs::default()
+            }
+            .resolve()
+        };
+        assert_eq!(resolve("off").unwrap().log_retention, None);
+        assert_eq!(
+            resolve("7d").unwrap().log_retention,
+            Some(std::time::Duration::from_secs(7 * 86_400))
+        );
+        assert!(resolve("weekly").unwrap_err().contains("log_retention"));
+        assert_eq!(ServeArgs::default().resolve().unwrap().log_retention, None);
     }
 
     #[test]

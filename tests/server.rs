@@ -457,3 +457,145 @@ async fn a_client_past_the_connection_limit_waits_until_a_connection_closes() {
     // The open connections keep working meanwhile.
     assert_eq!(get(&mut second, "/healthz").await.status, StatusCode::OK);
 }
+
+/// Starts a `quick` saga and answers both steps.
+async fn run_quick(c: &mut sagalog_http::client::Client, id: &str) {
+    let started = post(
+        c,
+        "/api/v1/sagas",
+        json!({"type": "quick", "saga_id": id, "payload": {"n": id}}),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{}", started.text());
+    for step in ["a", "b"] {
+        let r = post(
+            c,
+            &format!("/api/v1/sagas/{id}/events"),
+            reply(&format!("{id}-{step}"), step, "succeeded", 1),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_retention_removes_old_finished_sagas_and_says_so() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(&root);
+    let options = [
+        "--segment-bytes",
+        "4096",
+        "--snapshot-every-records",
+        "200",
+        "--log-retention",
+        "0s",
+    ];
+    let server = serve(&dir, &options);
+    let mut c = common::client(&server).await;
+    let put = c
+        .send(
+            Method::PUT,
+            "/api/v1/definitions/quick",
+            &[],
+            Some(quick_definition().to_string().as_bytes()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(put.status, StatusCode::OK);
+    let open = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "quick", "saga_id": "early-open", "payload": {}}),
+    )
+    .await;
+    assert_eq!(open.status, StatusCode::CREATED);
+    for i in 0..60 {
+        run_quick(&mut c, &format!("early-{i}")).await;
+    }
+    // The open saga holds the log: nothing goes however long we wait for a pass.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        get(&mut c, "/api/v1/outbox?after=0&limit=1").await.status,
+        StatusCode::OK
+    );
+    let r = post(
+        &mut c,
+        "/api/v1/sagas/early-open/events",
+        reply("eo-a", "a", "succeeded", 1),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    post(
+        &mut c,
+        "/api/v1/sagas/early-open/events",
+        reply("eo-b", "b", "succeeded", 1),
+    )
+    .await;
+    let mut late = 0;
+    // Then, with snapshots taken as the log grows, a pass removes the early sagas.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let outbox = loop {
+        run_quick(&mut c, &format!("late-{late}")).await;
+        late += 1;
+        let outbox = get(&mut c, "/api/v1/outbox?after=0&limit=1").await;
+        if outbox.status == StatusCode::GONE {
+            break outbox;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention removed nothing in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let message = common::expect_error(&outbox, 410, "removed_by_retention");
+    assert!(message.contains("Resume with after="), "{message}");
+    let gone = get(&mut c, "/api/v1/sagas/early-0").await;
+    let message = common::expect_error(&gone, 404, "saga_not_found");
+    assert!(message.contains("retention removed it"), "{message}");
+    let metrics = get(&mut c, "/metrics").await.text();
+    let segments: f64 = samples(&metrics, &["sagalog_log_segments"])[0]
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(segments >= 1.0);
+    // What is kept reads whole, and the list shows only kept sagas.
+    let kept = format!("late-{}", late - 1);
+    let history = get(&mut c, &format!("/api/v1/sagas/{kept}/history")).await;
+    assert_eq!(history.status, StatusCode::OK);
+    assert_eq!(history.json()["items"][0]["kind"], "saga_started");
+    let listed = get(&mut c, "/api/v1/sagas?status=COMPLETED&limit=1000")
+        .await
+        .json();
+    for item in listed["items"].as_array().unwrap() {
+        let id = item["saga_id"].as_str().unwrap();
+        assert_eq!(
+            get(&mut c, &format!("/api/v1/sagas/{id}/history"))
+                .await
+                .status,
+            StatusCode::OK,
+            "{id}"
+        );
+    }
+    assert!(server
+        .log_text()
+        .contains("retention removed the log below the start offset"));
+
+    // A restart opens on the snapshot and the kept segments.
+    drop(c);
+    let status = tokio::task::spawn_blocking(move || server.terminate().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let server = serve(&dir, &options);
+    let mut c = common::client(&server).await;
+    assert_eq!(
+        get(&mut c, &format!("/api/v1/sagas/{kept}")).await.json()["status"],
+        "COMPLETED"
+    );
+    assert_eq!(
+        get(&mut c, "/api/v1/sagas/early-0").await.status,
+        StatusCode::NOT_FOUND
+    );
+}

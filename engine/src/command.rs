@@ -154,9 +154,19 @@ pub(crate) fn render(
         let Some(peeked) = peek(&record.payload).map_err(corrupt)? else {
             previous = None;
             if let Entry::DeadLetterReplayed { command_offset, .. } = decode_at(record)? {
-                let (link, saga) = read_saga_record(log, command_offset)?;
-                let first = predecessors(log, command_offset, link)?.1;
-                feed.push(record.offset, command_offset, first, saga)?;
+                let found = read_saga_record(log, command_offset).and_then(|(link, saga)| {
+                    Ok((predecessors(log, command_offset, link)?.1, saga))
+                });
+                match found {
+                    Ok((first, saga)) => feed.push(record.offset, command_offset, first, saga)?,
+                    // Replay checks the saga is kept, and retention keeps what later
+                    // records refer to; should it be gone anyway, there is nothing to send.
+                    Err(e @ EngineError::Removed { .. }) => tracing::error!(
+                        replay_offset = record.offset, command_offset, error = %e,
+                        "a replayed dead letter's command was removed; skipping it"
+                    ),
+                    Err(e) => return Err(e),
+                }
             }
             continue;
         };
@@ -165,7 +175,13 @@ pub(crate) fn render(
             (Link::Start, _) => record.offset,
             (Link::After { first, .. }, _) => first,
             (Link::Follows, Some((prev, first))) if prev + 1 == record.offset => first,
-            (Link::Follows, _) => predecessors(log, record.offset, link)?.1,
+            (Link::Follows, _) => match predecessors(log, record.offset, link) {
+                Ok((_, first)) => first,
+                // Its earlier records were removed by retention, so was its start:
+                // `push` skips its commands.
+                Err(EngineError::Removed { offset, .. }) => offset,
+                Err(e) => return Err(e),
+            },
         };
         previous = Some((record.offset, first));
         if peeked.shape == Shape::Other {
@@ -209,11 +225,19 @@ impl Feed<'_> {
         };
         let origin = match self.origins.get(&first) {
             Some(origin) => origin.clone(),
-            None => {
-                let origin = origin_at(self.log, first)?;
-                self.origins.insert(first, origin.clone());
-                origin
-            }
+            None => match origin_at(self.log, first) {
+                Ok(origin) => {
+                    self.origins.insert(first, origin.clone());
+                    origin
+                }
+                // A finished saga retention removed: its kept commands are moot (the
+                // relay's hold keeps every saga it has yet to publish whole).
+                Err(e @ EngineError::Removed { .. }) => {
+                    tracing::debug!(saga_id = %saga.saga_id, offset, error = %e, "skipping a removed saga's command");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            },
         };
         let definition = self
             .registry

@@ -33,7 +33,11 @@ pub(crate) fn list(
     after: Option<u64>,
     limit: usize,
 ) -> Result<Vec<DeadLetter>> {
-    let from = after.map_or(0, |a| a.saturating_add(1)).to_be_bytes();
+    // Retention prunes the entries below the log's start; this skips any left.
+    let from = after
+        .map_or(0, |a| a.saturating_add(1))
+        .max(log.start_offset())
+        .to_be_bytes();
     let mut out = Vec::new();
     for entry in index
         .range(&keys.dead_letters, from.as_slice()..)
@@ -47,7 +51,19 @@ pub(crate) fn list(
             .ok()
             .map(u64::from_be_bytes);
         let (saga_id, command_offset, reason) = read(log, offset)?;
-        let command = render(log, registry, &log.read_batch(command_offset, 1, 0)?)?.pop();
+        // The command's saga may have been removed by retention since.
+        let command = match log
+            .read_batch(command_offset, 1, 0)
+            .map_err(EngineError::from)
+        {
+            Ok(records) => match render(log, registry, &records) {
+                Ok(mut commands) => commands.pop(),
+                Err(EngineError::Removed { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            Err(EngineError::Removed { .. }) => None,
+            Err(e) => return Err(e),
+        };
         out.push(DeadLetter {
             offset,
             saga_id,
@@ -63,7 +79,11 @@ pub(crate) fn list(
 /// The dead letter at `offset`: saga id, command offset, reason.
 pub(crate) fn read(log: &Log, offset: u64) -> Result<(String, u64, String)> {
     let not_one = || EngineError::NoDeadLetter { offset };
-    if offset < log.start_offset() || offset >= log.next_offset() {
+    let start = log.start_offset();
+    if offset < start {
+        return Err(EngineError::Removed { offset, start });
+    }
+    if offset >= log.next_offset() {
         return Err(not_one());
     }
     let payload = log.read(offset)?;

@@ -38,10 +38,11 @@ use crate::dead_letters::DeadLetter;
 use crate::decider::{decide_and_apply, Input, Rejection, Reply};
 use crate::definition::{Definition, Registered, Registry};
 use crate::error::{EngineError, Result};
-use crate::indexing::{read_saga_record, saga_history, Indexer, Keys, SagaMeta};
+use crate::indexing::{predecessors, read_saga_record, saga_history, Indexer, Keys, SagaMeta};
 use crate::projection::{Counters, Place, Projections};
 use crate::record::{encode_saga_record, Action, Entry, Kind, Link, Record, Status};
 use crate::replay;
+use crate::retention::RetentionReport;
 use crate::state::{apply_mut, SagaState};
 use crate::table::SagaTable;
 use crate::view::{self, SagaView};
@@ -280,8 +281,8 @@ pub(crate) struct Inner {
     unindexed: Mutex<Unindexed>,
     /// Ids of the sagas in the `saga` index: a new id needs no sled lookup.
     finished_ids: RwLock<FinishedIds>,
-    indexed: watch::Sender<u64>,
-    gate: Arc<tokio::sync::RwLock<()>>,
+    pub(crate) indexed: watch::Sender<u64>,
+    pub(crate) gate: Arc<tokio::sync::RwLock<()>>,
     active: AtomicUsize,
     since_snapshot: AtomicU64,
     snapshot_offset: AtomicU64,
@@ -289,6 +290,10 @@ pub(crate) struct Inner {
     stop: watch::Sender<bool>,
     id_hasher: std::collections::hash_map::RandomState,
     id_counter: AtomicU64,
+    pub(crate) retention: Mutex<crate::retention::Retention>,
+    /// Sagas that started below this offset are removed (retention chose to delete
+    /// their records; the files may still be there).
+    pub(crate) retained_from: AtomicU64,
 }
 
 /// The saga engine over one data directory.
@@ -450,6 +455,7 @@ impl Engine {
         replay::catch_up_index(&log, &index, &keys, config.index_batch_records)?;
         let restored = replay::restore(&log, &snapshots, config.shards)?;
         let watermark = index.watermark()?;
+        let log_start = log.start_offset();
         let inner = Arc::new(Inner {
             finished_ids: RwLock::new(FinishedIds::default()),
             clock,
@@ -475,6 +481,8 @@ impl Engine {
             stop: watch::channel(false).0,
             id_hasher: std::collections::hash_map::RandomState::new(),
             id_counter: AtomicU64::new(0),
+            retention: Mutex::default(),
+            retained_from: AtomicU64::new(log_start),
             config,
         });
         let spawn = |name: &str, run: fn(Arc<Inner>)| {
@@ -729,8 +737,18 @@ impl Engine {
     /// Puts the dead-lettered command at `dead_letter_offset` back into the command
     /// feed (the relay publishes it again); returns the replay entry's offset.
     pub async fn replay_dead_letter(&self, dead_letter_offset: u64) -> Result<u64> {
-        let (_, command_offset, _) =
-            crate::dead_letters::read(&self.inner.log, dead_letter_offset)?;
+        // Held across the check and the append, so retention cannot remove the
+        // command's saga in between.
+        let _gate = self.inner.gate.read().await;
+        let log = &self.inner.log;
+        let (saga_id, command_offset, _) = crate::dead_letters::read(log, dead_letter_offset)?;
+        let (link, _) = read_saga_record(log, command_offset).map_err(|e| e.for_saga(&saga_id))?;
+        let (_, first) =
+            predecessors(log, command_offset, link).map_err(|e| e.for_saga(&saga_id))?;
+        let start = self.inner.retained_from.load(Ordering::SeqCst);
+        if first < start {
+            return Err(EngineError::SagaRemoved { saga_id, start });
+        }
         let entry = Entry::DeadLetterReplayed {
             dead_letter_offset,
             command_offset,
@@ -740,6 +758,14 @@ impl Engine {
             .append(entry.encode())
             .await
             .map_err(EngineError::Unavailable)
+    }
+
+    /// Deletes the sealed segments nothing needs any more and whose newest record is
+    /// older than `min_age`; `hold` is an offset the caller still reads from (the relay's
+    /// position). Blocks (it reads and deletes files): call it off the async runtime.
+    /// See the `retention` module for what "needed" means.
+    pub fn apply_retention(&self, min_age: Duration, hold: Option<u64>) -> Result<RetentionReport> {
+        self.inner.apply_retention(min_age, hold)
     }
 
     pub fn definitions(&self) -> Vec<Arc<Definition>> {
@@ -1048,9 +1074,7 @@ impl Inner {
                 status: meta.status,
             }
             .into()),
-            (_, _, None) => Err(EngineError::SagaNotFound {
-                saga_id: saga_id.to_string(),
-            }),
+            (_, _, None) => Err(self.not_found(saga_id)),
         }
     }
 
@@ -1220,10 +1244,25 @@ impl Inner {
         self.indexed.send_replace(watermark);
     }
 
+    fn not_found(&self, saga_id: &str) -> EngineError {
+        EngineError::SagaNotFound {
+            saga_id: saga_id.to_string(),
+            log_start: self.log.start_offset(),
+        }
+    }
+
     /// A finished saga that left memory, rebuilt from its records:
     /// (state, offset of its first record, its start payload).
     fn load_finished(&self, saga_id: &str, meta: &SagaMeta) -> Result<(SagaState, u64, String)> {
-        let mut history = saga_history(&self.log, saga_id, meta.last_offset)?;
+        let start = self.retained_from.load(Ordering::SeqCst);
+        if meta.first_offset < start {
+            return Err(EngineError::SagaRemoved {
+                saga_id: saga_id.to_string(),
+                start,
+            });
+        }
+        let mut history =
+            saga_history(&self.log, saga_id, meta.last_offset).map_err(|e| e.for_saga(saga_id))?;
         let definition = match history.first().map(|(_, r)| &r.kind) {
             Some(Kind::SagaStarted {
                 saga_type,
@@ -1272,7 +1311,8 @@ impl Inner {
     }
 
     fn view(&self, state: &SagaState, first_offset: u64) -> Result<SagaView> {
-        let (_, started) = read_saga_record(&self.log, first_offset)?;
+        let (_, started) =
+            read_saga_record(&self.log, first_offset).map_err(|e| e.for_saga(&state.saga_id))?;
         let payload = match started.kind {
             Kind::SagaStarted { payload, .. } if *started.saga_id == *state.saga_id => payload,
             _ => {
@@ -1323,19 +1363,16 @@ impl Inner {
                 let (state, _, payload) = self.load_finished(saga_id, &meta)?;
                 Ok(view::saga_view(&state, payload))
             }
-            None => Err(EngineError::SagaNotFound {
-                saga_id: saga_id.to_string(),
-            }),
+            None => Err(self.not_found(saga_id)),
         }
     }
 
     async fn history(&self, saga_id: &str) -> Result<Vec<HistoryItem>> {
         let (_, last) = self
             .saga_offsets(saga_id)?
-            .ok_or_else(|| EngineError::SagaNotFound {
-                saga_id: saga_id.to_string(),
-            })?;
-        Ok(saga_history(&self.log, saga_id, last)?
+            .ok_or_else(|| self.not_found(saga_id))?;
+        Ok(saga_history(&self.log, saga_id, last)
+            .map_err(|e| e.for_saga(saga_id))?
             .into_iter()
             .map(|(offset, record)| HistoryItem { offset, record })
             .collect())

@@ -16,6 +16,8 @@ pub enum ErrorClass {
     NotFound,
     /// The request does not fit the current state (409).
     Conflict,
+    /// What was asked for existed, but retention removed its records (410).
+    Gone,
     /// The engine cannot take writes right now: log not writable, a limit reached (503).
     Unavailable,
     /// A bug or damaged data (500).
@@ -26,8 +28,12 @@ pub enum ErrorClass {
 pub enum EngineError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
-    #[error("saga {saga_id} does not exist")]
-    SagaNotFound { saga_id: String },
+    #[error("saga {saga_id} does not exist{}", removed_hint(*.log_start))]
+    SagaNotFound {
+        saga_id: String,
+        /// Where the log starts, when retention removed records below it.
+        log_start: u64,
+    },
     #[error("no dead letter at log offset {offset}")]
     NoDeadLetter { offset: u64 },
     #[error("no definition named {name:?} is registered")]
@@ -48,8 +54,15 @@ pub enum EngineError {
     AtLimit { what: &'static str, limit: usize },
     #[error("the log cannot be written, nothing was changed: {0}")]
     Unavailable(StorageError),
+    #[error("log offset {offset} was removed by retention (the log now starts at offset {start})")]
+    Removed { offset: u64, start: u64 },
+    #[error(
+        "saga {saga_id} finished and its records were removed by retention \
+         (the log now starts at offset {start})"
+    )]
+    SagaRemoved { saga_id: String, start: u64 },
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(StorageError),
     #[error("undecodable record at log offset {offset}: {source}")]
     Corrupt {
         offset: u64,
@@ -82,6 +95,7 @@ impl EngineError {
             | EngineError::InvalidRequest { .. } => ErrorClass::BadRequest,
             EngineError::Definition(RegistryError::VersionConflict { .. })
             | EngineError::StartConflict { .. } => ErrorClass::Conflict,
+            EngineError::Removed { .. } | EngineError::SagaRemoved { .. } => ErrorClass::Gone,
             EngineError::AtLimit { .. } | EngineError::Unavailable(_) | EngineError::Closed => {
                 ErrorClass::Unavailable
             }
@@ -90,6 +104,42 @@ impl EngineError {
             | EngineError::Inconsistent(_)
             | EngineError::Thread { .. } => ErrorClass::Internal,
         }
+    }
+}
+
+impl From<StorageError> for EngineError {
+    /// A read below the log's start asked for records retention removed: that is
+    /// [`EngineError::Removed`], not a storage failure.
+    fn from(e: StorageError) -> EngineError {
+        match e {
+            StorageError::OffsetOutOfRange { offset, start, .. } if offset < start => {
+                EngineError::Removed { offset, start }
+            }
+            e => EngineError::Storage(e),
+        }
+    }
+}
+
+impl EngineError {
+    /// Names the saga when its records were removed.
+    pub(crate) fn for_saga(self, saga_id: &str) -> EngineError {
+        match self {
+            EngineError::Removed { start, .. } => EngineError::SagaRemoved {
+                saga_id: saga_id.to_string(),
+                start,
+            },
+            e => e,
+        }
+    }
+}
+
+fn removed_hint(log_start: u64) -> String {
+    if log_start == 0 {
+        String::new()
+    } else {
+        format!(
+            " (or it finished and retention removed it: the log now starts at offset {log_start})"
+        )
     }
 }
 

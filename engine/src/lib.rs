@@ -11,6 +11,7 @@
 //! - [`wire`]: a participant's reply as JSON, read alike from HTTP and Kafka.
 //! - [`projection`]: status counts, per-type counters, sagas ordered for listing.
 //! - [`indexing`]: the sled indexes derived from the log.
+//! - retention ([`Engine::apply_retention`]): deleting the log segments nothing needs.
 
 mod bloom;
 pub mod command;
@@ -24,6 +25,7 @@ mod list;
 pub mod projection;
 pub mod record;
 mod replay;
+mod retention;
 pub mod state;
 mod table;
 pub mod view;
@@ -39,5 +41,6 @@ pub use engine::{
 };
 pub use error::{EngineError, ErrorClass};
 pub use record::{Action, Entry, Kind, Record, Status};
+pub use retention::RetentionReport;
 pub use state::{apply, SagaState, StepStatus};
 pub use view::{SagaView, StepView};

@@ -98,9 +98,9 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
     for (_, id) in &candidates {
         match inner.get_view(id) {
             Ok(view) => items.push(view),
-            // Gone between listing and reading (cannot happen today: sagas are never
-            // deleted); skip rather than fail the page.
-            Err(EngineError::SagaNotFound { .. }) => {}
+            // Gone between listing and reading, or removed by retention: skip rather
+            // than fail the page.
+            Err(EngineError::SagaNotFound { .. } | EngineError::SagaRemoved { .. }) => {}
             Err(e) => return Err(e),
         }
     }
@@ -127,9 +127,14 @@ fn type_matches(inner: &Inner, id: &str, want: Option<&str>) -> Result<bool> {
     else {
         return Ok(false);
     };
-    match read_saga_record(&inner.log, meta.first_offset)?.1.kind {
-        Kind::SagaStarted { saga_type, .. } => Ok(saga_type == want),
-        _ => Ok(false),
+    match read_saga_record(&inner.log, meta.first_offset) {
+        Ok((_, record)) => match record.kind {
+            Kind::SagaStarted { saga_type, .. } => Ok(saga_type == want),
+            _ => Ok(false),
+        },
+        // Removed by retention: not listed.
+        Err(EngineError::Removed { .. }) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -64,6 +64,7 @@ impl From<EngineError> for ApiError {
                 (StatusCode::CONFLICT, "version_conflict")
             }
             (_, ErrorClass::Conflict) => (StatusCode::CONFLICT, "conflict"),
+            (_, ErrorClass::Gone) => (StatusCode::GONE, "removed_by_retention"),
             (_, ErrorClass::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             (_, ErrorClass::Internal) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

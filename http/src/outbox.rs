@@ -74,10 +74,21 @@ pub async fn poll(
     mut stopping: watch::Receiver<bool>,
 ) -> Result<Vec<u8>, ApiError> {
     let log = engine.log();
-    let from = query
-        .after
-        .map_or(0, |after| after.saturating_add(1))
-        .max(log.start_offset());
+    let start = log.start_offset();
+    let from = query.after.map_or(start, |after| after.saturating_add(1));
+    if from < start {
+        // The commands in between are gone: say so rather than skip them silently.
+        return Err(ApiError::new(
+            hyper::StatusCode::GONE,
+            "removed_by_retention",
+            format!(
+                "commands after offset {} were removed by retention (the log now starts at \
+                 offset {start}); they belonged to finished sagas. Resume with after={}",
+                from - 1,
+                start - 1
+            ),
+        ));
+    }
     let mut tail = log.subscribe(from);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms);
     let mut items = Vec::new();

@@ -128,7 +128,16 @@ impl Relay {
             .await?;
         }
         let producer = producer(&config)?;
-        let start = position::load(engine.index())?.max(engine.log().start_offset());
+        let (stored, log_start) = (position::load(engine.index())?, engine.log().start_offset());
+        if stored < log_start {
+            // Retention ran while no relay held the log (Kafka was off): those commands
+            // belonged to finished sagas and were never published.
+            tracing::warn!(
+                stored, log_start,
+                "the relay's position is below the log's start: commands in between were removed unpublished"
+            );
+        }
+        let start = stored.max(log_start);
         let position = Arc::new(AtomicU64::new(start));
         let (stop, stopping) = watch::channel(false);
         let publisher = Publisher {
@@ -149,6 +158,12 @@ impl Relay {
     /// The first log offset not yet published.
     pub fn position(&self) -> u64 {
         self.position.load(Ordering::Acquire)
+    }
+
+    /// Reads [`Relay::position`] from elsewhere (retention holds the log from it).
+    pub fn position_reader(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let position = self.position.clone();
+        move || position.load(Ordering::Acquire)
     }
 
     /// Stops publishing (waiting a little for deliveries in flight) and stores the

@@ -145,6 +145,12 @@ impl IndexStore {
             .map_err(self.err())
     }
 
+    /// Applies `batch` atomically without moving the watermark: for pruning entries of
+    /// records that retention removed (the watermark is already past them).
+    pub fn apply(&self, batch: IndexBatch) -> Result<()> {
+        self.db.apply_batch(batch.batch).map_err(self.err())
+    }
+
     pub fn get(&self, space: &Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self
             .db

@@ -26,6 +26,7 @@ pub use datadir::{DataDir, DirLock, INDEX_DIR, LOCK_FILE, LOG_DIR, SNAPSHOT_DIR}
 pub use error::{Result, StorageError};
 pub use index::{IndexBatch, IndexStore, Keyspace};
 pub use log::{
-    Appending, Log, LogRecord, LogStats, OpenReport, RetentionReport, Tail, TailCut, SEGMENT_SUFFIX,
+    Appending, Log, LogRecord, LogStats, OpenReport, RetentionReport, SealedSegment, Tail, TailCut,
+    SEGMENT_SUFFIX,
 };
 pub use snapshot::{Snapshot, SnapshotConfig, SnapshotInfo, SnapshotStore};

@@ -75,6 +75,17 @@ pub struct LogStats {
     pub tail_truncations: u64,
 }
 
+/// A sealed segment (one the writer has moved past), as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSegment {
+    pub base: u64,
+    /// The offset just past its last record.
+    pub next_offset: u64,
+    pub bytes: u64,
+    /// When its last record was written (the file's modification time).
+    pub modified: std::time::SystemTime,
+}
+
 /// What [`Log::remove_segments_below`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionReport {
@@ -477,6 +488,28 @@ impl Log {
             committed: self.handle.committed.clone(),
             next: from,
         }
+    }
+
+    /// The sealed segments, oldest first (the active segment is never listed).
+    pub fn sealed_segments(&self) -> Result<Vec<SealedSegment>> {
+        let state = self.shared().state.read();
+        let sealed = &state.segments[..state.segments.len() - 1];
+        sealed
+            .iter()
+            .map(|seg| {
+                let modified = seg
+                    .file
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map_err(StorageError::io("stat segment", &seg.path))?;
+                Ok(SealedSegment {
+                    base: seg.base,
+                    next_offset: seg.next_offset(),
+                    bytes: seg.end_pos,
+                    modified,
+                })
+            })
+            .collect()
     }
 
     /// Deletes every sealed segment whose records all lie below `offset`. The active
