@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use sagalog_engine::{Clock, Definition, Engine, EngineConfig, SystemClock};
-use sagalog_http::{ApiConfig, App, Metrics};
-use sagalog_relay::{Relay, RelayConfig, RelayObserver, ReplyConsumer, ReplyObserver};
+use sagalog_http::{ApiConfig, App, Metrics, Readiness};
+use sagalog_relay::{
+    Relay, RelayConfig, RelayObserver, ReplyConsumer, ReplyObserver, TopicObserver,
+};
 use tokio::sync::watch;
 
 use options::{LogFormat, Serve, ServeArgs};
@@ -137,6 +139,7 @@ async fn serve_until_signal(
         },
         clock: Arc::new(SystemClock) as Arc<dyn Clock>,
         stopping: stopping.clone(),
+        readiness: Readiness::default(),
     });
     let relay = match &serve.kafka_brokers {
         Some(brokers) => {
@@ -145,7 +148,7 @@ async fn serve_until_signal(
                 max_message_bytes: serve.kafka_max_message_bytes,
                 ..RelayConfig::new(brokers.clone())
             };
-            let observer = Arc::new(RelayMetrics(metrics.clone()));
+            let observer = Arc::new(RelayMetrics(metrics.clone(), app.readiness.clone()));
             let relay = Relay::start(engine.clone(), config.clone(), observer.clone())
                 .await
                 .map_err(|e| format!("starting the Kafka relay ({brokers}): {e}"))?;
@@ -227,8 +230,16 @@ async fn run_retention(
     }
 }
 
-/// The relay's and the reply consumer's reports, as the metrics of SPEC §6.
-struct RelayMetrics(Arc<Metrics>);
+/// The relay's and the reply consumer's reports, as the metrics of SPEC §6 (and missing
+/// topics on `/readyz`).
+struct RelayMetrics(Arc<Metrics>, Readiness);
+
+impl TopicObserver for RelayMetrics {
+    fn topics_missing(&self, missing: &[String], reason: Option<&str>) {
+        self.0.outbox.topics_missing.set(missing.len() as i64);
+        self.1.set("kafka topics", reason.map(str::to_string));
+    }
+}
 
 impl RelayObserver for RelayMetrics {
     fn published(&self, append_to_ack: std::time::Duration) {

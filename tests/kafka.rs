@@ -269,3 +269,88 @@ async fn a_dead_letter_is_listed_and_can_be_replayed_over_the_api() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A metric's one sample value.
+fn gauge(metrics: &str, name: &str) -> f64 {
+    common::samples(metrics, &[name])
+        .first()
+        .unwrap_or_else(|| panic!("{name} is exported"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_that_may_not_be_created_fails_readiness_and_holds_its_commands() {
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(
+        &data_dir(&root),
+        &[
+            "--kafka-brokers",
+            &tansu.brokers(),
+            "--kafka-create-topics",
+            "false",
+        ],
+    );
+    let mut c = common::client(&server).await;
+    // The server runs; readiness and the metric say what is missing.
+    let ready = get(&mut c, "/readyz").await;
+    let message = common::expect_error(&ready, 503, "not_ready");
+    assert!(message.contains("inventory.commands"), "{message}");
+    assert!(
+        message.contains("--kafka-create-topics is false"),
+        "{message}"
+    );
+    let metrics = get(&mut c, "/metrics").await.text();
+    assert!(
+        gauge(&metrics, "sagalog_kafka_topics_missing") >= 1.0,
+        "{metrics}"
+    );
+    let started = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "order", "saga_id": "wait-1", "payload": {}}),
+    )
+    .await;
+    assert_eq!(started.status, 201, "{}", started.text());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        dead_letters(&mut c).await["items"],
+        json!([]),
+        "never a dead letter for it"
+    );
+
+    // Once the topics exist (an operator made them), readiness comes back by itself
+    // and the held command goes out.
+    let config = sagalog_relay::RelayConfig::new(tansu.brokers());
+    let topics: std::collections::BTreeSet<String> = [
+        "inventory.commands",
+        "payment.commands",
+        "shipping.commands",
+        "saga.replies",
+        "sagalog.dead-letter",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    sagalog_relay::topics::ensure(&config, &topics, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&mut c, "/readyz").await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready 30 s after the topics exist"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let metrics = get(&mut c, "/metrics").await.text();
+    assert_eq!(gauge(&metrics, "sagalog_kafka_topics_missing"), 0.0);
+    let command = next_command(&consumer(&tansu, "inventory.commands")).await;
+    assert_eq!(command["saga_id"], "wait-1");
+    assert!(server.log_text().contains("Kafka topics are missing"));
+}

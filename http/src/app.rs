@@ -57,6 +57,33 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     /// True once shutdown began: `/readyz` fails and long polls return.
     pub stopping: watch::Receiver<bool>,
+    /// Problems other parts report (the relay's missing topics): `/readyz` fails while
+    /// there are any.
+    pub readiness: Readiness,
+}
+
+/// Why parts of the server are not ready, by part; shared with whoever reports.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<parking_lot::RwLock<std::collections::BTreeMap<&'static str, String>>>);
+
+impl Readiness {
+    /// Sets (`Some`) or clears (`None`) the problem of `part`.
+    pub fn set(&self, part: &'static str, problem: Option<String>) {
+        let mut problems = self.0.write();
+        match problem {
+            Some(problem) => problems.insert(part, problem),
+            None => problems.remove(part),
+        };
+    }
+
+    /// Every problem, as `part: problem`.
+    pub fn problems(&self) -> Vec<String> {
+        self.0
+            .read()
+            .iter()
+            .map(|(part, problem)| format!("{part}: {problem}"))
+            .collect()
+    }
 }
 
 pub type Body = Full<Bytes>;
@@ -428,6 +455,10 @@ impl App {
         }
         if let Some(reason) = self.engine.log().poisoned() {
             return Err(not_ready(format!("the log cannot be written: {reason}")));
+        }
+        let problems = self.readiness.problems();
+        if !problems.is_empty() {
+            return Err(not_ready(problems.join("; ")));
         }
         Ok(respond(StatusCode::OK, json!({"status": "ready"})))
     }

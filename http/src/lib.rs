@@ -19,7 +19,7 @@ pub mod outbox;
 pub mod routes;
 pub mod server;
 
-pub use app::{ApiConfig, App};
+pub use app::{ApiConfig, App, Readiness};
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use server::serve;

@@ -72,6 +72,8 @@ pub struct OutboxMetrics {
     pub publish_duration: Histogram,
     pub retry_attempts: IntCounter,
     pub consumer_lag: IntGauge,
+    /// Topics the relay needs that the broker lacks (and could not create).
+    pub topics_missing: IntGauge,
 }
 
 fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -148,6 +150,10 @@ impl Metrics {
             consumer_lag: gauge(
                 "saga_tracker_consumer_lag",
                 "Replies on the Kafka reply topic not yet consumed.",
+            ),
+            topics_missing: gauge(
+                "sagalog_kafka_topics_missing",
+                "Kafka topics the relay needs that do not exist and could not be created (their commands wait).",
             ),
         };
         Arc::new(Metrics {

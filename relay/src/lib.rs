@@ -23,6 +23,7 @@ use std::time::Duration;
 
 pub use publisher::{Relay, RelayObserver};
 pub use replies::{ReplyConsumer, ReplyObserver};
+pub use topics::TopicObserver;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {

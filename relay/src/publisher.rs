@@ -48,7 +48,7 @@ const RENEW_PRODUCER_AFTER: u32 = 3;
 const DEAD_LETTER_COPY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the relay reports, for the outbox metrics of SPEC §6.
-pub trait RelayObserver: Send + Sync + 'static {
+pub trait RelayObserver: topics::TopicObserver {
     /// A command was acknowledged by the broker `append_to_ack` after it was issued.
     fn published(&self, _append_to_ack: Duration) {}
     /// A delivery attempt failed.
@@ -107,6 +107,8 @@ enum Settled {
 /// A running relay; [`Relay::stop`] ends it and stores its position.
 pub struct Relay {
     task: JoinHandle<Result<()>>,
+    /// Checks the topics now and then (see [`topics::watch`]).
+    watcher: JoinHandle<()>,
     stop: watch::Sender<bool>,
     position: Arc<AtomicU64>,
 }
@@ -119,14 +121,9 @@ impl Relay {
         config: RelayConfig,
         observer: Arc<dyn RelayObserver>,
     ) -> Result<Relay> {
-        if config.create_topics {
-            topics::ensure(
-                &config,
-                &topics::needed(&engine, &config),
-                topics::CREATE_TIMEOUT,
-            )
-            .await?;
-        }
+        // A missing topic does not stop the start: its commands wait, and the watcher
+        // reports it (readiness, metric) until it exists.
+        let missing = topics::check_and_report(&engine, &config, &*observer, false).await;
         let producer = producer(&config)?;
         let (stored, log_start) = (position::load(engine.index())?, engine.log().start_offset());
         if stored < log_start {
@@ -148,8 +145,16 @@ impl Relay {
             position: position.clone(),
             stopping,
         };
+        let watcher = tokio::spawn(topics::watch(
+            publisher.engine.clone(),
+            publisher.config.clone(),
+            publisher.observer.clone(),
+            missing,
+            stop.subscribe(),
+        ));
         Ok(Relay {
             task: tokio::spawn(publisher.run(start)),
+            watcher,
             stop,
             position,
         })
@@ -170,6 +175,7 @@ impl Relay {
     /// position durably.
     pub async fn stop(self) -> Result<()> {
         let _ = self.stop.send(true);
+        let _ = self.watcher.await;
         match self.task.await {
             Ok(result) => result,
             Err(e) => {

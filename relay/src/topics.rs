@@ -1,6 +1,10 @@
 //! Makes sure the topics the relay writes and reads exist (SPEC §5): many clusters, and
 //! the `tansu` broker the tests use, do not create a topic on first use. A topic that
 //! exists already is fine; one that cannot be created is an error naming it.
+//!
+//! [`watch`] keeps checking in the background — the topics of definitions registered
+//! later too — and reports what is missing, so that a broker that refuses a topic (or
+//! is down) shows on `/readyz` and in a metric while the server runs on.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,7 +15,19 @@ use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use sagalog_engine::Engine;
 
-use crate::{RelayConfig, RelayError, Result};
+use crate::{stopped, RelayConfig, RelayError, Result};
+
+/// How often the watcher checks the topics while one is missing, and when all are there.
+const CHECK_MISSING_EVERY: Duration = Duration::from_secs(5);
+const CHECK_EVERY: Duration = Duration::from_secs(30);
+/// Longest one check (a metadata request, then creations) may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the watcher reports.
+pub trait TopicObserver: Send + Sync + 'static {
+    /// The topics found missing (empty when all exist), and why, after each check.
+    fn topics_missing(&self, _missing: &[String], _reason: Option<&str>) {}
+}
 
 /// Longest the broker may take to answer a topic creation at start.
 pub const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,4 +81,100 @@ pub async fn ensure(
         }
     }
     Ok(())
+}
+
+/// The topics among `names` the broker does not know.
+pub async fn missing(
+    config: &RelayConfig,
+    names: &BTreeSet<String>,
+    timeout: Duration,
+) -> Result<Vec<String>> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .create()?;
+    // librdkafka's metadata call blocks.
+    let known = tokio::task::spawn_blocking(move || -> Result<BTreeSet<String>> {
+        let metadata = admin.inner().fetch_metadata(None, timeout)?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.name().to_string())
+            .collect())
+    })
+    .await
+    .map_err(|e| RelayError::Topic {
+        topic: String::new(),
+        reason: format!("the metadata task failed: {e}"),
+    })??;
+    Ok(names.difference(&known).cloned().collect())
+}
+
+/// One check: what is missing after creating what may be created, and why.
+async fn check(engine: &Engine, config: &RelayConfig) -> (Vec<String>, Option<String>) {
+    let names = needed(engine, config);
+    let absent = match missing(config, &names, CHECK_TIMEOUT).await {
+        Ok(absent) => absent,
+        Err(e) => {
+            let all = names.into_iter().collect();
+            return (all, Some(format!("cannot read the broker's topics: {e}")));
+        }
+    };
+    if absent.is_empty() {
+        return (absent, None);
+    }
+    if !config.create_topics {
+        let reason = format!("topics {absent:?} do not exist and --kafka-create-topics is false");
+        return (absent, Some(reason));
+    }
+    match ensure(config, &absent.iter().cloned().collect(), CHECK_TIMEOUT).await {
+        Ok(()) => (Vec::new(), None),
+        Err(e) => (absent, Some(e.to_string())),
+    }
+}
+
+/// Checks (creating what may be created), reports to `observer`, and logs a problem
+/// when it appears and when it clears; returns whether a topic is missing.
+pub async fn check_and_report(
+    engine: &Engine,
+    config: &RelayConfig,
+    observer: &dyn TopicObserver,
+    was_missing: bool,
+) -> bool {
+    let (absent, reason) = check(engine, config).await;
+    observer.topics_missing(&absent, reason.as_deref());
+    match &reason {
+        Some(reason) => tracing::error!(
+            missing = ?absent, %reason,
+            "Kafka topics are missing: their commands wait (nothing is dead-lettered for it)"
+        ),
+        None if was_missing => tracing::info!("every Kafka topic exists again"),
+        None => {}
+    }
+    reason.is_some()
+}
+
+/// After a first check by the caller: checks now and then until `stopping`.
+pub async fn watch(
+    engine: std::sync::Arc<Engine>,
+    config: RelayConfig,
+    observer: std::sync::Arc<dyn TopicObserver>,
+    mut was_missing: bool,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let wait = if was_missing {
+            CHECK_MISSING_EVERY
+        } else {
+            CHECK_EVERY
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped(&mut stopping) => return,
+        }
+        tokio::select! {
+            missing = check_and_report(&engine, &config, &*observer, was_missing) => was_missing = missing,
+            _ = stopped(&mut stopping) => return,
+        }
+    }
 }

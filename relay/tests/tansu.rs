@@ -23,6 +23,7 @@ use common::Tansu;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Quiet;
+impl sagalog_relay::TopicObserver for Quiet {}
 impl RelayObserver for Quiet {}
 
 /// What the relay and the reply consumer reported.
@@ -39,6 +40,8 @@ impl Counts {
         counter.load(Ordering::Relaxed)
     }
 }
+
+impl sagalog_relay::TopicObserver for Counts {}
 
 impl RelayObserver for Counts {
     fn failed(&self) {

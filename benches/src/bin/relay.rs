@@ -38,6 +38,8 @@ struct Args {
 #[derive(Default)]
 struct Latencies(Mutex<Vec<u32>>);
 
+impl sagalog_relay::TopicObserver for Latencies {}
+
 impl RelayObserver for Latencies {
     fn published(&self, append_to_ack: Duration) {
         let us = append_to_ack.as_micros().min(u128::from(u32::MAX)) as u32;
