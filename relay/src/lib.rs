@@ -74,6 +74,9 @@ pub struct RelayConfig {
     pub topic_replication: i32,
     /// How often the stored position is written when it moved.
     pub position_interval: Duration,
+    /// How long librdkafka waits to fill a batch (`linger.ms`): throughput against
+    /// latency.
+    pub linger: Duration,
 }
 
 impl RelayConfig {
@@ -93,6 +96,7 @@ impl RelayConfig {
             topic_partitions: 3,
             topic_replication: 1,
             position_interval: Duration::from_millis(100),
+            linger: Duration::from_millis(2),
         }
     }
 }

@@ -415,7 +415,7 @@ fn producer(config: &RelayConfig) -> Result<FutureProducer> {
             "delivery.timeout.ms",
             config.delivery_timeout.as_millis().to_string(),
         )
-        .set("linger.ms", "2")
+        .set("linger.ms", config.linger.as_millis().to_string())
         .set("message.max.bytes", config.max_message_bytes.to_string())
         .set(
             "queue.buffering.max.messages",

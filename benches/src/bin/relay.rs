@@ -32,6 +32,9 @@ struct Args {
     /// Length of the latency run
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// The producer's linger.ms
+    #[arg(long, default_value_t = 2)]
+    linger_ms: u64,
 }
 
 /// Issue → acknowledgement of each published command, in µs.
@@ -91,6 +94,7 @@ async fn run(args: &Args, tansu: &Tansu) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let config = RelayConfig {
         create_topics: false,
+        linger: Duration::from_millis(args.linger_ms),
         ..config
     };
     let started = Instant::now();
@@ -109,8 +113,10 @@ async fn run(args: &Args, tansu: &Tansu) -> Result<(), String> {
     // 2. Latency at a steady rate.
     latencies.0.lock().clear();
     let total = args.rate * args.seconds;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let per_tick = (args.rate / 100).max(1);
+    // Issued every millisecond: a steady rate, not bursts that queue in the engine.
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let per_tick = (args.rate / 1000).max(1);
     let mut issued = 0;
     let mut tasks = tokio::task::JoinSet::new();
     while issued < total {
