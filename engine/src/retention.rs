@@ -109,7 +109,7 @@ fn choose(start: u64, sealed: &[SealedSegment], floor: u64, older_than: SystemTi
 }
 
 impl Inner {
-    /// The floor of the module comment, before the segment lows.
+    /// The floor of the module comment, without the relay's backlog.
     fn retention_floor(&self, hold: Option<u64>) -> Result<u64> {
         // Snapshots are listed newest first; none kept means nothing can go yet.
         let oldest_snapshot = self.snapshots.list()?.last().map_or(0, |s| s.offset);

@@ -110,27 +110,24 @@ pub async fn missing(
     Ok(names.difference(&known).cloned().collect())
 }
 
-/// One check: what is missing after creating what may be created, and why.
-async fn check(engine: &Engine, config: &RelayConfig) -> (Vec<String>, Option<String>) {
+/// One check: what is missing after creating what may be created, and why; `Err` when
+/// the broker could not be asked.
+async fn check(engine: &Engine, config: &RelayConfig) -> Result<(Vec<String>, Option<String>)> {
     let names = needed(engine, config);
-    let absent = match missing(config, &names, CHECK_TIMEOUT).await {
-        Ok(absent) => absent,
-        Err(e) => {
-            let all = names.into_iter().collect();
-            return (all, Some(format!("cannot read the broker's topics: {e}")));
-        }
-    };
+    let absent = missing(config, &names, CHECK_TIMEOUT).await?;
     if absent.is_empty() {
-        return (absent, None);
+        return Ok((absent, None));
     }
     if !config.create_topics {
         let reason = format!("topics {absent:?} do not exist and --kafka-create-topics is false");
-        return (absent, Some(reason));
+        return Ok((absent, Some(reason)));
     }
-    match ensure(config, &absent.iter().cloned().collect(), CHECK_TIMEOUT).await {
-        Ok(()) => (Vec::new(), None),
-        Err(e) => (absent, Some(e.to_string())),
-    }
+    Ok(
+        match ensure(config, &absent.iter().cloned().collect(), CHECK_TIMEOUT).await {
+            Ok(()) => (Vec::new(), None),
+            Err(e) => (absent, Some(e.to_string())),
+        },
+    )
 }
 
 /// Checks (creating what may be created), reports to `observer`, and logs a problem
@@ -141,7 +138,16 @@ pub async fn check_and_report(
     observer: &dyn TopicObserver,
     was_missing: bool,
 ) -> bool {
-    let (absent, reason) = check(engine, config).await;
+    let (absent, reason) = match check(engine, config).await {
+        Ok(found) => found,
+        // A broker that cannot be reached says nothing about its topics: the relay
+        // waits for it (outbox_pending_events_total grows) and readiness stays as it
+        // was, so a Kafka outage does not take the HTTP API out of service.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask the Kafka broker which topics exist");
+            return was_missing;
+        }
+    };
     observer.topics_missing(&absent, reason.as_deref());
     match &reason {
         Some(reason) => tracing::error!(
