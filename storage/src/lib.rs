@@ -12,6 +12,7 @@
 //! The log is the only source of truth: indexes and snapshots are caches of it that
 //! know the offset they reflect.
 
+pub mod check;
 mod config;
 mod datadir;
 mod error;

@@ -354,3 +354,94 @@ fn lock_child_process() {
         Err(e) => println!("open: refused: {e}"),
     }
 }
+
+#[test]
+fn check_names_each_problem_without_changing_a_byte_and_cut_moves_the_damage_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    write_records(dir.path(), small_config(), 200);
+    let log_dir = dir.path().join("log");
+    let segments = segment_files(dir.path());
+    assert!(segments.len() > 4);
+    let clean = sagalog_storage::check::check_log(&log_dir, &small_config(), &|_| {}).unwrap();
+    assert_eq!((clean.records, clean.next_offset), (200, 200));
+    assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+
+    // A flipped byte in the first record of the third segment.
+    let victim = &segments[2];
+    let base: u64 = victim.file_name().unwrap().to_string_lossy()[..20]
+        .parse()
+        .unwrap();
+    write_at(victim, 24 + 8 + 2, &[0xAB]);
+    let before: Vec<Vec<u8>> = segments.iter().map(|s| std::fs::read(s).unwrap()).collect();
+    let damaged = sagalog_storage::check::check_log(&log_dir, &small_config(), &|_| {}).unwrap();
+    assert_eq!(damaged.problems.len(), 1, "{:?}", damaged.problems);
+    let problem = &damaged.problems[0];
+    assert_eq!(
+        (
+            problem.kind,
+            &problem.segment,
+            problem.offset,
+            problem.position
+        ),
+        ("corrupt", victim, base, 24)
+    );
+    assert_eq!(
+        damaged.next_offset, base,
+        "the intact prefix ends at the bad record"
+    );
+    let after: Vec<Vec<u8>> = segments.iter().map(|s| std::fs::read(s).unwrap()).collect();
+    assert_eq!(before, after, "a check changes nothing");
+
+    let aside = dir.path().join("recovered").join("cut-1");
+    let cut = sagalog_storage::check::cut_log(&log_dir, &small_config(), &aside)
+        .unwrap()
+        .expect("something to cut");
+    assert_eq!(cut.next_offset, base);
+    assert_eq!(cut.moved_segments, segments.len() - 3);
+    let moved_total: u64 = after[2..].iter().map(|b| b.len() as u64).sum::<u64>() - 24;
+    assert_eq!(
+        cut.moved_bytes, moved_total,
+        "every byte from the bad record on is kept"
+    );
+    let note = std::fs::read_to_string(aside.join("NOTE.txt")).unwrap();
+    assert!(
+        note.contains(&format!("offset {base}")) && note.contains("checksum"),
+        "{note}"
+    );
+    // The log opens, ends before the bad record, and every record before it reads back.
+    let (_data, log, report) = open(dir.path(), small_config());
+    assert_eq!(report.next_offset, base);
+    for id in 0..base {
+        assert_eq!(log.read(id).unwrap(), payload(id));
+    }
+    drop(log);
+    let fixed = sagalog_storage::check::check_log(&log_dir, &small_config(), &|_| {}).unwrap();
+    assert!(fixed.problems.is_empty(), "{:?}", fixed.problems);
+    assert!(
+        sagalog_storage::check::cut_log(&log_dir, &small_config(), &dir.path().join("again"))
+            .unwrap()
+            .is_none(),
+        "nothing left to cut"
+    );
+}
+
+#[test]
+fn check_calls_a_torn_tail_a_torn_tail() {
+    let template = template();
+    let (_, end) = frame_positions();
+    let (dir, segment) = copy_of(template.path());
+    write_at(&segment, end - 3, &[0xFF, 0xFF, 0xFF]);
+    let check =
+        sagalog_storage::check::check_log(&dir.path().join("log"), &config(), &|_| {}).unwrap();
+    assert_eq!(check.problems.len(), 1);
+    assert_eq!(
+        (check.problems[0].kind, check.problems[0].offset),
+        ("torn_tail", RECORDS - 1)
+    );
+    assert!(
+        sagalog_storage::check::cut_log(&dir.path().join("log"), &config(), &dir.path().join("a"))
+            .unwrap()
+            .is_none(),
+        "serve cuts a torn tail by itself"
+    );
+}
