@@ -2,6 +2,7 @@
 //! participants together. The crates do the work; this file only starts and stops them.
 
 mod demo;
+mod offline;
 mod options;
 
 use std::path::Path;
@@ -32,12 +33,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the engine and its HTTP API
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    #[command(flatten)]
+    Offline(offline::Offline),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Offline(command) => {
+            // Warnings (a torn tail cut, a snapshot skipped) go to stderr.
+            init_logging(LogFormat::Human, "warn");
+            offline::run(command)
+        }
         Command::Serve(args) => {
             let serve = match args.resolve().and_then(|s| s.check_exposure().map(|()| s)) {
                 Ok(serve) => serve,
@@ -46,7 +54,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging(serve.log_format);
+            init_logging(serve.log_format, "info");
             match run(serve) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -58,9 +66,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SAGALOG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

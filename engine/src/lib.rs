@@ -11,6 +11,7 @@
 //! - [`wire`]: a participant's reply as JSON, read alike from HTTP and Kafka.
 //! - [`projection`]: status counts, per-type counters, sagas ordered for listing.
 //! - [`indexing`]: the sled indexes derived from the log.
+//! - [`offline`]: verify, recover, replay, inspect, backup and restore of a data directory.
 //! - retention ([`Engine::apply_retention`]): deleting the log segments nothing needs.
 
 mod bloom;
@@ -22,6 +23,7 @@ mod engine;
 pub mod error;
 pub mod indexing;
 mod list;
+pub mod offline;
 pub mod projection;
 pub mod record;
 mod replay;

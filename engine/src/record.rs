@@ -263,6 +263,18 @@ pub enum Entry {
     },
 }
 
+impl Entry {
+    /// The snake_case name of the entry (a saga record's is its kind's).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Entry::Saga { record, .. } => record.kind.name(),
+            Entry::DefinitionRegistered { .. } => "definition_registered",
+            Entry::DeadLettered { .. } => "dead_lettered",
+            Entry::DeadLetterReplayed { .. } => "dead_letter_replayed",
+        }
+    }
+}
+
 /// [`Entry::Saga`] borrowed, for encoding without a copy of the record: it encodes to
 /// the same bytes.
 #[derive(Encode)]

@@ -101,9 +101,27 @@ impl Restored {
 
 /// Restores from the newest usable snapshot and replays the log after it.
 pub(crate) fn restore(log: &Log, snapshots: &SnapshotStore, shards: usize) -> Result<Restored> {
-    let (start, head) = (log.start_offset(), log.next_offset());
+    restore_to(log, snapshots, shards, true, None)
+}
+
+/// [`restore`] with a choice: without snapshots (the whole log), and only up to
+/// `to_offset` (exclusive) — `sagalog replay`.
+pub(crate) fn restore_to(
+    log: &Log,
+    snapshots: &SnapshotStore,
+    shards: usize,
+    use_snapshots: bool,
+    to_offset: Option<u64>,
+) -> Result<Restored> {
+    let start = log.start_offset();
+    let head = to_offset.map_or(log.next_offset(), |to| to.min(log.next_offset()));
     let mut restored = None;
-    for info in snapshots.list()? {
+    let listed = if use_snapshots {
+        snapshots.list()?
+    } else {
+        Vec::new()
+    };
+    for info in listed {
         if info.offset < start || info.offset > head {
             tracing::warn!(
                 snapshot = %info.path.display(), start, head,
@@ -138,6 +156,9 @@ pub(crate) fn restore(log: &Log, snapshots: &SnapshotStore, shards: usize) -> Re
     let from = restored.snapshot_offset;
     for record in log.iter_from(from) {
         let record = record?;
+        if record.offset >= head {
+            break;
+        }
         fold(&mut restored, &record)?;
         restored.replayed += 1;
     }
@@ -158,6 +179,11 @@ pub(crate) fn restore(log: &Log, snapshots: &SnapshotStore, shards: usize) -> Re
         "engine state rebuilt"
     );
     Ok(restored)
+}
+
+/// Whether a snapshot body decodes and fits its definitions (`sagalog verify`).
+pub(crate) fn check_snapshot(data: &[u8], offset: u64) -> Result<()> {
+    from_snapshot(data, offset, 1).map(|_| ())
 }
 
 fn from_snapshot(data: &[u8], offset: u64, shards: usize) -> Result<Restored> {

@@ -64,7 +64,7 @@ pub struct LogCheck {
 }
 
 /// Segment bases in `dir`, sorted, changing nothing.
-fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
+pub fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
     let mut bases = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(StorageError::io("list", dir))? {
         let name = entry.map_err(StorageError::io("list", dir))?.file_name();
@@ -199,15 +199,20 @@ pub struct LogCut {
     pub problem: Problem,
 }
 
-/// Cuts the log in `dir` at its first problem that is not a torn tail, moving
-/// everything from there on into `aside` (created; must not exist). `None` when there
-/// is nothing to cut. The log must not be open.
-pub fn cut_log(dir: &Path, config: &LogConfig, aside: &Path) -> Result<Option<LogCut>> {
+/// Cuts the log in `dir` at its first problem — a torn tail too when `torn_tails` (else
+/// opening cuts that by zeroing it) — moving everything from there on into `aside`
+/// (created). `None` when there is nothing to cut. The log must not be open.
+pub fn cut_log(
+    dir: &Path,
+    config: &LogConfig,
+    aside: &Path,
+    torn_tails: bool,
+) -> Result<Option<LogCut>> {
     let check = check_log(dir, config, &|_| {})?;
     let Some(problem) = check
         .problems
         .iter()
-        .find(|p| p.kind != "torn_tail")
+        .find(|p| torn_tails || p.kind != "torn_tail")
         .cloned()
     else {
         return Ok(None);

@@ -120,30 +120,7 @@ impl SnapshotStore {
 
     /// Snapshots on disk, newest first (unchecked).
     pub fn list(&self) -> Result<Vec<SnapshotInfo>> {
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(StorageError::io("list", &self.dir))? {
-            let entry = entry.map_err(StorageError::io("list", &self.dir))?;
-            let name = entry.file_name();
-            let Some(offset) = name
-                .to_string_lossy()
-                .strip_suffix(SUFFIX)
-                .filter(|d| d.len() == 20)
-                .and_then(|d| d.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let bytes = entry
-                .metadata()
-                .map_err(StorageError::io("stat", entry.path()))?
-                .len();
-            found.push(SnapshotInfo {
-                offset,
-                path: entry.path(),
-                bytes,
-            });
-        }
-        found.sort_by_key(|s| std::cmp::Reverse(s.offset));
-        Ok(found)
+        list_in(&self.dir)
     }
 
     /// The newest snapshot that passes its checks; corrupt ones are skipped with a
@@ -231,4 +208,33 @@ fn encode_header(offset: u64, data: &[u8]) -> [u8; HEADER_BYTES] {
     let crc = checksum(&header[8..28], data);
     header[28..32].copy_from_slice(&crc.to_le_bytes());
     header
+}
+
+/// The snapshots in the snapshot directory `dir`, newest first (unchecked), without
+/// holding the data directory (`sagalog backup` reads them beside a running server).
+pub fn list_in(dir: &Path) -> Result<Vec<SnapshotInfo>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(StorageError::io("list", dir))? {
+        let entry = entry.map_err(StorageError::io("list", dir))?;
+        let name = entry.file_name();
+        let Some(offset) = name
+            .to_string_lossy()
+            .strip_suffix(SUFFIX)
+            .filter(|d| d.len() == 20)
+            .and_then(|d| d.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let bytes = entry
+            .metadata()
+            .map_err(StorageError::io("stat", entry.path()))?
+            .len();
+        found.push(SnapshotInfo {
+            offset,
+            path: entry.path(),
+            bytes,
+        });
+    }
+    found.sort_by_key(|s| std::cmp::Reverse(s.offset));
+    Ok(found)
 }

@@ -393,7 +393,7 @@ fn check_names_each_problem_without_changing_a_byte_and_cut_moves_the_damage_asi
     assert_eq!(before, after, "a check changes nothing");
 
     let aside = dir.path().join("recovered").join("cut-1");
-    let cut = sagalog_storage::check::cut_log(&log_dir, &small_config(), &aside)
+    let cut = sagalog_storage::check::cut_log(&log_dir, &small_config(), &aside, false)
         .unwrap()
         .expect("something to cut");
     assert_eq!(cut.next_offset, base);
@@ -418,7 +418,7 @@ fn check_names_each_problem_without_changing_a_byte_and_cut_moves_the_damage_asi
     let fixed = sagalog_storage::check::check_log(&log_dir, &small_config(), &|_| {}).unwrap();
     assert!(fixed.problems.is_empty(), "{:?}", fixed.problems);
     assert!(
-        sagalog_storage::check::cut_log(&log_dir, &small_config(), &dir.path().join("again"))
+        sagalog_storage::check::cut_log(&log_dir, &small_config(), &dir.path().join("again"), true)
             .unwrap()
             .is_none(),
         "nothing left to cut"
@@ -438,10 +438,19 @@ fn check_calls_a_torn_tail_a_torn_tail() {
         (check.problems[0].kind, check.problems[0].offset),
         ("torn_tail", RECORDS - 1)
     );
+    let log_dir = dir.path().join("log");
     assert!(
-        sagalog_storage::check::cut_log(&dir.path().join("log"), &config(), &dir.path().join("a"))
+        sagalog_storage::check::cut_log(&log_dir, &config(), &dir.path().join("a"), false)
             .unwrap()
             .is_none(),
-        "serve cuts a torn tail by itself"
+        "left to serve, which cuts a torn tail by itself"
     );
+    // Recover keeps the torn bytes too.
+    let cut = sagalog_storage::check::cut_log(&log_dir, &config(), &dir.path().join("b"), true)
+        .unwrap()
+        .expect("the torn tail is cut");
+    assert_eq!(cut.next_offset, RECORDS - 1);
+    assert!(cut.moved_bytes >= 3);
+    let (_data, _log, report) = open(dir.path(), config());
+    assert_eq!((report.next_offset, report.cuts.len()), (RECORDS - 1, 0));
 }

@@ -1,0 +1,422 @@
+//! The offline commands of SPEC §8: verify, recover, snapshot, replay, reindex, inspect,
+//! backup and restore. The engine's `offline` module does the work; this prints it for
+//! a person (with progress bars on a terminal) or as JSON (`--json`), and turns the
+//! outcome into an exit code a script can trust:
+//!
+//! - 0: done (and for `verify`, clean);
+//! - 1: problems found (`verify`, or `recover` that could not make the directory clean),
+//!   or the command failed;
+//! - 2: it could not start: bad arguments, not a data directory, or the directory is
+//!   held by a running server.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sagalog_engine::offline::{self, Progress};
+use sagalog_engine::{Engine, EngineConfig, EngineError, Entry, HistoryItem};
+use sagalog_storage::StorageError;
+use serde_json::{json, Value};
+
+#[derive(Debug, Args)]
+pub struct DirArgs {
+    /// The data directory
+    #[arg(long, env = "SAGALOG_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Print one JSON document instead of text (and no progress bars)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FromSnapshot {
+    Latest,
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    /// Start from the newest usable snapshot, or from the start of the log
+    #[arg(long, value_enum, default_value = "latest")]
+    pub from_snapshot: FromSnapshot,
+    /// Stop before this log offset
+    #[arg(long)]
+    pub to_offset: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    /// Only this saga's records
+    #[arg(long)]
+    pub saga: Option<String>,
+    /// First log offset to read
+    #[arg(long, default_value_t = 0)]
+    pub from: u64,
+    /// Most records to print
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    /// Directory to write the backup to (new or empty)
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup directory (`sagalog backup --out`)
+    #[arg(long)]
+    pub from: PathBuf,
+    #[command(flatten)]
+    pub dir: DirArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Offline {
+    /// Check every record's CRC, the snapshots and the index against the log
+    Verify(DirArgs),
+    /// Cut a torn tail or a corrupt range (moved aside under DIR/recovered/, never
+    /// deleted), then rebuild the indexes and verify
+    Recover(DirArgs),
+    /// Write a snapshot now
+    Snapshot(DirArgs),
+    /// Rebuild the projections from snapshot plus log and print the status counts
+    Replay(ReplayArgs),
+    /// Rebuild the indexes from the log
+    Reindex(DirArgs),
+    /// Print records as JSON lines
+    Inspect(InspectArgs),
+    /// Copy the data directory consistently, also while `serve` runs
+    Backup(BackupArgs),
+    /// Make a new data directory from a backup
+    Restore(RestoreArgs),
+}
+
+impl Offline {
+    fn dir(&self) -> &DirArgs {
+        match self {
+            Offline::Verify(d)
+            | Offline::Recover(d)
+            | Offline::Snapshot(d)
+            | Offline::Reindex(d) => d,
+            Offline::Replay(a) => &a.dir,
+            Offline::Inspect(a) => &a.dir,
+            Offline::Backup(a) => &a.dir,
+            Offline::Restore(a) => &a.dir,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Offline::Verify(_) => "verify",
+            Offline::Recover(_) => "recover",
+            Offline::Snapshot(_) => "snapshot",
+            Offline::Replay(_) => "replay",
+            Offline::Reindex(_) => "reindex",
+            Offline::Inspect(_) => "inspect",
+            Offline::Backup(_) => "backup",
+            Offline::Restore(_) => "restore",
+        }
+    }
+}
+
+/// Progress bars on stderr, drawn only on a terminal.
+struct Bars {
+    bar: parking_lot::Mutex<Option<ProgressBar>>,
+    visible: bool,
+}
+
+impl Bars {
+    fn new(json: bool) -> Bars {
+        Bars {
+            bar: parking_lot::Mutex::new(None),
+            visible: !json && std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn begin(&self, step: &str, total: u64) {
+        let bar = if !self.visible {
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
+        } else if total == 0 {
+            ProgressBar::new_spinner()
+        } else {
+            ProgressBar::new(total)
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{msg:24} {wide_bar} {pos}/{len} {elapsed}")
+                .expect("a valid template"),
+        );
+        bar.set_message(step.to_string());
+        *self.bar.lock() = Some(bar);
+    }
+
+    fn advance(&self, units: u64) {
+        if let Some(bar) = &*self.bar.lock() {
+            bar.inc(units);
+        }
+    }
+
+    fn end(&self) {
+        if let Some(bar) = self.bar.lock().take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// What a command printed, and whether it found problems.
+struct Outcome {
+    text: String,
+    json: Value,
+    problems: bool,
+}
+
+pub fn run(command: Offline) -> ExitCode {
+    let (name, json) = (command.name(), command.dir().json);
+    let config = EngineConfig::default();
+    let bars = Bars::new(json);
+    match execute(&command, &config, &bars) {
+        Ok(outcome) => {
+            if json {
+                println!("{}", outcome.json);
+            } else {
+                print!("{}", outcome.text);
+            }
+            if outcome.problems {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            let refused = matches!(
+                e,
+                EngineError::InvalidRequest { .. }
+                    | EngineError::Storage(StorageError::Locked { .. })
+            );
+            if json {
+                println!("{}", json!({"error": e.to_string()}));
+            }
+            eprintln!("sagalog {name}: {e}");
+            ExitCode::from(if refused { 2 } else { 1 })
+        }
+    }
+}
+
+fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outcome, EngineError> {
+    match command {
+        Offline::Verify(d) => {
+            let report = offline::verify(&d.data_dir, config, bars)?;
+            Ok(Outcome {
+                text: verify_text(&report),
+                problems: !report.is_clean(),
+                json: serde_json::to_value(&report).expect("serializes"),
+            })
+        }
+        Offline::Recover(d) => {
+            let report = offline::recover(&d.data_dir, config, bars)?;
+            let mut text = match &report.cut {
+                Some(cut) => format!(
+                    "cut the log at offset {} ({}): {} bytes and {} whole segments moved to {}\n",
+                    cut.next_offset,
+                    cut.problem,
+                    cut.moved_bytes,
+                    cut.moved_segments,
+                    cut.aside.display()
+                ),
+                None => "nothing to cut: the log is whole\n".to_string(),
+            };
+            for path in &report.snapshots_moved {
+                text.push_str(&format!(
+                    "moved aside snapshot {} (past the new head)\n",
+                    path.display()
+                ));
+            }
+            text.push_str(&format!(
+                "rebuilt the indexes from {} records\n",
+                report.reindexed_records
+            ));
+            text.push_str(&verify_text(&report.verify));
+            Ok(Outcome {
+                text,
+                problems: !report.verify.is_clean(),
+                json: serde_json::to_value(&report).expect("serializes"),
+            })
+        }
+        Offline::Snapshot(d) => {
+            check_data_dir(&d.data_dir)?;
+            bars.begin("replaying the log", 0);
+            let engine = Engine::open(&d.data_dir, config.clone())?;
+            bars.end();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| EngineError::Inconsistent(format!("starting a runtime: {e}")))?;
+            let info = runtime.block_on(engine.snapshot())?;
+            Ok(Outcome {
+                text: format!(
+                    "snapshot at offset {} written to {} ({} bytes)\n",
+                    info.offset,
+                    info.path.display(),
+                    info.bytes
+                ),
+                json: json!({"offset": info.offset, "path": info.path, "bytes": info.bytes}),
+                problems: false,
+            })
+        }
+        Offline::Replay(a) => {
+            let summary = offline::replay(
+                &a.dir.data_dir,
+                config,
+                a.from_snapshot == FromSnapshot::Latest,
+                a.to_offset,
+            )?;
+            let mut text = format!(
+                "replayed {} records from offset {} to {}\n",
+                summary.replayed, summary.snapshot_offset, summary.to_offset
+            );
+            for (status, count) in &summary.status_counts {
+                text.push_str(&format!("{status:<20} {count}\n"));
+            }
+            Ok(Outcome {
+                text,
+                json: serde_json::to_value(&summary).expect("serializes"),
+                problems: false,
+            })
+        }
+        Offline::Reindex(d) => {
+            check_data_dir(&d.data_dir)?;
+            bars.begin("rebuilding the indexes", 0);
+            let records = Engine::reindex(&d.data_dir, config)?;
+            bars.end();
+            Ok(Outcome {
+                text: format!("rebuilt the indexes from {records} records\n"),
+                json: json!({"records": records}),
+                problems: false,
+            })
+        }
+        Offline::Inspect(a) => {
+            let records =
+                offline::inspect(&a.dir.data_dir, config, a.saga.as_deref(), a.from, a.limit)?;
+            let lines: Vec<Value> = records.into_iter().map(|(o, e)| entry_json(o, e)).collect();
+            let text = lines.iter().map(|l| format!("{l}\n")).collect();
+            Ok(Outcome {
+                text,
+                json: Value::Array(lines),
+                problems: false,
+            })
+        }
+        Offline::Backup(a) => {
+            let manifest = offline::backup(&a.dir.data_dir, &a.out, config, bars)?;
+            Ok(Outcome {
+                text: format!(
+                    "backup of the log below offset {} ({} segments, {} bytes, snapshot at {}) in {}\n",
+                    manifest.offset,
+                    manifest.segments,
+                    manifest.bytes,
+                    manifest
+                        .snapshot_offset
+                        .map_or_else(|| "none".to_string(), |o| o.to_string()),
+                    a.out.display()
+                ),
+                json: serde_json::to_value(&manifest).expect("serializes"),
+                problems: false,
+            })
+        }
+        Offline::Restore(a) => {
+            let report = offline::restore(&a.from, &a.dir.data_dir, config, bars)?;
+            let mut text = format!(
+                "restored the log below offset {} into {}; rebuilt the indexes from {} records\n",
+                report.manifest.offset,
+                a.dir.data_dir.display(),
+                report.reindexed_records
+            );
+            text.push_str(&verify_text(&report.verify));
+            Ok(Outcome {
+                text,
+                problems: !report.verify.is_clean(),
+                json: serde_json::to_value(&report).expect("serializes"),
+            })
+        }
+    }
+}
+
+/// `snapshot` and `reindex` open the directory through the engine, which would make
+/// one: refuse a path that is not a data directory first.
+fn check_data_dir(dir: &Path) -> Result<(), EngineError> {
+    if dir.join(sagalog_storage::LOG_DIR).is_dir() {
+        Ok(())
+    } else {
+        Err(EngineError::InvalidRequest {
+            field: "data_dir",
+            message: format!(
+                "{} is not a sagalog data directory (it has no log/)",
+                dir.display()
+            ),
+        })
+    }
+}
+
+fn verify_text(report: &offline::VerifyReport) -> String {
+    let log = &report.log;
+    let mut text = format!(
+        "log: {} segments, {} records, offsets {}..{}, {} bytes\n",
+        log.segments, log.records, log.start_offset, log.next_offset, log.bytes
+    );
+    text.push_str(&format!("snapshots: {}\n", report.snapshots.len()));
+    match &report.index.skipped {
+        Some(why) => text.push_str(&format!("index: not checked: {why}\n")),
+        None => text.push_str(&format!(
+            "index: watermark {}, {} finished sagas, {} dead letters checked\n",
+            report.index.watermark, report.index.sagas, report.index.dead_letters
+        )),
+    }
+    let problems = report.problems();
+    if problems.is_empty() {
+        text.push_str("clean\n");
+    } else {
+        text.push_str(&format!("{} problems:\n", problems.len()));
+        for problem in problems {
+            text.push_str(&format!("  {problem}\n"));
+        }
+    }
+    text
+}
+
+/// One record as `sagalog inspect` prints it.
+fn entry_json(offset: u64, entry: Entry) -> Value {
+    match entry {
+        Entry::Saga { record, .. } => {
+            let saga_id = record.saga_id.to_string();
+            let mut item = sagalog_http::json::history_item(&HistoryItem { offset, record }, None);
+            item["saga_id"] = json!(saga_id);
+            item
+        }
+        Entry::DefinitionRegistered { json } => json!({
+            "offset": offset, "kind": "definition_registered",
+            "definition": serde_json::from_str::<Value>(&json).unwrap_or(Value::String(json)),
+        }),
+        Entry::DeadLettered {
+            saga_id,
+            command_offset,
+            reason,
+        } => json!({"offset": offset, "kind": "dead_lettered", "saga_id": saga_id,
+                    "command_offset": command_offset, "reason": reason}),
+        Entry::DeadLetterReplayed {
+            dead_letter_offset,
+            command_offset,
+        } => json!({"offset": offset, "kind": "dead_letter_replayed",
+                    "dead_letter_offset": dead_letter_offset, "command_offset": command_offset}),
+    }
+}

@@ -1,0 +1,459 @@
+//! The offline commands of SPEC §8 run as an operator would run them, on data
+//! directories the real `sagalog serve` wrote: verify and recover a flipped byte,
+//! refuse a directory a server holds, backup under load and restore, replay and
+//! inspect agreeing with the server, and a deleted index rebuilt.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use common::{data_dir, get, post, samples, serve};
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+fn sagalog(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sagalog"))
+        .args(args)
+        .env("SAGALOG_LOG", "warn")
+        .output()
+        .expect("runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(output)))
+}
+
+fn arg(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Starts `count` order sagas named `{prefix}-{i}` and answers the first step of each:
+/// every third with a failure when `fail` (its retry then waits on a timer).
+async fn sagas_failing(
+    c: &mut sagalog_http::client::Client,
+    prefix: &str,
+    count: usize,
+    fail: bool,
+) {
+    for i in 0..count {
+        let id = format!("{prefix}-{i}");
+        let started = post(
+            c,
+            "/api/v1/sagas",
+            json!({"type": "order", "saga_id": id, "payload": {"i": i}}),
+        )
+        .await;
+        assert_eq!(started.status, StatusCode::CREATED, "{}", started.text());
+        let reply = json!({"event_id": format!("{id}-r"), "step": "reserve_inventory",
+                           "outcome": if fail && i % 3 == 0 { "failed" } else { "succeeded" }, "attempt": 1});
+        let answered = post(c, &format!("/api/v1/sagas/{id}/events"), reply).await;
+        assert_eq!(answered.status, StatusCode::ACCEPTED, "{}", answered.text());
+    }
+}
+
+/// Answers every outstanding command of saga `id` with success until it completes.
+async fn sagas(c: &mut sagalog_http::client::Client, prefix: &str, count: usize) {
+    sagas_failing(c, prefix, count, true).await;
+}
+
+async fn complete(c: &mut sagalog_http::client::Client, id: &str) {
+    for _ in 0..8 {
+        let saga = get(c, &format!("/api/v1/sagas/{id}")).await.json();
+        if saga["status"] == "COMPLETED" {
+            return;
+        }
+        let step = saga["current_step"]
+            .as_str()
+            .expect("a command is outstanding")
+            .to_string();
+        let attempt = saga["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == step)
+            .unwrap()["attempts"]
+            .clone();
+        let reply = json!({"event_id": format!("{id}-{step}-{attempt}"), "step": step, "outcome": "succeeded", "attempt": attempt});
+        let answered = post(c, &format!("/api/v1/sagas/{id}/events"), reply).await;
+        assert_eq!(answered.status, StatusCode::ACCEPTED, "{}", answered.text());
+    }
+    panic!("{id} did not complete");
+}
+
+async fn stop(server: sagalog_benches::process::Server) {
+    let status = tokio::task::spawn_blocking(move || server.terminate().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_stops_serve_verify_names_it_and_recover_fixes_it() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(&root);
+    let server = serve(&dir, &["--segment-bytes", "4096"]);
+    let mut c = common::client(&server).await;
+    sagas(&mut c, "s", 40).await;
+    drop(c);
+    stop(server).await;
+    let files = segments(&dir);
+    assert!(files.len() >= 3, "{files:?}");
+    let victim = &files[1];
+    let base: u64 = victim
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(victim)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, 24 + 8 + 3).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x20], 24 + 8 + 3).unwrap();
+    drop(file);
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+
+    // serve refuses, naming segment and offset.
+    let refused = sagalog_benches::process::Server::start(
+        Path::new(env!("CARGO_BIN_EXE_sagalog")),
+        &dir,
+        &["--segment-bytes", "4096"],
+    )
+    .err()
+    .expect("serve refuses a corrupt log");
+    assert!(
+        refused.contains(&name) && refused.contains(&format!("offset {base}")),
+        "{refused}"
+    );
+    assert!(refused.contains("sagalog recover"), "{refused}");
+
+    let verify = sagalog(&["verify", "--data-dir", arg(&dir)]);
+    assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        out.contains("corrupt in segment")
+            && out.contains(&name)
+            && out.contains(&format!("at offset {base}")),
+        "{out}"
+    );
+    let report = json_of(&sagalog(&["verify", "--data-dir", arg(&dir), "--json"]));
+    assert_eq!(report["log"]["problems"][0]["offset"], base);
+    assert_eq!(report["log"]["problems"][0]["kind"], "corrupt");
+
+    let recover = sagalog(&["recover", "--data-dir", arg(&dir)]);
+    assert_eq!(recover.status.code(), Some(0), "{}", text(&recover));
+    let out = String::from_utf8_lossy(&recover.stdout);
+    assert!(
+        out.contains(&format!("cut the log at offset {base}")) && out.ends_with("clean\n"),
+        "{out}"
+    );
+    let aside: Vec<PathBuf> = std::fs::read_dir(dir.join("recovered"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(aside.len(), 1);
+    let note = std::fs::read_to_string(aside[0].join("NOTE.txt")).unwrap();
+    assert!(note.contains(&name), "{note}");
+    assert!(aside[0].join(format!("{name}.from-byte-24")).exists());
+
+    let verify = sagalog(&["verify", "--data-dir", arg(&dir)]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    let server = serve(&dir, &["--segment-bytes", "4096"]);
+    let mut c = common::client(&server).await;
+    assert_eq!(
+        get(&mut c, "/api/v1/sagas/s-0").await.json()["saga_id"],
+        "s-0"
+    );
+    assert_eq!(
+        get(&mut c, "/api/v1/sagas/s-39").await.status,
+        StatusCode::NOT_FOUND,
+        "cut away"
+    );
+    sagas(&mut c, "after", 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_commands_refuse_a_directory_a_server_holds_but_backup_reads_beside_it() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(&root);
+    let server = serve(&dir, &[]);
+    let mut c = common::client(&server).await;
+    sagas(&mut c, "h", 5).await;
+    for command in [
+        vec!["verify"],
+        vec!["recover"],
+        vec!["snapshot"],
+        vec!["replay"],
+        vec!["reindex"],
+        vec!["inspect"],
+    ] {
+        let mut args = command.clone();
+        args.extend(["--data-dir", arg(&dir)]);
+        let out = sagalog(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {}", text(&out));
+        assert!(
+            err.contains(arg(&dir)) && err.contains("in use by another process (pid"),
+            "{command:?}: {err}"
+        );
+    }
+    let not_empty = sagalog(&[
+        "restore",
+        "--from",
+        arg(&root.path().join("b")),
+        "--data-dir",
+        arg(&dir),
+    ]);
+    assert_eq!(not_empty.status.code(), Some(2), "{}", text(&not_empty));
+    let backup = sagalog(&[
+        "backup",
+        "--data-dir",
+        arg(&dir),
+        "--out",
+        arg(&root.path().join("b")),
+    ]);
+    assert_eq!(backup.status.code(), Some(0), "{}", text(&backup));
+    let missing = sagalog(&["verify", "--data-dir", arg(&root.path().join("nothing"))]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(
+        !root.path().join("nothing").exists(),
+        "an offline command makes no directory"
+    );
+}
+
+/// The `saga_status_gauge` samples of a `/metrics` text, as status → value.
+fn status_gauge(metrics: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    for line in samples(metrics, &["saga_status_gauge"]) {
+        let status = line.split('"').nth(1).unwrap().to_string();
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        out.insert(status, json!(value as u64));
+    }
+    Value::Object(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_under_load_restores_to_the_same_sagas_and_gauges() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(&root);
+    let options = ["--segment-bytes", "8192", "--snapshot-every-records", "150"];
+    let server = serve(&dir, &options);
+    let addr = server.addr;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_load = done.clone();
+    let load = tokio::spawn(async move {
+        let mut c = sagalog_http::client::Client::connect(addr).await.unwrap();
+        let mut round = 0;
+        while !stop_load.load(std::sync::atomic::Ordering::SeqCst) || round < 3 {
+            // No failures: no timer fires, so the restored server stays as restored.
+            sagas_failing(&mut c, &format!("load{round}"), 10, false).await;
+            for i in [1, 2, 4] {
+                complete(&mut c, &format!("load{round}-{i}")).await;
+            }
+            round += 1;
+        }
+        round
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let backup_dir = root.path().join("backup");
+    let (d, b) = (dir.clone(), backup_dir.clone());
+    let backup = tokio::task::spawn_blocking(move || {
+        sagalog(&["backup", "--data-dir", arg(&d), "--out", arg(&b), "--json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(backup.status.code(), Some(0), "{}", text(&backup));
+    let manifest = json_of(&backup);
+    let offset = manifest["offset"].as_u64().unwrap();
+    assert!(!load.is_finished(), "the backup ran under load");
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rounds = load.await.unwrap();
+    assert!(rounds > 3, "{rounds}");
+    stop(server).await;
+    assert!(offset > 0);
+
+    let restored = root.path().join("restored");
+    let restore = sagalog(&[
+        "restore",
+        "--from",
+        arg(&backup_dir),
+        "--data-dir",
+        arg(&restored),
+    ]);
+    assert_eq!(restore.status.code(), Some(0), "{}", text(&restore));
+    // The restored directory holds exactly the source's state at the backup's offset.
+    let at_offset = json_of(&sagalog(&[
+        "replay",
+        "--data-dir",
+        arg(&dir),
+        "--from-snapshot",
+        "none",
+        "--to-offset",
+        &offset.to_string(),
+        "--json",
+    ]));
+    let from_backup = json_of(&sagalog(&[
+        "replay",
+        "--data-dir",
+        arg(&restored),
+        "--json",
+    ]));
+    assert_eq!(from_backup["status_counts"], at_offset["status_counts"]);
+
+    let source = serve(&dir, &options);
+    let copy = serve(&restored, &options);
+    let (mut s, mut r) = (common::client(&source).await, common::client(&copy).await);
+    let gauges = status_gauge(&get(&mut r, "/metrics").await.text());
+    assert_eq!(gauges, at_offset["status_counts"], "gauges after restore");
+    let listed = get(&mut r, "/api/v1/sagas?limit=1000").await.json();
+    let items = listed["items"].as_array().unwrap();
+    assert!(!items.is_empty());
+    let mut whole = 0;
+    for item in items {
+        let id = item["saga_id"].as_str().unwrap();
+        let mine = get(&mut r, &format!("/api/v1/sagas/{id}/history"))
+            .await
+            .json();
+        let theirs = get(&mut s, &format!("/api/v1/sagas/{id}/history"))
+            .await
+            .json();
+        let (mine, theirs) = (
+            mine["items"].as_array().unwrap(),
+            theirs["items"].as_array().unwrap(),
+        );
+        assert_eq!(
+            mine[..],
+            theirs[..mine.len()],
+            "{id}: the backup holds a prefix of its history"
+        );
+        assert!(mine.iter().all(|h| h["offset"].as_u64().unwrap() < offset));
+        if mine.len() == theirs.len() {
+            whole += 1;
+            assert_eq!(
+                get(&mut r, &format!("/api/v1/sagas/{id}")).await.json(),
+                get(&mut s, &format!("/api/v1/sagas/{id}")).await.json(),
+                "{id}"
+            );
+        }
+    }
+    assert!(whole > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_inspect_and_reindex_agree_with_the_server() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(&root);
+    let server = serve(&dir, &["--snapshot-every-records", "40"]);
+    let mut c = common::client(&server).await;
+    sagas(&mut c, "r", 30).await;
+    // Every third saga's first step failed (its retry waits); complete some others.
+    for i in (0..30).filter(|i| i % 2 == 0 && i % 3 != 0) {
+        complete(&mut c, &format!("r-{i}")).await;
+    }
+    let gauges = status_gauge(&get(&mut c, "/metrics").await.text());
+    let history = get(&mut c, "/api/v1/sagas/r-3/history").await.json();
+    drop(c);
+    stop(server).await;
+
+    let latest = json_of(&sagalog(&["replay", "--data-dir", arg(&dir), "--json"]));
+    let none = json_of(&sagalog(&[
+        "replay",
+        "--data-dir",
+        arg(&dir),
+        "--from-snapshot",
+        "none",
+        "--json",
+    ]));
+    assert!(latest["snapshot_offset"].as_u64().unwrap() > 0, "{latest}");
+    assert_eq!(none["snapshot_offset"], 0);
+    assert_eq!(latest["status_counts"], none["status_counts"]);
+    assert_eq!(latest["status_counts"], gauges);
+
+    let inspect = sagalog(&[
+        "inspect",
+        "--data-dir",
+        arg(&dir),
+        "--saga",
+        "r-3",
+        "--limit",
+        "1000",
+    ]);
+    assert_eq!(inspect.status.code(), Some(0), "{}", text(&inspect));
+    let lines: Vec<Value> = String::from_utf8_lossy(&inspect.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let offsets = |items: &[Value]| {
+        items
+            .iter()
+            .map(|i| i["offset"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        offsets(&lines),
+        offsets(history["items"].as_array().unwrap())
+    );
+    assert!(lines.iter().all(|l| l["saga_id"] == "r-3"));
+    let page = sagalog(&[
+        "inspect",
+        "--data-dir",
+        arg(&dir),
+        "--from",
+        "5",
+        "--limit",
+        "3",
+    ]);
+    let page: Vec<Value> = String::from_utf8_lossy(&page.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(offsets(&page), [json!(5), json!(6), json!(7)]);
+
+    // A deleted index is rebuilt by reindex (and by serve on its own).
+    std::fs::remove_dir_all(dir.join("index")).unwrap();
+    let reindex = sagalog(&["reindex", "--data-dir", arg(&dir)]);
+    assert_eq!(reindex.status.code(), Some(0), "{}", text(&reindex));
+    let verify = sagalog(&["verify", "--data-dir", arg(&dir)]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    let snapshot = json_of(&sagalog(&["snapshot", "--data-dir", arg(&dir), "--json"]));
+    assert!(Path::new(snapshot["path"].as_str().unwrap()).exists());
+    std::fs::remove_dir_all(dir.join("index")).unwrap();
+    let server = serve(&dir, &[]);
+    let mut c = common::client(&server).await;
+    let finished = get(&mut c, "/api/v1/sagas?status=COMPLETED&limit=1000")
+        .await
+        .json();
+    assert_eq!(
+        finished["items"].as_array().unwrap().len(),
+        10,
+        "{finished}"
+    );
+    let history = get(&mut c, "/api/v1/sagas/r-4/history").await.json();
+    assert_eq!(history["items"].as_array().unwrap().len(), 8, "{history}");
+}
