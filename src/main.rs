@@ -169,6 +169,13 @@ async fn serve_until_signal(
     let demo = serve
         .demo
         .then(|| demo::spawn(engine.clone(), stopping.clone()));
+    let disk = DiskWatch {
+        dir: serve.data_dir.clone(),
+        min_free_bytes: serve.min_free_bytes,
+        min_free_percent: serve.min_free_percent,
+    };
+    disk.check(&engine, &metrics);
+    let disk = tokio::spawn(disk.run(engine.clone(), metrics.clone(), stopping.clone()));
     let retention = serve.log_retention.map(|min_age| {
         let hold = relay.as_ref().map(|(relay, _)| relay.position_reader());
         tokio::spawn(run_retention(
@@ -193,6 +200,7 @@ async fn serve_until_signal(
     if let Some(retention) = retention {
         let _ = retention.await;
     }
+    let _ = disk.await;
     if let Some((relay, replies)) = relay {
         replies.stop().await;
         relay
@@ -201,6 +209,60 @@ async fn serve_until_signal(
             .map_err(|e| format!("stopping the Kafka relay: {e}"))?;
     }
     Ok(())
+}
+
+/// The disk watermark: writes are refused while the data directory's filesystem has
+/// less free space than the smaller of `min_free_bytes` and `min_free_percent` of its
+/// size, and taken again once it has more.
+struct DiskWatch {
+    dir: std::path::PathBuf,
+    min_free_bytes: u64,
+    min_free_percent: u8,
+}
+
+impl DiskWatch {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn check(&self, engine: &Engine, metrics: &Metrics) {
+        let (free, total) = match sagalog_storage::disk_space(&self.dir) {
+            Ok(space) => space,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the data directory's free space");
+                return;
+            }
+        };
+        let watermark = self
+            .min_free_bytes
+            .min(total / 100 * u64::from(self.min_free_percent));
+        metrics
+            .disk_free
+            .set(i64::try_from(free).unwrap_or(i64::MAX));
+        metrics
+            .disk_watermark
+            .set(i64::try_from(watermark).unwrap_or(i64::MAX));
+        let low = (free < watermark).then(|| {
+            format!(
+                "the filesystem of {} has {free} bytes free, below the watermark of {watermark} \
+                 (--min-free-bytes, --min-free-percent): free some space",
+                self.dir.display()
+            )
+        });
+        engine.log().set_refusing(low);
+    }
+
+    async fn run(
+        self,
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+        mut stopping: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Self::EVERY) => self.check(&engine, &metrics),
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
 }
 
 /// Deletes the log segments nothing needs any more, now and then, until the stop.

@@ -72,6 +72,14 @@ pub struct ServeArgs {
     /// Take a snapshot every this many log records (0: only on demand) [default: 1000000]
     #[arg(long, env = "SAGALOG_SNAPSHOT_EVERY_RECORDS")]
     pub snapshot_every_records: Option<u64>,
+    /// Writes are refused (503, /readyz fails) while the data directory's filesystem has
+    /// less free space than the smaller of this and --min-free-percent; 0 turns it off
+    /// [default: 1073741824]
+    #[arg(long, env = "SAGALOG_MIN_FREE_BYTES")]
+    pub min_free_bytes: Option<u64>,
+    /// See --min-free-bytes [default: 5]
+    #[arg(long, env = "SAGALOG_MIN_FREE_PERCENT")]
+    pub min_free_percent: Option<u8>,
     /// Bytes after which the log starts a new segment [default: 67108864]
     #[arg(long, env = "SAGALOG_SEGMENT_BYTES")]
     pub segment_bytes: Option<u64>,
@@ -101,6 +109,8 @@ pub struct Serve {
     pub fsync: sagalog_storage::FsyncPolicy,
     pub snapshot_every_records: u64,
     pub segment_bytes: u64,
+    pub min_free_bytes: u64,
+    pub min_free_percent: u8,
     /// `None`: keep every segment.
     pub log_retention: Option<std::time::Duration>,
 }
@@ -154,6 +164,10 @@ impl ServeArgs {
         if segment_bytes < 4096 {
             return Err(format!("segment_bytes: {segment_bytes} is below 4096"));
         }
+        let min_free_percent = self.min_free_percent.or(file.min_free_percent).unwrap_or(5);
+        if min_free_percent > 100 {
+            return Err(format!("min_free_percent: {min_free_percent} is over 100"));
+        }
         let admin_token = self.admin_token.or(file.admin_token);
         if admin_token.as_deref().is_some_and(str::is_empty) {
             return Err("admin_token: must not be empty".into());
@@ -196,6 +210,11 @@ impl ServeArgs {
                 .or(file.snapshot_every_records)
                 .unwrap_or(1_000_000),
             segment_bytes,
+            min_free_bytes: self
+                .min_free_bytes
+                .or(file.min_free_bytes)
+                .unwrap_or(1 << 30),
+            min_free_percent,
             log_retention,
         })
     }

@@ -456,6 +456,9 @@ impl App {
         if let Some(reason) = self.engine.log().poisoned() {
             return Err(not_ready(format!("the log cannot be written: {reason}")));
         }
+        if let Some(reason) = self.engine.log().refusing() {
+            return Err(not_ready(format!("the log refuses writes: {reason}")));
+        }
         let problems = self.readiness.problems();
         if !problems.is_empty() {
             return Err(not_ready(problems.join("; ")));

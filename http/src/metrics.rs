@@ -60,6 +60,10 @@ pub struct Metrics {
     /// The relay's metrics (SPEC §6 outbox set); without Kafka nothing is published,
     /// and they stay at zero.
     pub outbox: OutboxMetrics,
+    /// Free bytes of the data directory's filesystem, and the watermark below which
+    /// writes are refused (set by `serve`'s disk watcher).
+    pub disk_free: IntGauge,
+    pub disk_watermark: IntGauge,
     /// One scrape at a time: counters read from the engine move by their difference.
     scrape: Mutex<()>,
 }
@@ -238,6 +242,14 @@ impl Metrics {
             log_head: gauge("sagalog_log_head_offset", "The offset the next log record gets."),
             log_bytes: gauge("sagalog_log_bytes", "Bytes held in log segments."),
             log_segments: gauge("sagalog_log_segments", "Log segment files."),
+            disk_free: gauge(
+                "sagalog_disk_free_bytes",
+                "Free bytes of the filesystem holding the data directory.",
+            ),
+            disk_watermark: gauge(
+                "sagalog_disk_watermark_bytes",
+                "Free bytes below which writes are refused (503) until space returns.",
+            ),
             snapshot_offset: gauge(
                 "sagalog_snapshot_offset",
                 "Log offset of the newest snapshot (0 when none).",

@@ -127,3 +127,14 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .map_err(StorageError::io("fsync directory", dir))
 }
+
+/// Free and total bytes of the filesystem that holds `path` (`statvfs`; free is what an
+/// unprivileged writer may use).
+pub fn disk_space(path: &Path) -> Result<(u64, u64)> {
+    let stat = rustix::fs::statvfs(path)
+        .map_err(|e| StorageError::io("statvfs", path)(std::io::Error::from(e)))?;
+    Ok((
+        stat.f_bavail.saturating_mul(stat.f_frsize),
+        stat.f_blocks.saturating_mul(stat.f_frsize),
+    ))
+}

@@ -70,6 +70,11 @@ pub enum StorageError {
     #[error("the log refuses writes until it is reopened, because {reason}")]
     Poisoned { reason: String },
 
+    #[error(
+        "the log refuses writes while {reason}; it takes them again by itself once that clears"
+    )]
+    Refusing { reason: String },
+
     #[error("the log is closed")]
     Closed,
 

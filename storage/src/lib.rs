@@ -23,7 +23,7 @@ pub mod snapshot;
 mod writer;
 
 pub use config::{FsyncPolicy, LogConfig, LogObserver};
-pub use datadir::{DataDir, DirLock, INDEX_DIR, LOCK_FILE, LOG_DIR, SNAPSHOT_DIR};
+pub use datadir::{disk_space, DataDir, DirLock, INDEX_DIR, LOCK_FILE, LOG_DIR, SNAPSHOT_DIR};
 pub use error::{Result, StorageError};
 pub use index::{IndexBatch, IndexStore, Keyspace};
 pub use log::{

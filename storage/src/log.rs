@@ -136,6 +136,8 @@ pub(crate) struct Shared {
     tail_truncations: AtomicU64,
     /// Why the log refuses writes, once an fsync failed (see `writer`).
     poisoned: Mutex<Option<String>>,
+    /// Why the log refuses new appends for now (a disk below its watermark).
+    refusing: Mutex<Option<String>>,
 }
 
 pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -295,6 +297,7 @@ impl Log {
             state: RwLock::new(state),
             tail_truncations: AtomicU64::new(report.cuts.len() as u64),
             poisoned: Mutex::new(None),
+            refusing: Mutex::new(None),
             config,
         });
         let (committed_tx, committed) = watch::channel(next);
@@ -379,6 +382,9 @@ impl Log {
         &self,
         records: Vec<Vec<u8>>,
     ) -> Result<(Request, oneshot::Receiver<Result<Range<u64>>>)> {
+        if let Some(reason) = self.refusing() {
+            return Err(StorageError::Refusing { reason });
+        }
         let config = self.config();
         let mut bytes = 0usize;
         for record in &records {
@@ -479,6 +485,23 @@ impl Log {
     /// is only known again after a reopen rescans it.
     pub fn poisoned(&self) -> Option<String> {
         self.shared().poisoned()
+    }
+
+    /// Refuses new appends (`Some`, with the reason they get) or takes them again
+    /// (`None`). Appends already handed to the writer go on.
+    pub fn set_refusing(&self, reason: Option<String>) {
+        let mut refusing = self.shared().refusing.lock();
+        match (&*refusing, &reason) {
+            (None, Some(reason)) => tracing::error!(%reason, "the log refuses writes"),
+            (Some(_), None) => tracing::info!("the log takes writes again"),
+            _ => {}
+        }
+        *refusing = reason;
+    }
+
+    /// Why new appends are refused, if they are.
+    pub fn refusing(&self) -> Option<String> {
+        self.shared().refusing.lock().clone()
     }
 
     /// Follows the log from `from`: the tail yields records as soon as they are published.
