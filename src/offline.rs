@@ -239,7 +239,7 @@ fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outc
             };
             for path in &report.snapshots_moved {
                 text.push_str(&format!(
-                    "moved aside snapshot {} (past the new head)\n",
+                    "moved aside snapshot {} (unusable or past the new head)\n",
                     path.display()
                 ));
             }

@@ -457,3 +457,113 @@ async fn replay_inspect_and_reindex_agree_with_the_server() {
     let history = get(&mut c, "/api/v1/sagas/r-4/history").await.json();
     assert_eq!(history["items"].as_array().unwrap().len(), 8, "{history}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_cuts_a_torn_tail_rewrites_a_partial_header_and_skips_a_corrupt_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(&root);
+    let options = ["--segment-bytes", "8192"];
+    let server = serve(&dir, &options);
+    let mut c = common::client(&server).await;
+    for part in 0..2 {
+        sagas(&mut c, &format!("t{part}"), 15).await;
+        let taken = post(&mut c, "/internal/v1/snapshots", json!({})).await;
+        assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.text());
+    }
+    let gauges = status_gauge(&get(&mut c, "/metrics").await.text());
+    drop(c);
+    stop(server).await;
+
+    // A torn tail: half a record after the last whole one (as a crash mid-write leaves).
+    let last = segments(&dir).pop().unwrap();
+    let bytes = std::fs::read(&last).unwrap();
+    // Walk the frames (length | crc | payload) past the 24-byte header to the first
+    // zero length: where the records end.
+    let mut end = 24usize;
+    loop {
+        let len = u32::from_le_bytes(bytes[end..end + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        end += 8 + len;
+    }
+    let end = end as u64;
+    let file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    file.write_all_at(&[40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3], end)
+        .unwrap();
+    drop(file);
+    // The newest snapshot is damaged.
+    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    snapshots.sort();
+    assert!(snapshots.len() >= 2, "{snapshots:?}");
+    let newest = snapshots.pop().unwrap();
+    let mut damaged = std::fs::read(&newest).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    std::fs::write(&newest, damaged).unwrap();
+
+    let server = serve(&dir, &options);
+    let mut c = common::client(&server).await;
+    assert_eq!(status_gauge(&get(&mut c, "/metrics").await.text()), gauges);
+    for i in 0..15 {
+        for part in 0..2 {
+            let id = format!("t{part}-{i}");
+            assert_eq!(
+                get(&mut c, &format!("/api/v1/sagas/{id}")).await.status,
+                StatusCode::OK
+            );
+        }
+    }
+    let log = server.log_text();
+    assert!(log.contains("cut a torn tail"), "{log}");
+    assert!(
+        log.contains("unusable snapshot") || log.contains("corrupt"),
+        "{log}"
+    );
+    sagas(&mut c, "after", 2).await;
+    drop(c);
+    stop(server).await;
+
+    // A partial header of a next segment (a roll cut short).
+    let next_base: u64 = {
+        let report = json_of(&sagalog(&["verify", "--data-dir", arg(&dir), "--json"]));
+        report["log"]["next_offset"].as_u64().unwrap()
+    };
+    std::fs::write(
+        dir.join("log").join(format!("{next_base:020}.log")),
+        b"SGLG",
+    )
+    .unwrap();
+    let server = serve(&dir, &options);
+    assert!(
+        server.log_text().contains("cut a torn tail"),
+        "{}",
+        server.log_text()
+    );
+    let mut c = common::client(&server).await;
+    sagas(&mut c, "later", 2).await;
+    assert_eq!(
+        get(&mut c, "/api/v1/sagas/t0-0").await.status,
+        StatusCode::OK
+    );
+    drop(c);
+    stop(server).await;
+    // verify names the damaged snapshot; recover moves it aside.
+    let verify = sagalog(&["verify", "--data-dir", arg(&dir)]);
+    assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains(name),
+        "{}",
+        text(&verify)
+    );
+    let recover = sagalog(&["recover", "--data-dir", arg(&dir)]);
+    assert_eq!(recover.status.code(), Some(0), "{}", text(&recover));
+    assert!(String::from_utf8_lossy(&recover.stdout).contains("moved aside snapshot"));
+    assert!(!newest.exists());
+    let verify = sagalog(&["verify", "--data-dir", arg(&dir)]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+}

@@ -87,7 +87,7 @@ impl VerifyReport {
         out.extend(self.snapshots.iter().filter_map(|s| {
             s.problem
                 .as_ref()
-                .map(|p| format!("snapshot {}: {p}", s.path.display()))
+                .map(|p| format!("snapshot at offset {}: {p}", s.offset))
         }));
         out.extend(self.index.problems.iter().map(|p| format!("index: {p}")));
         out
@@ -301,7 +301,8 @@ pub struct RecoverReport {
 }
 
 /// Cuts a corrupt range or torn tail (moved under `DIR/recovered/`, never deleted),
-/// moves aside snapshots past the new head, rebuilds the indexes, and verifies.
+/// moves aside snapshots that are unusable or past the new head, rebuilds the indexes,
+/// and verifies.
 pub fn recover(
     dir: &Path,
     config: &EngineConfig,
@@ -318,18 +319,18 @@ pub fn recover(
         progress.begin("cutting the damage", 0);
         let cut = cut_log(&data.log_dir(), &config.log, &aside, true)?;
         progress.end();
-        if let Some(cut) = &cut {
-            let target = aside.join(SNAPSHOT_DIR);
-            for info in sagalog_storage::snapshot::list_in(&data.snapshot_dir())? {
-                if info.offset > cut.next_offset {
-                    std::fs::create_dir_all(&target)
-                        .map_err(io_err("create directory", &target))?;
-                    let to = target.join(info.path.file_name().expect("a snapshot file name"));
-                    std::fs::rename(&info.path, &to)
-                        .map_err(io_err("move snapshot aside", &info.path))?;
-                    snapshots_moved.push(to);
-                }
+        // Snapshots past the new head, or unusable, go aside too (serve would skip them).
+        let log = check_log(&data.log_dir(), &config.log, &|_| {})?;
+        let target = aside.join(SNAPSHOT_DIR);
+        for snapshot in check_snapshots(&data, config, log.start_offset, log.next_offset)? {
+            if snapshot.problem.is_none() {
+                continue;
             }
+            std::fs::create_dir_all(&target).map_err(io_err("create directory", &target))?;
+            let to = target.join(snapshot.path.file_name().expect("a snapshot file name"));
+            std::fs::rename(&snapshot.path, &to)
+                .map_err(io_err("move snapshot aside", &snapshot.path))?;
+            snapshots_moved.push(to);
         }
         cut
     };
@@ -338,7 +339,7 @@ pub fn recover(
     progress.end();
     let verify = verify(dir, config, progress)?;
     Ok(RecoverReport {
-        aside: cut.as_ref().map(|_| aside),
+        aside: (cut.is_some() || !snapshots_moved.is_empty()).then_some(aside),
         cut,
         snapshots_moved,
         reindexed_records,
