@@ -21,6 +21,8 @@ pub mod decider;
 pub mod definition;
 mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod indexing;
 mod list;
 pub mod offline;

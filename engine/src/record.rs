@@ -333,7 +333,7 @@ pub fn peek(bytes: &[u8]) -> Result<Option<Peek<'_>>, DecodeError> {
         version,
         reason: e.to_string(),
     };
-    let mut decoder = DecoderImpl::new(SliceReader::new(body), config(), ());
+    let mut decoder = DecoderImpl::new(SliceReader::new(body), decode_config(), ());
     let entry: u32 = Decode::decode(&mut decoder).map_err(invalid)?;
     if entry != 0 {
         return Ok(None);
@@ -381,6 +381,19 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// Most bytes decoding one record may claim for its strings and lists: a record is at
+/// most `max_record_bytes` (1 GiB at the very most), and a damaged length prefix must
+/// fail the decode rather than ask the allocator for terabytes (found by fuzzing).
+const MAX_DECODE_BYTES: usize = 1 << 30;
+
+fn decode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_DECODE_BYTES>,
+> {
+    config().with_limit::<MAX_DECODE_BYTES>()
+}
+
 impl Entry {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
@@ -394,11 +407,12 @@ impl Entry {
         if version > FORMAT_VERSION || version == 0 {
             return Err(DecodeError::NewerFormat { found: version });
         }
-        let (entry, used) =
-            bincode::decode_from_slice(body, config()).map_err(|e| DecodeError::Invalid {
+        let (entry, used) = bincode::decode_from_slice(body, decode_config()).map_err(|e| {
+            DecodeError::Invalid {
                 version,
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         if used != body.len() {
             return Err(DecodeError::Invalid {
                 version,

@@ -253,7 +253,7 @@ impl App {
         Ok(result?)
     }
 
-    async fn start(
+    pub(crate) async fn start(
         &self,
         body: &[u8],
         trace_id: Option<String>,
@@ -285,7 +285,7 @@ impl App {
         Ok(respond(status, json::saga(&answer.saga)))
     }
 
-    async fn reply(&self, id: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    pub(crate) async fn reply(&self, id: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
         let id = saga_id(id)?;
         let body: ReplyMessage = json::parse(body)?;
         let step = body.step.clone();
@@ -412,7 +412,11 @@ impl App {
         ))
     }
 
-    async fn put_definition(&self, name: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    pub(crate) async fn put_definition(
+        &self,
+        name: &str,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
         let text = std::str::from_utf8(body)
             .map_err(|_| ApiError::bad_request("invalid_json", "the body is not UTF-8"))?;
         json::parse::<Value>(body)?;

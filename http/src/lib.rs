@@ -13,6 +13,8 @@
 pub mod app;
 pub mod client;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod json;
 pub mod metrics;
 pub mod outbox;

@@ -17,6 +17,8 @@ mod config;
 mod datadir;
 mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 mod log;
 pub mod snapshot;
