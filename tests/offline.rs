@@ -567,3 +567,63 @@ async fn serve_cuts_a_torn_tail_rewrites_a_partial_header_and_skips_a_corrupt_sn
     let verify = sagalog(&["verify", "--data-dir", arg(&dir)]);
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
 }
+
+/// The "find stuck sagas and correct their state" procedure of docs/recovery.md, step
+/// by step, against a real server with an admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stuck_saga_procedure_runs_as_written() {
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &["--admin-token", common::TOKEN]);
+    let mut c = common::client(&server).await;
+    sagas(&mut c, "stuck", 2).await;
+    // 1. Sagas in progress since before now (the runbook puts a date an hour back).
+    let before = sagalog_http::json::rfc3339(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            + 1000,
+    );
+    let listed = get(
+        &mut c,
+        &format!("/api/v1/sagas?status=IN_PROGRESS&toDate={before}&limit=100"),
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text());
+    let ids: Vec<String> = listed.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["saga_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.contains(&"stuck-1".to_string()), "{ids:?}");
+    // 2. Its history.
+    let history = get(&mut c, "/api/v1/sagas/stuck-1/history").await;
+    assert_eq!(history.status, StatusCode::OK);
+    // 3. Re-issue its pending command with a fresh attempt budget.
+    let retry = common::admin(
+        &mut c,
+        hyper::Method::POST,
+        "/internal/v1/sagas/stuck-1/retry",
+        None,
+    )
+    .await;
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.text());
+    // 4. Or set its state by hand, with the reason recorded.
+    let body = json!({"status": "COMPENSATED", "reason": "Manual compensation"});
+    let patched = common::admin(
+        &mut c,
+        hyper::Method::PATCH,
+        "/internal/v1/sagas/stuck-1/status",
+        Some(body),
+    )
+    .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.text());
+    assert_eq!(patched.json()["status"], "COMPENSATED");
+    let history = get(&mut c, "/api/v1/sagas/stuck-1/history").await.json();
+    let last = history["items"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["kind"].as_str(), last["reason"].as_str()),
+        (Some("status_overridden"), Some("Manual compensation"))
+    );
+}
