@@ -10,7 +10,7 @@
 //!   held by a running server.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -247,15 +247,10 @@ fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outc
                 "rebuilt the indexes from {} records\n",
                 report.reindexed_records
             ));
-            text.push_str(&verify_text(&report.verify));
-            Ok(Outcome {
-                text,
-                problems: !report.verify.is_clean(),
-                json: serde_json::to_value(&report).expect("serializes"),
-            })
+            Ok(verified(text, &report.verify, &report))
         }
         Offline::Snapshot(d) => {
-            check_data_dir(&d.data_dir)?;
+            offline::require_data_dir(&d.data_dir)?;
             bars.begin("replaying the log", 0);
             let engine = Engine::open(&d.data_dir, config.clone())?;
             bars.end();
@@ -296,7 +291,7 @@ fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outc
             })
         }
         Offline::Reindex(d) => {
-            check_data_dir(&d.data_dir)?;
+            offline::require_data_dir(&d.data_dir)?;
             bars.begin("rebuilding the indexes", 0);
             let records = Engine::reindex(&d.data_dir, config)?;
             bars.end();
@@ -336,35 +331,29 @@ fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outc
         }
         Offline::Restore(a) => {
             let report = offline::restore(&a.from, &a.dir.data_dir, config, bars)?;
-            let mut text = format!(
+            let text = format!(
                 "restored the log below offset {} into {}; rebuilt the indexes from {} records\n",
                 report.manifest.offset,
                 a.dir.data_dir.display(),
                 report.reindexed_records
             );
-            text.push_str(&verify_text(&report.verify));
-            Ok(Outcome {
-                text,
-                problems: !report.verify.is_clean(),
-                json: serde_json::to_value(&report).expect("serializes"),
-            })
+            Ok(verified(text, &report.verify, &report))
         }
     }
 }
 
-/// `snapshot` and `reindex` open the directory through the engine, which would make
-/// one: refuse a path that is not a data directory first.
-fn check_data_dir(dir: &Path) -> Result<(), EngineError> {
-    if dir.join(sagalog_storage::LOG_DIR).is_dir() {
-        Ok(())
-    } else {
-        Err(EngineError::InvalidRequest {
-            field: "data_dir",
-            message: format!(
-                "{} is not a sagalog data directory (it has no log/)",
-                dir.display()
-            ),
-        })
+/// The outcome of a command that ends by verifying: its text then the verify report's,
+/// with problems when the directory is not clean.
+fn verified(
+    mut text: String,
+    verify: &offline::VerifyReport,
+    report: &impl serde::Serialize,
+) -> Outcome {
+    text.push_str(&verify_text(verify));
+    Outcome {
+        text,
+        problems: !verify.is_clean(),
+        json: serde_json::to_value(report).expect("serializes"),
     }
 }
 

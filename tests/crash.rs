@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{data_dir, get, samples, serve};
+use common::{data_dir, get, sagalog, serve, status_gauge};
 use hyper::StatusCode;
 use parking_lot::Mutex;
 use sagalog_http::client::Client;
@@ -70,24 +70,6 @@ async fn drive(addr: std::net::SocketAddr, prefix: String, acked: Acked) {
             }
         }
     }
-}
-
-fn sagalog(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_sagalog"))
-        .args(args)
-        .env("SAGALOG_LOG", "warn")
-        .output()
-        .expect("runs")
-}
-
-fn status_gauge(metrics: &str) -> Value {
-    let mut out = serde_json::Map::new();
-    for line in samples(metrics, &["saga_status_gauge"]) {
-        let status = line.split('"').nth(1).unwrap().to_string();
-        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        out.insert(status, json!(value as u64));
-    }
-    Value::Object(out)
 }
 
 const LEGAL: &[&str] = &[

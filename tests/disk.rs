@@ -83,6 +83,24 @@ async fn try_start(c: &mut sagalog_http::client::Client, id: &str, expect: &str)
     }
 }
 
+/// Tries starts `{prefix}-N` every 100 ms until one is taken (within 10 s, or the test
+/// fails), each refusal's message holding `expect`; returns the id taken.
+async fn taken_again(c: &mut sagalog_http::client::Client, prefix: &str, expect: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 0.. {
+        let id = format!("{prefix}-{n}");
+        if try_start(c, &id, expect).await {
+            return id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes still refused 10 s after space returned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!("the loop returns or fails")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn below_the_watermark_writes_wait_and_a_full_disk_loses_nothing() {
     if !is_root() {
@@ -145,20 +163,7 @@ async fn below_the_watermark_writes_wait_and_a_full_disk_loses_nothing() {
 
     // Space returns: writes and readiness come back by themselves.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let id = format!("back-{n}");
-        n += 1;
-        if try_start(&mut c, &id, "watermark").await {
-            acked.push(id);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "writes still refused 10 s after space returned"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    acked.push(taken_again(&mut c, "back", "watermark").await);
     assert_eq!(get(&mut c, "/readyz").await.status, StatusCode::OK);
     drop(c);
     let status = tokio::task::spawn_blocking(move || server.terminate().unwrap())
@@ -188,20 +193,7 @@ async fn below_the_watermark_writes_wait_and_a_full_disk_loses_nothing() {
         StatusCode::OK
     );
     std::fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let id = format!("healed-{n}");
-        n += 1;
-        if try_start(&mut c, &id, "").await {
-            acked.push(id);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "writes still refused 10 s after space returned"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    acked.push(taken_again(&mut c, "healed", "").await);
 
     // SIGKILL, restart: every acknowledged start is there, and the directory verifies.
     drop(c);

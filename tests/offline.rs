@@ -10,17 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::{data_dir, get, post, samples, serve};
+use common::{data_dir, get, post, sagalog, serve, status_gauge};
 use hyper::StatusCode;
 use serde_json::{json, Value};
-
-fn sagalog(args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_sagalog"))
-        .args(args)
-        .env("SAGALOG_LOG", "warn")
-        .output()
-        .expect("runs")
-}
 
 fn text(output: &Output) -> String {
     format!(
@@ -245,17 +237,6 @@ async fn offline_commands_refuse_a_directory_a_server_holds_but_backup_reads_bes
         !root.path().join("nothing").exists(),
         "an offline command makes no directory"
     );
-}
-
-/// The `saga_status_gauge` samples of a `/metrics` text, as status → value.
-fn status_gauge(metrics: &str) -> Value {
-    let mut out = serde_json::Map::new();
-    for line in samples(metrics, &["saga_status_gauge"]) {
-        let status = line.split('"').nth(1).unwrap().to_string();
-        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        out.insert(status, json!(value as u64));
-    }
-    Value::Object(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

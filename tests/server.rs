@@ -23,6 +23,18 @@ fn quick_definition() -> Value {
     })
 }
 
+async fn put_quick(c: &mut sagalog_http::client::Client) -> sagalog_http::client::Answer {
+    let body = quick_definition().to_string();
+    c.send(
+        Method::PUT,
+        "/api/v1/definitions/quick",
+        &[],
+        Some(body.as_bytes()),
+    )
+    .await
+    .unwrap()
+}
+
 fn reply(event_id: &str, step: &str, outcome: &str, attempt: u32) -> Value {
     json!({"event_id": event_id, "step": step, "outcome": outcome, "attempt": attempt,
            "data": {"note": event_id}, "reason": format!("{step} said {outcome}")})
@@ -47,15 +59,7 @@ async fn every_route_answers_and_a_restart_keeps_sagas_history_and_gauges() {
     let mut c = common::client(&server).await;
 
     // Definitions.
-    let put = c
-        .send(
-            Method::PUT,
-            "/api/v1/definitions/quick",
-            &[],
-            Some(quick_definition().to_string().as_bytes()),
-        )
-        .await
-        .unwrap();
+    let put = put_quick(&mut c).await;
     assert_eq!(put.status, StatusCode::OK, "{}", put.text());
     assert_eq!(put.json()["registered"], true);
     let defs = get(&mut c, "/api/v1/definitions").await;
@@ -492,15 +496,7 @@ async fn log_retention_removes_old_finished_sagas_and_says_so() {
     ];
     let server = serve(&dir, &options);
     let mut c = common::client(&server).await;
-    let put = c
-        .send(
-            Method::PUT,
-            "/api/v1/definitions/quick",
-            &[],
-            Some(quick_definition().to_string().as_bytes()),
-        )
-        .await
-        .unwrap();
+    let put = put_quick(&mut c).await;
     assert_eq!(put.status, StatusCode::OK);
     let open = post(
         &mut c,

@@ -34,7 +34,7 @@ impl Progress for NoProgress {}
 const MAX_LISTED: usize = 100;
 
 /// `dir` must be a data directory already: offline commands never make one.
-fn existing(dir: &Path) -> Result<()> {
+pub fn require_data_dir(dir: &Path) -> Result<()> {
     if dir.join(LOG_DIR).is_dir() {
         Ok(())
     } else {
@@ -101,7 +101,7 @@ impl VerifyReport {
 /// Checks every record's CRC, every snapshot, and the indexes against the log, changing
 /// nothing (the indexes are checked only when the log is whole).
 pub fn verify(dir: &Path, config: &EngineConfig, progress: &dyn Progress) -> Result<VerifyReport> {
-    existing(dir)?;
+    require_data_dir(dir)?;
     let data = DataDir::open(dir)?;
     let log_dir = data.log_dir();
     let bytes: u64 = segment_bases(&log_dir)?
@@ -308,7 +308,7 @@ pub fn recover(
     config: &EngineConfig,
     progress: &dyn Progress,
 ) -> Result<RecoverReport> {
-    existing(dir)?;
+    require_data_dir(dir)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -369,7 +369,7 @@ pub fn replay(
     use_snapshots: bool,
     to_offset: Option<u64>,
 ) -> Result<ReplaySummary> {
-    existing(dir)?;
+    require_data_dir(dir)?;
     let data = DataDir::open(dir)?;
     let (log, _) = data.open_log(config.log.clone())?;
     let snapshots = data.open_snapshots(config.snapshots.clone())?;
@@ -398,7 +398,7 @@ pub fn inspect(
     from: u64,
     limit: usize,
 ) -> Result<Vec<(u64, Entry)>> {
-    existing(dir)?;
+    require_data_dir(dir)?;
     let data = DataDir::open(dir)?;
     let (log, _) = data.open_log(config.log.clone())?;
     let mut out = Vec::new();
@@ -499,7 +499,7 @@ pub fn backup(
     config: &EngineConfig,
     progress: &dyn Progress,
 ) -> Result<Manifest> {
-    existing(dir)?;
+    require_data_dir(dir)?;
     fresh(out, "out")?;
     let (log_out, snap_out) = (out.join(LOG_DIR), out.join(SNAPSHOT_DIR));
     for d in [&log_out, &snap_out] {

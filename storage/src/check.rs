@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::datadir::sync_dir;
 use crate::error::{Result, StorageError};
 use crate::format::{
-    decode_segment_header, inspect_rest, Frame, FrameReader, HeaderProblem, SEGMENT_HEADER_BYTES,
+    inspect_rest, read_segment_header, Frame, FrameReader, HeaderProblem, SEGMENT_HEADER_BYTES,
 };
 use crate::log::{segment_path, SEGMENT_SUFFIX};
 use crate::LogConfig;
@@ -119,11 +119,7 @@ pub fn check_log(dir: &Path, config: &LogConfig, progress: &dyn Fn(u64)) -> Resu
         let file = File::open(&path).map_err(io("open segment"))?;
         let file_len = file.metadata().map_err(io("stat segment"))?.len();
         check.bytes += file_len;
-        let mut header = [0u8; SEGMENT_HEADER_BYTES];
-        let header_len = (file_len as usize).min(SEGMENT_HEADER_BYTES);
-        file.read_exact_at(&mut header[..header_len], 0)
-            .map_err(io("read segment header"))?;
-        match decode_segment_header(&header[..header_len], base) {
+        match read_segment_header(&file, file_len, base).map_err(io("read segment header"))? {
             Ok(()) => {}
             Err(HeaderProblem::UnsupportedVersion(version)) => {
                 let reason = format!("format version {version} is not one this build reads");

@@ -293,6 +293,19 @@ impl<'f> FrameReader<'f> {
     }
 }
 
+/// Reads and checks the header of a segment file of `file_len` bytes whose name says it
+/// starts at `base` (a file shorter than a header is checked as far as it goes).
+pub fn read_segment_header(
+    file: &File,
+    file_len: u64,
+    base: u64,
+) -> io::Result<Result<(), HeaderProblem>> {
+    let mut header = [0u8; SEGMENT_HEADER_BYTES];
+    let header_len = (file_len as usize).min(SEGMENT_HEADER_BYTES);
+    file.read_exact_at(&mut header[..header_len], 0)?;
+    Ok(decode_segment_header(&header[..header_len], base))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, watch};
 use crate::datadir::{sync_dir, DirLock};
 use crate::error::{Result, StorageError};
 use crate::format::{
-    decode_segment_header, encode_segment_header, frame_bytes, inspect_rest, Frame, FrameReader,
+    encode_segment_header, frame_bytes, inspect_rest, read_segment_header, Frame, FrameReader,
     HeaderProblem, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_BYTES,
 };
 use crate::writer::{self, Request};
@@ -735,11 +735,7 @@ fn open_segment(
         .map_err(io("open segment"))?;
     let file_len = file.metadata().map_err(io("stat segment"))?.len();
     let max = config.max_record_bytes;
-    let mut header = [0u8; SEGMENT_HEADER_BYTES];
-    let header_len = (file_len as usize).min(SEGMENT_HEADER_BYTES);
-    file.read_exact_at(&mut header[..header_len], 0)
-        .map_err(io("read segment header"))?;
-    match decode_segment_header(&header[..header_len], base) {
+    match read_segment_header(&file, file_len, base).map_err(io("read segment header"))? {
         Ok(()) => {}
         Err(HeaderProblem::UnsupportedVersion(version)) => {
             return Err(StorageError::UnsupportedFormat {

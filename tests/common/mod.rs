@@ -83,3 +83,24 @@ pub fn samples(metrics: &str, names: &[&str]) -> Vec<String> {
     lines.sort();
     lines
 }
+
+/// Runs an offline `sagalog` command (warnings only on stderr).
+pub fn sagalog(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sagalog"))
+        .args(args)
+        .env("SAGALOG_LOG", "warn")
+        .output()
+        .expect("runs")
+}
+
+/// The `saga_status_gauge` samples of a `/metrics` text, as status → value (the shape
+/// of `sagalog replay --json`'s `status_counts`).
+pub fn status_gauge(metrics: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    for line in samples(metrics, &["saga_status_gauge"]) {
+        let status = line.split('"').nth(1).expect("a status label").to_string();
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        out.insert(status, Value::from(value as u64));
+    }
+    Value::Object(out)
+}
