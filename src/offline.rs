@@ -150,14 +150,22 @@ impl Progress for Bars {
         let bar = if !self.visible {
             ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
         } else if total == 0 {
-            ProgressBar::new_spinner()
+            // A step of unknown length: a spinner that turns by itself while it runs.
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {pos} {elapsed}")
+                    .expect("a valid template"),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
         } else {
-            ProgressBar::new(total)
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template("{msg:24} {wide_bar} {pos}/{len} {elapsed}")
+                    .expect("a valid template"),
+            );
+            bar
         };
-        bar.set_style(
-            ProgressStyle::with_template("{msg:24} {wide_bar} {pos}/{len} {elapsed}")
-                .expect("a valid template"),
-        );
         bar.set_message(step.to_string());
         *self.bar.lock() = Some(bar);
     }
@@ -252,8 +260,9 @@ fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outc
         Offline::Snapshot(d) => {
             offline::require_data_dir(&d.data_dir)?;
             bars.begin("replaying the log", 0);
-            let engine = Engine::open(&d.data_dir, config.clone())?;
+            let engine = Engine::open(&d.data_dir, config.clone());
             bars.end();
+            let engine = engine?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -271,12 +280,15 @@ fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outc
             })
         }
         Offline::Replay(a) => {
+            bars.begin("replaying the log", 0);
             let summary = offline::replay(
                 &a.dir.data_dir,
                 config,
                 a.from_snapshot == FromSnapshot::Latest,
                 a.to_offset,
-            )?;
+            );
+            bars.end();
+            let summary = summary?;
             let mut text = format!(
                 "replayed {} records from offset {} to {}\n",
                 summary.replayed, summary.snapshot_offset, summary.to_offset
@@ -293,8 +305,9 @@ fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outc
         Offline::Reindex(d) => {
             offline::require_data_dir(&d.data_dir)?;
             bars.begin("rebuilding the indexes", 0);
-            let records = Engine::reindex(&d.data_dir, config)?;
+            let records = Engine::reindex(&d.data_dir, config);
             bars.end();
+            let records = records?;
             Ok(Outcome {
                 text: format!("rebuilt the indexes from {records} records\n"),
                 json: json!({"records": records}),
