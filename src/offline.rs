@@ -10,7 +10,7 @@
 //!   held by a running server.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -22,12 +22,30 @@ use serde_json::{json, Value};
 
 #[derive(Debug, Args)]
 pub struct DirArgs {
-    /// The data directory
-    #[arg(long, env = "SAGALOG_DATA_DIR", default_value = "data")]
-    pub data_dir: PathBuf,
+    /// The data directory [default: the --config file's data_dir, else ./data]
+    #[arg(long, env = "SAGALOG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The TOML file `serve` reads: its data_dir is used when --data-dir is not given
+    #[arg(long, env = "SAGALOG_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Print one JSON document instead of text (and no progress bars)
-    #[arg(long)]
+    #[arg(long, env = "SAGALOG_JSON")]
     pub json: bool,
+}
+
+impl DirArgs {
+    /// The data directory: the command line or environment, else the config file's,
+    /// else `./data` (as `serve` resolves it).
+    fn resolve(&self) -> Result<PathBuf, String> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        let from_file = match &self.config {
+            Some(path) => crate::options::read_config(path)?.data_dir,
+            None => None,
+        };
+        Ok(from_file.unwrap_or_else(|| PathBuf::from("data")))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,10 +59,15 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub dir: DirArgs,
     /// Start from the newest usable snapshot, or from the start of the log
-    #[arg(long, value_enum, default_value = "latest")]
+    #[arg(
+        long,
+        env = "SAGALOG_FROM_SNAPSHOT",
+        value_enum,
+        default_value = "latest"
+    )]
     pub from_snapshot: FromSnapshot,
     /// Stop before this log offset
-    #[arg(long)]
+    #[arg(long, env = "SAGALOG_TO_OFFSET")]
     pub to_offset: Option<u64>,
 }
 
@@ -53,13 +76,13 @@ pub struct InspectArgs {
     #[command(flatten)]
     pub dir: DirArgs,
     /// Only this saga's records
-    #[arg(long)]
+    #[arg(long, env = "SAGALOG_SAGA")]
     pub saga: Option<String>,
     /// First log offset to read
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "SAGALOG_FROM", default_value_t = 0)]
     pub from: u64,
     /// Most records to print
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "SAGALOG_LIMIT", default_value_t = 100)]
     pub limit: usize,
 }
 
@@ -68,14 +91,14 @@ pub struct BackupArgs {
     #[command(flatten)]
     pub dir: DirArgs,
     /// Directory to write the backup to (new or empty)
-    #[arg(long)]
+    #[arg(long, env = "SAGALOG_OUT")]
     pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// The backup directory (`sagalog backup --out`)
-    #[arg(long)]
+    #[arg(long, env = "SAGALOG_FROM")]
     pub from: PathBuf,
     #[command(flatten)]
     pub dir: DirArgs,
@@ -192,9 +215,16 @@ struct Outcome {
 
 pub fn run(command: Offline) -> ExitCode {
     let (name, json) = (command.name(), command.dir().json);
+    let dir = match command.dir().resolve() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("sagalog {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = EngineConfig::default();
     let bars = Bars::new(json);
-    match execute(&command, &config, &bars) {
+    match execute(&command, &dir, &config, &bars) {
         Ok(outcome) => {
             if json {
                 println!("{}", outcome.json);
@@ -222,18 +252,23 @@ pub fn run(command: Offline) -> ExitCode {
     }
 }
 
-fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outcome, EngineError> {
+fn execute(
+    command: &Offline,
+    dir: &Path,
+    config: &EngineConfig,
+    bars: &Bars,
+) -> Result<Outcome, EngineError> {
     match command {
-        Offline::Verify(d) => {
-            let report = offline::verify(&d.data_dir, config, bars)?;
+        Offline::Verify(_) => {
+            let report = offline::verify(dir, config, bars)?;
             Ok(Outcome {
                 text: verify_text(&report),
                 problems: !report.is_clean(),
                 json: serde_json::to_value(&report).expect("serializes"),
             })
         }
-        Offline::Recover(d) => {
-            let report = offline::recover(&d.data_dir, config, bars)?;
+        Offline::Recover(_) => {
+            let report = offline::recover(dir, config, bars)?;
             let mut text = match &report.cut {
                 Some(cut) => format!(
                     "cut the log at offset {} ({}): {} bytes and {} whole segments moved to {}\n",
@@ -257,10 +292,10 @@ fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outc
             ));
             Ok(verified(text, &report.verify, &report))
         }
-        Offline::Snapshot(d) => {
-            offline::require_data_dir(&d.data_dir)?;
+        Offline::Snapshot(_) => {
+            offline::require_data_dir(dir)?;
             bars.begin("replaying the log", 0);
-            let engine = Engine::open(&d.data_dir, config.clone());
+            let engine = Engine::open(dir, config.clone());
             bars.end();
             let engine = engine?;
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -282,7 +317,7 @@ fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outc
         Offline::Replay(a) => {
             bars.begin("replaying the log", 0);
             let summary = offline::replay(
-                &a.dir.data_dir,
+                dir,
                 config,
                 a.from_snapshot == FromSnapshot::Latest,
                 a.to_offset,
@@ -302,10 +337,10 @@ fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outc
                 problems: false,
             })
         }
-        Offline::Reindex(d) => {
-            offline::require_data_dir(&d.data_dir)?;
+        Offline::Reindex(_) => {
+            offline::require_data_dir(dir)?;
             bars.begin("rebuilding the indexes", 0);
-            let records = Engine::reindex(&d.data_dir, config);
+            let records = Engine::reindex(dir, config);
             bars.end();
             let records = records?;
             Ok(Outcome {
@@ -315,8 +350,7 @@ fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outc
             })
         }
         Offline::Inspect(a) => {
-            let records =
-                offline::inspect(&a.dir.data_dir, config, a.saga.as_deref(), a.from, a.limit)?;
+            let records = offline::inspect(dir, config, a.saga.as_deref(), a.from, a.limit)?;
             let lines: Vec<Value> = records.into_iter().map(|(o, e)| entry_json(o, e)).collect();
             let text = lines.iter().map(|l| format!("{l}\n")).collect();
             Ok(Outcome {
@@ -326,7 +360,7 @@ fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outc
             })
         }
         Offline::Backup(a) => {
-            let manifest = offline::backup(&a.dir.data_dir, &a.out, config, bars)?;
+            let manifest = offline::backup(dir, &a.out, config, bars)?;
             Ok(Outcome {
                 text: format!(
                     "backup of the log below offset {} ({} segments, {} bytes, snapshot at {}) in {}\n",
@@ -343,11 +377,11 @@ fn execute(command: &Offline, config: &EngineConfig, bars: &Bars) -> Result<Outc
             })
         }
         Offline::Restore(a) => {
-            let report = offline::restore(&a.from, &a.dir.data_dir, config, bars)?;
+            let report = offline::restore(&a.from, dir, config, bars)?;
             let text = format!(
                 "restored the log below offset {} into {}; rebuilt the indexes from {} records\n",
                 report.manifest.offset,
-                a.dir.data_dir.display(),
+                dir.display(),
                 report.reindexed_records
             );
             Ok(verified(text, &report.verify, &report))

@@ -220,7 +220,7 @@ impl ServeArgs {
     }
 }
 
-fn read_config(path: &Path) -> Result<ServeArgs, String> {
+pub(crate) fn read_config(path: &Path) -> Result<ServeArgs, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("config file {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))

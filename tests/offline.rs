@@ -608,3 +608,40 @@ async fn the_stuck_saga_procedure_runs_as_written() {
         (Some("status_overridden"), Some("Manual compensation"))
     );
 }
+
+#[test]
+fn offline_commands_find_the_data_directory_as_serve_does() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("from-config");
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    let config = root.path().join("sagalog.toml");
+    std::fs::write(&config, format!("data_dir = {:?}\n", dir.to_str().unwrap())).unwrap();
+    // From the config file.
+    let out = sagalog(&["verify", "--config", arg(&config), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(json_of(&out)["data_dir"], dir.to_str().unwrap());
+    // The environment wins over the file, as for serve.
+    let other = root.path().join("from-env");
+    std::fs::create_dir_all(other.join("log")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagalog"))
+        .args(["verify", "--config", arg(&config)])
+        .env("SAGALOG_DATA_DIR", &other)
+        .env("SAGALOG_JSON", "true")
+        .output()
+        .unwrap();
+    assert_eq!(
+        json_of(&out)["data_dir"],
+        other.to_str().unwrap(),
+        "{}",
+        text(&out)
+    );
+    // A config file that does not parse is refused, naming it.
+    std::fs::write(&config, "data_dri = 1\n").unwrap();
+    let out = sagalog(&["verify", "--config", arg(&config)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("data_dri"),
+        "{}",
+        text(&out)
+    );
+}
