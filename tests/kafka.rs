@@ -7,10 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{data_dir, get, post, serve};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use sagalog_benches::process::Tansu;
 use serde_json::{json, Value};
 
@@ -19,20 +17,7 @@ use serde_json::{json, Value};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn consumer(tansu: &Tansu, topic: &str) -> StreamConsumer {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", tansu.brokers())
-        .set("group.id", "participant")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..3 {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    consumer
+    tansu.consumer_from_start("participant", &[topic], 3)
 }
 
 async fn next_command(consumer: &StreamConsumer) -> Value {

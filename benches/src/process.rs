@@ -155,6 +155,33 @@ impl Tansu {
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// A consumer in `group` assigned partitions `0..partitions` of each of `topics`,
+    /// reading from the beginning (as a participant that must see every command).
+    pub fn consumer_from_start(
+        &self,
+        group: &str,
+        topics: &[&str],
+        partitions: i32,
+    ) -> rdkafka::consumer::StreamConsumer {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer");
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        for topic in topics {
+            for partition in 0..partitions {
+                assignment
+                    .add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
+                    .expect("a partition");
+            }
+        }
+        consumer.assign(&assignment).expect("assigned");
+        consumer
+    }
 }
 
 impl Drop for Tansu {

@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use sagalog_engine::{Engine, EngineConfig, Outcome, Reply, StartRequest};
 use sagalog_relay::{Relay, RelayConfig, RelayObserver};
 
@@ -80,22 +79,7 @@ fn config(tansu: &Tansu) -> RelayConfig {
 
 /// A consumer reading every partition of the step topics from the beginning.
 fn consumer(tansu: &Tansu, partitions: i32) -> StreamConsumer {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", tansu.brokers())
-        .set("group.id", "relay-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for topic in TOPICS {
-        for partition in 0..partitions {
-            assignment
-                .add_partition_offset(topic, partition, Offset::Beginning)
-                .unwrap();
-        }
-    }
-    consumer.assign(&assignment).unwrap();
-    consumer
+    tansu.consumer_from_start("relay-test", &TOPICS, partitions)
 }
 
 /// One received command: saga id, command offset, event id, headers by name (the
