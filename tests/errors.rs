@@ -233,6 +233,13 @@ async fn metrics_have_every_spec_name_and_pass_promtool() {
         "sagalog_log_segments",
         "sagalog_snapshot_offset",
         "sagalog_replay_records_total",
+        // Beyond SPEC §6, for the dashboards and alerts (monitoring/).
+        "saga_step_duration_seconds",
+        "sagalog_snapshot_timestamp_seconds",
+        "sagalog_snapshot_every_records",
+        "sagalog_disk_free_bytes",
+        "sagalog_disk_watermark_bytes",
+        "sagalog_kafka_topics_missing",
     ] {
         assert!(
             metrics.contains(&format!("# HELP {name} ")),

@@ -255,18 +255,6 @@ async fn a_dead_letter_is_listed_and_can_be_replayed_over_the_api() {
     }
 }
 
-/// A metric's one sample value.
-fn gauge(metrics: &str, name: &str) -> f64 {
-    common::samples(metrics, &[name])
-        .first()
-        .unwrap_or_else(|| panic!("{name} is exported"))
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_topic_that_may_not_be_created_fails_readiness_and_holds_its_commands() {
     let _serial = SERIAL.lock().await;
@@ -292,7 +280,7 @@ async fn a_missing_topic_that_may_not_be_created_fails_readiness_and_holds_its_c
     );
     let metrics = get(&mut c, "/metrics").await.text();
     assert!(
-        gauge(&metrics, "sagalog_kafka_topics_missing") >= 1.0,
+        common::gauge(&metrics, "sagalog_kafka_topics_missing") >= 1.0,
         "{metrics}"
     );
     let started = post(
@@ -334,7 +322,7 @@ async fn a_missing_topic_that_may_not_be_created_fails_readiness_and_holds_its_c
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let metrics = get(&mut c, "/metrics").await.text();
-    assert_eq!(gauge(&metrics, "sagalog_kafka_topics_missing"), 0.0);
+    assert_eq!(common::gauge(&metrics, "sagalog_kafka_topics_missing"), 0.0);
     let command = next_command(&consumer(&tansu, "inventory.commands")).await;
     assert_eq!(command["saga_id"], "wait-1");
     assert!(server.log_text().contains("Kafka topics are missing"));

@@ -49,6 +49,7 @@ const GAUGES: &[&str] = &[
     "saga_last_failed_timestamp",
     "sagalog_log_head_offset",
     "sagalog_snapshot_offset",
+    "sagalog_snapshot_timestamp_seconds",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,6 +267,15 @@ async fn every_route_answers_and_a_restart_keeps_sagas_history_and_gauges() {
     assert!(
         before.contains(&"saga_status_gauge{status=\"COMPENSATED\"} 2".to_string()),
         "{before:#?}"
+    );
+    let snapshot_at = common::gauge(&metrics.text(), "sagalog_snapshot_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - 60.0..=now + 1.0).contains(&snapshot_at),
+        "the snapshot was written just now: timestamp {snapshot_at}, now {now}"
     );
     let history_before = get(&mut c, "/api/v1/sagas/q-1/history").await.json();
     // One more saga after the snapshot, so the restart replays records too.

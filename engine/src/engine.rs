@@ -219,6 +219,11 @@ pub struct EngineStats {
     pub log_next_offset: u64,
     pub index_watermark: u64,
     pub snapshot_offset: u64,
+    /// Unix ms when the newest snapshot was written (its file's modification time), 0
+    /// when there is none.
+    pub snapshot_at_ms: u64,
+    /// The configured snapshot interval, in records.
+    pub snapshot_every_records: u64,
     pub replayed_records: u64,
 }
 
@@ -286,6 +291,7 @@ pub(crate) struct Inner {
     active: AtomicUsize,
     since_snapshot: AtomicU64,
     snapshot_offset: AtomicU64,
+    snapshot_at_ms: AtomicU64,
     replayed: u64,
     stop: watch::Sender<bool>,
     id_hasher: std::collections::hash_map::RandomState,
@@ -456,6 +462,7 @@ impl Engine {
         let restored = replay::restore(&log, &snapshots, config.shards)?;
         let watermark = index.watermark()?;
         let log_start = log.start_offset();
+        let snapshot_at_ms = written_at_ms(&snapshots, restored.snapshot_offset);
         let inner = Arc::new(Inner {
             finished_ids: RwLock::new(FinishedIds::default()),
             clock,
@@ -477,6 +484,7 @@ impl Engine {
             // followed by a snapshot soon, so the next start is short.
             since_snapshot: AtomicU64::new(restored.replayed),
             snapshot_offset: AtomicU64::new(restored.snapshot_offset),
+            snapshot_at_ms: AtomicU64::new(snapshot_at_ms),
             replayed: restored.replayed,
             stop: watch::channel(false).0,
             id_hasher: std::collections::hash_map::RandomState::new(),
@@ -814,9 +822,29 @@ impl Engine {
             log_next_offset: inner.log.next_offset(),
             index_watermark: *inner.indexed.borrow(),
             snapshot_offset: inner.snapshot_offset.load(Ordering::Relaxed),
+            snapshot_at_ms: inner.snapshot_at_ms.load(Ordering::Relaxed),
+            snapshot_every_records: inner.config.snapshot_every_records,
             replayed_records: inner.replayed,
         }
     }
+}
+
+/// When the snapshot at `offset` was written: its file's modification time in unix ms,
+/// or 0 when there is no such snapshot (offset 0 is "none") or the time is unreadable.
+fn written_at_ms(snapshots: &SnapshotStore, offset: u64) -> u64 {
+    if offset == 0 {
+        return 0;
+    }
+    let Ok(list) = snapshots.list() else { return 0 };
+    list.iter()
+        .find(|info| info.offset == offset)
+        .and_then(|info| {
+            std::fs::metadata(&info.path)
+                .and_then(|m| m.modified())
+                .ok()
+        })
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Drop for Engine {
@@ -1422,6 +1450,9 @@ impl Inner {
         };
         let info = self.snapshots.save(offset, &body)?;
         self.snapshot_offset.store(offset, Ordering::Relaxed);
+        // The file's own time, as a restart reads it: the gauge keeps its value.
+        self.snapshot_at_ms
+            .store(written_at_ms(&self.snapshots, offset), Ordering::Relaxed);
         self.since_snapshot.store(0, Ordering::Relaxed);
         tracing::info!(offset, bytes = info.bytes, "snapshot taken");
         Ok(info)

@@ -39,6 +39,7 @@ pub struct Metrics {
     saga_duration: HistogramVec,
     compensation_duration: Histogram,
     step_executions: IntCounterVec,
+    step_duration: HistogramVec,
     compensations: IntCounterVec,
     events_processed: IntCounterVec,
     storage_errors: IntCounter,
@@ -56,6 +57,8 @@ pub struct Metrics {
     log_bytes: IntGauge,
     log_segments: IntGauge,
     snapshot_offset: IntGauge,
+    snapshot_timestamp: Gauge,
+    snapshot_every: IntGauge,
     replay_records: IntCounter,
     /// The relay's metrics (SPEC §6 outbox set); without Kafka nothing is published,
     /// and they stay at zero.
@@ -177,6 +180,12 @@ impl Metrics {
                 "Step attempts by outcome (succeeded, failed, timed_out).",
                 &["saga_type", "step", "status"],
             ),
+            step_duration: histogram_vec(
+                "saga_step_duration_seconds",
+                "From a step command's issue to its outcome (succeeded, failed or timed out).",
+                &["saga_type", "step"],
+                DURATION_BUCKETS,
+            ),
             compensations: counter_vec(
                 "saga_compensations_total",
                 "Compensation attempts by outcome (compensated, compensation_failed, timed_out).",
@@ -253,6 +262,18 @@ impl Metrics {
             snapshot_offset: gauge(
                 "sagalog_snapshot_offset",
                 "Log offset of the newest snapshot (0 when none).",
+            ),
+            snapshot_timestamp: registered(
+                &r,
+                Gauge::new(
+                    "sagalog_snapshot_timestamp_seconds",
+                    "Unix seconds when the newest snapshot was written (0 when none).",
+                )
+                .expect("valid metric"),
+            ),
+            snapshot_every: gauge(
+                "sagalog_snapshot_every_records",
+                "The snapshot interval in log records: a snapshot is due when the head is this far past the newest one.",
             ),
             replay_records: counter(
                 "sagalog_replay_records_total",
@@ -340,6 +361,9 @@ impl Metrics {
         self.log_bytes.set(log.bytes as i64);
         self.log_segments.set(log.segments as i64);
         self.snapshot_offset.set(stats.snapshot_offset as i64);
+        self.snapshot_timestamp
+            .set(stats.snapshot_at_ms as f64 / 1000.0);
+        self.snapshot_every.set(stats.snapshot_every_records as i64);
         raise(&self.replay_records, stats.replayed_records);
     }
 }
@@ -353,6 +377,7 @@ impl Metrics {
             self.saga_duration.with_label_values(&[saga_type]);
             for step in &definition.steps {
                 let name = step.name.as_str();
+                self.step_duration.with_label_values(&[saga_type, name]);
                 for outcome in ["succeeded", "failed", "timed_out"] {
                     self.step_executions
                         .with_label_values(&[saga_type, name, outcome]);
@@ -399,7 +424,12 @@ impl EngineObserver for Metrics {
     ) {
         let labels = [saga_type, step, outcome];
         match action {
-            Action::Execute => self.step_executions.with_label_values(&labels).inc(),
+            Action::Execute => {
+                self.step_executions.with_label_values(&labels).inc();
+                self.step_duration
+                    .with_label_values(&[saga_type, step])
+                    .observe(duration_ms as f64 / 1000.0);
+            }
             Action::Compensate => {
                 self.compensations.with_label_values(&labels).inc();
                 self.compensation_duration

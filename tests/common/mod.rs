@@ -95,6 +95,18 @@ pub fn sagalog(args: &[&str]) -> std::process::Output {
 
 /// The `saga_status_gauge` samples of a `/metrics` text, as status → value (the shape
 /// of `sagalog replay --json`'s `status_counts`).
+/// A metric's one sample value.
+pub fn gauge(metrics: &str, name: &str) -> f64 {
+    samples(metrics, &[name])
+        .first()
+        .unwrap_or_else(|| panic!("{name} is exported"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 pub fn status_gauge(metrics: &str) -> Value {
     let mut out = serde_json::Map::new();
     for line in samples(metrics, &["saga_status_gauge"]) {
