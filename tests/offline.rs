@@ -550,8 +550,8 @@ async fn serve_cuts_a_torn_tail_rewrites_a_partial_header_and_skips_a_corrupt_sn
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
 }
 
-/// The "find stuck sagas and correct their state" procedure of docs/recovery.md, step
-/// by step, against a real server with an admin token.
+/// The "find stuck sagas" and "correct a saga's state" procedures of
+/// monitoring/RUNBOOKS.md, step by step, against a real server with an admin token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stuck_saga_procedure_runs_as_written() {
     let root = tempfile::tempdir().unwrap();
