@@ -1146,7 +1146,7 @@ impl Inner {
         offsets: &Range<u64>,
     ) {
         let after = Summary::of(&slot.state);
-        self.note_change(key, &slot.state.definition.name, before, after);
+        self.note_change(key, &slot.state.definition.name, before, after, records);
         if let Some(observer) = &self.config.observer {
             observe(observer.as_ref(), before, &slot.state, records);
         }
@@ -1174,13 +1174,37 @@ impl Inner {
         }
     }
 
-    /// Projections, timers and the active count for a saga that went from `before` to
-    /// `after`. (Replay counts the same way but sets timers once at its end.)
-    fn note_change(&self, key: &Arc<str>, saga_type: &str, before: Summary, after: Summary) {
+    /// Projections, timers and the active count for a saga that `records` took from
+    /// `before` to `after`. The projections count every status the records pass
+    /// through (a first step failing for good goes FAILED, then COMPENSATED, in one
+    /// transaction), record by record as replay does.
+    fn note_change(
+        &self,
+        key: &Arc<str>,
+        saga_type: &str,
+        before: Summary,
+        after: Summary,
+        records: &[Record],
+    ) {
         if before.place != after.place {
-            self.projections
-                .lock()
-                .moved(saga_type, before.place, after.place);
+            let mut projections = self.projections.lock();
+            let mut place = before.place;
+            for record in records {
+                let status = crate::state::status_after(place.map(|p| p.status), &record.kind);
+                let next = status.map(|status| Place {
+                    status,
+                    updated_at_ms: record.at_ms,
+                });
+                if next.map(|p| p.status) != place.map(|p| p.status) {
+                    projections.moved(saga_type, place, next);
+                }
+                place = next;
+            }
+            debug_assert_eq!(
+                place.map(|p| p.status),
+                after.place.map(|p| p.status),
+                "the records' statuses end where the state does"
+            );
         }
         if before.due_ms != after.due_ms {
             let mut timers = self.timers.lock();

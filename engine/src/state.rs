@@ -191,6 +191,31 @@ pub fn apply_mut(state: &mut SagaState, record: &Record) {
     );
     state.seq = record.seq;
     state.updated_at_ms = record.at_ms;
+    let status = status_after(state.status, &record.kind);
+    apply_fields(state, record);
+    state.status = status;
+}
+
+/// The status a saga in `status` has after a record of `kind`: the one rule, which
+/// `apply_mut` and the live projections' per-record accounting both use.
+pub fn status_after(status: Option<Status>, kind: &Kind) -> Option<Status> {
+    match kind {
+        Kind::SagaStarted { .. } => Some(Status::Started),
+        Kind::StepSucceeded { .. } => Some(Status::InProgress),
+        Kind::CompensationFailed { .. } => Some(Status::CompensationFailed),
+        Kind::SagaCompleted => Some(Status::Completed),
+        Kind::SagaFailed { .. } => Some(Status::Failed),
+        Kind::SagaCompensated => Some(Status::Compensated),
+        Kind::StatusOverridden { to, .. } => Some(*to),
+        Kind::RetryRequested { .. } if status == Some(Status::CompensationFailed) => {
+            Some(Status::Failed)
+        }
+        _ => status,
+    }
+}
+
+/// Everything `record` changes but the status.
+fn apply_fields(state: &mut SagaState, record: &Record) {
     match &record.kind {
         Kind::SagaStarted {
             saga_type,
@@ -210,7 +235,6 @@ pub fn apply_mut(state: &mut SagaState, record: &Record) {
                 "saga {} started on another definition than its state holds",
                 state.saga_id
             );
-            state.status = Some(Status::Started);
             state.created_at_ms = record.at_ms;
             state.trace_id = parse_trace_id(trace_id).unwrap_or_default();
             state.request_hash = *request_hash;
@@ -241,7 +265,6 @@ pub fn apply_mut(state: &mut SagaState, record: &Record) {
         }
         Kind::StepSucceeded { step, .. } => {
             step_mut(state, *step).status = StepStatus::Succeeded;
-            state.status = Some(Status::InProgress);
             state.pending = None;
         }
         Kind::StepCompensated { step, .. } => {
@@ -277,25 +300,20 @@ pub fn apply_mut(state: &mut SagaState, record: &Record) {
         }
         Kind::CompensationFailed { step, reason } => {
             step_mut(state, *step).status = StepStatus::CompensationFailed;
-            state.status = Some(Status::CompensationFailed);
             state.failure_reason = Some(reason.as_str().into());
             state.pending = None;
         }
         Kind::SagaCompleted => {
-            state.status = Some(Status::Completed);
             state.pending = None;
         }
         Kind::SagaFailed { reason, .. } => {
-            state.status = Some(Status::Failed);
             state.failure_reason = Some(reason.as_str().into());
             state.pending = None;
         }
         Kind::SagaCompensated => {
-            state.status = Some(Status::Compensated);
             state.pending = None;
         }
         Kind::StatusOverridden { to, .. } => {
-            state.status = Some(*to);
             if to.is_terminal() || *to == Status::Failed {
                 state.pending = None;
             }
@@ -311,9 +329,6 @@ pub fn apply_mut(state: &mut SagaState, record: &Record) {
         Kind::RetryRequested { step, .. } => {
             let s = step_mut(state, *step);
             s.budget_base = s.attempt;
-            if state.status == Some(Status::CompensationFailed) {
-                state.status = Some(Status::Failed);
-            }
             state.pending = None;
         }
     }

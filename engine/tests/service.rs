@@ -1004,3 +1004,37 @@ async fn a_dead_letter_is_listed_and_a_replay_puts_its_command_back_in_the_feed(
         "{not_one}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_failing_and_compensating_in_one_reply_counts_both_statuses_live_and_on_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let live = {
+        let engine = open(dir.path(), &clock);
+        let mut single = (**engine.definitions().first().unwrap()).clone();
+        single.name = "single".into();
+        single.steps.truncate(1);
+        single.steps[0].max_attempts = 1;
+        engine.register_definition(single).await.unwrap();
+        for id in ["f-1", "f-2"] {
+            let request = common::request("single", Some(id), serde_json::json!({}));
+            engine.start(request).await.unwrap();
+            let outcome = answer(&engine, id, Outcome::Failed).await;
+            assert_eq!(
+                outcome.status,
+                Status::Compensated,
+                "FAILED, then COMPENSATED"
+            );
+        }
+        let stats = engine.stats();
+        let entered = stats.counters.by_type["single"].entered;
+        assert_eq!(entered[Status::Failed.index()], 2, "both entered FAILED");
+        assert_eq!(entered[Status::Compensated.index()], 2);
+        assert_eq!(stats.counters.status_counts[Status::Failed.index()], 0);
+        assert!(stats.counters.last_failed_at_ms > 0);
+        stats.counters
+    };
+    std::fs::remove_dir_all(dir.path().join("snapshots")).unwrap();
+    let engine = open(dir.path(), &clock);
+    assert_eq!(engine.stats().counters, live, "replay counts the same");
+}
