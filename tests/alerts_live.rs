@@ -1,0 +1,335 @@
+//! The alert rules end to end: the real `sagalog serve`, a Prometheus server (Debian
+//! `prometheus`) scraping it and evaluating `monitoring/alerts/sagalog.yaml` every
+//! second, and an Alertmanager (Debian `prometheus-alertmanager`) running the shipped
+//! routing example `monitoring/alertmanager/alertmanager.yml`, its chat receiver's Slack
+//! webhook pointed at a listener of this test. Failures driven through the API fire
+//! SagaFailureSpike at Prometheus's `/api/v1/alerts`, it reaches Alertmanager, and
+//! Alertmanager delivers it to the chat receiver (a warning). Nothing else fires on the
+//! healthy server.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{data_dir, get, post, serve};
+use sagalog_http::client::Client;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A child process killed when the test ends, however it ends.
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(program: &str, args: &[String]) -> Daemon {
+        let child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{program} runs (scripts/test installs it from Debian): {e}")
+            });
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// GETs `path` from a server until `done` accepts the JSON answer, or panics after
+/// `limit` naming `what` and the last answer.
+async fn wait_for(
+    addr: SocketAddr,
+    path: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    let mut last = Value::Null;
+    loop {
+        if let Ok(mut c) = Client::connect(addr).await {
+            if let Ok(answer) = c.get(path).await {
+                last = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+                if done(&last) {
+                    return last;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {limit:?}; last answer of {path}: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Accepts HTTP POSTs (the Slack webhook) and sends each body on the channel.
+async fn webhook(listener: tokio::net::TcpListener, bodies: tokio::sync::mpsc::Sender<String>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let bodies = bodies.clone();
+        tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 8192];
+            // One request: the headers, then Content-Length bytes of body.
+            let body = loop {
+                let Ok(n) = stream.read(&mut buf).await else {
+                    return;
+                };
+                if n == 0 {
+                    return;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break String::from_utf8_lossy(&request[end + 4..end + 4 + length])
+                            .to_string();
+                    }
+                }
+                if request.len() > 1 << 20 {
+                    return; // not a webhook of this test
+                }
+            };
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                .await;
+            let _ = bodies.send(body).await;
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driven_failures_fire_saga_failure_spike_through_prometheus_to_the_chat_receiver() {
+    let root = tempfile::tempdir().unwrap();
+    let work = root.path();
+    let server = serve(&data_dir(&root), &[]);
+
+    // The chat receiver's webhook.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = listener.local_addr().unwrap();
+    let (tx, mut delivered) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(webhook(listener, tx));
+
+    // Alertmanager with the shipped routing, its secrets in files of this test.
+    let secrets = work.join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(
+        secrets.join("slack-webhook-url"),
+        format!("http://{hook}/slack"),
+    )
+    .unwrap();
+    std::fs::write(secrets.join("pagerduty-routing-key"), "drill-routing-key").unwrap();
+    let shipped =
+        std::fs::read_to_string(Path::new(REPO).join("monitoring/alertmanager/alertmanager.yml"))
+            .unwrap();
+    assert!(shipped.contains("/etc/alertmanager/secrets/"));
+    let am_config = work.join("alertmanager.yml");
+    std::fs::write(
+        &am_config,
+        shipped.replace(
+            "/etc/alertmanager/secrets/",
+            &format!("{}/", secrets.display()),
+        ),
+    )
+    .unwrap();
+    let am = free_port();
+    let _alertmanager = Daemon::start(
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", am_config.display()),
+            format!("--storage.path={}", work.join("am-data").display()),
+            format!("--web.listen-address={am}"),
+            "--cluster.listen-address=".into(),
+        ],
+    );
+
+    // Prometheus: scrape and evaluate every second, alerts to that Alertmanager.
+    let prom = free_port();
+    let prom_config = work.join("prometheus.yml");
+    std::fs::write(
+        &prom_config,
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: ['{rules}']\n\
+             alerting: {{alertmanagers: [{{static_configs: [{{targets: ['{am}']}}]}}]}}\n\
+             scrape_configs: [{{job_name: sagalog, static_configs: [{{targets: ['{target}']}}]}}]\n",
+            rules = Path::new(REPO).join("monitoring/alerts/sagalog.yaml").display(),
+            target = server.addr,
+        ),
+    )
+    .unwrap();
+    let _prometheus = Daemon::start(
+        "prometheus",
+        &[
+            format!("--config.file={}", prom_config.display()),
+            format!("--storage.tsdb.path={}", work.join("prom-data").display()),
+            format!("--web.listen-address={prom}"),
+        ],
+    );
+
+    // The counter's zero is scraped before the failures, so increase() sees them all.
+    wait_for(
+        prom,
+        "/api/v1/query?query=saga_failed_total",
+        Duration::from_secs(60),
+        "Prometheus scrapes sagalog",
+        |v| v["data"]["result"][0]["value"][1] == "0",
+    )
+    .await;
+    let rules = wait_for(
+        prom,
+        "/api/v1/rules",
+        Duration::from_secs(30),
+        "Prometheus loads the rules",
+        |v| {
+            v["data"]["groups"]
+                .as_array()
+                .is_some_and(|g| !g.is_empty())
+        },
+    )
+    .await;
+    let loaded: usize = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["rules"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(loaded, 25, "every rule of sagalog.yaml is loaded");
+
+    // Fifteen sagas whose only step fails for good: FAILED, then COMPENSATED.
+    let mut c = common::client(&server).await;
+    let definition = json!({"name": "spike", "version": 1, "steps": [
+        {"name": "reserve_inventory", "topic": "inventory.commands", "compensable": true,
+         "timeout_ms": 3_600_000, "max_attempts": 1, "backoff_ms": 100}]});
+    let put = c
+        .send(
+            hyper::Method::PUT,
+            "/api/v1/definitions/spike",
+            &[],
+            Some(definition.to_string().as_bytes()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(put.status, 200, "{}", put.text());
+    for i in 0..15 {
+        let id = format!("spike-{i}");
+        let start = post(
+            &mut c,
+            "/api/v1/sagas",
+            json!({"type": "spike", "saga_id": id}),
+        )
+        .await;
+        assert_eq!(start.status, 201, "{}", start.text());
+        let reply = json!({"event_id": format!("{id}-1"), "step": "reserve_inventory",
+                           "outcome": "failed", "attempt": 1, "reason": "out of stock"});
+        let r = post(&mut c, &format!("/api/v1/sagas/{id}/events"), reply).await;
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    let metrics = get(&mut c, "/metrics").await.text();
+    assert!(
+        common::gauge(&metrics, "saga_failed_total") >= 15.0,
+        "{metrics}"
+    );
+
+    // Pending, then firing after its `for: 1m`.
+    let firing = |v: &Value| -> Vec<String> {
+        v["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["state"] == "firing")
+            .map(|a| {
+                a["labels"]["alertname"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    let alerts = wait_for(
+        prom,
+        "/api/v1/alerts",
+        Duration::from_secs(150),
+        "SagaFailureSpike fires at Prometheus",
+        |v| firing(v).iter().any(|a| a == "SagaFailureSpike"),
+    )
+    .await;
+    assert_eq!(
+        firing(&alerts),
+        ["SagaFailureSpike"],
+        "only SagaFailureSpike fires on a healthy server: {alerts}"
+    );
+
+    // At Alertmanager, routed to the chat receiver (severity warning).
+    let groups = wait_for(
+        am,
+        "/api/v2/alerts/groups",
+        Duration::from_secs(60),
+        "the alert reaches Alertmanager",
+        |v| v.to_string().contains("SagaFailureSpike"),
+    )
+    .await;
+    let group = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g.to_string().contains("SagaFailureSpike"))
+        .unwrap();
+    assert_eq!(group["receiver"]["name"], "chat", "{group}");
+    let alert = &group["alerts"][0];
+    assert_eq!(alert["labels"]["severity"], "warning");
+    assert!(
+        alert["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("RUNBOOKS.md#sagafailurespike"),
+        "{alert}"
+    );
+
+    // And delivered: the chat receiver's webhook gets it (after group_wait, 30 s).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let body = tokio::time::timeout(left, delivered.recv())
+            .await
+            .expect("Alertmanager posts to the chat webhook within 90 s")
+            .expect("the webhook listener runs");
+        let message: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if body.contains("SagaFailureSpike") {
+            assert_eq!(message["channel"], "#sagalog-alerts", "{body}");
+            assert!(
+                body.contains("sagas failed in 5 minutes"),
+                "the summary is in the chat message: {body}"
+            );
+            break;
+        }
+    }
+}
