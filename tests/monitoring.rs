@@ -23,6 +23,9 @@ fn dashboard_queries() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
         let dashboard: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         let file = path.file_name().unwrap().to_string_lossy().to_string();
         for panel in dashboard["panels"].as_array().unwrap() {
