@@ -30,6 +30,6 @@ USER 10001:10001
 WORKDIR /var/lib/sagalog
 VOLUME ["/var/lib/sagalog"]
 EXPOSE 8080
-ENV SAGALOG_DATA_DIR=/var/lib/sagalog
+ENV SAGALOG_DATA_DIR=/var/lib/sagalog/data
 ENTRYPOINT ["/usr/local/bin/sagalog"]
 CMD ["serve", "--listen", "0.0.0.0:8080"]

@@ -237,16 +237,7 @@ async fn driven_failures_fire_saga_failure_spike_through_prometheus_to_the_chat_
     let definition = json!({"name": "spike", "version": 1, "steps": [
         {"name": "reserve_inventory", "topic": "inventory.commands", "compensable": true,
          "timeout_ms": 3_600_000, "max_attempts": 1, "backoff_ms": 100}]});
-    let put = c
-        .send(
-            hyper::Method::PUT,
-            "/api/v1/definitions/spike",
-            &[],
-            Some(definition.to_string().as_bytes()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(put.status, 200, "{}", put.text());
+    common::put_definition(&mut c, &definition).await;
     for i in 0..15 {
         let id = format!("spike-{i}");
         let start = post(

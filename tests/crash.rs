@@ -153,17 +153,7 @@ async fn sigkill_under_load_loses_no_acknowledged_write_in_twenty_rounds() {
         let server = serve(&dir, OPTIONS);
         if round == 0 {
             let mut c = common::client(&server).await;
-            let body = definition().to_string();
-            let put = c
-                .send(
-                    hyper::Method::PUT,
-                    "/api/v1/definitions/crashy",
-                    &[],
-                    Some(body.as_bytes()),
-                )
-                .await
-                .unwrap();
-            assert_eq!(put.status, StatusCode::OK, "{}", put.text());
+            common::put_definition(&mut c, &definition()).await;
         }
         let load: Vec<_> = (0..CLIENTS)
             .map(|k| tokio::spawn(drive(server.addr, format!("r{round}c{k}"), acked.clone())))

@@ -19,7 +19,7 @@ async fn serve_starts_on_the_shipped_configmap() {
     let config = k8s.join("sagalog.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     for key in [
-        "data_dir = \"/var/lib/sagalog\"",
+        "data_dir = \"/var/lib/sagalog/data\"",
         "definitions = \"/etc/sagalog/definitions\"",
         "listen = \"0.0.0.0:8080\"",
     ] {

@@ -104,16 +104,7 @@ async fn scenario(server: &Server) {
     };
     let definition = json!({"name": "drill", "version": 1,
                             "steps": [step("reserve", true), step("charge", true), step("ship", false)]});
-    let put = c
-        .send(
-            Method::PUT,
-            "/api/v1/definitions/drill",
-            &[],
-            Some(definition.to_string().as_bytes()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(put.status, 200, "{}", put.text());
+    common::put_definition(&mut c, &definition).await;
     let start = |id: &str| json!({"type": "drill", "saga_id": id, "payload": {"order": id}});
     for id in [
         "failed-1", "failed-2", "failed-3", "comp-1", "comp-2", "run-1", "run-2",

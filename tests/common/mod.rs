@@ -33,6 +33,24 @@ pub async fn post(client: &mut Client, path: &str, body: Value) -> Answer {
     client.post_json(path, &body).await.expect("request")
 }
 
+/// `PUT /api/v1/definitions/{name}` with `definition`, asserting it is registered.
+pub async fn put_definition(client: &mut Client, definition: &Value) {
+    let name = definition["name"]
+        .as_str()
+        .expect("a definition has a name");
+    let body = definition.to_string();
+    let answer = client
+        .send(
+            hyper::Method::PUT,
+            &format!("/api/v1/definitions/{name}"),
+            &[],
+            Some(body.as_bytes()),
+        )
+        .await
+        .expect("request");
+    assert_eq!(answer.status, 200, "registering {name}: {}", answer.text());
+}
+
 /// A request with the admin token.
 pub async fn admin(
     client: &mut Client,
