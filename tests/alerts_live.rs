@@ -5,7 +5,8 @@
 //! webhook pointed at a listener of this test. Failures driven through the API fire
 //! SagaFailureSpike at Prometheus's `/api/v1/alerts`, it reaches Alertmanager, and
 //! Alertmanager delivers it to the chat receiver (a warning). Nothing else fires on the
-//! healthy server.
+//! healthy server. On the way, every dashboard query is evaluated by that Prometheus on
+//! sagalog's real series and must return some.
 
 mod common;
 
@@ -195,7 +196,23 @@ async fn driven_failures_fire_saga_failure_spike_through_prometheus_to_the_chat_
         ],
     );
 
-    // The counter's zero is scraped before the failures, so increase() sees them all.
+    // A definition whose only step has one attempt, registered first: its series are
+    // exported at zero from the next scrape on (as for definitions loaded at start).
+    let mut c = common::client(&server).await;
+    let definition = json!({"name": "spike", "version": 1, "steps": [
+        {"name": "reserve_inventory", "topic": "inventory.commands", "compensable": true,
+         "timeout_ms": 3_600_000, "max_attempts": 1, "backoff_ms": 100}]});
+    common::put_definition(&mut c, &definition).await;
+
+    // The counters' zeros are scraped before the failures, so increase() sees them all.
+    wait_for(
+        prom,
+        "/api/v1/query?query=saga_step_executions_total%7Bsaga_type%3D%22spike%22%2Cstatus%3D%22failed%22%7D",
+        Duration::from_secs(60),
+        "Prometheus scrapes the spike definition's series",
+        |v| v["data"]["result"][0]["value"][1] == "0",
+    )
+    .await;
     wait_for(
         prom,
         "/api/v1/query?query=saga_failed_total",
@@ -233,11 +250,6 @@ async fn driven_failures_fire_saga_failure_spike_through_prometheus_to_the_chat_
     );
 
     // Fifteen sagas whose only step fails for good: FAILED, then COMPENSATED.
-    let mut c = common::client(&server).await;
-    let definition = json!({"name": "spike", "version": 1, "steps": [
-        {"name": "reserve_inventory", "topic": "inventory.commands", "compensable": true,
-         "timeout_ms": 3_600_000, "max_attempts": 1, "backoff_ms": 100}]});
-    common::put_definition(&mut c, &definition).await;
     for i in 0..15 {
         let id = format!("spike-{i}");
         let start = post(
@@ -252,6 +264,20 @@ async fn driven_failures_fire_saga_failure_spike_through_prometheus_to_the_chat_
         let r = post(&mut c, &format!("/api/v1/sagas/{id}/events"), reply).await;
         assert_eq!(r.status, 202, "{}", r.text());
     }
+    // Reads of finished sagas (index gets, a list, a history) and a snapshot, so the
+    // storage panels have series too.
+    for path in [
+        "/api/v1/sagas/spike-0",
+        "/api/v1/sagas/spike-0/history",
+        "/api/v1/sagas?status=COMPENSATED&limit=5",
+    ] {
+        assert_eq!(get(&mut c, path).await.status, 200, "{path}");
+    }
+    let snapshot = c
+        .send(hyper::Method::POST, "/internal/v1/snapshots", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(snapshot.status, 201, "{}", snapshot.text());
     let metrics = get(&mut c, "/metrics").await.text();
     assert!(
         common::gauge(&metrics, "saga_failed_total") >= 15.0,
@@ -286,6 +312,9 @@ async fn driven_failures_fire_saga_failure_spike_through_prometheus_to_the_chat_
         ["SagaFailureSpike"],
         "only SagaFailureSpike fires on a healthy server: {alerts}"
     );
+
+    // Every dashboard query evaluates at this Prometheus, on sagalog's real series.
+    dashboard_queries_evaluate(prom).await;
 
     // At Alertmanager, routed to the chat receiver (severity warning).
     let groups = wait_for(
@@ -331,4 +360,32 @@ async fn driven_failures_fire_saga_failure_spike_through_prometheus_to_the_chat_
             break;
         }
     }
+}
+
+/// Runs every dashboard query (Grafana's variables set to what a dashboard with "All"
+/// selected sends) against the live Prometheus: none may fail, and every one returns
+/// series.
+async fn dashboard_queries_evaluate(prom: SocketAddr) {
+    let mut c = Client::connect(prom).await.unwrap();
+    let mut empty = Vec::new();
+    for (place, expr) in common::dashboard_queries() {
+        let expr = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "5m")
+            .replace("$namespace", ".*")
+            .replace("$saga_type", ".*");
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("query", &expr)
+            .finish();
+        let answer = c.get(&format!("/api/v1/query?{query}")).await.unwrap();
+        let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        assert_eq!(body["status"], "success", "{place}: {expr}: {body}");
+        if body["data"]["result"].as_array().is_none_or(Vec::is_empty) {
+            empty.push(place);
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "dashboard queries with no series: {empty:#?}"
+    );
 }

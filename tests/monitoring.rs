@@ -16,44 +16,6 @@ use yaml_rust2::{Yaml, YamlLoader};
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const PREFIXES: [&str; 3] = ["saga_", "outbox_", "sagalog_"];
 
-/// Every PromQL expression of the dashboards (panel targets and template queries),
-/// named by where it is.
-fn dashboard_queries() -> Vec<(String, String)> {
-    let dir = Path::new(REPO).join("monitoring/dashboards");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        let dashboard: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let file = path.file_name().unwrap().to_string_lossy().to_string();
-        for panel in dashboard["panels"].as_array().unwrap() {
-            for target in panel["targets"].as_array().unwrap() {
-                out.push((
-                    format!("{file} panel {:?}", panel["title"].as_str().unwrap()),
-                    target["expr"].as_str().unwrap().to_string(),
-                ));
-            }
-        }
-        for variable in dashboard["templating"]["list"].as_array().unwrap() {
-            // `label_values(SELECTOR, LABEL)`: the selector is PromQL, the label is not.
-            if let Some(query) = variable["query"]["query"].as_str() {
-                let selector = query
-                    .strip_prefix("label_values(")
-                    .and_then(|q| q.rsplit_once(','))
-                    .map_or(query, |(selector, _)| selector);
-                out.push((
-                    format!("{file} variable {}", variable["name"]),
-                    selector.into(),
-                ));
-            }
-        }
-    }
-    assert!(out.len() > 40, "the dashboards' queries were found");
-    out
-}
-
 /// The alert rules: (alert name, expression, runbook_url).
 fn alerts() -> Vec<(String, String, String)> {
     let text =
@@ -198,7 +160,7 @@ async fn every_metric_the_dashboards_alerts_and_runbooks_use_is_exported() {
         .map(str::to_string)
         .collect();
 
-    let mut queries = dashboard_queries();
+    let mut queries = common::dashboard_queries();
     queries.extend(runbook_queries());
     queries.extend(alerts().into_iter().map(|(alert, expr, _)| (alert, expr)));
     let mut unknown = Vec::new();

@@ -134,3 +134,41 @@ pub fn status_gauge(metrics: &str) -> Value {
     }
     Value::Object(out)
 }
+
+/// Every PromQL expression of the dashboards (panel targets and template queries),
+/// named by where it is.
+pub fn dashboard_queries() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring/dashboards");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let dashboard: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                out.push((
+                    format!("{file} panel {:?}", panel["title"].as_str().unwrap()),
+                    target["expr"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+        for variable in dashboard["templating"]["list"].as_array().unwrap() {
+            // `label_values(SELECTOR, LABEL)`: the selector is PromQL, the label is not.
+            if let Some(query) = variable["query"]["query"].as_str() {
+                let selector = query
+                    .strip_prefix("label_values(")
+                    .and_then(|q| q.rsplit_once(','))
+                    .map_or(query, |(selector, _)| selector);
+                out.push((
+                    format!("{file} variable {}", variable["name"]),
+                    selector.into(),
+                ));
+            }
+        }
+    }
+    assert!(out.len() > 40, "the dashboards' queries were found");
+    out
+}
