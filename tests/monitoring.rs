@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{data_dir, get, serve};
-use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
