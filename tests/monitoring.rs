@@ -43,20 +43,11 @@ fn alerts() -> Vec<(String, String, String)> {
 /// The `promql` blocks of the runbooks.
 fn runbook_queries() -> Vec<(String, String)> {
     let text = std::fs::read_to_string(Path::new(REPO).join("monitoring/RUNBOOKS.md")).unwrap();
-    let mut out = Vec::new();
-    let mut block: Option<String> = None;
-    for line in text.lines() {
-        match block.as_mut() {
-            Some(b) if line.starts_with("```") => {
-                out.push(("RUNBOOKS.md".to_string(), std::mem::take(b)));
-                block = None;
-            }
-            Some(b) => b.push_str(line),
-            None if line.trim() == "```promql" => block = Some(String::new()),
-            None => {}
-        }
-    }
-    out
+    common::fenced_blocks(&text)
+        .into_iter()
+        .filter(|block| block.language == "promql")
+        .map(|block| (format!("RUNBOOKS.md {}", block.section), block.text))
+        .collect()
 }
 
 /// The metric names an expression uses: identifiers with one of sagalog's prefixes,

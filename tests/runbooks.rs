@@ -19,39 +19,6 @@ use serde_json::{json, Value};
 
 const RUNBOOKS: &str = include_str!("../monitoring/RUNBOOKS.md");
 
-/// One fenced block of the runbooks with the heading it is under.
-struct Block {
-    section: String,
-    language: String,
-    text: String,
-}
-
-fn blocks(markdown: &str) -> Vec<Block> {
-    let mut out = Vec::new();
-    let mut section = String::new();
-    let mut open: Option<Block> = None;
-    for line in markdown.lines() {
-        match open.as_mut() {
-            Some(_) if line.starts_with("```") => out.push(open.take().expect("open block")),
-            Some(block) => {
-                block.text.push_str(line);
-                block.text.push('\n');
-            }
-            None if line.starts_with("```") => {
-                open = Some(Block {
-                    section: section.clone(),
-                    language: line.trim_start_matches('`').trim().to_string(),
-                    text: String::new(),
-                })
-            }
-            None if line.starts_with('#') => section = line.trim_start_matches('#').trim().into(),
-            None => {}
-        }
-    }
-    assert!(open.is_none(), "RUNBOOKS.md ends inside a code block");
-    out
-}
-
 /// A block that reads the data directory with an offline command needs the server
 /// stopped (`backup` runs beside it).
 fn offline(block: &str) -> bool {
@@ -152,7 +119,7 @@ async fn dead_letters(c: &mut sagalog_http::client::Client) -> Value {
 
 /// Runs a block; returns the `ID` it set, which later blocks of its section use (as
 /// they would in the operator's one shell).
-fn run(block: &Block, env: &[(&str, String)]) -> Option<String> {
+fn run(block: &common::Block, env: &[(&str, String)]) -> Option<String> {
     let binary = Path::new(env!("CARGO_BIN_EXE_sagalog"));
     let path = format!(
         "{}:{}",
@@ -182,8 +149,8 @@ fn run(block: &Block, env: &[(&str, String)]) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_runbook_step_runs_against_a_real_server() {
-    let all = blocks(RUNBOOKS);
-    let runnable: Vec<&Block> = all.iter().filter(|b| b.language == "bash").collect();
+    let all = common::fenced_blocks(RUNBOOKS);
+    let runnable: Vec<&common::Block> = all.iter().filter(|b| b.language == "bash").collect();
     assert!(runnable.len() >= 20, "only {} bash blocks", runnable.len());
     for block in &all {
         assert!(

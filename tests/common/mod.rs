@@ -172,3 +172,37 @@ pub fn dashboard_queries() -> Vec<(String, String)> {
     assert!(out.len() > 40, "the dashboards' queries were found");
     out
 }
+
+/// One fenced code block of a Markdown text, with the heading it is under and its
+/// language (the fence's info string).
+pub struct Block {
+    pub section: String,
+    pub language: String,
+    pub text: String,
+}
+
+pub fn fenced_blocks(markdown: &str) -> Vec<Block> {
+    let mut out = Vec::new();
+    let mut section = String::new();
+    let mut open: Option<Block> = None;
+    for line in markdown.lines() {
+        match open.as_mut() {
+            Some(_) if line.starts_with("```") => out.push(open.take().expect("open block")),
+            Some(block) => {
+                block.text.push_str(line);
+                block.text.push('\n');
+            }
+            None if line.starts_with("```") => {
+                open = Some(Block {
+                    section: section.clone(),
+                    language: line.trim_start_matches('`').trim().to_string(),
+                    text: String::new(),
+                })
+            }
+            None if line.starts_with('#') => section = line.trim_start_matches('#').trim().into(),
+            None => {}
+        }
+    }
+    assert!(open.is_none(), "the Markdown ends inside a code block");
+    out
+}
