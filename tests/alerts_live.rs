@@ -207,7 +207,7 @@ async fn driven_failures_fire_saga_failure_spike_through_prometheus_to_the_chat_
     // The counters' zeros are scraped before the failures, so increase() sees them all.
     wait_for(
         prom,
-        "/api/v1/query?query=saga_step_executions_total%7Bsaga_type%3D%22spike%22%2Cstatus%3D%22failed%22%7D",
+        &query_path(r#"saga_step_executions_total{saga_type="spike",status="failed"}"#),
         Duration::from_secs(60),
         "Prometheus scrapes the spike definition's series",
         |v| v["data"]["result"][0]["value"][1] == "0",
@@ -215,7 +215,7 @@ async fn driven_failures_fire_saga_failure_spike_through_prometheus_to_the_chat_
     .await;
     wait_for(
         prom,
-        "/api/v1/query?query=saga_failed_total",
+        &query_path("saga_failed_total"),
         Duration::from_secs(60),
         "Prometheus scrapes sagalog",
         |v| v["data"]["result"][0]["value"][1] == "0",
@@ -374,10 +374,7 @@ async fn dashboard_queries_evaluate(prom: SocketAddr) {
             .replace("$__range", "5m")
             .replace("$namespace", ".*")
             .replace("$saga_type", ".*");
-        let query: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("query", &expr)
-            .finish();
-        let answer = c.get(&format!("/api/v1/query?{query}")).await.unwrap();
+        let answer = c.get(&query_path(&expr)).await.unwrap();
         let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
         assert_eq!(body["status"], "success", "{place}: {expr}: {body}");
         if body["data"]["result"].as_array().is_none_or(Vec::is_empty) {
@@ -388,4 +385,12 @@ async fn dashboard_queries_evaluate(prom: SocketAddr) {
         empty.is_empty(),
         "dashboard queries with no series: {empty:#?}"
     );
+}
+
+/// The path of Prometheus's instant query for `expr`.
+fn query_path(expr: &str) -> String {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("query", expr)
+        .finish();
+    format!("/api/v1/query?{query}")
 }

@@ -838,11 +838,14 @@ fn written_at_ms(snapshots: &SnapshotStore, offset: u64) -> u64 {
     let Ok(list) = snapshots.list() else { return 0 };
     list.iter()
         .find(|info| info.offset == offset)
-        .and_then(|info| {
-            std::fs::metadata(&info.path)
-                .and_then(|m| m.modified())
-                .ok()
-        })
+        .map_or(0, |info| modified_ms(&info.path))
+}
+
+/// A file's modification time in unix ms, 0 when it cannot be read.
+fn modified_ms(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_millis() as u64)
 }
@@ -1476,7 +1479,7 @@ impl Inner {
         self.snapshot_offset.store(offset, Ordering::Relaxed);
         // The file's own time, as a restart reads it: the gauge keeps its value.
         self.snapshot_at_ms
-            .store(written_at_ms(&self.snapshots, offset), Ordering::Relaxed);
+            .store(modified_ms(&info.path), Ordering::Relaxed);
         self.since_snapshot.store(0, Ordering::Relaxed);
         tracing::info!(offset, bytes = info.bytes, "snapshot taken");
         Ok(info)
