@@ -172,7 +172,11 @@ async fn every_route_answers_and_a_restart_keeps_sagas_history_and_gauges() {
     .await;
     assert_eq!(comp.json()["status"], "COMPENSATED", "{}", comp.text());
 
-    // An operator override, recorded with its reason.
+    // An operator override, recorded with its reason. It must land at a later
+    // millisecond than q-1's compensation so the listing below has one order to
+    // expect: sagas updated in the same millisecond are listed by descending id,
+    // which would put q-1 first (CI once ran both in one millisecond).
+    tokio::time::sleep(Duration::from_millis(2)).await;
     post(
         &mut c,
         "/api/v1/sagas",
