@@ -787,6 +787,44 @@ async fn finished_sagas_page_newest_first_across_index_buckets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_updated_in_one_millisecond_list_by_descending_id_and_page_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = Arc::new(open(dir.path(), &clock));
+    // The clock stands still: finished sagas (from the index) and active ones (from
+    // memory) all share one updated_at.
+    for i in 0..6 {
+        let id = format!("t-{i}");
+        start(&engine, &id).await;
+        if i % 2 == 0 {
+            for _ in 0..3 {
+                answer(&engine, &id, Outcome::Succeeded).await;
+            }
+        }
+    }
+    engine.wait_indexed().await.unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10 {
+        let page = engine
+            .list(&ListQuery {
+                limit: 2,
+                cursor,
+                ..ListQuery::default()
+            })
+            .unwrap();
+        assert!(page.items.iter().all(|s| s.updated_at_ms == common::T0));
+        seen.extend(page.items.iter().map(|s| s.saga_id.clone()));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..6).rev().map(|i| format!("t-{i}")).collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_saga_keeps_its_id_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();
