@@ -327,3 +327,52 @@ async fn a_missing_topic_that_may_not_be_created_fails_readiness_and_holds_its_c
     assert_eq!(command["saga_id"], "wait-1");
     assert!(server.log_text().contains("Kafka topics are missing"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_cannot_be_reached_is_waited_for_without_flooding_the_log() {
+    // A loopback port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(
+        &data_dir(&root),
+        &["--kafka-brokers", &format!("127.0.0.1:{port}")],
+    );
+    let mut c = common::client(&server).await;
+    // The API goes on; the command waits for the broker.
+    let started = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "order", "saga_id": "outage-1", "payload": {}}),
+    )
+    .await;
+    assert_eq!(started.status, 201, "{}", started.text());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let metrics = get(&mut c, "/metrics").await.text();
+    assert_eq!(
+        common::gauge(&metrics, "outbox_pending_events_total"),
+        1.0,
+        "{metrics}"
+    );
+    // Every client reports the outage several times a second; rdkafka's default
+    // context logged each report (about 35 lines a second). Each kind of report is
+    // logged once a minute now, and librdkafka's own connect failures back off.
+    let log = server.log_text();
+    let complaints: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(r#""level":"WARN""#) || l.contains(r#""level":"ERROR""#))
+        .collect();
+    assert!(
+        complaints.len() <= 30,
+        "{} warnings and errors in about 18 s of outage:\n{}",
+        complaints.len(),
+        complaints.join("\n")
+    );
+    assert!(
+        log.contains("brokers are down"),
+        "the outage is logged:\n{log}"
+    );
+}

@@ -9,11 +9,13 @@
 //!   through the same engine path as the HTTP API.
 //! - [`topics`]: makes sure the step, reply and dead-letter topics exist.
 //! - [`position`]: the relay's durable position beside the indexes.
+//! - [`logs`]: the clients' context, logging librdkafka's repeated errors once a minute.
 //!
 //! The relay is at-least-once: after a crash it resumes from its stored position, so
 //! commands published after the last stored position are published again, each with
 //! the same `event_id` for consumers to drop.
 
+pub mod logs;
 pub mod position;
 pub mod publisher;
 pub mod replies;
@@ -21,6 +23,7 @@ pub mod topics;
 
 use std::time::Duration;
 
+pub use logs::KafkaContext;
 pub use publisher::{Relay, RelayObserver};
 pub use replies::{ReplyConsumer, ReplyObserver};
 pub use topics::TopicObserver;

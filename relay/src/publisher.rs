@@ -32,7 +32,7 @@ use sagalog_engine::{Command, Engine};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{position, stopped, topics, RelayConfig, Result};
+use crate::{position, stopped, topics, KafkaContext, RelayConfig, Result};
 
 /// Records one read of the tail takes.
 const READ_RECORDS: usize = 1024;
@@ -190,7 +190,7 @@ struct Publisher {
     engine: Arc<Engine>,
     /// Replaced when librdkafka reports a fatal error (an idempotent producer whose
     /// broker lost its state cannot go on).
-    producer: parking_lot::Mutex<FutureProducer>,
+    producer: parking_lot::Mutex<FutureProducer<KafkaContext>>,
     config: RelayConfig,
     observer: Arc<dyn RelayObserver>,
     position: Arc<AtomicU64>,
@@ -406,7 +406,7 @@ fn position_of(window: &VecDeque<InFlight>, read_to: u64) -> u64 {
 }
 
 /// The idempotent producer (`acks=all`), its queue bounded by the in-flight limit.
-fn producer(config: &RelayConfig) -> Result<FutureProducer> {
+fn producer(config: &RelayConfig) -> Result<FutureProducer<KafkaContext>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("enable.idempotence", "true")
@@ -421,7 +421,7 @@ fn producer(config: &RelayConfig) -> Result<FutureProducer> {
             "queue.buffering.max.messages",
             (config.max_in_flight * 2).max(16).to_string(),
         )
-        .create()?)
+        .create_with_context(KafkaContext)?)
 }
 
 /// The headers of SPEC §5, plus a W3C `traceparent` so one saga is one trace.

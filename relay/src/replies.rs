@@ -16,7 +16,7 @@ use sagalog_engine::{is_valid_saga_id, Engine, ErrorClass};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{stopped, RelayConfig, Result};
+use crate::{stopped, KafkaContext, RelayConfig, Result};
 
 /// Longest wait before a reply the engine could not take is tried again.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
@@ -46,12 +46,12 @@ impl ReplyConsumer {
         config: &RelayConfig,
         observer: Arc<dyn ReplyObserver>,
     ) -> Result<ReplyConsumer> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let consumer: StreamConsumer<KafkaContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.reply_group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .create()?;
+            .create_with_context(KafkaContext)?;
         consumer.subscribe(&[config.reply_topic.as_str()])?;
         let (stop, stopping) = watch::channel(false);
         let task = tokio::spawn(run(Arc::new(consumer), engine, observer, stopping));
@@ -65,7 +65,7 @@ impl ReplyConsumer {
 }
 
 async fn run(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<KafkaContext>>,
     engine: Arc<Engine>,
     observer: Arc<dyn ReplyObserver>,
     mut stopping: watch::Receiver<bool>,
@@ -92,7 +92,7 @@ async fn run(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "reading the reply topic failed; retrying");
+                    crate::logs::kafka_problem("reply consumer", &e, "reading the reply topic failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -161,7 +161,7 @@ async fn handle(
 }
 
 /// Messages behind the high watermark on the partitions this consumer holds.
-fn lag(consumer: &StreamConsumer) -> Option<i64> {
+fn lag(consumer: &StreamConsumer<KafkaContext>) -> Option<i64> {
     let positions = consumer.position().ok()?;
     let mut total = 0;
     for element in positions.elements() {

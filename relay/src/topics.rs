@@ -10,12 +10,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use sagalog_engine::Engine;
 
-use crate::{stopped, RelayConfig, RelayError, Result};
+use crate::{stopped, KafkaContext, RelayConfig, RelayError, Result};
 
 /// How often the watcher checks the topics while one is missing, and when all are there.
 const CHECK_MISSING_EVERY: Duration = Duration::from_secs(5);
@@ -52,9 +51,9 @@ pub async fn ensure(
     names: &BTreeSet<String>,
     timeout: Duration,
 ) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin: AdminClient<KafkaContext> = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
-        .create()?;
+        .create_with_context(KafkaContext)?;
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|name| {
@@ -89,9 +88,9 @@ pub async fn missing(
     names: &BTreeSet<String>,
     timeout: Duration,
 ) -> Result<Vec<String>> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin: AdminClient<KafkaContext> = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
-        .create()?;
+        .create_with_context(KafkaContext)?;
     // librdkafka's metadata call blocks.
     let known = tokio::task::spawn_blocking(move || -> Result<BTreeSet<String>> {
         let metadata = admin.inner().fetch_metadata(None, timeout)?;
