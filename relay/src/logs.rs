@@ -21,7 +21,7 @@ pub const REPEAT_EVERY: Duration = Duration::from_secs(60);
 const MAX_KINDS: usize = 64;
 
 /// Admits the first report of a kind, then one per interval, counting the others.
-pub struct Throttle {
+pub(crate) struct Throttle {
     every: Duration,
     seen: Mutex<HashMap<String, Seen>>,
 }
@@ -32,7 +32,7 @@ struct Seen {
 }
 
 impl Throttle {
-    pub fn new(every: Duration) -> Throttle {
+    pub(crate) fn new(every: Duration) -> Throttle {
         Throttle {
             every,
             seen: Mutex::new(HashMap::new()),
@@ -41,7 +41,7 @@ impl Throttle {
 
     /// `Some(n)` when this report is to be logged, `n` being how many of its kind were
     /// held back since the last one logged; `None` when it is held back.
-    pub fn admit(&self, kind: &str, now: Instant) -> Option<u64> {
+    pub(crate) fn admit(&self, kind: &str, now: Instant) -> Option<u64> {
         let mut seen = self.seen.lock();
         if let Some(entry) = seen.get_mut(kind) {
             if now.saturating_duration_since(entry.logged_at) < self.every {
