@@ -330,6 +330,7 @@ async fn a_missing_topic_that_may_not_be_created_fails_readiness_and_holds_its_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_cannot_be_reached_is_waited_for_without_flooding_the_log() {
+    let _serial = SERIAL.lock().await;
     // A loopback port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
