@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use common::{answer, open, start, ManualClock};
 use sagalog_engine::{
-    Definition, EngineError, ListQuery, Outcome, Rejection, Reply, StartRequest, Status, StepStatus,
+    Definition, Engine, EngineError, ListQuery, Outcome, Rejection, Reply, SagaView, StartRequest,
+    Status, StepStatus,
 };
 
 fn reply(event_id: &str, step: &str, outcome: Outcome, attempt: u32) -> Reply {
@@ -22,6 +23,25 @@ fn reply(event_id: &str, step: &str, outcome: Outcome, attempt: u32) -> Reply {
         data: r#"{"ok":true}"#.into(),
         reason: "participant said so".into(),
     }
+}
+
+/// Every page of `query`, following `next_cursor` from the first page (at most 100
+/// pages), checking that no page holds more than `limit` and that each cursor moves on.
+fn list_all(engine: &Engine, mut query: ListQuery) -> Vec<SagaView> {
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let page = engine.list(&query).unwrap();
+        assert!(page.items.len() <= query.limit, "a page over its limit");
+        items.extend(page.items);
+        match page.next_cursor {
+            Some(next) => {
+                assert_ne!(Some(&next), query.cursor.as_ref(), "each page moves on");
+                query.cursor = Some(next);
+            }
+            None => return items,
+        }
+    }
+    panic!("more than 100 pages of {query:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,27 +386,16 @@ async fn listing_filters_and_pages_through_every_saga_once() {
         }
     }
     engine.wait_indexed().await.unwrap();
-    let mut seen = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = engine
-            .list(&ListQuery {
-                limit: 4,
-                cursor: cursor.clone(),
-                ..ListQuery::default()
-            })
-            .unwrap();
-        assert!(page.items.len() <= 4);
-        seen.extend(
-            page.items
-                .iter()
-                .map(|s| (s.updated_at_ms, s.saga_id.clone())),
-        );
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+    let seen: Vec<(u64, String)> = list_all(
+        &engine,
+        ListQuery {
+            limit: 4,
+            ..ListQuery::default()
+        },
+    )
+    .into_iter()
+    .map(|s| (s.updated_at_ms, s.saga_id))
+    .collect();
     assert_eq!(seen.len(), 25, "every saga once: {seen:?}");
     assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first");
     let refunds = engine
@@ -741,48 +750,27 @@ async fn finished_sagas_page_newest_first_across_index_buckets() {
         }
         engine.wait_indexed().await.unwrap();
     }
-    let list = |cursor: Option<String>, from_ms: Option<u64>, to_ms: Option<u64>| {
-        engine
-            .list(&ListQuery {
-                limit: 7,
-                status: Some(Status::Completed),
-                cursor,
-                from_ms,
-                to_ms,
-                ..ListQuery::default()
-            })
-            .unwrap()
+    let completed = |from_ms: Option<u64>, to_ms: Option<u64>| ListQuery {
+        limit: 7,
+        status: Some(Status::Completed),
+        from_ms,
+        to_ms,
+        ..ListQuery::default()
     };
-    let mut seen = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = list(cursor, None, None);
-        seen.extend(
-            page.items
-                .iter()
-                .map(|s| (s.updated_at_ms, s.saga_id.clone())),
-        );
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+    let seen: Vec<(u64, String)> = list_all(&engine, completed(None, None))
+        .into_iter()
+        .map(|s| (s.updated_at_ms, s.saga_id))
+        .collect();
     let expected: Vec<String> = (0..200).rev().map(|i| format!("p-{i:03}")).collect();
     let ids: Vec<String> = seen.iter().map(|(_, id)| id.clone()).collect();
     assert_eq!(ids, expected, "every finished saga once, newest first");
     assert!(seen.windows(2).all(|w| w[0] > w[1]));
     // A window in the middle of the history.
     let (from, to) = (seen[150].0, seen[40].0);
-    let mut window = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = list(cursor, Some(from), Some(to));
-        window.extend(page.items.iter().map(|s| s.saga_id.clone()));
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+    let window: Vec<String> = list_all(&engine, completed(Some(from), Some(to)))
+        .into_iter()
+        .map(|s| s.saga_id)
+        .collect();
     assert_eq!(window, expected[40..=150].to_vec());
 }
 
@@ -803,23 +791,15 @@ async fn sagas_updated_in_one_millisecond_list_by_descending_id_and_page_without
         }
     }
     engine.wait_indexed().await.unwrap();
-    let mut seen = Vec::new();
-    let mut cursor = None;
-    for _ in 0..10 {
-        let page = engine
-            .list(&ListQuery {
-                limit: 2,
-                cursor,
-                ..ListQuery::default()
-            })
-            .unwrap();
-        assert!(page.items.iter().all(|s| s.updated_at_ms == common::T0));
-        seen.extend(page.items.iter().map(|s| s.saga_id.clone()));
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+    let listed = list_all(
+        &engine,
+        ListQuery {
+            limit: 2,
+            ..ListQuery::default()
+        },
+    );
+    assert!(listed.iter().all(|s| s.updated_at_ms == common::T0));
+    let seen: Vec<String> = listed.into_iter().map(|s| s.saga_id).collect();
     let expected: Vec<String> = (0..6).rev().map(|i| format!("t-{i}")).collect();
     assert_eq!(seen, expected);
 }
@@ -906,27 +886,18 @@ async fn a_narrow_type_filter_pages_on_past_the_scan_bound() {
         }
     }
     engine.wait_indexed().await.unwrap();
-    let mut found = Vec::new();
-    let mut cursor = None;
-    for _ in 0..100 {
-        let page = engine
-            .list(&ListQuery {
-                limit: 5,
-                status: Some(Status::Completed),
-                saga_type: Some("rare".into()),
-                cursor: cursor.clone(),
-                ..ListQuery::default()
-            })
-            .unwrap();
-        found.extend(page.items.iter().map(|s| s.saga_id.clone()));
-        match page.next_cursor {
-            Some(next) => {
-                assert_ne!(Some(&next), cursor.as_ref(), "each page moves on");
-                cursor = Some(next);
-            }
-            None => break,
-        }
-    }
+    let found: Vec<String> = list_all(
+        &engine,
+        ListQuery {
+            limit: 5,
+            status: Some(Status::Completed),
+            saga_type: Some("rare".into()),
+            ..ListQuery::default()
+        },
+    )
+    .into_iter()
+    .map(|s| s.saga_id)
+    .collect();
     rare_ids.reverse();
     assert_eq!(
         found, rare_ids,
