@@ -51,9 +51,7 @@ pub async fn ensure(
     names: &BTreeSet<String>,
     timeout: Duration,
 ) -> Result<()> {
-    let admin: AdminClient<KafkaContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .create_with_context(KafkaContext)?;
+    let admin = admin(config)?;
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|name| {
@@ -82,15 +80,20 @@ pub async fn ensure(
     Ok(())
 }
 
+/// An admin client of the configured brokers (one per check: checks are rare).
+fn admin(config: &RelayConfig) -> Result<AdminClient<KafkaContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .create_with_context(KafkaContext)?)
+}
+
 /// The topics among `names` the broker does not know.
 pub async fn missing(
     config: &RelayConfig,
     names: &BTreeSet<String>,
     timeout: Duration,
 ) -> Result<Vec<String>> {
-    let admin: AdminClient<KafkaContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .create_with_context(KafkaContext)?;
+    let admin = admin(config)?;
     // librdkafka's metadata call blocks.
     let known = tokio::task::spawn_blocking(move || -> Result<BTreeSet<String>> {
         let metadata = admin.inner().fetch_metadata(None, timeout)?;
