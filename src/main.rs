@@ -69,9 +69,13 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SAGALOG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // A log line that cannot be written (stderr on a full disk) is dropped: by default
+    // the subscriber reports the failure with `eprintln!`, which panics the thread that
+    // logged — the log writer among them.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Human => builder.init(),

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use sagalog_storage::{
-    DataDir, IndexBatch, IndexStore, Log, LogConfig, LogRecord, SnapshotConfig, SnapshotInfo,
-    SnapshotStore, StorageError,
+    DataDir, IndexBatch, IndexStore, Log, LogConfig, LogRecord, SharedFaults, SnapshotConfig,
+    SnapshotInfo, SnapshotStore, StorageError,
 };
 use tokio::sync::{watch, Notify};
 
@@ -105,6 +105,8 @@ pub struct EngineConfig {
     pub list_scan_limit: usize,
     pub shards: usize,
     pub observer: Option<Arc<dyn EngineObserver>>,
+    /// Injected storage failures (tests); `None` in production.
+    pub faults: SharedFaults,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -121,6 +123,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("list_scan_limit", &self.list_scan_limit)
             .field("shards", &self.shards)
             .field("observer", &self.observer.is_some())
+            .field("faults", &self.faults.is_some())
             .finish()
     }
 }
@@ -139,6 +142,7 @@ impl Default for EngineConfig {
             list_scan_limit: 100_000,
             shards: 64,
             observer: None,
+            faults: None,
         }
     }
 }
@@ -251,6 +255,17 @@ pub(crate) struct Shard {
 struct Unindexed {
     by_offset: BTreeMap<u64, Vec<Arc<str>>>,
     len: usize,
+}
+
+impl Unindexed {
+    fn from_sagas(sagas: Vec<(u64, Arc<str>)>) -> Unindexed {
+        let mut unindexed = Unindexed::default();
+        for (offset, key) in sagas {
+            unindexed.by_offset.entry(offset).or_default().push(key);
+            unindexed.len += 1;
+        }
+        unindexed
+    }
 }
 
 /// The first answer to a reply, found in the saga's records.
@@ -453,14 +468,21 @@ impl Engine {
                 "shards, index_batch_records, timer_concurrency and list_scan_limit must be > 0",
             ));
         }
-        let data = DataDir::open(dir)?;
+        let data = DataDir::open(dir)?.with_faults(config.faults.clone());
         let (log, _report) = data.open_log(config.log.clone())?;
         let index = data.open_index()?;
         let snapshots = data.open_snapshots(config.snapshots.clone())?;
         let keys = Keys::default();
-        replay::catch_up_index(&log, &index, &keys, config.index_batch_records)?;
-        let restored = replay::restore(&log, &snapshots, config.shards)?;
+        match replay::catch_up_index(&log, &index, &keys, config.index_batch_records) {
+            // A full disk: serve what the log holds; the indexer catches up once it can.
+            Err(EngineError::Storage(e)) if e.is_disk_failure() => tracing::warn!(
+                error = %e,
+                "the indexes could not catch up with the log; finished sagas they lack stay in memory until the indexer has them"
+            ),
+            other => other?,
+        }
         let watermark = index.watermark()?;
+        let restored = replay::restore(&log, &snapshots, config.shards, watermark)?;
         let log_start = log.start_offset();
         let snapshot_at_ms = written_at_ms(&snapshots, restored.snapshot_offset);
         let inner = Arc::new(Inner {
@@ -476,7 +498,7 @@ impl Engine {
             timers: Mutex::new(restored.timers),
             timer_wake: Notify::new(),
             timer_sleeps_until: AtomicU64::new(0),
-            unindexed: Mutex::new(Unindexed::default()),
+            unindexed: Mutex::new(Unindexed::from_sagas(restored.unindexed)),
             indexed: watch::channel(watermark).0,
             gate: Arc::new(tokio::sync::RwLock::new(())),
             active: AtomicUsize::new(restored.active),

@@ -99,10 +99,11 @@ impl VerifyReport {
 }
 
 /// Checks every record's CRC, every snapshot, and the indexes against the log, changing
-/// nothing (the indexes are checked only when the log is whole).
+/// nothing (the indexes are checked only when the log is whole, on a copy in a
+/// temporary directory: sled writes even when it only reads).
 pub fn verify(dir: &Path, config: &EngineConfig, progress: &dyn Progress) -> Result<VerifyReport> {
     require_data_dir(dir)?;
-    let data = DataDir::open(dir)?;
+    let data = DataDir::open_inspect(dir)?;
     let log_dir = data.log_dir();
     let bytes: u64 = segment_bases(&log_dir)?
         .iter()
@@ -115,7 +116,12 @@ pub fn verify(dir: &Path, config: &EngineConfig, progress: &dyn Progress) -> Res
     let log = check_log(&log_dir, &config.log, &|n| progress.advance(n))?;
     progress.end();
     let snapshots = check_snapshots(&data, config, log.start_offset, log.next_offset)?;
-    let index = if log.problems.is_empty() {
+    let index = if log.segments == 0 {
+        IndexCheck {
+            skipped: Some("the log holds no segment yet".into()),
+            ..IndexCheck::default()
+        }
+    } else if log.problems.is_empty() {
         check_index(&data, config, progress)?
     } else {
         IndexCheck {
@@ -137,7 +143,7 @@ fn check_snapshots(
     start: u64,
     head: u64,
 ) -> Result<Vec<SnapshotCheck>> {
-    let store = data.open_snapshots(config.snapshots.clone())?;
+    let store = data.open_snapshots_inspect(config.snapshots.clone())?;
     let mut out = Vec::new();
     for info in store.list()? {
         let problem = if info.offset < start || info.offset > head {
@@ -170,8 +176,12 @@ fn check_index(
     config: &EngineConfig,
     progress: &dyn Progress,
 ) -> Result<IndexCheck> {
-    let (log, _) = data.open_log(config.log.clone())?;
-    let index = data.open_index()?;
+    let (log, _) = data.open_log_inspect(config.log.clone())?;
+    let scratch =
+        tempfile::tempdir().map_err(io_err("create a directory for", &std::env::temp_dir()))?;
+    progress.begin("copying the index to read it", 0);
+    let index = data.open_index_copy(scratch.path())?;
+    progress.end();
     let keys = Keys::default();
     let (start, head) = (log.start_offset(), log.next_offset());
     let mut check = IndexCheck {
@@ -370,12 +380,18 @@ pub fn replay(
     to_offset: Option<u64>,
 ) -> Result<ReplaySummary> {
     require_data_dir(dir)?;
-    let data = DataDir::open(dir)?;
-    let (log, _) = data.open_log(config.log.clone())?;
-    let snapshots = data.open_snapshots(config.snapshots.clone())?;
+    let data = DataDir::open_inspect(dir)?;
+    let (log, _) = data.open_log_inspect(config.log.clone())?;
+    let snapshots = data.open_snapshots_inspect(config.snapshots.clone())?;
     let head = to_offset.map_or(log.next_offset(), |to| to.min(log.next_offset()));
-    let restored =
-        crate::replay::restore_to(&log, &snapshots, config.shards, use_snapshots, Some(head))?;
+    let restored = crate::replay::restore_to(
+        &log,
+        &snapshots,
+        config.shards,
+        use_snapshots,
+        Some(head),
+        u64::MAX,
+    )?;
     let counts = &restored.projections.counters.status_counts;
     Ok(ReplaySummary {
         snapshot_offset: restored.snapshot_offset,
@@ -399,8 +415,8 @@ pub fn inspect(
     limit: usize,
 ) -> Result<Vec<(u64, Entry)>> {
     require_data_dir(dir)?;
-    let data = DataDir::open(dir)?;
-    let (log, _) = data.open_log(config.log.clone())?;
+    let data = DataDir::open_inspect(dir)?;
+    let (log, _) = data.open_log_inspect(config.log.clone())?;
     let mut out = Vec::new();
     for record in log.iter_from(from.max(log.start_offset())) {
         if out.len() >= limit {

@@ -79,6 +79,11 @@ pub(crate) struct Restored {
     /// Records folded in after the snapshot.
     pub replayed: u64,
     pub snapshot_offset: u64,
+    /// Finished sagas kept in memory because the indexes do not hold them yet (they
+    /// could not catch up on open), by the offset of their last record.
+    pub unindexed: Vec<(u64, Arc<str>)>,
+    /// Finished sagas at or past this offset stay in memory (see `unindexed`).
+    indexed_below: u64,
 }
 
 impl Restored {
@@ -91,6 +96,8 @@ impl Restored {
             active: 0,
             replayed: 0,
             snapshot_offset: 0,
+            unindexed: Vec::new(),
+            indexed_below: u64::MAX,
         }
     }
 
@@ -99,9 +106,18 @@ impl Restored {
     }
 }
 
-/// Restores from the newest usable snapshot and replays the log after it.
-pub(crate) fn restore(log: &Log, snapshots: &SnapshotStore, shards: usize) -> Result<Restored> {
-    restore_to(log, snapshots, shards, true, None)
+/// Restores from the newest usable snapshot and replays the log after it. Sagas that
+/// finished at or past `indexed_below` (the indexes' watermark) stay in memory until the
+/// indexer has them.
+pub(crate) fn restore(
+    log: &Log,
+    snapshots: &SnapshotStore,
+    shards: usize,
+    indexed_below: u64,
+) -> Result<Restored> {
+    let mut restored = restore_to(log, snapshots, shards, true, None, indexed_below)?;
+    restored.unindexed.sort_unstable();
+    Ok(restored)
 }
 
 /// [`restore`] with a choice: without snapshots (the whole log), and only up to
@@ -112,6 +128,7 @@ pub(crate) fn restore_to(
     shards: usize,
     use_snapshots: bool,
     to_offset: Option<u64>,
+    indexed_below: u64,
 ) -> Result<Restored> {
     let start = log.start_offset();
     let head = to_offset.map_or(log.next_offset(), |to| to.min(log.next_offset()));
@@ -133,6 +150,10 @@ pub(crate) fn restore_to(
             .load(&info)
             .map_err(EngineError::from)
             .and_then(|snapshot| from_snapshot(&snapshot.data, snapshot.offset, shards));
+        let loaded = loaded.map(|mut r| {
+            r.indexed_below = indexed_below;
+            r
+        });
         match loaded {
             Ok(r) => {
                 restored = Some(r);
@@ -146,7 +167,10 @@ pub(crate) fn restore_to(
     }
     let mut restored = match restored {
         Some(r) => r,
-        None if start == 0 => Restored::empty(shards),
+        None if start == 0 => Restored {
+            indexed_below,
+            ..Restored::empty(shards)
+        },
         None => {
             return Err(EngineError::Inconsistent(format!(
             "the log starts at offset {start} and no usable snapshot covers the records before it"
@@ -254,6 +278,8 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
         registry,
         shards,
         projections,
+        unindexed,
+        indexed_below,
         ..
     } = restored;
     let shard = &shards[crate::engine::shard_index(&r.saga_id, shards.len())];
@@ -302,8 +328,12 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
         projections.moved(&slot.state.definition.name, before.place, after.place);
     }
     if slot.state.is_terminal() {
-        // Finished sagas are served from the indexes, which caught up before replay.
-        sagas.remove(&key);
+        if record.offset < *indexed_below {
+            // Finished sagas are served from the indexes, which caught up before replay.
+            sagas.remove(&key);
+        } else {
+            unindexed.push((record.offset, key));
+        }
     }
     Ok(())
 }

@@ -3,13 +3,16 @@
 //! [`check_log`] reads every segment and every frame without changing a byte, and names
 //! each problem: a damaged header, a record whose checksum fails with intact records
 //! after it (corruption in the middle), a torn tail (which `serve` cuts by itself on
-//! start), a gap between segments.
+//! start), the leftover of a failed roll (a file holding no record, which `serve`
+//! removes), a gap between segments.
 //!
 //! [`cut_log`] repairs what opening refuses: it cuts the log at the first bad record.
 //! Nothing is deleted: the bytes from the bad record to the end of its segment, and
 //! every later segment, are moved into a directory of their own with a `NOTE.txt`
 //! saying what was cut and why. (Offsets are positions in the log, so the intact
-//! records after a bad one cannot stay: they would take other offsets.)
+//! records after a bad one cannot stay: they would take other offsets.) It never cuts
+//! at a gap between segments or at a segment of an unknown format: the segments after
+//! those hold acknowledged records, so it refuses with the facts instead.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -18,10 +21,9 @@ use std::path::{Path, PathBuf};
 
 use crate::datadir::sync_dir;
 use crate::error::{Result, StorageError};
-use crate::format::{
-    inspect_rest, read_segment_header, Frame, FrameReader, HeaderProblem, SEGMENT_HEADER_BYTES,
-};
-use crate::log::{segment_path, SEGMENT_SUFFIX};
+use crate::format::{HeaderProblem, SEGMENT_HEADER_BYTES};
+use crate::log::{parse_segment_name, segment_path};
+use crate::scan::{is_leftover, scan_segment, SegmentScan};
 use crate::LogConfig;
 
 /// What is wrong at one place of the log.
@@ -68,12 +70,7 @@ pub fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
     let mut bases = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(StorageError::io("list", dir))? {
         let name = entry.map_err(StorageError::io("list", dir))?.file_name();
-        if let Some(base) = name
-            .to_string_lossy()
-            .strip_suffix(SEGMENT_SUFFIX)
-            .filter(|digits| digits.len() == 20)
-            .and_then(|digits| digits.parse::<u64>().ok())
-        {
+        if let Some(base) = parse_segment_name(&name.to_string_lossy()) {
             bases.push(base);
         }
     }
@@ -81,8 +78,15 @@ pub fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
     Ok(bases)
 }
 
+/// A segment file as [`check_log`] read it.
+struct Seen {
+    base: u64,
+    path: PathBuf,
+    scan: SegmentScan,
+}
+
 /// Reads the whole log in `dir` without changing it; `progress` is told the bytes of
-/// each segment as it is done.
+/// each segment as it is done. It judges each file by the rules opening the log uses.
 pub fn check_log(dir: &Path, config: &LogConfig, progress: &dyn Fn(u64)) -> Result<LogCheck> {
     let bases = segment_bases(dir)?;
     let mut check = LogCheck {
@@ -91,12 +95,37 @@ pub fn check_log(dir: &Path, config: &LogConfig, progress: &dyn Fn(u64)) -> Resu
         next_offset: bases.first().copied().unwrap_or(0),
         ..LogCheck::default()
     };
-    let max = config.max_record_bytes;
+    let mut kept: Vec<Seen> = Vec::with_capacity(bases.len());
+    for base in bases {
+        let path = segment_path(dir, base);
+        let file = File::open(&path).map_err(StorageError::io("open segment", &path))?;
+        let scan =
+            scan_segment(&file, base, config).map_err(StorageError::io("scan segment", &path))?;
+        check.bytes += scan.file_len;
+        progress(scan.file_len);
+        if let Some(prev) = kept.last() {
+            let expected = prev.base + prev.scan.records;
+            if is_leftover(&scan, base, prev.base, expected) {
+                check.problems.push(Problem {
+                    segment: path,
+                    offset: base,
+                    position: 0,
+                    kind: "leftover_segment",
+                    reason: format!(
+                        "holds no record and does not continue the log (which is at offset \
+                         {expected} there): a roll that failed left it; serve removes it"
+                    ),
+                });
+                continue;
+            }
+        }
+        kept.push(Seen { base, path, scan });
+    }
+    let last = kept.len().saturating_sub(1);
     let mut expected = None;
     let mut intact = true;
-    for (i, &base) in bases.iter().enumerate() {
-        let path = segment_path(dir, base);
-        let is_last = i + 1 == bases.len();
+    for (i, seen) in kept.iter().enumerate() {
+        let Seen { base, path, scan } = seen;
         let problem = |offset, position, kind, reason: String| Problem {
             segment: path.clone(),
             offset,
@@ -104,81 +133,52 @@ pub fn check_log(dir: &Path, config: &LogConfig, progress: &dyn Fn(u64)) -> Resu
             kind,
             reason,
         };
-        if let Some(expected) = expected.filter(|e| *e != base) {
+        if let Some(expected) = expected.filter(|e| e != base) {
             check.problems.push(problem(
                 expected,
                 0,
                 "gap",
                 format!(
-                    "the previous segment ends at offset {expected}, this one starts at {base}"
+                    "the log before this segment ends at offset {expected}, this one starts at \
+                     {base} and holds {} records: records {expected}..{base} are missing",
+                    scan.records
                 ),
             ));
             intact = false;
         }
-        let io = |op| StorageError::io(op, &path);
-        let file = File::open(&path).map_err(io("open segment"))?;
-        let file_len = file.metadata().map_err(io("stat segment"))?.len();
-        check.bytes += file_len;
-        match read_segment_header(&file, file_len, base).map_err(io("read segment header"))? {
-            Ok(()) => {}
-            Err(HeaderProblem::UnsupportedVersion(version)) => {
-                let reason = format!("format version {version} is not one this build reads");
-                check
-                    .problems
-                    .push(problem(base, 0, "unsupported_format", reason));
-                intact = false;
-                expected = None;
-                continue;
-            }
-            Err(HeaderProblem::Damaged(reason)) => {
-                let rest = inspect_rest(&file, 0, file_len, max).map_err(io("inspect segment"))?;
-                let kind = if is_last && rest.valid_frame_at.is_none() {
-                    "torn_tail"
-                } else {
-                    "bad_header"
-                };
-                check.problems.push(problem(base, 0, kind, reason));
-                intact &= kind == "torn_tail";
-                expected = None;
-                continue;
-            }
+        if let Err(HeaderProblem::UnsupportedVersion(version)) = scan.header {
+            let reason = format!("format version {version} is not one this build reads");
+            check
+                .problems
+                .push(problem(*base, 0, "unsupported_format", reason));
+            intact = false;
+            expected = None;
+            continue;
         }
-        let mut reader = FrameReader::new(&file, SEGMENT_HEADER_BYTES as u64, file_len, max);
-        let mut records = 0u64;
-        let stop = loop {
-            let pos = reader.position();
-            match reader.next_frame().map_err(io("scan segment"))? {
-                Frame::Record(_) => records += 1,
-                Frame::End => break None,
-                Frame::Zero => break Some((pos, None)),
-                Frame::Invalid(reason) => break Some((pos, Some(reason))),
-            }
-        };
         // After damage the segment's true length is unknown: no gap is reported after it.
         let mut damaged = false;
-        if let Some((pos, reason)) = stop {
-            let rest = inspect_rest(&file, pos, file_len, max).map_err(io("inspect segment"))?;
-            if reason.is_some() || rest.dirty_end != pos {
-                let reason =
-                    reason.unwrap_or_else(|| "zero frame header followed by non-zero bytes".into());
-                let kind = if is_last && rest.valid_frame_at.is_none() {
-                    "torn_tail"
-                } else {
-                    "corrupt"
-                };
-                check
-                    .problems
-                    .push(problem(base + records, pos, kind, reason));
-                intact &= kind == "torn_tail";
-                damaged = true;
-            }
+        if let Some(damage) = &scan.damage {
+            let torn = i == last && damage.valid_frame_at.is_none();
+            let kind = match (torn, scan.header.is_ok()) {
+                (true, _) => "torn_tail",
+                (false, false) => "bad_header",
+                (false, true) => "corrupt",
+            };
+            let offset = base + scan.records;
+            check.problems.push(problem(
+                offset,
+                damage.position,
+                kind,
+                damage.reason.clone(),
+            ));
+            intact &= torn;
+            damaged = true;
         }
-        check.records += records;
+        check.records += scan.records;
         if intact {
-            check.next_offset = base + records;
+            check.next_offset = base + scan.records;
         }
-        expected = (!damaged).then_some(base + records);
-        progress(file_len);
+        expected = (!damaged).then_some(base + scan.records);
     }
     Ok(check)
 }
@@ -208,24 +208,39 @@ pub fn cut_log(
     let Some(problem) = check
         .problems
         .iter()
-        .find(|p| torn_tails || p.kind != "torn_tail")
+        .find(|p| (torn_tails || p.kind != "torn_tail") && p.kind != "leftover_segment")
+        .or_else(|| check.problems.iter().find(|p| p.kind == "leftover_segment"))
         .cloned()
     else {
         return Ok(None);
     };
+    if matches!(problem.kind, "gap" | "unsupported_format") {
+        // The segments from there on hold acknowledged records: cutting would drop them.
+        return Err(StorageError::NotRepairable {
+            problem: problem.to_string(),
+        });
+    }
     std::fs::create_dir_all(aside).map_err(StorageError::io("create directory", aside))?;
-    let bases = segment_bases(dir)?;
+    let leftovers: Vec<&Path> = check
+        .problems
+        .iter()
+        .filter(|p| p.kind == "leftover_segment")
+        .map(|p| p.segment.as_path())
+        .collect();
     let mut moved_bytes = 0u64;
     let mut moved_segments = 0usize;
     let mut moved = Vec::new();
-    for base in bases {
+    for base in segment_bases(dir)? {
         let path = segment_path(dir, base);
-        if path < problem.segment {
+        // Leftovers (they hold nothing) go wherever they are; the rest from the problem on.
+        let leftover = leftovers.contains(&path.as_path());
+        let cut = problem.kind != "leftover_segment" && path >= problem.segment;
+        if !leftover && !cut {
             continue;
         }
         let name = path.file_name().expect("a segment file name").to_owned();
         let keep_header =
-            path == problem.segment && problem.position >= SEGMENT_HEADER_BYTES as u64;
+            path == problem.segment && !leftover && problem.position >= SEGMENT_HEADER_BYTES as u64;
         if keep_header {
             // The bad record's own segment keeps what lies before it.
             let io = |op| StorageError::io(op, &path);
@@ -270,6 +285,11 @@ pub fn cut_log(
             ));
         }
     }
+    let next_offset = if problem.kind == "leftover_segment" {
+        check.next_offset
+    } else {
+        problem.offset
+    };
     let note = format!(
         "sagalog recover cut the log at offset {offset}.\n\
          Why: {problem}\n\
@@ -277,16 +297,16 @@ pub fn cut_log(
          Records after the damaged one are intact in these files (each frame is \
          length | crc32 | payload, see docs/storage.md) but could not stay: offsets are \
          positions in the log.\n",
-        offset = problem.offset,
+        offset = next_offset,
         moved = moved.join("\n  "),
     );
     write_durably(&aside.join("NOTE.txt"), note.as_bytes())?;
-    sync_dir(dir)?;
+    sync_dir(dir, &None)?;
     if let Some(parent) = aside.parent() {
-        sync_dir(parent)?;
+        sync_dir(parent, &None)?;
     }
     Ok(Some(LogCut {
-        next_offset: problem.offset,
+        next_offset,
         aside: aside.to_path_buf(),
         moved_bytes,
         moved_segments,
@@ -300,7 +320,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|()| file.sync_all())
         .map_err(StorageError::io("write", path))?;
     if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
+        sync_dir(dir, &None)?;
     }
     Ok(())
 }

@@ -58,6 +58,9 @@ pub trait LogObserver: Send + Sync + 'static {
     fn batch_written(&self, _records: usize, _bytes: usize, _elapsed: Duration) {}
     /// One `fdatasync` took `elapsed`.
     fn synced(&self, _elapsed: Duration) {}
+    /// An attempt to heal a poisoned or read-only log ended (`healed`: it takes writes
+    /// again).
+    fn healed(&self, _healed: bool) {}
 }
 
 #[derive(Clone)]
@@ -79,6 +82,9 @@ pub struct LogConfig {
     /// One sparse index entry every this many records: a read scans at most this many
     /// frame headers after one lookup.
     pub index_interval_records: u32,
+    /// How many times a poisoned (or read-only opened) log tries to heal before it
+    /// gives up until a restart; the pause between attempts doubles from 100 ms to 30 s.
+    pub heal_attempts: u32,
     pub observer: Option<Arc<dyn LogObserver>>,
 }
 
@@ -93,6 +99,7 @@ impl Default for LogConfig {
             fsync: FsyncPolicy::Always,
             preallocate: true,
             index_interval_records: 16,
+            heal_attempts: 60,
             observer: None,
         }
     }
@@ -109,6 +116,7 @@ impl fmt::Debug for LogConfig {
             .field("fsync", &self.fsync)
             .field("preallocate", &self.preallocate)
             .field("index_interval_records", &self.index_interval_records)
+            .field("heal_attempts", &self.heal_attempts)
             .field("observer", &self.observer.is_some())
             .finish()
     }

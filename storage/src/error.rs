@@ -39,13 +39,27 @@ pub enum StorageError {
     },
 
     #[error(
-        "log segments are not contiguous: {segment} starts at offset {found}, expected {expected}"
+        "log segments are not contiguous: {segment} starts at offset {found} and holds \
+         {records} records, but the log before it ends at offset {expected}, so records \
+         {expected}..{found} are missing; nothing was changed. Restore the data directory \
+         from a backup (RUNBOOKS.md, \"Restore\")"
     )]
     SegmentGap {
         segment: PathBuf,
         expected: u64,
         found: u64,
+        records: u64,
     },
+
+    #[error(
+        "sagalog recover does not repair this: {problem}. The segments from there on hold \
+         acknowledged records, and cutting the log there would drop them; nothing was \
+         changed. Restore the data directory from a backup (RUNBOOKS.md, \"Restore\")"
+    )]
+    NotRepairable { problem: String },
+
+    #[error("the log directory {dir} holds no segment")]
+    NoSegments { dir: PathBuf },
 
     #[error("offset {offset} is not in the log (it holds offsets {start}..{next})")]
     OffsetOutOfRange { offset: u64, start: u64, next: u64 },
@@ -67,8 +81,24 @@ pub enum StorageError {
     #[error("write to {segment} failed, nothing of this append was kept: {reason}")]
     WriteFailed { segment: PathBuf, reason: String },
 
-    #[error("the log refuses writes until it is reopened, because {reason}")]
+    #[error(
+        "the log takes no writes until it has reopened itself from disk (it retries by \
+         itself): {reason}"
+    )]
     Poisoned { reason: String },
+
+    #[error("the log was opened read-only, for inspection")]
+    ReadOnly,
+
+    #[error(
+        "a roll to segment {segment} failed ({cause}) and the file could not be removed \
+         ({reason}); the log takes no writes until it is"
+    )]
+    LeftoverSegment {
+        segment: PathBuf,
+        cause: String,
+        reason: String,
+    },
 
     #[error(
         "the log refuses writes while {reason}; it takes them again by itself once that clears"
@@ -100,7 +130,29 @@ pub enum StorageError {
     Snapshot { path: PathBuf, reason: String },
 }
 
+/// errno values of a disk that cannot take writes now: out of space or quota, an I/O
+/// error, a read-only filesystem.
+const DISK_FAILURES: [i32; 4] = [28, 122, 5, 30];
+
 impl StorageError {
+    /// Whether the error is the disk refusing a write (full, failing or read-only), as
+    /// opposed to damage in the data or a mistake of the caller.
+    pub fn is_disk_failure(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => source
+                .raw_os_error()
+                .is_some_and(|errno| DISK_FAILURES.contains(&errno)),
+            StorageError::Index {
+                source: sled::Error::Io(source),
+                ..
+            } => source
+                .raw_os_error()
+                .is_some_and(|errno| DISK_FAILURES.contains(&errno)),
+            StorageError::LeftoverSegment { .. } => true,
+            _ => false,
+        }
+    }
+
     pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| StorageError::Io { op, path, source }

@@ -172,18 +172,7 @@ pub fn inspect_rest(
     end: u64,
     max_record_bytes: u32,
 ) -> io::Result<RestOfSegment> {
-    const CHUNK: u64 = 1 << 20;
-    let mut chunk = vec![0u8; CHUNK.min(end.saturating_sub(from)) as usize];
-    let mut dirty_end = from;
-    let mut pos = from;
-    while pos < end {
-        let n = (end - pos).min(CHUNK) as usize;
-        file.read_exact_at(&mut chunk[..n], pos)?;
-        if let Some(i) = chunk[..n].iter().rposition(|b| *b != 0) {
-            dirty_end = pos + i as u64 + 1;
-        }
-        pos += n as u64;
-    }
+    let dirty_end = dirty_end(file, from, end)?;
     if dirty_end == from {
         return Ok(RestOfSegment {
             valid_frame_at: None,
@@ -203,6 +192,24 @@ pub fn inspect_rest(
         valid_frame_at,
         dirty_end,
     })
+}
+
+/// One past the last non-zero byte of `[from, end)` (`from` when all of it is zero),
+/// read in bounded chunks.
+pub fn dirty_end(file: &File, from: u64, end: u64) -> io::Result<u64> {
+    const CHUNK: u64 = 1 << 20;
+    let mut chunk = vec![0u8; CHUNK.min(end.saturating_sub(from)) as usize];
+    let mut dirty_end = from;
+    let mut pos = from;
+    while pos < end {
+        let n = (end - pos).min(CHUNK) as usize;
+        file.read_exact_at(&mut chunk[..n], pos)?;
+        if let Some(i) = chunk[..n].iter().rposition(|b| *b != 0) {
+            dirty_end = pos + i as u64 + 1;
+        }
+        pos += n as u64;
+    }
+    Ok(dirty_end)
 }
 
 /// A buffered reader of consecutive frames between two positions of a segment file,

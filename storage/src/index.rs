@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::datadir::DirLock;
 use crate::error::{Result, StorageError};
+use crate::faults::{self, FaultPoint, SharedFaults};
 use crate::log::{Log, LogRecord};
 
 const WATERMARK_KEY: &[u8] = b"\xffmeta\0watermark";
@@ -83,11 +84,16 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 pub struct IndexStore {
     db: sled::Db,
     path: PathBuf,
+    faults: SharedFaults,
     _lock: Arc<DirLock>,
 }
 
 impl IndexStore {
-    pub(crate) fn open(path: PathBuf, lock: Arc<DirLock>) -> Result<IndexStore> {
+    pub(crate) fn open(
+        path: PathBuf,
+        lock: Arc<DirLock>,
+        faults: SharedFaults,
+    ) -> Result<IndexStore> {
         let db = sled::Config::new()
             .path(&path)
             .open()
@@ -98,6 +104,7 @@ impl IndexStore {
         Ok(IndexStore {
             db,
             path,
+            faults,
             _lock: lock,
         })
     }
@@ -132,6 +139,8 @@ impl IndexStore {
         batch
             .batch
             .insert(WATERMARK_KEY, &next_offset.to_be_bytes());
+        faults::check(&self.faults, FaultPoint::IndexCommit, &self.path)
+            .map_err(|e| self.err()(sled::Error::Io(e)))?;
         self.db.apply_batch(batch.batch).map_err(self.err())
     }
 

@@ -16,17 +16,20 @@ pub mod check;
 mod config;
 mod datadir;
 mod error;
+pub mod faults;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod index;
 mod log;
+mod scan;
 pub mod snapshot;
 mod writer;
 
 pub use config::{FsyncPolicy, LogConfig, LogObserver};
 pub use datadir::{disk_space, DataDir, DirLock, INDEX_DIR, LOCK_FILE, LOG_DIR, SNAPSHOT_DIR};
 pub use error::{Result, StorageError};
+pub use faults::{FaultInjector, FaultPoint, Faults, SharedFaults};
 pub use index::{IndexBatch, IndexStore, Keyspace};
 pub use log::{
     Appending, Log, LogRecord, LogStats, OpenReport, RetentionReport, SealedSegment, Tail, TailCut,

@@ -1,5 +1,6 @@
 //! The segmented log: opening (with torn-tail recovery), reads by offset, tail
-//! subscriptions, retention and the [`Log`] handle through which records are appended.
+//! subscriptions, retention, healing, and the [`Log`] handle through which records are
+//! appended.
 //!
 //! Invariants, relied on by every reader and by the writer:
 //! - `State::segments` is never empty, sorted by base offset, and contiguous: each
@@ -8,29 +9,56 @@
 //!   and under `FsyncPolicy::Always` also fsynced. Readers never see more.
 //! - `committed` (the watch channel) is sent only after the state was updated, so a woken
 //!   subscriber always finds the records it was woken for.
+//! - Only published records were ever acknowledged. Whatever lies past the active
+//!   segment's `end_pos` on disk was refused to its appender (or never reached one), so
+//!   healing may zero it.
+//!
+//! Opening decides from a read-only scan of every segment (`scan`) what the files hold:
+//! - a torn tail of the last segment (damage with no valid frame after it) is cut;
+//! - a segment that holds no record and starts inside or after the segment before it is
+//!   the leftover of a roll that failed (a full disk while it was being created): it is
+//!   removed, since it holds nothing;
+//! - anything else out of place — damage with valid frames after it, segments that hold
+//!   records and do not follow each other — is refused with the facts.
+//!
+//! Writes and healing: a failed fsync, or a failed clean-up of a failed write, *poisons*
+//! the log (the page cache can no longer be trusted). A log that cannot be opened for
+//! writing (a full disk at start) opens read-only and is poisoned the same way. Either
+//! way the healer thread stops the writer, reopens the active segment from disk as a
+//! restart would — zeroing what lies past the published end, checking the published
+//! records read back, removing leftover files — and starts a new writer; it retries with
+//! a growing pause, `LogConfig::heal_attempts` times at most. Readers and tail
+//! subscribers go on throughout: offsets below the published head never change.
 
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::{oneshot, watch};
 
 use crate::datadir::{sync_dir, DirLock};
 use crate::error::{Result, StorageError};
+use crate::faults::{self, FaultPoint, SharedFaults};
 use crate::format::{
-    encode_segment_header, frame_bytes, inspect_rest, read_segment_header, Frame, FrameReader,
-    HeaderProblem, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_BYTES,
+    dirty_end, encode_segment_header, frame_bytes, Frame, FrameReader, HeaderProblem,
+    SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_BYTES,
 };
+use crate::scan::{is_leftover, scan_segment, SegmentScan};
 use crate::writer::{self, Request};
 use crate::LogConfig;
 
 pub const SEGMENT_SUFFIX: &str = ".log";
 pub(crate) const PREALLOC_SUFFIX: &str = ".prealloc";
+/// Longest pause between two attempts to heal the log.
+const MAX_HEAL_PAUSE: Duration = Duration::from_secs(30);
+/// Pause before the first attempt to heal the log.
+const FIRST_HEAL_PAUSE: Duration = Duration::from_millis(100);
 
 /// One record read back from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +87,11 @@ pub struct OpenReport {
     pub start_offset: u64,
     pub next_offset: u64,
     pub cuts: Vec<TailCut>,
+    /// Leftover segment files of failed rolls (they held no record), removed — or, when
+    /// opened read-only, left for a writable open to remove.
+    pub leftovers: Vec<PathBuf>,
+    /// Why the log opened read-only, when it did (it then heals by itself when it can).
+    pub read_only: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +106,12 @@ pub struct LogStats {
     pub segments: usize,
     /// Torn tails cut back since this process opened the log.
     pub tail_truncations: u64,
+    /// Whether appends can be taken (not poisoned, not read-only, not refusing).
+    pub writable: bool,
+    /// Times the log healed since it was opened.
+    pub heals: u64,
+    /// Attempts to heal that failed since it was opened.
+    pub failed_heals: u64,
 }
 
 /// A sealed segment (one the writer has moved past), as retention sees it.
@@ -129,15 +168,46 @@ impl State {
     }
 }
 
+/// How the log was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// For appends: damage is cut, leftovers removed, a writer runs.
+    Write,
+    /// For inspection: nothing on disk changes, no writer, no healing.
+    Inspect,
+}
+
 pub(crate) struct Shared {
     pub dir: PathBuf,
     pub config: LogConfig,
+    pub faults: SharedFaults,
     pub state: RwLock<State>,
     tail_truncations: AtomicU64,
-    /// Why the log refuses writes, once an fsync failed (see `writer`).
+    /// Why the log takes no appends until it is reopened from disk: an fsync failed, the
+    /// clean-up of a failed write failed, or it could only be opened read-only. The
+    /// healer clears it.
     poisoned: Mutex<Option<String>>,
     /// Why the log refuses new appends for now (a disk below its watermark).
     refusing: Mutex<Option<String>>,
+    /// Everything below it is published; sent only after the state is updated.
+    pub committed: watch::Sender<u64>,
+    /// Set when the last [`Log`] handle is gone: tails end once they have read all.
+    closed: AtomicBool,
+    /// The running writer's queue (none while it is stopped).
+    tx: RwLock<Option<flume::Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    heal: Mutex<HealState>,
+    heal_wake: Condvar,
+    heals: AtomicU64,
+    failed_heals: AtomicU64,
+    mode: Mode,
+}
+
+#[derive(Default)]
+struct HealState {
+    /// Attempts made since the log was last poisoned.
+    attempts: u32,
+    stop: bool,
 }
 
 pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -145,9 +215,6 @@ pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
 }
 
 impl Shared {
-    /// Reads up to `max_records` records from `from`, stopping before the byte budget is
-    /// passed (but always returning at least one record when `from` is readable), and
-    /// never past the end of the segment `from` is in.
     pub fn read_batch(
         &self,
         from: u64,
@@ -226,8 +293,17 @@ impl Shared {
         self.poisoned.lock().clone()
     }
 
+    /// Refuses every append until the log is healed, and wakes the healer.
     pub fn poison(&self, reason: String) {
-        self.poisoned.lock().get_or_insert(reason);
+        {
+            let mut poisoned = self.poisoned.lock();
+            if poisoned.is_some() {
+                return;
+            }
+            *poisoned = Some(reason);
+        }
+        self.heal.lock().attempts = 0;
+        self.heal_wake.notify_all();
     }
 
     pub fn stats(&self) -> LogStats {
@@ -238,6 +314,45 @@ impl Shared {
             bytes: state.segments.iter().map(|s| s.end_pos).sum(),
             segments: state.segments.len(),
             tail_truncations: self.tail_truncations.load(Ordering::Relaxed),
+            writable: self.poisoned.lock().is_none() && self.refusing.lock().is_none(),
+            heals: self.heals.load(Ordering::Relaxed),
+            failed_heals: self.failed_heals.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The writer's queue, or why there is none.
+    fn sender(&self) -> Result<flume::Sender<Request>> {
+        if let Some(tx) = self.tx.read().as_ref() {
+            return Ok(tx.clone());
+        }
+        Err(self.not_writable())
+    }
+
+    fn not_writable(&self) -> StorageError {
+        match (self.mode, self.poisoned()) {
+            (Mode::Inspect, _) => StorageError::ReadOnly,
+            (Mode::Write, Some(reason)) => StorageError::Poisoned { reason },
+            (Mode::Write, None) => StorageError::Closed,
+        }
+    }
+
+    /// Starts a writer on the active segment.
+    fn start_writer(self: &Arc<Self>, lock: &Arc<DirLock>) -> Result<()> {
+        let (tx, rx) = flume::bounded(self.config.queue_depth);
+        let thread = writer::spawn(self.clone(), rx, lock.clone())?;
+        *self.writer.lock() = Some(thread);
+        *self.tx.write() = Some(tx);
+        Ok(())
+    }
+
+    /// Stops the writer: appends queued are answered (refused, when poisoned), the
+    /// syncer makes what it has durable, then both threads end.
+    fn stop_writer(&self) {
+        drop(self.tx.write().take());
+        if let Some(writer) = self.writer.lock().take() {
+            if writer.join().is_err() {
+                tracing::error!(dir = %self.dir.display(), "log writer thread panicked");
+            }
         }
     }
 }
@@ -260,54 +375,121 @@ pub struct Log {
 
 struct Handle {
     shared: Arc<Shared>,
-    tx: Option<flume::Sender<Request>>,
-    committed: watch::Receiver<u64>,
-    writer: Option<JoinHandle<()>>,
+    healer: Option<JoinHandle<()>>,
+    _lock: Arc<DirLock>,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!(dir = %self.shared.dir.display(), "log writer thread panicked");
+        self.shared.heal.lock().stop = true;
+        self.shared.heal_wake.notify_all();
+        if let Some(healer) = self.healer.take() {
+            if healer.join().is_err() {
+                tracing::error!(dir = %self.shared.dir.display(), "log healer thread panicked");
             }
         }
+        self.shared.stop_writer();
+        self.shared.closed.store(true, Ordering::SeqCst);
+        // Wakes every tail, which then sees the log closed.
+        self.shared.committed.send_modify(|_| {});
     }
 }
 
 impl Log {
+    /// Opens the log in `dir` for appends. When it cannot be made writable (a full or
+    /// failing disk while cutting a tail or creating the first segment), it opens
+    /// read-only instead — reads work, appends are refused with the reason — and heals
+    /// by itself once the disk lets it.
     pub(crate) fn open(
+        dir: PathBuf,
+        config: LogConfig,
+        lock: Arc<DirLock>,
+        faults: SharedFaults,
+    ) -> Result<(Log, OpenReport)> {
+        config.validate()?;
+        let (opened, read_only) = match open_segments(&dir, &config, &faults, Mode::Write) {
+            Ok(opened) => (opened, None),
+            Err(e) if e.is_disk_failure() => {
+                let reason = format!("opening it for writing failed: {e}");
+                let opened = open_segments(&dir, &config, &faults, Mode::Inspect).map_err(|_| e)?;
+                tracing::error!(
+                    dir = %dir.display(), %reason,
+                    "the log opened read-only; it becomes writable by itself once the disk lets it"
+                );
+                (opened, Some(reason))
+            }
+            Err(e) => return Err(e),
+        };
+        Log::start(dir, config, lock, faults, opened, Mode::Write, read_only)
+    }
+
+    /// Opens the log in `dir` to read it only: nothing on disk changes (a torn tail is
+    /// where the log ends, leftovers stay), and appends are refused.
+    pub(crate) fn open_inspect(
         dir: PathBuf,
         config: LogConfig,
         lock: Arc<DirLock>,
     ) -> Result<(Log, OpenReport)> {
         config.validate()?;
-        let (segments, cuts) = open_segments(&dir, &config)?;
-        let state = State { segments };
+        let opened = open_segments(&dir, &config, &None, Mode::Inspect)?;
+        Log::start(dir, config, lock, None, opened, Mode::Inspect, None)
+    }
+
+    fn start(
+        dir: PathBuf,
+        config: LogConfig,
+        lock: Arc<DirLock>,
+        faults: SharedFaults,
+        opened: Opened,
+        mode: Mode,
+        read_only: Option<String>,
+    ) -> Result<(Log, OpenReport)> {
+        let state = State {
+            segments: opened.segments,
+        };
         let report = OpenReport {
             segments: state.segments.len(),
             start_offset: state.start_offset(),
             next_offset: state.next_offset(),
-            cuts,
+            cuts: opened.cuts,
+            leftovers: opened.leftovers,
+            read_only: read_only.clone(),
         };
-        let next = state.next_offset();
         let shared = Arc::new(Shared {
+            committed: watch::channel(state.next_offset()).0,
             dir,
             state: RwLock::new(state),
             tail_truncations: AtomicU64::new(report.cuts.len() as u64),
-            poisoned: Mutex::new(None),
+            poisoned: Mutex::new(read_only),
             refusing: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            tx: RwLock::new(None),
+            writer: Mutex::new(None),
+            heal: Mutex::new(HealState::default()),
+            heal_wake: Condvar::new(),
+            heals: AtomicU64::new(0),
+            failed_heals: AtomicU64::new(0),
+            mode,
+            faults,
             config,
         });
-        let (committed_tx, committed) = watch::channel(next);
-        let (tx, rx) = flume::bounded(shared.config.queue_depth);
-        let writer = writer::spawn(shared.clone(), rx, committed_tx, lock)?;
+        let mut healer = None;
+        if mode == Mode::Write {
+            if shared.poisoned().is_none() {
+                shared.start_writer(&lock)?;
+            }
+            let (thread_shared, thread_lock) = (shared.clone(), lock.clone());
+            healer = Some(
+                std::thread::Builder::new()
+                    .name("sagalog-log-healer".into())
+                    .spawn(move || run_healer(thread_shared, thread_lock))
+                    .map_err(StorageError::io("spawn log thread", shared.dir.clone()))?,
+            );
+        }
         let handle = Handle {
             shared,
-            tx: Some(tx),
-            committed,
-            writer: Some(writer),
+            healer,
+            _lock: lock,
         };
         Ok((
             Log {
@@ -347,34 +529,33 @@ impl Log {
     /// cancelled (the engine installs state) awaits it in a task of its own then.
     pub async fn submit_batch(&self, records: Vec<Vec<u8>>) -> Result<Appending> {
         let (request, reply) = self.append_request(records)?;
-        self.sender()?
+        self.shared()
+            .sender()?
             .send_async(request)
             .await
-            .map_err(|_| StorageError::Closed)?;
+            .map_err(|_| self.shared().not_writable())?;
         Ok(Appending { reply })
     }
 
     /// [`Log::append_batch`] for threads outside an async runtime (offline tools).
     pub fn append_batch_blocking(&self, records: Vec<Vec<u8>>) -> Result<Range<u64>> {
         let (request, reply) = self.append_request(records)?;
-        self.sender()?
+        self.shared()
+            .sender()?
             .send(request)
-            .map_err(|_| StorageError::Closed)?;
+            .map_err(|_| self.shared().not_writable())?;
         reply.blocking_recv().map_err(|_| StorageError::Closed)?
     }
 
     /// Forces an fsync of everything written so far (useful under `interval_ms` / `never`).
     pub async fn sync(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        self.sender()?
+        self.shared()
+            .sender()?
             .send_async(Request::Sync { reply })
             .await
-            .map_err(|_| StorageError::Closed)?;
+            .map_err(|_| self.shared().not_writable())?;
         rx.await.map_err(|_| StorageError::Closed)?
-    }
-
-    fn sender(&self) -> Result<&flume::Sender<Request>> {
-        self.handle.tx.as_ref().ok_or(StorageError::Closed)
     }
 
     #[allow(clippy::type_complexity)]
@@ -384,6 +565,12 @@ impl Log {
     ) -> Result<(Request, oneshot::Receiver<Result<Range<u64>>>)> {
         if let Some(reason) = self.refusing() {
             return Err(StorageError::Refusing { reason });
+        }
+        if self.shared().mode == Mode::Inspect {
+            return Err(StorageError::ReadOnly);
+        }
+        if let Some(reason) = self.poisoned() {
+            return Err(StorageError::Poisoned { reason });
         }
         let config = self.config();
         let mut bytes = 0usize;
@@ -481,8 +668,8 @@ impl Log {
         self.shared().stats()
     }
 
-    /// Why the log refuses appends, if it does: an fsync failed, and what the disk holds
-    /// is only known again after a reopen rescans it.
+    /// Why the log takes no appends until it has healed, if it does: an fsync failed (what
+    /// the disk holds is only known again after a rescan), or it opened read-only.
     pub fn poisoned(&self) -> Option<String> {
         self.shared().poisoned()
     }
@@ -508,7 +695,7 @@ impl Log {
     pub fn subscribe(&self, from: u64) -> Tail {
         Tail {
             shared: self.handle.shared.clone(),
-            committed: self.handle.committed.clone(),
+            committed: self.handle.shared.committed.subscribe(),
             next: from,
         }
     }
@@ -559,7 +746,7 @@ impl Log {
             tracing::info!(segment = %seg.path.display(), below = offset, "retention removed segment");
         }
         if !removed.is_empty() {
-            sync_dir(self.dir())?;
+            sync_dir(self.dir(), &self.shared().faults)?;
         }
         Ok(report)
     }
@@ -614,15 +801,18 @@ impl Tail {
                 self.next = last.offset + 1;
                 return Ok(batch);
             }
-            if self.committed.changed().await.is_err() && self.next >= *self.committed.borrow() {
+            if self.shared.closed.load(Ordering::SeqCst) {
                 return Err(StorageError::Closed);
             }
+            // The sender lives as long as `shared`: this only wakes on a change (or on
+            // the close, which also marks one).
+            let _ = self.committed.changed().await;
         }
     }
 }
 
-/// Lists segment files by base offset, removing leftover pre-written files.
-fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+/// Segment bases in `dir`, sorted; with `clean`, leftover pre-written files go.
+fn list_segments(dir: &Path, clean: bool) -> Result<Vec<u64>> {
     let mut bases = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(StorageError::io("list", dir))?;
     for entry in entries {
@@ -630,13 +820,11 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.ends_with(PREALLOC_SUFFIX) {
-            let path = entry.path();
-            std::fs::remove_file(&path).map_err(StorageError::io("remove", &path))?;
-        } else if let Some(base) = name
-            .strip_suffix(SEGMENT_SUFFIX)
-            .filter(|digits| digits.len() == 20)
-            .and_then(|digits| digits.parse::<u64>().ok())
-        {
+            if clean {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(StorageError::io("remove", &path))?;
+            }
+        } else if let Some(base) = parse_segment_name(&name) {
             bases.push(base);
         } else {
             tracing::warn!(file = %entry.path().display(), "ignoring unknown file in log directory");
@@ -646,53 +834,272 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     Ok(bases)
 }
 
-fn open_segments(dir: &Path, config: &LogConfig) -> Result<(Vec<SegmentMeta>, Vec<TailCut>)> {
-    let mut bases = list_segments(dir)?;
+/// The base offset a segment file name (`{base:020}.log`) gives.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    name.strip_suffix(SEGMENT_SUFFIX)
+        .filter(|digits| digits.len() == 20)
+        .and_then(|digits| digits.parse::<u64>().ok())
+}
+
+/// What [`open_segments`] found and kept.
+#[derive(Default)]
+pub(crate) struct Opened {
+    pub segments: Vec<SegmentMeta>,
+    pub cuts: Vec<TailCut>,
+    pub leftovers: Vec<PathBuf>,
+}
+
+/// A segment file read at open.
+struct Found {
+    base: u64,
+    path: PathBuf,
+    file: File,
+    scan: SegmentScan,
+}
+
+/// Scans every segment and keeps the log they make (see the module's rules); in
+/// `Mode::Write` it cuts a torn tail and removes leftovers of failed rolls, and creates
+/// the first segment of an empty directory.
+pub(crate) fn open_segments(
+    dir: &Path,
+    config: &LogConfig,
+    faults: &SharedFaults,
+    mode: Mode,
+) -> Result<Opened> {
+    let write = mode == Mode::Write;
+    let mut bases = list_segments(dir, write)?;
     if bases.is_empty() {
-        let prealloc = if config.preallocate {
-            config.segment_bytes
-        } else {
-            0
-        };
-        create_segment(dir, 0, prealloc)?;
+        if !write {
+            return Err(StorageError::NoSegments {
+                dir: dir.to_path_buf(),
+            });
+        }
+        create_first_segment(dir, config, faults)?;
         bases.push(0);
     }
-    let mut segments: Vec<SegmentMeta> = Vec::with_capacity(bases.len());
-    let mut cuts = Vec::new();
-    for (i, &base) in bases.iter().enumerate() {
+    let mut kept: Vec<Found> = Vec::with_capacity(bases.len());
+    let mut opened = Opened::default();
+    for base in bases {
         let path = segment_path(dir, base);
-        if let Some(prev) = segments.last() {
-            if prev.next_offset() != base {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(&path)
+            .map_err(StorageError::io("open segment", &path))?;
+        let scan =
+            scan_segment(&file, base, config).map_err(StorageError::io("scan segment", &path))?;
+        if let Err(HeaderProblem::UnsupportedVersion(version)) = scan.header {
+            return Err(StorageError::UnsupportedFormat {
+                segment: path,
+                version,
+                supported: SEGMENT_FORMAT_VERSION,
+            });
+        }
+        if let Some(prev) = kept.last() {
+            let expected = prev.base + prev.scan.records;
+            if is_leftover(&scan, base, prev.base, expected) {
+                tracing::warn!(
+                    segment = %path.display(), log_ends_at = expected,
+                    "a segment file holding no record, left by a roll that failed: {}",
+                    if write { "removing it" } else { "a writable open removes it" }
+                );
+                opened.leftovers.push(path);
+                continue;
+            }
+            if let Some(damage) = &prev.scan.damage {
+                // A segment follows: the damage is not at the end of the log.
+                return Err(corrupt(
+                    &prev.path,
+                    expected,
+                    damage.position,
+                    damage.reason.clone(),
+                ));
+            }
+            if base != expected {
                 return Err(StorageError::SegmentGap {
                     segment: path,
-                    expected: prev.next_offset(),
+                    expected,
                     found: base,
+                    records: scan.records,
                 });
             }
         }
-        let is_last = i + 1 == bases.len();
-        segments.push(open_segment(path, base, is_last, config, &mut cuts)?);
+        kept.push(Found {
+            base,
+            path,
+            file,
+            scan,
+        });
     }
-    Ok((segments, cuts))
+    if write && !opened.leftovers.is_empty() {
+        for path in &opened.leftovers {
+            std::fs::remove_file(path)
+                .map_err(StorageError::io("remove leftover segment", path))?;
+        }
+        sync_dir(dir, faults)?;
+    }
+    let last = kept.len() - 1;
+    for (i, found) in kept.into_iter().enumerate() {
+        opened.segments.push(accept_segment(
+            found,
+            i == last,
+            mode,
+            faults,
+            &mut opened.cuts,
+        )?);
+    }
+    Ok(opened)
+}
+
+/// A scanned segment as the log holds it: damage in a sealed segment, or with a valid
+/// frame after it, is corruption; at the end of the last segment it is a torn tail, cut
+/// (in `Mode::Write`) back to the last whole record.
+fn accept_segment(
+    found: Found,
+    is_last: bool,
+    mode: Mode,
+    faults: &SharedFaults,
+    cuts: &mut Vec<TailCut>,
+) -> Result<SegmentMeta> {
+    let Found {
+        base,
+        path,
+        file,
+        scan,
+    } = found;
+    if let Some(damage) = &scan.damage {
+        let offset = base + scan.records;
+        if !is_last || damage.valid_frame_at.is_some() {
+            return Err(corrupt(
+                &path,
+                offset,
+                damage.position,
+                damage.reason.clone(),
+            ));
+        }
+        if mode == Mode::Write {
+            cut_tail(&file, &path, base, &scan, faults)?;
+        }
+        record_cut(
+            cuts,
+            &path,
+            offset,
+            damage.position,
+            damage.dirty_end.saturating_sub(damage.position),
+            damage.reason.clone(),
+            mode,
+        );
+    }
+    Ok(SegmentMeta {
+        base,
+        path,
+        file: Arc::new(file),
+        records: scan.records,
+        end_pos: scan.end_pos,
+        index: scan.index,
+    })
+}
+
+/// Zeroes what lies past the last whole record of the active segment (giving it a
+/// header again when it had none), and makes that durable.
+fn cut_tail(
+    file: &File,
+    path: &Path,
+    base: u64,
+    scan: &SegmentScan,
+    faults: &SharedFaults,
+) -> Result<()> {
+    let io = |op| StorageError::io(op, path);
+    let from = if scan.header.is_ok() { scan.end_pos } else { 0 };
+    let dirty_end = dirty_end(file, from, scan.file_len).map_err(io("inspect segment"))?;
+    faults::check(faults, FaultPoint::BatchWrite, path)
+        .and_then(|()| write_zeros(file, from, dirty_end, None))
+        .map_err(io("cut torn tail"))?;
+    if scan.header.is_err() {
+        faults::check(faults, FaultPoint::SegmentHeader, path)
+            .and_then(|()| file.write_all_at(&encode_segment_header(base), 0))
+            .map_err(io("rewrite segment header"))?;
+    }
+    faults::check(faults, FaultPoint::BatchSync, path)
+        .and_then(|()| file.sync_data())
+        .map_err(io("cut torn tail"))
+}
+
+/// Creates the first segment of an empty log, pre-written when the disk has room for
+/// it; a failed pre-write leaves a plain segment instead, never a partial file.
+fn create_first_segment(dir: &Path, config: &LogConfig, faults: &SharedFaults) -> Result<()> {
+    if config.preallocate && crate::writer::room_to_prewrite(dir, config.segment_bytes) {
+        match create_segment(dir, 0, config.segment_bytes, faults) {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not pre-write the first segment; creating a plain one")
+            }
+        }
+    }
+    create_segment(dir, 0, 0, faults).map(|_| ())
 }
 
 /// Creates a segment file holding only its header, pre-written with zeros up to
-/// `prealloc_bytes`, and makes its directory entry durable.
-pub(crate) fn create_segment(dir: &Path, base: u64, prealloc_bytes: u64) -> Result<File> {
+/// `prealloc_bytes`, and makes its directory entry durable. On any failure the file is
+/// removed again (a failed roll must leave nothing behind that open could mistake for a
+/// part of the log); when even that fails, the error says so.
+pub(crate) fn create_segment(
+    dir: &Path,
+    base: u64,
+    prealloc_bytes: u64,
+    faults: &SharedFaults,
+) -> Result<File> {
     let path = segment_path(dir, base);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .map_err(StorageError::io("create segment", &path))?;
-    write_zeros(&file, SEGMENT_HEADER_BYTES as u64, prealloc_bytes, None)
+    let created = faults::check(faults, FaultPoint::SegmentCreate, &path).and_then(|()| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+    });
+    let file = created.map_err(StorageError::io("create segment", &path))?;
+    let prewritten = if prealloc_bytes > SEGMENT_HEADER_BYTES as u64 {
+        faults::check(faults, FaultPoint::PreallocWrite, &path)
+            .and_then(|()| write_zeros(&file, SEGMENT_HEADER_BYTES as u64, prealloc_bytes, None))
+    } else {
+        Ok(())
+    };
+    let initialised = prewritten
+        .and_then(|()| faults::check(faults, FaultPoint::SegmentHeader, &path))
         .and_then(|()| file.write_all_at(&encode_segment_header(base), 0))
+        .and_then(|()| faults::check(faults, FaultPoint::SegmentSync, &path))
         .and_then(|()| file.sync_all())
-        .map_err(StorageError::io("initialise segment", &path))?;
-    sync_dir(dir)?;
-    Ok(file)
+        .map_err(StorageError::io("initialise segment", &path))
+        .and_then(|()| sync_dir(dir, faults));
+    match initialised {
+        Ok(()) => Ok(file),
+        Err(e) => Err(abandon_segment(dir, &path, faults, e)),
+    }
+}
+
+/// Removes a segment file a failed roll created, returning the roll's error — or, if
+/// the file could not be removed, an error saying so (the caller must then stop taking
+/// appends: the file would break the log's order at the next open).
+pub(crate) fn abandon_segment(
+    dir: &Path,
+    path: &Path,
+    faults: &SharedFaults,
+    cause: StorageError,
+) -> StorageError {
+    let removed = match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(dir, faults),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io("remove failed segment", path)(e)),
+    };
+    match removed {
+        Ok(()) => cause,
+        Err(e) => StorageError::LeftoverSegment {
+            segment: path.to_path_buf(),
+            cause: cause.to_string(),
+            reason: e.to_string(),
+        },
+    }
 }
 
 /// Writes zeros over `[from, to)` in 1 MiB writes, giving up early when `stop` is set.
@@ -700,7 +1107,7 @@ pub(crate) fn write_zeros(
     file: &File,
     from: u64,
     to: u64,
-    stop: Option<&std::sync::atomic::AtomicBool>,
+    stop: Option<&AtomicBool>,
 ) -> std::io::Result<()> {
     static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
     let mut pos = from;
@@ -718,100 +1125,6 @@ pub(crate) fn write_zeros(
     Ok(())
 }
 
-/// Opens and scans one segment: rebuilds its sparse index, finds its end, and cuts a torn
-/// tail of the last segment. Any damage followed by a valid frame is corruption.
-fn open_segment(
-    path: PathBuf,
-    base: u64,
-    is_last: bool,
-    config: &LogConfig,
-    cuts: &mut Vec<TailCut>,
-) -> Result<SegmentMeta> {
-    let io = |op| StorageError::io(op, &path);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io("open segment"))?;
-    let file_len = file.metadata().map_err(io("stat segment"))?.len();
-    let max = config.max_record_bytes;
-    match read_segment_header(&file, file_len, base).map_err(io("read segment header"))? {
-        Ok(()) => {}
-        Err(HeaderProblem::UnsupportedVersion(version)) => {
-            return Err(StorageError::UnsupportedFormat {
-                segment: path,
-                version,
-                supported: SEGMENT_FORMAT_VERSION,
-            });
-        }
-        Err(HeaderProblem::Damaged(reason)) => {
-            let rest = inspect_rest(&file, 0, file_len, max).map_err(io("inspect segment"))?;
-            if !is_last || rest.valid_frame_at.is_some() {
-                return Err(corrupt(&path, base, 0, reason));
-            }
-            // A segment created by a roll that crashed before its header was durable: it
-            // never held a record. Give it a header again.
-            write_zeros(&file, 0, rest.dirty_end, None)
-                .and_then(|()| file.write_all_at(&encode_segment_header(base), 0))
-                .and_then(|()| file.sync_data())
-                .map_err(io("rewrite segment header"))?;
-            record_cut(cuts, &path, base, 0, rest.dirty_end, reason);
-            return Ok(SegmentMeta {
-                base,
-                path,
-                file: Arc::new(file),
-                records: 0,
-                end_pos: SEGMENT_HEADER_BYTES as u64,
-                index: Vec::new(),
-            });
-        }
-    }
-
-    let interval = u64::from(config.index_interval_records);
-    let mut reader = FrameReader::new(&file, SEGMENT_HEADER_BYTES as u64, file_len, max);
-    let mut index = Vec::new();
-    let mut records = 0u64;
-    let stop = loop {
-        let pos = reader.position();
-        match reader.next_frame().map_err(io("scan segment"))? {
-            Frame::Record(_) => {
-                if records.is_multiple_of(interval) {
-                    index.push(pos);
-                }
-                records += 1;
-            }
-            Frame::End => break None,
-            Frame::Zero => break Some((pos, None)),
-            Frame::Invalid(reason) => break Some((pos, Some(reason))),
-        }
-    };
-    let end_pos = reader.position();
-    if let Some((pos, reason)) = stop {
-        let rest = inspect_rest(&file, pos, file_len, max).map_err(io("inspect segment"))?;
-        let clean = reason.is_none() && rest.dirty_end == pos;
-        if !clean {
-            let reason =
-                reason.unwrap_or_else(|| "zero frame header followed by non-zero bytes".into());
-            let offset = base + records;
-            if !is_last || rest.valid_frame_at.is_some() {
-                return Err(corrupt(&path, offset, pos, reason));
-            }
-            write_zeros(&file, pos, rest.dirty_end, None)
-                .and_then(|()| file.sync_data())
-                .map_err(io("cut torn tail"))?;
-            record_cut(cuts, &path, offset, pos, rest.dirty_end - pos, reason);
-        }
-    }
-    Ok(SegmentMeta {
-        base,
-        path,
-        file: Arc::new(file),
-        records,
-        end_pos,
-        index,
-    })
-}
-
 fn record_cut(
     cuts: &mut Vec<TailCut>,
     path: &Path,
@@ -819,11 +1132,18 @@ fn record_cut(
     position: u64,
     bytes: u64,
     reason: String,
+    mode: Mode,
 ) {
-    tracing::warn!(
-        segment = %path.display(), offset, position, bytes, reason = %reason,
-        "cut a torn tail of the log back to the last whole record"
-    );
+    match mode {
+        Mode::Write => tracing::warn!(
+            segment = %path.display(), offset, position, bytes, reason = %reason,
+            "cut a torn tail of the log back to the last whole record"
+        ),
+        Mode::Inspect => tracing::info!(
+            segment = %path.display(), offset, position, bytes, reason = %reason,
+            "the log has a torn tail; it ends at the last whole record (serve cuts it)"
+        ),
+    }
     cuts.push(TailCut {
         segment: path.to_path_buf(),
         offset,
@@ -831,4 +1151,161 @@ fn record_cut(
         bytes,
         reason,
     });
+}
+
+/// The pause before heal attempt `attempt` (counted from 0): doubling from
+/// [`FIRST_HEAL_PAUSE`] up to [`MAX_HEAL_PAUSE`].
+fn heal_pause(attempt: u32) -> Duration {
+    FIRST_HEAL_PAUSE
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(MAX_HEAL_PAUSE)
+}
+
+/// The healer thread: whenever the log is poisoned, tries to heal it, pausing longer
+/// after each failure, at most `heal_attempts` times (then the log stays read-only
+/// until a restart, and says so).
+fn run_healer(shared: Arc<Shared>, lock: Arc<DirLock>) {
+    let mut heal = shared.heal.lock();
+    loop {
+        if heal.stop {
+            return;
+        }
+        let poisoned = shared.poisoned().is_some();
+        if !poisoned || heal.attempts >= shared.config.heal_attempts {
+            shared.heal_wake.wait(&mut heal);
+            continue;
+        }
+        let pause = heal_pause(heal.attempts);
+        shared.heal_wake.wait_for(&mut heal, pause);
+        if heal.stop {
+            return;
+        }
+        heal.attempts += 1;
+        let attempt = heal.attempts;
+        let outcome = parking_lot::MutexGuard::unlocked(&mut heal, || shared.heal_once(&lock));
+        if let Some(observer) = &shared.config.observer {
+            observer.healed(outcome.is_ok());
+        }
+        match outcome {
+            Ok(()) => {
+                shared.heals.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(dir = %shared.dir.display(), attempt, "the log healed: it takes writes again");
+            }
+            Err(reason) => {
+                shared.failed_heals.fetch_add(1, Ordering::Relaxed);
+                let left = shared.config.heal_attempts - attempt;
+                tracing::warn!(dir = %shared.dir.display(), attempt, left, %reason, "healing the log failed");
+                if left == 0 {
+                    let mut poisoned = shared.poisoned.lock();
+                    let why = poisoned.take().unwrap_or_default();
+                    *poisoned = Some(format!(
+                        "{why}; healing gave up after {attempt} attempts (the last: {reason}): restart the server"
+                    ));
+                    tracing::error!(dir = %shared.dir.display(), "the log gave up healing; it stays read-only until restarted");
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Reopens the log for writing as a restart would, keeping every published record:
+    /// stops the writer, removes segment files the log does not hold (leftovers of failed
+    /// rolls; one holding a record is refused), zeroes what lies past the active
+    /// segment's published end on a fresh file handle, checks that the published records
+    /// read back whole, and starts a new writer.
+    fn heal_once(self: &Arc<Self>, lock: &Arc<DirLock>) -> Result<(), String> {
+        self.stop_writer();
+        self.remove_unheld_segments().map_err(|e| e.to_string())?;
+        let (path, base, records, end_pos) = {
+            let state = self.state.read();
+            let active = state.segments.last().expect("never empty");
+            (
+                active.path.clone(),
+                active.base,
+                active.records,
+                active.end_pos,
+            )
+        };
+        let io = |op| StorageError::io(op, &path);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io("reopen segment"))
+            .map_err(|e| e.to_string())?;
+        let before = scan_segment(&file, base, &self.config)
+            .map_err(io("scan segment"))
+            .map_err(|e| e.to_string())?;
+        // What lies past the published end was never acknowledged: cut it as a tail.
+        let unpublished = SegmentScan {
+            records,
+            end_pos,
+            ..before
+        };
+        cut_tail(&file, &path, base, &unpublished, &self.faults).map_err(|e| e.to_string())?;
+        let after = scan_segment(&file, base, &self.config)
+            .map_err(io("scan segment"))
+            .map_err(|e| e.to_string())?;
+        if after.header.is_err()
+            || after.records != records
+            || after.end_pos != end_pos
+            || after.damage.is_some()
+        {
+            return Err(format!(
+                "{} no longer reads back as the {records} records it acknowledged \
+                 (found {} records ending at byte {}, expected byte {end_pos}): restart the server \
+                 so it rebuilds from what the disk holds",
+                path.display(),
+                after.records,
+                after.end_pos
+            ));
+        }
+        {
+            let mut state = self.state.write();
+            let active = state.active_mut();
+            active.file = Arc::new(file);
+            active.index = after.index;
+        }
+        self.start_writer(lock).map_err(|e| e.to_string())?;
+        *self.poisoned.lock() = None;
+        Ok(())
+    }
+
+    /// Removes segment files in the directory that the log does not hold and that hold
+    /// no record (what a failed roll or an interrupted open left).
+    fn remove_unheld_segments(&self) -> Result<()> {
+        let (held, start): (std::collections::HashSet<u64>, u64) = {
+            let state = self.state.read();
+            let held = state.segments.iter().map(|s| s.base).collect();
+            (held, state.start_offset())
+        };
+        let mut removed = false;
+        // Files below the start are retention's (it removes them itself).
+        for base in list_segments(&self.dir, false)? {
+            if held.contains(&base) || base < start {
+                continue;
+            }
+            let path = segment_path(&self.dir, base);
+            let file = File::open(&path).map_err(StorageError::io("open segment", &path))?;
+            let scan = scan_segment(&file, base, &self.config)
+                .map_err(StorageError::io("scan segment", &path))?;
+            if scan.holds_records() {
+                return Err(StorageError::SegmentGap {
+                    segment: path,
+                    expected: self.state.read().next_offset(),
+                    found: base,
+                    records: scan.records,
+                });
+            }
+            std::fs::remove_file(&path)
+                .map_err(StorageError::io("remove leftover segment", &path))?;
+            tracing::warn!(segment = %path.display(), "removed a segment file left by a failed roll");
+            removed = true;
+        }
+        if removed {
+            sync_dir(&self.dir, &self.faults)?;
+        }
+        Ok(())
+    }
 }

@@ -33,12 +33,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::datadir::{sync_dir, DirLock};
 use crate::error::{Result, StorageError};
+use crate::faults::{self, FaultPoint, SharedFaults};
 use crate::format::{encode_frame, encode_segment_header, SEGMENT_HEADER_BYTES};
-use crate::log::{create_segment, segment_path, write_zeros, SegmentMeta, Shared, PREALLOC_SUFFIX};
+use crate::log::{
+    abandon_segment, create_segment, segment_path, write_zeros, SegmentMeta, Shared,
+    PREALLOC_SUFFIX,
+};
 use crate::FsyncPolicy;
 
 type AppendReply = oneshot::Sender<Result<Range<u64>>>;
@@ -99,7 +103,6 @@ const MAX_ITEMS_IN_FLIGHT: usize = 1024;
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     rx: flume::Receiver<Request>,
-    committed: watch::Sender<u64>,
     lock: Arc<DirLock>,
 ) -> Result<JoinHandle<()>> {
     let (active, pos, next_offset) = {
@@ -120,7 +123,6 @@ pub(crate) fn spawn(
     let syncer = Syncer {
         shared: shared.clone(),
         rx: items_rx,
-        committed,
         unsynced: None,
         last_sync: Instant::now(),
         last_group_records: 0,
@@ -133,7 +135,7 @@ pub(crate) fn spawn(
     let prealloc = shared
         .config
         .preallocate
-        .then(|| Preallocator::start(&shared.dir, shared.config.segment_bytes));
+        .then(|| Preallocator::start(&shared.dir, shared.config.segment_bytes, &shared.faults));
     let writer = Writer {
         rx,
         items: Some(items_tx),
@@ -281,7 +283,13 @@ impl Writer {
         }
         let staged = std::mem::take(&mut self.staged);
         let started = Instant::now();
-        if let Err(e) = self.active.file.write_all_at(&self.buf, self.pos) {
+        let written = faults::check(
+            &self.shared.faults,
+            FaultPoint::BatchWrite,
+            &self.active.path,
+        )
+        .and_then(|()| self.active.file.write_all_at(&self.buf, self.pos));
+        if let Err(e) = written {
             let reason = format!(
                 "write of {} bytes at byte {}: {e}",
                 self.buf.len(),
@@ -359,21 +367,35 @@ impl Writer {
     fn roll(&mut self) -> Result<(), String> {
         debug_assert!(self.staged.records == 0);
         let dir = self.shared.dir.clone();
+        let faults = &self.shared.faults;
         let base = self.next_offset;
         let path = segment_path(&dir, base);
-        let ready = self.prealloc.as_mut().and_then(|p| p.take(&path));
-        let file = match ready {
+        let ready = self.prealloc.as_mut().and_then(|p| p.take(&path, faults));
+        let started = match ready {
             Some(file) => file
                 .and_then(|file| {
+                    faults::check(faults, FaultPoint::SegmentHeader, &path)?;
                     file.write_all_at(&encode_segment_header(base), 0)?;
+                    faults::check(faults, FaultPoint::SegmentSync, &path)?;
                     file.sync_data()?;
                     Ok(file)
                 })
-                .map_err(|e| format!("starting segment {}: {e}", path.display()))
-                .and_then(|file| sync_dir(&dir).map(|()| file).map_err(|e| e.to_string()))?,
-            None => create_segment(&dir, base, 0).map_err(|e| e.to_string())?,
+                .map_err(StorageError::io("start segment", &path))
+                .and_then(|file| sync_dir(&dir, faults).map(|()| file))
+                .map_err(|e| abandon_segment(&dir, &path, faults, e)),
+            None => create_segment(&dir, base, 0, faults),
         };
-        let file = Arc::new(file);
+        let file = match started {
+            Ok(file) => Arc::new(file),
+            Err(e) => {
+                // The file could not even be removed: the next open would find it in the
+                // middle of the log. Take no appends until the healer has removed it.
+                if let StorageError::LeftoverSegment { .. } = e {
+                    self.shared.poison(e.to_string());
+                }
+                return Err(e.to_string());
+            }
+        };
         self.shared.state.write().segments.push(SegmentMeta {
             base,
             path: path.clone(),
@@ -395,7 +417,6 @@ impl Writer {
 struct Syncer {
     shared: Arc<Shared>,
     rx: flume::Receiver<Item>,
-    committed: watch::Sender<u64>,
     /// The file written since the last fsync, if any.
     unsynced: Option<(Arc<File>, PathBuf)>,
     last_sync: Instant,
@@ -542,7 +563,7 @@ impl Syncer {
             }
             seg.next_offset()
         };
-        self.committed.send_replace(next_offset);
+        self.shared.committed.send_replace(next_offset);
         for item in group {
             match item {
                 Item::Written { acks, .. } => {
@@ -561,7 +582,9 @@ impl Syncer {
             return Ok(());
         };
         let started = Instant::now();
-        if let Err(e) = file.sync_data() {
+        let synced = faults::check(&self.shared.faults, FaultPoint::BatchSync, &path)
+            .and_then(|()| file.sync_data());
+        if let Err(e) = synced {
             let reason = format!("fdatasync of {} failed: {e}", path.display());
             tracing::error!(reason, "log poisoned: it refuses writes until reopened");
             self.shared.poison(reason.clone());
@@ -587,12 +610,13 @@ struct Preallocator {
 }
 
 impl Preallocator {
-    fn start(dir: &Path, segment_bytes: u64) -> Preallocator {
+    fn start(dir: &Path, segment_bytes: u64, faults: &SharedFaults) -> Preallocator {
         let path = dir.join(format!("next{PREALLOC_SUFFIX}"));
         let ready = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = flume::bounded::<()>(1);
         let (thread_path, thread_ready, thread_stop) = (path.clone(), ready.clone(), stop.clone());
+        let (thread_dir, faults) = (dir.to_path_buf(), faults.clone());
         let thread = std::thread::Builder::new()
             .name("sagalog-log-prealloc".into())
             .spawn(move || {
@@ -600,8 +624,14 @@ impl Preallocator {
                     if thread_ready.load(Ordering::Acquire) {
                         continue;
                     }
+                    if !room_to_prewrite(&thread_dir, segment_bytes) {
+                        tracing::debug!("too little free space to pre-write the next segment");
+                        continue;
+                    }
                     let filled = File::create(&thread_path).and_then(|file| {
+                        faults::check(&faults, FaultPoint::PreallocWrite, &thread_path)?;
                         write_zeros(&file, 0, segment_bytes, Some(&thread_stop))?;
+                        faults::check(&faults, FaultPoint::PreallocSync, &thread_path)?;
                         file.sync_all()
                     });
                     let Err(e) = filled else {
@@ -640,15 +670,23 @@ impl Preallocator {
     }
 
     /// The pre-written file renamed to `dest`, if one is ready.
-    fn take(&mut self, dest: &Path) -> Option<std::io::Result<File>> {
+    fn take(&mut self, dest: &Path, faults: &SharedFaults) -> Option<std::io::Result<File>> {
         if !self.ready.swap(false, Ordering::AcqRel) {
             return None;
         }
         Some(
-            std::fs::rename(&self.path, dest)
+            faults::check(faults, FaultPoint::PreallocRename, dest)
+                .and_then(|()| std::fs::rename(&self.path, dest))
                 .and_then(|()| OpenOptions::new().read(true).write(true).open(dest)),
         )
     }
+}
+
+/// Whether the filesystem of `dir` can spare a pre-written segment of `segment_bytes`
+/// and still have as much again for the records: pre-writing must never take the space
+/// the active segment is about to need.
+pub(crate) fn room_to_prewrite(dir: &Path, segment_bytes: u64) -> bool {
+    crate::datadir::disk_space(dir).is_ok_and(|(free, _)| free >= segment_bytes.saturating_mul(2))
 }
 
 impl Drop for Preallocator {

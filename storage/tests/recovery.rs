@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{open, payload, segment_files, small_config, write_records};
+use common::{open, payload, segment_files, small_config, write_at, write_records};
 use sagalog_storage::{DataDir, LogConfig, StorageError};
 
 const RECORDS: u64 = 20;
@@ -53,11 +53,6 @@ fn copy_of(template: &Path) -> (tempfile::TempDir, PathBuf) {
     }
     let segment = segment_files(dir.path()).remove(0);
     (dir, segment)
-}
-
-fn write_at(path: &Path, pos: u64, bytes: &[u8]) {
-    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    file.write_all_at(bytes, pos).unwrap();
 }
 
 /// Opens the damaged copy and checks: the tail was cut (or was clean at a frame

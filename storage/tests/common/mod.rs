@@ -38,6 +38,13 @@ pub fn write_records(dir: &Path, config: LogConfig, count: u64) -> u64 {
     log.next_offset()
 }
 
+/// Overwrites `bytes` at `pos` of the file at `path` (damage a test makes).
+pub fn write_at(path: &Path, pos: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, pos).unwrap();
+}
+
 pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
         .unwrap()
