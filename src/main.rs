@@ -178,8 +178,13 @@ async fn serve_until_signal(
         min_free_bytes: serve.min_free_bytes,
         min_free_percent: serve.min_free_percent,
     };
-    disk.check(&engine, &metrics);
-    let disk = tokio::spawn(disk.run(engine.clone(), metrics.clone(), stopping.clone()));
+    disk.check(&engine, &metrics, &app.readiness);
+    let disk = tokio::spawn(disk.run(
+        engine.clone(),
+        metrics.clone(),
+        app.readiness.clone(),
+        stopping.clone(),
+    ));
     let retention = serve.log_retention.map(|min_age| {
         let hold = relay.as_ref().map(|(relay, _)| relay.position_reader());
         tokio::spawn(run_retention(
@@ -217,7 +222,9 @@ async fn serve_until_signal(
 
 /// The disk watermark: writes are refused while the data directory's filesystem has
 /// less free space than the smaller of `min_free_bytes` and `min_free_percent` of its
-/// size, and taken again once it has more.
+/// size, and taken again once it has more. With the watermark off (or below what a
+/// write needs), a disk so full that the log's writes fail makes `/readyz` fail too,
+/// until it has room again — whether or not a write has succeeded since.
 struct DiskWatch {
     dir: std::path::PathBuf,
     min_free_bytes: u64,
@@ -226,8 +233,11 @@ struct DiskWatch {
 
 impl DiskWatch {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    /// Free bytes below which a disk whose log writes failed for want of space still
+    /// counts as full (one batch of the writer's, at most).
+    const FULL_BYTES: u64 = 8 << 20;
 
-    fn check(&self, engine: &Engine, metrics: &Metrics) {
+    fn check(&self, engine: &Engine, metrics: &Metrics, readiness: &Readiness) {
         let (free, total) = match sagalog_storage::disk_space(&self.dir) {
             Ok(space) => space,
             Err(e) => {
@@ -252,17 +262,29 @@ impl DiskWatch {
             )
         });
         engine.log().set_refusing(low);
+        let full = engine
+            .log()
+            .write_failure()
+            .filter(|failure| failure.disk_full && free < Self::FULL_BYTES)
+            .map(|failure| {
+                format!(
+                    "the disk is full: {} ({free} bytes free); free some space",
+                    failure.reason
+                )
+            });
+        readiness.set("disk", full);
     }
 
     async fn run(
         self,
         engine: Arc<Engine>,
         metrics: Arc<Metrics>,
+        readiness: Readiness,
         mut stopping: watch::Receiver<bool>,
     ) {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Self::EVERY) => self.check(&engine, &metrics),
+                _ = tokio::time::sleep(Self::EVERY) => self.check(&engine, &metrics, &readiness),
                 _ = stopping.wait_for(|stop| *stop) => return,
             }
         }

@@ -2,7 +2,9 @@
 //! runner is root, elsewhere the test says it skipped): below the free-space watermark
 //! writes answer 503 and `/readyz` fails, reads go on, and it resumes by itself once
 //! space returns; with the watermark off, a really full disk answers 503 too and heals.
-//! No acknowledged write is lost, across a SIGKILL as well.
+//! No acknowledged write is lost, across a SIGKILL as well. A disk that fills while
+//! the log rolls segments, under 16 clients, costs no acknowledged saga and needs no
+//! repair afterwards, even with the server's own log on the full disk.
 
 mod common;
 
@@ -32,6 +34,16 @@ impl Tmpfs {
             dir.display()
         );
         Tmpfs(dir.to_path_buf())
+    }
+
+    /// Gives the filesystem `bytes` in all (more room, as an operator growing a volume).
+    fn resize(&self, bytes: u64) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remounting {} failed", self.0.display());
     }
 }
 
@@ -218,4 +230,165 @@ async fn below_the_watermark_writes_wait_and_a_full_disk_loses_nothing() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+}
+
+/// Free bytes of the filesystem at `path`.
+fn free_bytes(path: &Path) -> u64 {
+    sagalog_storage::disk_space(path).unwrap().0
+}
+
+/// `sagalog serve` with its log going to `log_file` (on the filesystem under test), on
+/// a free loopback port; waits until it answers `/healthz`.
+fn serve_logging_to(dir: &Path, log_file: &Path, extra: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file)
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sagalog"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", &addr.to_string()])
+        .args(extra)
+        .env_remove("SAGALOG_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "serve did not listen within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, addr)
+}
+
+/// One start with a 200-byte payload; its status (201 or 503, anything else fails the
+/// test), which must come within 15 s: a full disk is answered, never silence.
+async fn start_answered(c: &mut sagalog_http::client::Client, id: &str) -> StatusCode {
+    let body = json!({"type": "order", "saga_id": id, "payload": {"pad": "x".repeat(200)}});
+    let answer = tokio::time::timeout(Duration::from_secs(15), post(c, "/api/v1/sagas", body))
+        .await
+        .unwrap_or_else(|_| panic!("start {id}: no answer within 15 s"));
+    assert!(
+        matches!(
+            answer.status,
+            StatusCode::CREATED | StatusCode::SERVICE_UNAVAILABLE
+        ),
+        "start {id}: {} {}",
+        answer.status,
+        answer.text()
+    );
+    if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+        assert!(
+            answer.headers.contains_key("retry-after"),
+            "a 503 says when to retry"
+        );
+    }
+    answer.status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_filling_during_segment_rolls_loses_no_acknowledged_saga_and_needs_no_repair() {
+    if !is_root() {
+        eprintln!("skipped: mounting a size-limited tmpfs needs root");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(root.path());
+    let dir = root.path().join("data");
+    // The server's own log on the disk that fills: a log line it cannot write must not
+    // take a thread down.
+    let log_file = root.path().join("serve.log");
+    let options = ["--segment-bytes", "4194304", "--min-free-bytes", "0"];
+    let (mut child, addr) = serve_logging_to(&dir, &log_file, &options);
+    let acked = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let (acked, refused, mount) = (acked.clone(), refused.clone(), root.path().to_path_buf());
+        clients.spawn(async move {
+            let mut c = sagalog_http::client::Client::connect(addr).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(180);
+            for n in 0.. {
+                let id = format!("s{worker}-{n}");
+                match start_answered(&mut c, &id).await {
+                    StatusCode::CREATED => acked.lock().push(id),
+                    _ => {
+                        let seen = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if seen > 200 && free_bytes(&mount) < 1 << 20 {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                assert!(Instant::now() < deadline, "the disk never filled");
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    let mut c = sagalog_http::client::Client::connect(addr).await.unwrap();
+    // The disk watch looks every second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ready = loop {
+        let ready = get(&mut c, "/readyz").await;
+        if ready.status != StatusCode::OK || Instant::now() > deadline {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let last = post(&mut c, "/api/v1/sagas", json!({"type": "order", "payload": {}})).await;
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready while writes fail ({}): {}",
+        last.text(),
+        ready.text()
+    );
+    assert!(ready.text().contains("disk is full"), "{}", ready.text());
+
+    // More room: service returns by itself.
+    fs.resize(FS_BYTES * 2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(&mut c, "/readyz").await.status != StatusCode::OK {
+        assert!(Instant::now() < deadline, "not ready 15 s after space returned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in 0..100 {
+        let id = format!("after-{n}");
+        assert_eq!(start_answered(&mut c, &id).await, StatusCode::CREATED, "{id}");
+        acked.lock().push(id);
+    }
+    drop(c);
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.wait().unwrap().success(), "serve stops cleanly");
+
+    // The directory needs no repair: it verifies clean and opens with every saga.
+    let verify = Command::new(env!("CARGO_BIN_EXE_sagalog"))
+        .args(["verify", "--data-dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let server = serve(&dir, &options);
+    let mut c = common::client(&server).await;
+    let acked = acked.lock().clone();
+    assert!(acked.len() > 1000, "only {} starts were taken", acked.len());
+    for id in &acked {
+        assert_eq!(
+            get(&mut c, &format!("/api/v1/sagas/{id}")).await.status,
+            StatusCode::OK,
+            "acknowledged saga {id} lost"
+        );
+    }
 }

@@ -147,6 +147,11 @@ impl Default for EngineConfig {
     }
 }
 
+/// Failures the background threads retry (a full disk refuses them every second):
+/// each kind is logged once a minute.
+static REPEATED_FAILURES: std::sync::LazyLock<crate::throttle::Throttle> =
+    std::sync::LazyLock::new(|| crate::throttle::Throttle::new(Duration::from_secs(60)));
+
 /// Longest a reply reason may be, in bytes.
 pub const MAX_REASON_BYTES: usize = 4096;
 /// Longest an `event_id` may be, in bytes.
@@ -595,14 +600,12 @@ impl Engine {
         };
         let payload = request.payload.to_string();
         if payload.len() > inner.config.max_payload_bytes {
-            return Err(invalid(
-                "payload",
-                format!(
-                    "{} bytes; at most {}",
-                    payload.len(),
-                    inner.config.max_payload_bytes
-                ),
-            ));
+            return Err(EngineError::TooLarge {
+                field: "payload",
+                bytes: payload.len(),
+                limit: inner.config.max_payload_bytes,
+                option: "--max-payload-bytes",
+            });
         }
         let op = Op {
             input: Input::Start {
@@ -645,10 +648,12 @@ impl Engine {
             return Err(invalid("attempt", "attempts are numbered from 1"));
         }
         if reply.data.len() > self.inner.config.max_payload_bytes {
-            return Err(invalid(
-                "data",
-                format!("at most {} bytes", self.inner.config.max_payload_bytes),
-            ));
+            return Err(EngineError::TooLarge {
+                field: "data",
+                bytes: reply.data.len(),
+                limit: self.inner.config.max_payload_bytes,
+                option: "--max-payload-bytes",
+            });
         }
         if reply.reason.len() > MAX_REASON_BYTES {
             return Err(invalid(
@@ -1083,7 +1088,7 @@ impl Inner {
                 let limit = self.config.max_active_sagas;
                 if self.active.load(Ordering::Relaxed) >= limit {
                     return Err(EngineError::AtLimit {
-                        what: "active sagas",
+                        what: crate::error::ACTIVE_SAGAS,
                         limit,
                     });
                 }
@@ -1512,7 +1517,9 @@ impl Inner {
             Ok(_) => {}
             // The log cannot take the records now: try again in a second.
             Err(e) if e.class() == crate::error::ErrorClass::Unavailable => {
-                tracing::warn!(saga_id = %key, error = %e, "firing a due timer failed; retrying in 1 s");
+                if let Some(held_back) = REPEATED_FAILURES.admit("timer", std::time::Instant::now()) {
+                    tracing::warn!(saga_id = %key, error = %e, held_back, "firing a due timer failed; retrying in 1 s");
+                }
                 let retry_at = self.clock.now_ms() + 1000;
                 self.timers.lock().insert((retry_at, key));
             }
@@ -1740,7 +1747,9 @@ fn run_indexer(inner: Arc<Inner>) {
                 }
                 Err(EngineError::Storage(StorageError::Closed)) => return,
                 Err(e) => {
-                    tracing::error!(error = %e, offset = from, "indexing failed; retrying in 1 s");
+                    if let Some(held_back) = REPEATED_FAILURES.admit("indexer", std::time::Instant::now()) {
+                        tracing::error!(error = %e, offset = from, held_back, "indexing failed; retrying in 1 s");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = stop.wait_for(|stop| *stop) => return,

@@ -12,6 +12,8 @@ use crate::record::DecodeError;
 pub enum ErrorClass {
     /// The request is malformed or breaks a limit (400).
     BadRequest,
+    /// A part of the request is larger than its limit (413).
+    TooLarge,
     /// The saga, step or definition does not exist (404).
     NotFound,
     /// The request does not fit the current state (409).
@@ -44,6 +46,14 @@ pub enum EngineError {
     InvalidRequest {
         field: &'static str,
         message: String,
+    },
+    #[error("{field} is {bytes} bytes as JSON, over the limit of {limit} bytes ({option})")]
+    TooLarge {
+        field: &'static str,
+        bytes: usize,
+        limit: usize,
+        /// The option that sets the limit.
+        option: &'static str,
     },
     #[error(
         "saga {saga_id} already exists with a different type or payload; \
@@ -93,6 +103,7 @@ impl EngineError {
             | EngineError::NoDeadLetter { .. } => ErrorClass::NotFound,
             EngineError::Definition(RegistryError::Invalid(_))
             | EngineError::InvalidRequest { .. } => ErrorClass::BadRequest,
+            EngineError::TooLarge { .. } => ErrorClass::TooLarge,
             EngineError::Definition(RegistryError::VersionConflict { .. })
             | EngineError::StartConflict { .. } => ErrorClass::Conflict,
             EngineError::Removed { .. } | EngineError::SagaRemoved { .. } => ErrorClass::Gone,
@@ -106,6 +117,25 @@ impl EngineError {
         }
     }
 }
+
+impl EngineError {
+    /// Why a write is refused for now (the engine is sound, it cannot take this write
+    /// yet), as a short stable name: the metrics' `reason` label. `None` for other errors.
+    pub fn refusal(&self) -> Option<&'static str> {
+        match self {
+            EngineError::AtLimit { what, .. } if *what == ACTIVE_SAGAS => Some("max_active_sagas"),
+            EngineError::AtLimit { .. } => Some("indexer_backlog"),
+            EngineError::Unavailable(StorageError::Refusing { .. }) => Some("disk_watermark"),
+            EngineError::Unavailable(StorageError::WriteFailed { .. }) => Some("write_failed"),
+            EngineError::Unavailable(_) => Some("log_unwritable"),
+            EngineError::Closed => Some("shutting_down"),
+            _ => None,
+        }
+    }
+}
+
+/// The limit `max_active_sagas` as an [`EngineError::AtLimit`] names it.
+pub(crate) const ACTIVE_SAGAS: &str = "active sagas";
 
 impl From<StorageError> for EngineError {
     /// A read below the log's start asked for records retention removed: that is

@@ -32,6 +32,7 @@ mod replay;
 mod retention;
 pub mod state;
 mod table;
+pub mod throttle;
 pub mod view;
 pub mod wire;
 

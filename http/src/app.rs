@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use sagalog_engine::definition::Registered;
+use sagalog_engine::throttle::Throttle;
 use sagalog_engine::wire::ReplyMessage;
 use sagalog_engine::{
     is_valid_saga_id, Clock, Definition, Engine, ListQuery, StartRequest, Status,
@@ -105,14 +106,22 @@ fn respond_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     response
 }
 
-fn error_response(e: &ApiError) -> Response<Body> {
+pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(e.body())));
     *response.status_mut() = e.status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(seconds) = e.retry_after_s() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
     response
 }
+
+/// Server errors of one kind (a full disk answers every write with the same 503) are
+/// logged once per this interval, with the count held back.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+static FAILED_REQUESTS: std::sync::LazyLock<Throttle> =
+    std::sync::LazyLock::new(|| Throttle::new(ERROR_LOG_EVERY));
 
 impl App {
     /// Answers one request, timing it under its route pattern.
@@ -128,8 +137,18 @@ impl App {
             Err(e) => ("unmatched", Err(e)),
         };
         let response = result.unwrap_or_else(|e| {
+            if let Some(reason) = e.refusal {
+                self.metrics
+                    .service
+                    .refused
+                    .with_label_values(&[reason])
+                    .inc();
+            }
             if e.is_server_error() {
-                tracing::warn!(%method, %path, code = e.code, message = %e.message, "request failed");
+                let kind = format!("{}:{}", e.status.as_u16(), e.refusal.unwrap_or(e.code));
+                if let Some(held_back) = FAILED_REQUESTS.admit(&kind, Instant::now()) {
+                    tracing::warn!(%method, %path, code = e.code, message = %e.message, held_back, "request failed");
+                }
             }
             error_response(&e)
         });

@@ -30,11 +30,12 @@ pub struct Client {
     host: String,
 }
 
-/// A response: status, headers' content type, body.
+/// A response: status, its content type, headers, body.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: StatusCode,
     pub content_type: Option<String>,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -92,10 +93,12 @@ impl Client {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let headers = response.headers().clone();
         let body = response.into_body().collect().await?.to_bytes();
         Ok(Answer {
             status,
             content_type,
+            headers,
             body,
         })
     }

@@ -12,6 +12,9 @@ pub struct ApiError {
     pub message: String,
     /// The log or the indexes failed (`saga_storage_errors_total` counts these).
     pub storage: bool,
+    /// Why a write is refused for now (`sagalog_requests_refused_total`'s `reason`);
+    /// such an answer carries `Retry-After`.
+    pub refusal: Option<&'static str>,
 }
 
 impl ApiError {
@@ -21,7 +24,22 @@ impl ApiError {
             code,
             message: message.into(),
             storage: false,
+            refusal: None,
         }
+    }
+
+    /// `503`: the server cannot take this now, for `reason` (a metric label); the client
+    /// should retry after a second.
+    pub fn refused(reason: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            refusal: Some(reason),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+    }
+
+    /// Seconds a client should wait before it retries (`Retry-After`), for a refusal.
+    pub fn retry_after_s(&self) -> Option<u32> {
+        (self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1)
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -30,10 +48,6 @@ impl ApiError {
 
     pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code, message)
-    }
-
-    pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
     pub fn body(&self) -> String {
@@ -59,6 +73,7 @@ impl From<EngineError> for ApiError {
                 (StatusCode::BAD_REQUEST, "invalid_definition")
             }
             (_, ErrorClass::BadRequest) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            (_, ErrorClass::TooLarge) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             (EngineError::StartConflict { .. }, _) => (StatusCode::CONFLICT, "start_conflict"),
             (EngineError::Definition(_), ErrorClass::Conflict) => {
                 (StatusCode::CONFLICT, "version_conflict")
@@ -73,6 +88,7 @@ impl From<EngineError> for ApiError {
                 e,
                 EngineError::Storage(_) | EngineError::Unavailable(_) | EngineError::Corrupt { .. }
             ),
+            refusal: e.refusal(),
             ..ApiError::new(status, code, message)
         }
     }

@@ -67,6 +67,8 @@ pub struct Metrics {
     /// writes are refused (set by `serve`'s disk watcher).
     pub disk_free: IntGauge,
     pub disk_watermark: IntGauge,
+    /// Refusals, connections and the log's health.
+    pub service: ServiceMetrics,
     /// One scrape at a time: counters read from the engine move by their difference.
     scrape: Mutex<()>,
 }
@@ -81,6 +83,81 @@ pub struct OutboxMetrics {
     pub consumer_lag: IntGauge,
     /// Topics the relay needs that the broker lacks (and could not create).
     pub topics_missing: IntGauge,
+}
+
+/// The `reason`s of `sagalog_requests_refused_total`, declared at zero.
+const REFUSAL_REASONS: [&str; 7] = [
+    "max_active_sagas",
+    "indexer_backlog",
+    "disk_watermark",
+    "write_failed",
+    "log_unwritable",
+    "shutting_down",
+    "connections",
+];
+
+/// How the server holds up: what it refuses and why, its connections, and whether the
+/// log takes writes.
+pub struct ServiceMetrics {
+    /// Requests answered `503` because a write cannot be taken now, by reason.
+    pub refused: IntCounterVec,
+    /// Connections open now.
+    pub connections: IntGauge,
+    /// Connections closed at once or answered `503` without being served, by reason.
+    pub connections_refused: IntCounterVec,
+    /// Requests whose body did not arrive in time (`408`).
+    pub body_timeouts: IntCounter,
+    log_writable: IntGauge,
+    log_heals: IntCounterVec,
+}
+
+impl ServiceMetrics {
+    fn new(r: &Registry) -> ServiceMetrics {
+        let vec = |name: &str, help: &str, label: &str| {
+            registered(
+                r,
+                IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
+            )
+        };
+        ServiceMetrics {
+            refused: vec(
+                "sagalog_requests_refused_total",
+                "Requests answered 503 because a write cannot be taken now (with Retry-After), by reason.",
+                "reason",
+            ),
+            connections: registered(
+                r,
+                IntGauge::new("sagalog_http_connections", "Client connections open now.")
+                    .expect("valid metric"),
+            ),
+            connections_refused: vec(
+                "sagalog_http_connections_refused_total",
+                "Connections past --max-connections: answered 503 (probes are served) or closed at once when even that lane is full.",
+                "reason",
+            ),
+            body_timeouts: registered(
+                r,
+                IntCounter::new(
+                    "sagalog_http_body_timeouts_total",
+                    "Requests answered 408 because their body did not arrive within the deadline or at the minimum rate.",
+                )
+                .expect("valid metric"),
+            ),
+            log_writable: registered(
+                r,
+                IntGauge::new(
+                    "sagalog_log_writable",
+                    "1 while the log takes writes; 0 while it is poisoned, read-only, refusing (disk watermark) or its writes fail.",
+                )
+                .expect("valid metric"),
+            ),
+            log_heals: vec(
+                "sagalog_log_heals_total",
+                "Attempts of a poisoned or read-only log to reopen itself for writing, by outcome (healed, failed).",
+                "outcome",
+            ),
+        }
+    }
 }
 
 fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -280,6 +357,7 @@ impl Metrics {
                 "Log records replayed on start after the snapshot.",
             ),
             outbox,
+            service: ServiceMetrics::new(&r),
             scrape: Mutex::new(()),
             registry: r,
         })
@@ -357,6 +435,10 @@ impl Metrics {
         self.last_failed
             .set(counters.last_failed_at_ms as f64 / 1000.0);
         let log = engine.log().stats();
+        let failing = engine.log().write_failure().is_some();
+        self.service
+            .log_writable
+            .set(i64::from(log.writable && !failing));
         self.log_head.set(log.next_offset as i64);
         self.log_bytes.set(log.bytes as i64);
         self.log_segments.set(log.segments as i64);
@@ -372,6 +454,15 @@ impl Metrics {
     /// Makes every series of the registered definitions' steps exist from the first
     /// scrape (at zero), so that rates and alerts see a series before its first event.
     fn declare_series(&self, engine: &Engine) {
+        for reason in REFUSAL_REASONS {
+            self.service.refused.with_label_values(&[reason]);
+        }
+        for outcome in ["healed", "failed"] {
+            self.service.log_heals.with_label_values(&[outcome]);
+        }
+        for reason in ["over_limit", "lane_full"] {
+            self.service.connections_refused.with_label_values(&[reason]);
+        }
         for definition in engine.definitions() {
             let saga_type = definition.name.as_str();
             self.saga_duration.with_label_values(&[saga_type]);
@@ -446,5 +537,13 @@ impl LogObserver for Metrics {
 
     fn synced(&self, elapsed: Duration) {
         self.query("fsync", elapsed);
+    }
+
+    fn healed(&self, healed: bool) {
+        let outcome = if healed { "healed" } else { "failed" };
+        self.service
+            .log_heals
+            .with_label_values(&[outcome])
+            .inc();
     }
 }

@@ -33,6 +33,6 @@ pub use faults::{FaultInjector, FaultPoint, Faults, SharedFaults};
 pub use index::{IndexBatch, IndexStore, Keyspace};
 pub use log::{
     Appending, Log, LogRecord, LogStats, OpenReport, RetentionReport, SealedSegment, Tail, TailCut,
-    SEGMENT_SUFFIX,
+    WriteFailure, SEGMENT_SUFFIX,
 };
 pub use snapshot::{Snapshot, SnapshotConfig, SnapshotInfo, SnapshotStore};

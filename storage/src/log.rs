@@ -200,7 +200,22 @@ pub(crate) struct Shared {
     heal_wake: Condvar,
     heals: AtomicU64,
     failed_heals: AtomicU64,
+    /// The failure of the latest batch write, while no write has succeeded since.
+    write_failure: Mutex<Option<WriteFailure>>,
+    write_failing: AtomicBool,
     mode: Mode,
+}
+
+/// Batch writes are failing: the latest failure, while none has succeeded since (a full
+/// disk). The log is not poisoned by it — each failed batch is refused alone and the
+/// next one is tried — but the server reports it as not ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFailure {
+    pub reason: String,
+    /// The disk is out of space (or quota).
+    pub disk_full: bool,
+    /// Batches refused since writes began to fail.
+    pub batches: u64,
 }
 
 #[derive(Default)]
@@ -304,6 +319,45 @@ impl Shared {
         }
         self.heal.lock().attempts = 0;
         self.heal_wake.notify_all();
+    }
+
+    /// A batch write failed (its batch is refused): logged once per episode.
+    pub fn write_failed(&self, reason: &str, error: &std::io::Error) {
+        let disk_full = matches!(error.raw_os_error(), Some(28 | 122));
+        let mut failure = self.write_failure.lock();
+        match &mut *failure {
+            Some(f) => {
+                f.batches += 1;
+                f.reason = reason.to_string();
+                f.disk_full = disk_full;
+            }
+            None => {
+                tracing::error!(
+                    dir = %self.dir.display(), reason,
+                    "log writes fail; each batch is refused (and logged once) until one succeeds"
+                );
+                *failure = Some(WriteFailure {
+                    reason: reason.to_string(),
+                    disk_full,
+                    batches: 1,
+                });
+                self.write_failing.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// A batch write succeeded: ends an episode of failing writes.
+    pub fn write_succeeded(&self) {
+        if !self.write_failing.load(Ordering::Acquire) {
+            return;
+        }
+        self.write_failing.store(false, Ordering::Release);
+        if let Some(failure) = self.write_failure.lock().take() {
+            tracing::info!(
+                dir = %self.dir.display(), refused_batches = failure.batches,
+                "log writes succeed again"
+            );
+        }
     }
 
     pub fn stats(&self) -> LogStats {
@@ -469,6 +523,8 @@ impl Log {
             heal_wake: Condvar::new(),
             heals: AtomicU64::new(0),
             failed_heals: AtomicU64::new(0),
+            write_failure: Mutex::new(None),
+            write_failing: AtomicBool::new(false),
             mode,
             faults,
             config,
@@ -672,6 +728,14 @@ impl Log {
     /// the disk holds is only known again after a rescan), or it opened read-only.
     pub fn poisoned(&self) -> Option<String> {
         self.shared().poisoned()
+    }
+
+    /// Whether batch writes are failing now (none succeeded since the latest failure).
+    pub fn write_failure(&self) -> Option<WriteFailure> {
+        if !self.shared().write_failing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.shared().write_failure.lock().clone()
     }
 
     /// Refuses new appends (`Some`, with the reason they get) or takes them again

@@ -295,7 +295,8 @@ impl Writer {
                 self.buf.len(),
                 self.pos
             );
-            self.discard_written(&reason);
+            self.discard_written();
+            self.shared.write_failed(&reason, &e);
             for (reply, _) in staged.acks {
                 let _ = reply.send(Err(self.failure(&reason)));
             }
@@ -305,6 +306,7 @@ impl Writer {
         if let Some(observer) = &self.shared.config.observer {
             observer.batch_written(staged.records as usize, self.buf.len(), started.elapsed());
         }
+        self.shared.write_succeeded();
         self.pos += self.buf.len() as u64;
         self.next_offset += staged.records;
         self.buf.clear();
@@ -335,7 +337,7 @@ impl Writer {
     /// Only bytes the file already holds are zeroed: when the write failed for want of
     /// space (a segment that was not pre-written), writing zeros past the file's end
     /// would fail the same way and needlessly poison the log.
-    fn discard_written(&self, reason: &str) {
+    fn discard_written(&self) {
         let file = &self.active.file;
         let zeroed = file.metadata().and_then(|meta| {
             let end = (self.pos + self.buf.len() as u64).min(meta.len());
@@ -348,7 +350,6 @@ impl Writer {
                 self.active.path.display()
             ));
         }
-        tracing::error!(segment = %self.active.path.display(), reason, "log write failed; batch refused");
     }
 
     /// Writes what is staged, waits until the syncer made the active segment durable and
