@@ -15,6 +15,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sagalog_engine::throttle::Throttle;
 use sagalog_engine::{Action, Command, Engine, Outcome, Reply, StartRequest};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -57,6 +58,7 @@ fn roll(parts: &[&str]) -> u64 {
 async fn customer(engine: Arc<Engine>, mut stopping: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / STARTS_PER_SECOND));
     let run = roll(&[&std::process::id().to_string()]);
+    let failures = Throttle::new(std::time::Duration::from_secs(60));
     for n in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {}
@@ -73,7 +75,10 @@ async fn customer(engine: Arc<Engine>, mut stopping: watch::Receiver<bool>) {
             trace_id: None,
         };
         if let Err(e) = engine.start(request).await {
-            tracing::warn!(error = %e, "demo: starting a saga failed");
+            // A full disk refuses every start: say so once a minute.
+            if let Some(held_back) = failures.admit("start", std::time::Instant::now()) {
+                tracing::warn!(error = %e, held_back, "demo: starting a saga failed");
+            }
         }
     }
 }

@@ -93,6 +93,7 @@ fn run(serve: Serve) -> Result<(), String> {
     let mut config = EngineConfig {
         snapshot_every_records: serve.snapshot_every_records,
         max_active_sagas: serve.max_active_sagas,
+        max_payload_bytes: serve.max_payload_bytes,
         observer: Some(metrics.clone()),
         ..EngineConfig::default()
     };

@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// Largest request body in bytes (413 beyond) [default: 1048576]
     #[arg(long, env = "SAGALOG_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Largest start payload or reply data, as JSON, in bytes (413 beyond)
+    /// [default: 524288]
+    #[arg(long, env = "SAGALOG_MAX_PAYLOAD_BYTES")]
+    pub max_payload_bytes: Option<usize>,
     /// Most client connections open at once [default: 1024]
     #[arg(long, env = "SAGALOG_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -104,6 +108,7 @@ pub struct Serve {
     pub demo: bool,
     pub log_format: LogFormat,
     pub max_body_bytes: usize,
+    pub max_payload_bytes: usize,
     pub max_connections: usize,
     pub max_active_sagas: usize,
     pub fsync: sagalog_storage::FsyncPolicy,
@@ -145,6 +150,13 @@ impl ServeArgs {
             .unwrap_or(1 << 20);
         if max_body_bytes == 0 {
             return Err("max_body_bytes: must be at least 1".into());
+        }
+        let max_payload_bytes = self
+            .max_payload_bytes
+            .or(file.max_payload_bytes)
+            .unwrap_or(512 << 10);
+        if max_payload_bytes == 0 {
+            return Err("max_payload_bytes: must be at least 1".into());
         }
         let max_connections = self
             .max_connections
@@ -199,6 +211,7 @@ impl ServeArgs {
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Human),
             max_body_bytes,
+            max_payload_bytes,
             max_connections,
             max_active_sagas: self
                 .max_active_sagas
