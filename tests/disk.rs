@@ -239,7 +239,11 @@ fn free_bytes(path: &Path) -> u64 {
 
 /// `sagalog serve` with its log going to `log_file` (on the filesystem under test), on
 /// a free loopback port; waits until it answers `/healthz`.
-fn serve_logging_to(dir: &Path, log_file: &Path, extra: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
+fn serve_logging_to(
+    dir: &Path,
+    log_file: &Path,
+    extra: &[&str],
+) -> (std::process::Child, std::net::SocketAddr) {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap();
@@ -261,7 +265,10 @@ fn serve_logging_to(dir: &Path, log_file: &Path, extra: &[&str]) -> (std::proces
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "serve did not listen within 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "serve did not listen within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     (child, addr)
@@ -343,7 +350,12 @@ async fn a_disk_filling_during_segment_rolls_loses_no_acknowledged_saga_and_need
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let last = post(&mut c, "/api/v1/sagas", json!({"type": "order", "payload": {}})).await;
+    let last = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "order", "payload": {}}),
+    )
+    .await;
     assert_eq!(
         ready.status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -357,12 +369,19 @@ async fn a_disk_filling_during_segment_rolls_loses_no_acknowledged_saga_and_need
     fs.resize(FS_BYTES * 2);
     let deadline = Instant::now() + Duration::from_secs(15);
     while get(&mut c, "/readyz").await.status != StatusCode::OK {
-        assert!(Instant::now() < deadline, "not ready 15 s after space returned");
+        assert!(
+            Instant::now() < deadline,
+            "not ready 15 s after space returned"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for n in 0..100 {
         let id = format!("after-{n}");
-        assert_eq!(start_answered(&mut c, &id).await, StatusCode::CREATED, "{id}");
+        assert_eq!(
+            start_answered(&mut c, &id).await,
+            StatusCode::CREATED,
+            "{id}"
+        );
         acked.lock().push(id);
     }
     drop(c);

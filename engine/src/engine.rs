@@ -236,9 +236,12 @@ pub struct EngineStats {
     pub replayed_records: u64,
 }
 
+#[derive(Clone)]
 pub(crate) struct Slot {
     pub state: SagaState,
     pub busy: bool,
+    /// The snapshot capture that last saw it (see `table`): 0 for none yet.
+    pub epoch: u32,
     /// Offset of the saga's `saga_started` record (which holds the payload).
     pub first_offset: u64,
     /// Offset of the saga's latest record.
@@ -310,6 +313,12 @@ pub(crate) struct Inner {
     pub(crate) gate: Arc<tokio::sync::RwLock<()>>,
     active: AtomicUsize,
     since_snapshot: AtomicU64,
+    /// The capture epoch of the latest snapshot (see `table`).
+    snapshot_epoch: std::sync::atomic::AtomicU32,
+    /// Held while a snapshot is taken: one at a time.
+    snapshotting: tokio::sync::Mutex<()>,
+    /// A periodic snapshot runs beside the timers.
+    periodic_snapshot: std::sync::atomic::AtomicBool,
     snapshot_offset: AtomicU64,
     snapshot_at_ms: AtomicU64,
     replayed: u64,
@@ -510,6 +519,9 @@ impl Engine {
             // Records replayed count towards the next snapshot: a long replay is
             // followed by a snapshot soon, so the next start is short.
             since_snapshot: AtomicU64::new(restored.replayed),
+            snapshot_epoch: std::sync::atomic::AtomicU32::new(0),
+            snapshotting: tokio::sync::Mutex::new(()),
+            periodic_snapshot: std::sync::atomic::AtomicBool::new(false),
             snapshot_offset: AtomicU64::new(restored.snapshot_offset),
             snapshot_at_ms: AtomicU64::new(snapshot_at_ms),
             replayed: restored.replayed,
@@ -1098,6 +1110,7 @@ impl Inner {
                 sagas.insert(Slot {
                     state,
                     busy: true,
+                    epoch: 0,
                     first_offset: 0,
                     last_offset: 0,
                     events: 0,
@@ -1496,19 +1509,42 @@ impl Inner {
         })
     }
 
-    async fn snapshot(&self) -> Result<SnapshotInfo> {
-        let (offset, body) = {
+    /// Takes a snapshot: writes stop only for its cut (see `replay`), then it is
+    /// captured and written off the runtime while they go on. One at a time.
+    async fn snapshot(self: &Arc<Self>) -> Result<SnapshotInfo> {
+        let _one = self.snapshotting.lock().await;
+        let started = std::time::Instant::now();
+        let cut = {
             let _gate = self.gate.write().await;
-            let offset = self.log.next_offset();
-            (offset, replay::capture(self, offset))
+            let epoch = self.snapshot_epoch.fetch_add(1, Ordering::Relaxed) + 1;
+            replay::cut(self, epoch)
         };
-        let info = self.snapshots.save(offset, &body)?;
+        let paused_ms = started.elapsed().as_millis() as u64;
+        let offset = cut.offset;
+        let inner = self.clone();
+        let info = tokio::task::spawn_blocking(move || replay::write_snapshot(&inner, &cut))
+            .await
+            .unwrap_or_else(|e| {
+                Err(EngineError::Inconsistent(format!(
+                    "the task writing the snapshot failed: {e}"
+                )))
+            })?;
         self.snapshot_offset.store(offset, Ordering::Relaxed);
         // The file's own time, as a restart reads it: the gauge keeps its value.
         self.snapshot_at_ms
             .store(modified_ms(&info.path), Ordering::Relaxed);
-        self.since_snapshot.store(0, Ordering::Relaxed);
-        tracing::info!(offset, bytes = info.bytes, "snapshot taken");
+        // Records appended since the cut count towards the next one.
+        self.since_snapshot.store(
+            self.log.next_offset().saturating_sub(offset),
+            Ordering::Relaxed,
+        );
+        tracing::info!(
+            offset,
+            bytes = info.bytes,
+            writes_paused_ms = paused_ms,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot taken"
+        );
         Ok(info)
     }
 
@@ -1517,7 +1553,8 @@ impl Inner {
             Ok(_) => {}
             // The log cannot take the records now: try again in a second.
             Err(e) if e.class() == crate::error::ErrorClass::Unavailable => {
-                if let Some(held_back) = REPEATED_FAILURES.admit("timer", std::time::Instant::now()) {
+                if let Some(held_back) = REPEATED_FAILURES.admit("timer", std::time::Instant::now())
+                {
                     tracing::warn!(saga_id = %key, error = %e, held_back, "firing a due timer failed; retrying in 1 s");
                 }
                 let retry_at = self.clock.now_ms() + 1000;
@@ -1806,11 +1843,17 @@ fn run_timer(inner: Arc<Inner>) {
                 return;
             }
             let every = inner.config.snapshot_every_records;
-            if every > 0 && inner.since_snapshot.load(Ordering::Relaxed) >= every {
-                if let Err(e) = inner.snapshot().await {
-                    tracing::error!(error = %e, "periodic snapshot failed");
-                    inner.since_snapshot.store(0, Ordering::Relaxed);
-                }
+            let due = every > 0 && inner.since_snapshot.load(Ordering::Relaxed) >= every;
+            if due && !inner.periodic_snapshot.swap(true, Ordering::AcqRel) {
+                // In a task of its own: due timers keep firing while it is written.
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = inner.snapshot().await {
+                        tracing::error!(error = %e, "periodic snapshot failed");
+                        inner.since_snapshot.store(0, Ordering::Relaxed);
+                    }
+                    inner.periodic_snapshot.store(false, Ordering::Release);
+                });
             }
             if inner.clone().run_due_timers().await > 0 {
                 continue;

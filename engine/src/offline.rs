@@ -152,12 +152,9 @@ fn check_snapshots(
                 info.offset
             ))
         } else {
-            match store.load(&info) {
-                Ok(snapshot) => crate::replay::check_snapshot(&snapshot.data, snapshot.offset)
-                    .err()
-                    .map(|e| e.to_string()),
-                Err(e) => Some(e.to_string()),
-            }
+            crate::replay::check_snapshot(&store, &info)
+                .err()
+                .map(|e| e.to_string())
         };
         out.push(SnapshotCheck {
             offset: info.offset,

@@ -4,13 +4,26 @@
 //!   its offset (a corrupt or unusable one falls back to an older one, then to the
 //!   whole log);
 //! - the log after it is folded in with the same `apply` the live path uses.
+//!
+//! Taking a snapshot stops writes only for its *cut*: with the gate held exclusively
+//! (no write in flight), it notes the log offset, the definitions and the counters, and
+//! starts a copy-on-write capture in every shard's table (see `table`). Writes then go
+//! on while the sagas are read a chunk at a time, each shard lock held for one chunk,
+//! and streamed to the snapshot file; memory holds a chunk, one shard's ids and the
+//! images of the sagas changed meanwhile, never a copy of the whole state.
+//!
+//! Snapshot body, format 2 (bincode, inside the storage crate's checksummed file):
+//! `format u8 | offset u64 | definitions Vec<String> | counters | chunk*` where each
+//! chunk is a non-empty `Vec<SnapshotSaga>` and an empty one ends the body. Format 1
+//! (`format | offset | definitions | sagas | counters`) is still read.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::sync::Arc;
 
 use bincode::{Decode, Encode};
 use sagalog_storage::index::catch_up;
-use sagalog_storage::{IndexStore, Log, SnapshotStore, StorageError};
+use sagalog_storage::{IndexStore, Log, SnapshotInfo, SnapshotStore, StorageError};
 
 use crate::definition::{Definition, Registry};
 use crate::engine::{Inner, Shard, Slot, Summary};
@@ -20,19 +33,15 @@ use crate::projection::{Counters, Projections};
 use crate::record::{Entry, Kind};
 use crate::state::{apply_mut, SagaState, StoredSaga};
 
-/// The version of the snapshot body below.
-const SNAPSHOT_FORMAT: u8 = 1;
-
-#[derive(Encode, Decode)]
-struct SnapshotBody {
-    format: u8,
-    /// The log offset the snapshot reflects everything below.
-    offset: u64,
-    /// Every registered definition, as JSON.
-    definitions: Vec<String>,
-    sagas: Vec<SnapshotSaga>,
-    counters: Counters,
-}
+/// The snapshot body this build writes; it reads [`SNAPSHOT_FORMAT_V1`] too.
+const SNAPSHOT_FORMAT: u8 = 2;
+const SNAPSHOT_FORMAT_V1: u8 = 1;
+/// Sagas per chunk of a snapshot: also how many a capture copies per hold of a shard's
+/// lock.
+pub(crate) const SNAPSHOT_CHUNK_SAGAS: usize = 1024;
+/// Most bytes one decoded part of a snapshot may claim: a damaged (or crafted) length
+/// cannot make the decoder allocate more than this.
+const MAX_DECODE_BYTES: usize = 1 << 30;
 
 #[derive(Encode, Decode)]
 struct SnapshotSaga {
@@ -42,8 +51,25 @@ struct SnapshotSaga {
     events: u64,
 }
 
-fn bincode_config() -> bincode::config::Configuration {
-    bincode::config::standard()
+impl SnapshotSaga {
+    /// The saga as a snapshot keeps it, if it is active (finished ones are the index's).
+    fn of(slot: &Slot) -> Option<SnapshotSaga> {
+        let active = slot.state.status.is_some() && !slot.state.is_terminal();
+        active.then(|| SnapshotSaga {
+            saga: StoredSaga::from(&slot.state),
+            first_offset: slot.first_offset,
+            last_offset: slot.last_offset,
+            events: slot.events,
+        })
+    }
+}
+
+fn bincode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_DECODE_BYTES>,
+> {
+    bincode::config::standard().with_limit::<MAX_DECODE_BYTES>()
 }
 
 /// Brings the indexes up to the log's head; rebuilds them from nothing when their
@@ -146,10 +172,7 @@ pub(crate) fn restore_to(
             );
             continue;
         }
-        let loaded = snapshots
-            .load(&info)
-            .map_err(EngineError::from)
-            .and_then(|snapshot| from_snapshot(&snapshot.data, snapshot.offset, shards));
+        let loaded = load_snapshot(snapshots, &info, shards);
         let loaded = loaded.map(|mut r| {
             r.indexed_below = indexed_below;
             r
@@ -205,40 +228,78 @@ pub(crate) fn restore_to(
     Ok(restored)
 }
 
-/// Whether a snapshot body decodes and fits its definitions (`sagalog verify`).
-pub(crate) fn check_snapshot(data: &[u8], offset: u64) -> Result<()> {
-    from_snapshot(data, offset, 1).map(|_| ())
+/// Whether a snapshot reads back whole and fits its definitions (`sagalog verify`).
+pub(crate) fn check_snapshot(store: &SnapshotStore, info: &SnapshotInfo) -> Result<()> {
+    load_snapshot(store, info, 1).map(|_| ())
 }
 
-fn from_snapshot(data: &[u8], offset: u64, shards: usize) -> Result<Restored> {
+/// Restores what the snapshot `info` holds, streaming it from its file; its checksum
+/// is checked at the end, and nothing it read is used unless it passes.
+fn load_snapshot(store: &SnapshotStore, info: &SnapshotInfo, shards: usize) -> Result<Restored> {
+    let mut reader = store.reader(info)?;
+    let offset = reader.offset();
     let bad = |reason: String| {
         EngineError::Inconsistent(format!("snapshot at offset {offset}: {reason}"))
     };
-    let (body, used): (SnapshotBody, usize) =
-        bincode::decode_from_slice(data, bincode_config()).map_err(|e| bad(e.to_string()))?;
-    if used != data.len() || body.format != SNAPSHOT_FORMAT || body.offset != offset {
-        return Err(bad(format!(
-            "format {} at offset {} with {} trailing bytes",
-            body.format,
-            body.offset,
-            data.len() - used
-        )));
+    let format: u8 = decode(&mut reader, &bad)?;
+    let body_offset: u64 = decode(&mut reader, &bad)?;
+    if body_offset != offset {
+        return Err(bad(format!("its body says offset {body_offset}")));
     }
+    let definitions: Vec<String> = decode(&mut reader, &bad)?;
     let mut restored = Restored::empty(shards);
-    for json in &body.definitions {
+    for json in &definitions {
         let definition = Definition::from_json(json).map_err(|e| bad(e.to_string()))?;
         restored
             .registry
             .register(definition)
             .map_err(|e| bad(e.to_string()))?;
     }
-    restored.projections = Projections::from_counters(body.counters);
+    let counters = match format {
+        SNAPSHOT_FORMAT_V1 => {
+            let sagas: Vec<SnapshotSaga> = decode(&mut reader, &bad)?;
+            restore_sagas(&restored, sagas, &bad)?;
+            decode(&mut reader, &bad)?
+        }
+        SNAPSHOT_FORMAT => {
+            let counters: Counters = decode(&mut reader, &bad)?;
+            loop {
+                let chunk: Vec<SnapshotSaga> = decode(&mut reader, &bad)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                restore_sagas(&restored, chunk, &bad)?;
+            }
+            counters
+        }
+        other => return Err(bad(format!("format {other} is not one this build reads"))),
+    };
+    reader.finish()?;
+    restored.projections = Projections::from_counters(counters);
+    restored.snapshot_offset = offset;
+    Ok(restored)
+}
+
+/// Decodes the next part of a snapshot body.
+fn decode<T: Decode<()>>(
+    reader: &mut impl std::io::Read,
+    bad: &impl Fn(String) -> EngineError,
+) -> Result<T> {
+    bincode::decode_from_std_read(reader, bincode_config()).map_err(|e| bad(e.to_string()))
+}
+
+/// Puts snapshot sagas into the restored shards, on their definitions.
+fn restore_sagas(
+    restored: &Restored,
+    sagas: Vec<SnapshotSaga>,
+    bad: &impl Fn(String) -> EngineError,
+) -> Result<()> {
     for SnapshotSaga {
         saga,
         first_offset,
         last_offset,
         events,
-    } in body.sagas
+    } in sagas
     {
         let definition = restored
             .registry
@@ -249,16 +310,20 @@ fn from_snapshot(data: &[u8], offset: u64, shards: usize) -> Result<Restored> {
         let state = saga
             .into_state(definition)
             .ok_or_else(|| bad(format!("saga {id} does not fit its definition")))?;
-        restored.shard(&id).sagas.lock().insert(Slot {
+        let mut sagas = restored.shard(&id).sagas.lock();
+        if sagas.get(&id).is_some() {
+            return Err(bad(format!("saga {id} is in it twice")));
+        }
+        sagas.insert(Slot {
             state,
             busy: false,
+            epoch: 0,
             first_offset,
             last_offset,
             events,
         });
     }
-    restored.snapshot_offset = offset;
-    Ok(restored)
+    Ok(())
 }
 
 /// Folds one log record into the restored state.
@@ -299,6 +364,7 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
         sagas.insert(Slot {
             state: SagaState::new(r.saga_id.as_str(), definition),
             busy: false,
+            epoch: 0,
             first_offset: record.offset,
             last_offset: record.offset,
             events: 0,
@@ -338,36 +404,98 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
     Ok(())
 }
 
-/// The snapshot body for the state as of `offset` (the caller holds the gate, so no
-/// write is in flight).
-pub(crate) fn capture(inner: &Inner, offset: u64) -> Vec<u8> {
-    let definitions = inner
-        .registry
-        .read()
-        .all()
-        .iter()
-        .map(|d| d.to_json())
-        .collect();
-    let mut sagas = Vec::new();
-    for shard in inner.shards.iter() {
-        for slot in shard.sagas.lock().values() {
-            debug_assert!(!slot.busy, "no write is in flight under the gate");
-            if slot.state.status.is_some() && !slot.state.is_terminal() {
-                sagas.push(SnapshotSaga {
-                    saga: StoredSaga::from(&slot.state),
-                    first_offset: slot.first_offset,
-                    last_offset: slot.last_offset,
-                    events: slot.events,
-                });
-            }
-        }
-    }
-    let body = SnapshotBody {
-        format: SNAPSHOT_FORMAT,
-        offset,
-        definitions,
-        sagas,
+/// What a snapshot's cut fixed: taken with the gate held exclusively, so the state in
+/// memory then reflected exactly the log below `offset`.
+pub(crate) struct Cut {
+    pub offset: u64,
+    pub definitions: Vec<String>,
+    pub counters: Counters,
+}
+
+/// Takes the cut of snapshot `epoch` (the caller holds the gate exclusively).
+pub(crate) fn cut(inner: &Inner, epoch: u32) -> Cut {
+    let cut = Cut {
+        offset: inner.log.next_offset(),
+        definitions: inner
+            .registry
+            .read()
+            .all()
+            .iter()
+            .map(|d| d.to_json())
+            .collect(),
         counters: inner.projections.lock().counters.clone(),
     };
-    bincode::encode_to_vec(&body, bincode_config()).expect("encoding to a Vec")
+    for shard in inner.shards.iter() {
+        shard.sagas.lock().begin_capture(epoch);
+    }
+    cut
+}
+
+/// Ends the capture in every shard, however writing the snapshot ends (a shard whose
+/// capture already ended is left as it is).
+struct EndCaptures<'a>(&'a Inner);
+
+impl Drop for EndCaptures<'_> {
+    fn drop(&mut self) {
+        for shard in self.0.shards.iter() {
+            shard.sagas.lock().end_capture();
+        }
+    }
+}
+
+/// Writes the snapshot of `cut` while writes go on: shard by shard, the sagas no one
+/// touched since the cut a chunk at a time, then the cut images of those touched.
+/// Blocking (shard locks and file I/O): run it off the async runtime.
+pub(crate) fn write_snapshot(inner: &Inner, cut: &Cut) -> Result<SnapshotInfo> {
+    let _end = EndCaptures(inner);
+    let mut file = inner.snapshots.create(cut.offset)?;
+    let out = &mut file;
+    let dir = inner.snapshots.dir();
+    put(out, &SNAPSHOT_FORMAT, dir)?;
+    put(out, &cut.offset, dir)?;
+    put(out, &cut.definitions, dir)?;
+    put(out, &cut.counters, dir)?;
+    for shard in inner.shards.iter() {
+        let untouched = shard.sagas.lock().untouched();
+        for ids in untouched.chunks(SNAPSHOT_CHUNK_SAGAS) {
+            let slots: Vec<Slot> = {
+                let mut sagas = shard.sagas.lock();
+                ids.iter().filter_map(|id| sagas.capture(id)).collect()
+            };
+            put_chunk(out, slots.iter(), dir)?;
+        }
+        let images = shard.sagas.lock().end_capture();
+        for slots in images.chunks(SNAPSHOT_CHUNK_SAGAS) {
+            put_chunk(out, slots.iter(), dir)?;
+        }
+    }
+    put(out, &Vec::<SnapshotSaga>::new(), dir)?;
+    Ok(file.finish()?)
+}
+
+/// Encodes one part of a snapshot body onto `out`.
+fn put<T: Encode>(out: &mut impl Write, value: &T, dir: &std::path::Path) -> Result<()> {
+    bincode::encode_into_std_write(value, out, bincode::config::standard())
+        .map(|_| ())
+        .map_err(|e| {
+            let e = match e {
+                bincode::error::EncodeError::Io { inner, .. } => inner,
+                other => std::io::Error::other(other),
+            };
+            EngineError::Storage(StorageError::io("write snapshot in", dir)(e))
+        })
+}
+
+/// Encodes the active ones of `slots` as a chunk (nothing when none is active: an empty
+/// chunk ends the body).
+fn put_chunk<'a>(
+    out: &mut impl Write,
+    slots: impl Iterator<Item = &'a Slot>,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let chunk: Vec<SnapshotSaga> = slots.filter_map(SnapshotSaga::of).collect();
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    put(out, &chunk, dir)
 }

@@ -2,6 +2,15 @@
 //! id inside it, so the table itself costs one pointer per saga. Hashing is SipHash
 //! with a per-table random key: saga ids come from clients, so a predictable hash
 //! would let one flood a bucket.
+//!
+//! Snapshots copy on write. A snapshot's cut (taken with no write in flight) starts a
+//! [`Capture`] in every table; from then on the table keeps the image of each saga as
+//! it was at the cut before it first changes it or lets it go (`get_mut`, `remove`),
+//! and marks it so that the image is taken once. The snapshot reads the sagas nobody
+//! touched yet, a chunk at a time with the lock let go in between, marking each; what
+//! was touched meanwhile it takes from the images. Sagas added after the cut are
+//! marked at once and never captured. So the snapshot is exactly the state at the
+//! cut, while writes go on.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -14,6 +23,16 @@ use crate::engine::Slot;
 pub(crate) struct SagaTable {
     table: HashTable<Box<Slot>>,
     hasher: RandomState,
+    capture: Option<Box<Capture>>,
+}
+
+/// A snapshot being captured from this table.
+struct Capture {
+    /// Sagas marked with it are captured, or have their cut image in `images`, or were
+    /// added after the cut.
+    epoch: u32,
+    /// Sagas as they were at the cut, taken before they first changed after it.
+    images: Vec<Slot>,
 }
 
 impl SagaTable {
@@ -28,32 +47,93 @@ impl SagaTable {
             .map(|slot| &**slot)
     }
 
+    /// The saga, to change it (a capture in progress keeps its image first).
     pub fn get_mut(&mut self, saga_id: &str) -> Option<&mut Slot> {
         let hash = self.hash(saga_id);
-        self.table
-            .find_mut(hash, |slot| *slot.state.saga_id == *saga_id)
-            .map(|slot| &mut **slot)
+        let slot = self
+            .table
+            .find_mut(hash, |slot| *slot.state.saga_id == *saga_id)?;
+        if let Some(capture) = &mut self.capture {
+            if slot.epoch != capture.epoch {
+                slot.epoch = capture.epoch;
+                capture.images.push((**slot).clone());
+            }
+        }
+        Some(&mut **slot)
     }
 
     /// Adds a saga that is not in the table.
-    pub fn insert(&mut self, slot: Slot) {
+    pub fn insert(&mut self, mut slot: Slot) {
         let hash = self.hash(&slot.state.saga_id);
         debug_assert!(
             self.get(&slot.state.saga_id).is_none(),
             "a saga is inserted once"
         );
+        if let Some(capture) = &self.capture {
+            slot.epoch = capture.epoch;
+        }
         let hasher = &self.hasher;
         self.table.insert_unique(hash, Box::new(slot), |slot| {
             hasher.hash_one(&*slot.state.saga_id)
         });
     }
 
-    pub fn remove(&mut self, saga_id: &str) -> Option<Box<Slot>> {
+    /// Lets the saga go (a capture in progress keeps its image).
+    pub fn remove(&mut self, saga_id: &str) {
         let hash = self.hash(saga_id);
-        self.table
+        let Ok(entry) = self
+            .table
             .find_entry(hash, |slot| *slot.state.saga_id == *saga_id)
-            .ok()
-            .map(|entry| entry.remove().0)
+        else {
+            return;
+        };
+        let slot = entry.remove().0;
+        if let Some(capture) = &mut self.capture {
+            if slot.epoch != capture.epoch {
+                capture.images.push(*slot);
+            }
+        }
+    }
+
+    /// Starts a capture for the snapshot `epoch` (at its cut, with no write in flight).
+    pub fn begin_capture(&mut self, epoch: u32) {
+        debug_assert!(self.capture.is_none(), "one snapshot at a time");
+        self.capture = Some(Box::new(Capture {
+            epoch,
+            images: Vec::new(),
+        }));
+    }
+
+    /// The ids of the sagas no one touched since the cut (the ones left to capture).
+    pub fn untouched(&self) -> Vec<std::sync::Arc<str>> {
+        let Some(capture) = &self.capture else {
+            return Vec::new();
+        };
+        self.table
+            .iter()
+            .filter(|slot| slot.epoch != capture.epoch)
+            .map(|slot| slot.state.saga_id.clone())
+            .collect()
+    }
+
+    /// The saga `saga_id` as it was at the cut, marked captured, if no one touched it
+    /// since (else its image is kept, or it came after the cut).
+    pub fn capture(&mut self, saga_id: &str) -> Option<Slot> {
+        let epoch = self.capture.as_ref()?.epoch;
+        let hash = self.hash(saga_id);
+        let slot = self
+            .table
+            .find_mut(hash, |slot| *slot.state.saga_id == *saga_id)?;
+        if slot.epoch == epoch {
+            return None;
+        }
+        slot.epoch = epoch;
+        Some((**slot).clone())
+    }
+
+    /// Ends the capture: the images of the sagas touched since the cut.
+    pub fn end_capture(&mut self) -> Vec<Slot> {
+        self.capture.take().map(|c| c.images).unwrap_or_default()
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Slot> + '_ {

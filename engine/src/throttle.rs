@@ -57,7 +57,6 @@ impl Throttle {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -461,7 +461,9 @@ impl Metrics {
             self.service.log_heals.with_label_values(&[outcome]);
         }
         for reason in ["over_limit", "lane_full"] {
-            self.service.connections_refused.with_label_values(&[reason]);
+            self.service
+                .connections_refused
+                .with_label_values(&[reason]);
         }
         for definition in engine.definitions() {
             let saga_type = definition.name.as_str();
@@ -541,9 +543,6 @@ impl LogObserver for Metrics {
 
     fn healed(&self, healed: bool) {
         let outcome = if healed { "healed" } else { "failed" };
-        self.service
-            .log_heals
-            .with_label_values(&[outcome])
-            .inc();
+        self.service.log_heals.with_label_values(&[outcome]).inc();
     }
 }

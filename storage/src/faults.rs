@@ -117,8 +117,14 @@ impl Faults {
 
     /// Holds every step at `point` (its thread waits) until [`Faults::release`].
     pub fn hold(&self, point: FaultPoint) {
+        self.hold_after(point, 0);
+    }
+
+    /// Lets `skip` steps at `point` through, then holds the next ones until
+    /// [`Faults::release`].
+    pub fn hold_after(&self, point: FaultPoint, skip: u64) {
         self.state.lock().released = false;
-        self.add(point, 0, None, Action::Hold);
+        self.add(point, skip, None, Action::Hold);
     }
 
     /// Lets held steps go on and stops holding.

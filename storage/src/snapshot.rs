@@ -26,6 +26,8 @@ const VERSION: u32 = 1;
 const HEADER_BYTES: usize = 32;
 const SUFFIX: &str = ".snap";
 const TMP_SUFFIX: &str = ".snap.tmp";
+/// A snapshot being written is made durable every this many bytes.
+const SYNC_EVERY_BYTES: u64 = 8 << 20;
 
 #[derive(Debug, Clone)]
 pub struct SnapshotConfig {
@@ -135,6 +137,7 @@ impl SnapshotStore {
                 file,
                 hasher: crc32fast::Hasher::new(),
                 bytes: 0,
+                unsynced: 0,
                 max_bytes: self.config.max_snapshot_bytes,
                 faults: self.faults.clone(),
                 path: tmp,
@@ -253,6 +256,8 @@ struct Hashing {
     file: File,
     hasher: crc32fast::Hasher,
     bytes: u64,
+    /// Bytes written since the file was last made durable.
+    unsynced: u64,
     max_bytes: u64,
     faults: SharedFaults,
     path: PathBuf,
@@ -270,6 +275,14 @@ impl Write for Hashing {
         let n = self.file.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
+        self.unsynced += n as u64;
+        if self.unsynced >= SYNC_EVERY_BYTES {
+            // A little at a time: one flush of the whole file at the end would hold the
+            // disk (and the log's fsyncs behind it) for as long as it takes.
+            faults::check(&self.faults, FaultPoint::SnapshotSync, &self.path)?;
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
         Ok(n)
     }
 
