@@ -27,7 +27,7 @@ const HEADER_BYTES: usize = 32;
 const SUFFIX: &str = ".snap";
 const TMP_SUFFIX: &str = ".snap.tmp";
 /// A snapshot being written is made durable every this many bytes.
-const SYNC_EVERY_BYTES: u64 = 8 << 20;
+const SYNC_EVERY_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct SnapshotConfig {
