@@ -148,6 +148,8 @@ async fn serve_until_signal(
         config: ApiConfig {
             admin_token: serve.admin_token.clone(),
             max_body_bytes: serve.max_body_bytes,
+            body_timeout: serve.body_timeout,
+            body_min_bytes_per_sec: serve.body_min_bytes_per_sec,
             ..ApiConfig::default()
         },
         clock: Arc::new(SystemClock) as Arc<dyn Clock>,
@@ -195,15 +197,43 @@ async fn serve_until_signal(
             stopping.clone(),
         ))
     });
+    let probes = match serve.probe_listen {
+        Some(addr) => {
+            let probe_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("listening for probes on {addr}: {e}"))?;
+            let bound = probe_listener
+                .local_addr()
+                .map_err(|e| format!("listening for probes on {addr}: {e}"))?;
+            let mut stopped = stopping.clone();
+            let stop = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            tracing::info!(address = %bound, "probes listening");
+            Some(tokio::spawn(sagalog_http::serve_probes(
+                probe_listener,
+                app.clone(),
+                stop,
+            )))
+        }
+        None => None,
+    };
     tracing::info!(%address, demo = serve.demo, "listening");
     let shutdown = async move {
         wait_for_signal().await;
         tracing::info!("stop signal: finishing requests in flight");
         let _ = stop_tx.send(true);
     };
-    sagalog_http::serve(listener, app, serve.max_connections, shutdown)
+    let server = sagalog_http::ServerConfig {
+        max_connections: serve.max_connections,
+        header_timeout: serve.header_timeout,
+    };
+    sagalog_http::serve(listener, app, server, shutdown)
         .await
         .map_err(|e| format!("serving: {e}"))?;
+    if let Some(probes) = probes {
+        let _ = probes.await;
+    }
     if let Some(demo) = demo {
         demo.stop().await;
     }

@@ -64,9 +64,26 @@ pub struct ServeArgs {
     /// [default: 524288]
     #[arg(long, env = "SAGALOG_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<usize>,
-    /// Most client connections open at once [default: 1024]
+    /// Most client connections served at once; past it a connection is answered 503
+    /// (probes are served) or closed [default: 1024]
     #[arg(long, env = "SAGALOG_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Longest a client may take to send a request's headers, and to sit idle on a
+    /// keep-alive connection, in ms [default: 30000]
+    #[arg(long, env = "SAGALOG_HEADER_TIMEOUT_MS")]
+    pub header_timeout_ms: Option<u64>,
+    /// Longest a request's body may take to arrive in full, in ms (408 beyond)
+    /// [default: 30000]
+    #[arg(long, env = "SAGALOG_BODY_TIMEOUT_MS")]
+    pub body_timeout_ms: Option<u64>,
+    /// Slowest a request's body may arrive after its first 2 s, in bytes/s (408 below;
+    /// 0 turns it off) [default: 1024]
+    #[arg(long, env = "SAGALOG_BODY_MIN_BYTES_PER_SEC")]
+    pub body_min_bytes_per_sec: Option<u64>,
+    /// A second address serving only GET /healthz, /readyz and /metrics, for probes
+    /// and scrapes that a flood of the API's port must not reach [default: none]
+    #[arg(long, env = "SAGALOG_PROBE_LISTEN")]
+    pub probe_listen: Option<SocketAddr>,
     /// Most sagas active at once; a start beyond it gets 503 [default: 10000000]
     #[arg(long, env = "SAGALOG_MAX_ACTIVE_SAGAS")]
     pub max_active_sagas: Option<usize>,
@@ -110,6 +127,10 @@ pub struct Serve {
     pub max_body_bytes: usize,
     pub max_payload_bytes: usize,
     pub max_connections: usize,
+    pub header_timeout: std::time::Duration,
+    pub body_timeout: std::time::Duration,
+    pub body_min_bytes_per_sec: u64,
+    pub probe_listen: Option<SocketAddr>,
     pub max_active_sagas: usize,
     pub fsync: sagalog_storage::FsyncPolicy,
     pub snapshot_every_records: u64,
@@ -165,6 +186,20 @@ impl ServeArgs {
         if max_connections == 0 {
             return Err("max_connections: must be at least 1".into());
         }
+        let millis = |name: &str, value: Option<u64>, default: u64| match value.unwrap_or(default) {
+            0 => Err(format!("{name}: must be at least 1")),
+            ms => Ok(std::time::Duration::from_millis(ms)),
+        };
+        let header_timeout = millis(
+            "header_timeout_ms",
+            self.header_timeout_ms.or(file.header_timeout_ms),
+            30_000,
+        )?;
+        let body_timeout = millis(
+            "body_timeout_ms",
+            self.body_timeout_ms.or(file.body_timeout_ms),
+            30_000,
+        )?;
         let log_retention = match self.log_retention.or(file.log_retention) {
             Some(text) => parse_retention(&text)?,
             None => None,
@@ -213,6 +248,13 @@ impl ServeArgs {
             max_body_bytes,
             max_payload_bytes,
             max_connections,
+            header_timeout,
+            body_timeout,
+            body_min_bytes_per_sec: self
+                .body_min_bytes_per_sec
+                .or(file.body_min_bytes_per_sec)
+                .unwrap_or(1024),
+            probe_listen: self.probe_listen.or(file.probe_listen),
             max_active_sagas: self
                 .max_active_sagas
                 .or(file.max_active_sagas)

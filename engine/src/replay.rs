@@ -234,19 +234,46 @@ pub(crate) fn check_snapshot(store: &SnapshotStore, info: &SnapshotInfo) -> Resu
 }
 
 /// Restores what the snapshot `info` holds, streaming it from its file; its checksum
-/// is checked at the end, and nothing it read is used unless it passes.
+/// is checked at the end, and nothing it read is used unless it passes. When the body
+/// does not decode, the checksum says whether the file is damaged (the usual cause).
 fn load_snapshot(store: &SnapshotStore, info: &SnapshotInfo, shards: usize) -> Result<Restored> {
     let mut reader = store.reader(info)?;
+    match decode_snapshot(&mut reader, info, shards) {
+        Ok(restored) => {
+            reader.finish()?;
+            Ok(restored)
+        }
+        Err(e) => {
+            std::io::copy(&mut reader, &mut std::io::sink()).map_err(|io| {
+                StorageError::Snapshot {
+                    path: info.path.clone(),
+                    reason: format!("short data: {io}"),
+                }
+            })?;
+            reader.finish()?;
+            Err(e)
+        }
+    }
+}
+
+fn decode_snapshot(
+    reader: &mut sagalog_storage::snapshot::SnapshotReader,
+    info: &SnapshotInfo,
+    shards: usize,
+) -> Result<Restored> {
     let offset = reader.offset();
     let bad = |reason: String| {
-        EngineError::Inconsistent(format!("snapshot at offset {offset}: {reason}"))
+        EngineError::Inconsistent(format!(
+            "snapshot {} (offset {offset}): {reason}",
+            info.path.display()
+        ))
     };
-    let format: u8 = decode(&mut reader, &bad)?;
-    let body_offset: u64 = decode(&mut reader, &bad)?;
+    let format: u8 = decode(reader, &bad)?;
+    let body_offset: u64 = decode(reader, &bad)?;
     if body_offset != offset {
         return Err(bad(format!("its body says offset {body_offset}")));
     }
-    let definitions: Vec<String> = decode(&mut reader, &bad)?;
+    let definitions: Vec<String> = decode(reader, &bad)?;
     let mut restored = Restored::empty(shards);
     for json in &definitions {
         let definition = Definition::from_json(json).map_err(|e| bad(e.to_string()))?;
@@ -257,14 +284,14 @@ fn load_snapshot(store: &SnapshotStore, info: &SnapshotInfo, shards: usize) -> R
     }
     let counters = match format {
         SNAPSHOT_FORMAT_V1 => {
-            let sagas: Vec<SnapshotSaga> = decode(&mut reader, &bad)?;
+            let sagas: Vec<SnapshotSaga> = decode(reader, &bad)?;
             restore_sagas(&restored, sagas, &bad)?;
-            decode(&mut reader, &bad)?
+            decode(reader, &bad)?
         }
         SNAPSHOT_FORMAT => {
-            let counters: Counters = decode(&mut reader, &bad)?;
+            let counters: Counters = decode(reader, &bad)?;
             loop {
-                let chunk: Vec<SnapshotSaga> = decode(&mut reader, &bad)?;
+                let chunk: Vec<SnapshotSaga> = decode(reader, &bad)?;
                 if chunk.is_empty() {
                     break;
                 }
@@ -274,7 +301,6 @@ fn load_snapshot(store: &SnapshotStore, info: &SnapshotInfo, shards: usize) -> R
         }
         other => return Err(bad(format!("format {other} is not one this build reads"))),
     };
-    reader.finish()?;
     restored.projections = Projections::from_counters(counters);
     restored.snapshot_offset = offset;
     Ok(restored)

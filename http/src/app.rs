@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -39,6 +41,11 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Longest an outbox long poll waits (`wait_ms` is capped at it).
     pub max_outbox_wait_ms: u64,
+    /// Longest a request's body may take to arrive in full (`408` beyond it).
+    pub body_timeout: Duration,
+    /// Slowest a body may arrive, on average after its first [`BODY_RATE_GRACE`]
+    /// (`408` below it); 0 turns the check off.
+    pub body_min_bytes_per_sec: u64,
 }
 
 impl Default for ApiConfig {
@@ -47,6 +54,8 @@ impl Default for ApiConfig {
             admin_token: None,
             max_body_bytes: 1024 * 1024,
             max_outbox_wait_ms: 30_000,
+            body_timeout: Duration::from_secs(30),
+            body_min_bytes_per_sec: 1024,
         }
     }
 }
@@ -114,6 +123,9 @@ pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
     if let Some(seconds) = e.retry_after_s() {
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
+    if e.close {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -137,6 +149,9 @@ impl App {
             Err(e) => ("unmatched", Err(e)),
         };
         let response = result.unwrap_or_else(|e| {
+            if e.status == StatusCode::REQUEST_TIMEOUT {
+                self.metrics.service.body_timeouts.inc();
+            }
             if let Some(reason) = e.refusal {
                 self.metrics
                     .service
@@ -172,7 +187,7 @@ impl App {
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(trace_id_of);
-        let body = read_body(request, self.config.max_body_bytes).await?;
+        let body = read_body(request, &self.config, self.stopping.clone()).await?;
         let engine = &self.engine;
         let result = match matched.route {
             Route::StartSaga => self.start(&body, trace_id).await,
@@ -554,37 +569,127 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Reads the body up to `max_bytes`: `413 payload_too_large` beyond it (checked on
-/// `Content-Length` first, so an oversized body is refused before it is read).
-async fn read_body(request: Request<Incoming>, max_bytes: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is over the limit of {max_bytes} bytes"),
-        )
-    };
+/// The first part of a body, which may arrive at any rate (the body deadline still
+/// holds); after it the average rate counts.
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(2);
+/// Bytes of an oversized body read (and dropped) before the `413` is sent, so that a
+/// client that sends its whole body before reading the answer gets to read it.
+pub const MAX_DRAIN_BYTES: u64 = 16 << 20;
+/// Longest an oversized body is drained before the `413` is sent anyway.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads the body, bounded in size (`413 payload_too_large`, after draining what the
+/// client sends up to [`MAX_DRAIN_BYTES`]), in time (`408 body_timeout`: all of it
+/// within `body_timeout`, and at least `body_min_bytes_per_sec` on average after
+/// [`BODY_RATE_GRACE`]) and by the stop (`503`: a stopping server does not wait for a
+/// slow body).
+async fn read_body(
+    request: Request<Incoming>,
+    config: &ApiConfig,
+    mut stopping: watch::Receiver<bool>,
+) -> Result<Bytes, ApiError> {
+    let max_bytes = config.max_body_bytes;
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = request.into_body();
+    // Closed after the answer unless the whole body was drained.
+    let too_large = |drained: bool| {
+        let mut e = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is over the limit of {max_bytes} bytes (--max-body-bytes)"),
+        );
+        e.close = !drained;
+        e
+    };
     if declared.is_some_and(|n| n > max_bytes as u64) {
-        return Err(too_large());
+        let drained = declared.is_some_and(|n| n <= MAX_DRAIN_BYTES) && drain(&mut body).await;
+        return Err(too_large(drained));
     }
-    match Limited::new(request.into_body(), max_bytes).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
+    let started = tokio::time::Instant::now();
+    let mut received = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    loop {
+        let by = body_deadline(started, received.len() as u64, config);
+        let frame = tokio::select! {
+            biased;
+            frame = tokio::time::timeout_at(by, body.frame()) => frame,
+            _ = stopping.wait_for(|stop| *stop) => {
+                return Err(ApiError::refused("shutting_down", "the server is stopping; retry on another instance"));
+            }
+        };
+        let frame = match frame {
+            Err(_) => return Err(body_too_slow(started, received.len(), config)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("reading the body failed: {e}"),
+                ))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if received.len() + data.len() > max_bytes {
+                let drained = drain(&mut body).await;
+                return Err(too_large(drained));
+            }
+            received.extend_from_slice(&data);
         }
-        Err(e) => Err(ApiError::bad_request(
-            "invalid_request",
-            format!("reading the body failed: {e}"),
-        )),
     }
+    Ok(Bytes::from(received))
+}
+
+/// When the next part of a body must have come, having `received` bytes so far.
+fn body_deadline(
+    started: tokio::time::Instant,
+    received: u64,
+    config: &ApiConfig,
+) -> tokio::time::Instant {
+    let total = started + config.body_timeout;
+    if config.body_min_bytes_per_sec == 0 {
+        return total;
+    }
+    let allowed =
+        Duration::from_secs_f64((received + 1) as f64 / config.body_min_bytes_per_sec as f64);
+    total.min(started + BODY_RATE_GRACE + allowed)
+}
+
+fn body_too_slow(started: tokio::time::Instant, received: usize, config: &ApiConfig) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        format!(
+            "the body did not arrive in time: {received} bytes in {:.1} s (it must come \
+             within {} ms, --body-timeout-ms, at {} bytes/s or faster after the first {} s, \
+             --body-min-bytes-per-sec)",
+            started.elapsed().as_secs_f64(),
+            config.body_timeout.as_millis(),
+            config.body_min_bytes_per_sec,
+            BODY_RATE_GRACE.as_secs()
+        ),
+    );
+    e.close = true;
+    e
+}
+
+/// Reads and drops the rest of a body, up to [`MAX_DRAIN_BYTES`] and [`DRAIN_TIME`];
+/// true when it reached the body's end (the connection can then go on).
+async fn drain(body: &mut Incoming) -> bool {
+    let mut drained = 0u64;
+    let until = tokio::time::Instant::now() + DRAIN_TIME;
+    while drained < MAX_DRAIN_BYTES {
+        match tokio::time::timeout_at(until, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                drained += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            Ok(None) => return true,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// How long a shutdown waits for requests in flight before it gives up on them.

@@ -15,6 +15,8 @@ pub struct ApiError {
     /// Why a write is refused for now (`sagalog_requests_refused_total`'s `reason`);
     /// such an answer carries `Retry-After`.
     pub refusal: Option<&'static str>,
+    /// The connection is closed after this answer (the request's body was not read).
+    pub close: bool,
 }
 
 impl ApiError {
@@ -25,6 +27,7 @@ impl ApiError {
             message: message.into(),
             storage: false,
             refusal: None,
+            close: false,
         }
     }
 

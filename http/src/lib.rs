@@ -7,7 +7,8 @@
 //! - [`outbox`]: the long-polled command feed, read from the log tail.
 //! - [`metrics`]: the Prometheus registry, fed by the engine's and log's observers and
 //!   by [`sagalog_engine::Engine::stats`] at each scrape.
-//! - [`server`]: the accept loop, connection limit and graceful stop.
+//! - [`server`]: the accept loop, connection limit and its overflow lane, the probe
+//!   listener, hyper's own answers in the JSON error shape, the graceful stop.
 //! - [`client`]: a small keep-alive client for tests and the load generator.
 
 pub mod app;
@@ -24,4 +25,4 @@ pub mod server;
 pub use app::{ApiConfig, App, Readiness};
 pub use error::ApiError;
 pub use metrics::Metrics;
-pub use server::serve;
+pub use server::{serve, serve_probes, ServerConfig};
