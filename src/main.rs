@@ -94,6 +94,8 @@ fn run(serve: Serve) -> Result<(), String> {
         snapshot_every_records: serve.snapshot_every_records,
         max_active_sagas: serve.max_active_sagas,
         max_payload_bytes: serve.max_payload_bytes,
+        max_list_bytes: serve.max_list_bytes,
+        max_definition_versions: serve.max_definition_versions,
         observer: Some(metrics.clone()),
         ..EngineConfig::default()
     };

@@ -84,6 +84,14 @@ pub struct ServeArgs {
     /// and scrapes that a flood of the API's port must not reach [default: none]
     #[arg(long, env = "SAGALOG_PROBE_LISTEN")]
     pub probe_listen: Option<SocketAddr>,
+    /// Bytes of sagas one list page holds at most (payloads and the rest); a page past
+    /// it ends early with a cursor [default: 8388608]
+    #[arg(long, env = "SAGALOG_MAX_LIST_BYTES")]
+    pub max_list_bytes: Option<usize>,
+    /// Definition versions registered at most, all names together; a registration
+    /// past it gets 409 [default: 10000]
+    #[arg(long, env = "SAGALOG_MAX_DEFINITION_VERSIONS")]
+    pub max_definition_versions: Option<usize>,
     /// Most sagas active at once; a start beyond it gets 503 [default: 10000000]
     #[arg(long, env = "SAGALOG_MAX_ACTIVE_SAGAS")]
     pub max_active_sagas: Option<usize>,
@@ -132,6 +140,8 @@ pub struct Serve {
     pub body_min_bytes_per_sec: u64,
     pub probe_listen: Option<SocketAddr>,
     pub max_active_sagas: usize,
+    pub max_list_bytes: usize,
+    pub max_definition_versions: usize,
     pub fsync: sagalog_storage::FsyncPolicy,
     pub snapshot_every_records: u64,
     pub segment_bytes: u64,
@@ -139,6 +149,14 @@ pub struct Serve {
     pub min_free_percent: u8,
     /// `None`: keep every segment.
     pub log_retention: Option<std::time::Duration>,
+}
+
+/// `value`, else `default`; refused when 0.
+fn positive(name: &str, value: Option<usize>, default: usize) -> Result<usize, String> {
+    match value.unwrap_or(default) {
+        0 => Err(format!("{name}: must be at least 1")),
+        n => Ok(n),
+    }
 }
 
 /// `off`, or a duration such as `36h` or `7d`.
@@ -259,6 +277,17 @@ impl ServeArgs {
                 .max_active_sagas
                 .or(file.max_active_sagas)
                 .unwrap_or(10_000_000),
+            max_list_bytes: positive(
+                "max_list_bytes",
+                self.max_list_bytes.or(file.max_list_bytes),
+                8 << 20,
+            )?,
+            max_definition_versions: positive(
+                "max_definition_versions",
+                self.max_definition_versions
+                    .or(file.max_definition_versions),
+                10_000,
+            )?,
             fsync,
             snapshot_every_records: self
                 .snapshot_every_records

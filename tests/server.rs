@@ -619,3 +619,97 @@ async fn log_retention_removes_old_finished_sagas_and_says_so() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_are_listed_in_pages_and_their_versions_are_bounded() {
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &["--max-definition-versions", "5"]);
+    let mut c = common::client(&server).await;
+    // The built-in `order` is one; four versions of `quick` make five.
+    for version in 1..=4 {
+        let mut definition = quick_definition();
+        definition["version"] = json!(version);
+        common::put_definition(&mut c, &definition).await;
+    }
+    let mut sixth = quick_definition();
+    sixth["version"] = json!(5);
+    let body = sixth.to_string();
+    let refused = c
+        .send(
+            Method::PUT,
+            "/api/v1/definitions/quick",
+            &[],
+            Some(body.as_bytes()),
+        )
+        .await
+        .unwrap();
+    let message = common::expect_error(&refused, 409, "limit_reached");
+    assert!(message.contains("--max-definition-versions"), "{message}");
+    // Two at a time, by name then version, each once.
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/definitions?limit=2".to_string();
+    for _ in 0..10 {
+        let page = get(&mut c, &path).await.json();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2, "{page}");
+        seen.extend(
+            items
+                .iter()
+                .map(|d| format!("{}/{}", d["name"].as_str().unwrap(), d["version"])),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/definitions?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        ["order/1", "quick/1", "quick/2", "quick/3", "quick/4"]
+    );
+    let quick = get(&mut c, "/api/v1/definitions?name=quick&limit=10")
+        .await
+        .json();
+    assert_eq!(quick["items"].as_array().unwrap().len(), 4, "{quick}");
+    assert_eq!(quick["next_cursor"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_page_stops_at_its_byte_budget_and_pages_on_without_gaps() {
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &["--max-list-bytes", "20000"]);
+    let mut c = common::client(&server).await;
+    let pad = "x".repeat(5000);
+    for i in 0..12 {
+        let answer = post(
+            &mut c,
+            "/api/v1/sagas",
+            json!({"type": "order", "saga_id": format!("big-{i:02}"), "payload": {"pad": pad}}),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+    }
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/sagas?limit=1000".to_string();
+    for _ in 0..20 {
+        let answer = get(&mut c, &path).await;
+        assert!(
+            answer.body.len() < 25_000,
+            "a page of {} bytes",
+            answer.body.len()
+        );
+        let page = answer.json();
+        let items = page["items"].as_array().unwrap();
+        assert!(!items.is_empty(), "{page}");
+        seen.extend(
+            items
+                .iter()
+                .map(|s| s["saga_id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/sagas?limit=1000&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..12).rev().map(|i| format!("big-{i:02}")).collect();
+    assert_eq!(seen, expected, "every saga once, newest first");
+}

@@ -230,6 +230,15 @@ impl Registry {
         self.by_name.get(name)?.values().next_back()
     }
 
+    /// How many versions are registered, all names together.
+    pub fn len(&self) -> usize {
+        self.by_name.values().map(BTreeMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
     /// Every version of every definition, by name then version.
     pub fn all(&self) -> Vec<Arc<Definition>> {
         let mut names: Vec<_> = self.by_name.keys().collect();

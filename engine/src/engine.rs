@@ -103,6 +103,12 @@ pub struct EngineConfig {
     /// Most finished-saga index entries one list call reads (a type filter can skip
     /// many); past it the page ends early, with a cursor to go on from.
     pub list_scan_limit: usize,
+    /// Bytes of sagas (payloads, reasons and the rest) one list page holds at most;
+    /// past it the page ends early, with a cursor to go on from.
+    pub max_list_bytes: usize,
+    /// Definition versions registered at most, all names together (a registration past
+    /// it is refused).
+    pub max_definition_versions: usize,
     pub shards: usize,
     pub observer: Option<Arc<dyn EngineObserver>>,
     /// Injected storage failures (tests); `None` in production.
@@ -121,6 +127,8 @@ impl std::fmt::Debug for EngineConfig {
             .field("max_unindexed", &self.max_unindexed)
             .field("timer_concurrency", &self.timer_concurrency)
             .field("list_scan_limit", &self.list_scan_limit)
+            .field("max_list_bytes", &self.max_list_bytes)
+            .field("max_definition_versions", &self.max_definition_versions)
             .field("shards", &self.shards)
             .field("observer", &self.observer.is_some())
             .field("faults", &self.faults.is_some())
@@ -140,6 +148,8 @@ impl Default for EngineConfig {
             max_unindexed: 1_000_000,
             timer_concurrency: 256,
             list_scan_limit: 100_000,
+            max_list_bytes: 8 << 20,
+            max_definition_versions: 10_000,
             shards: 64,
             observer: None,
             faults: None,
@@ -151,6 +161,9 @@ impl Default for EngineConfig {
 /// each kind is logged once a minute.
 static REPEATED_FAILURES: std::sync::LazyLock<crate::throttle::Throttle> =
     std::sync::LazyLock::new(|| crate::throttle::Throttle::new(Duration::from_secs(60)));
+
+/// List calls that scan at once; more wait for a turn.
+pub const MAX_CONCURRENT_SCANS: usize = 4;
 
 /// Longest a reply reason may be, in bytes.
 pub const MAX_REASON_BYTES: usize = 4096;
@@ -319,6 +332,8 @@ pub(crate) struct Inner {
     snapshotting: tokio::sync::Mutex<()>,
     /// A periodic snapshot runs beside the timers.
     periodic_snapshot: std::sync::atomic::AtomicBool,
+    /// Turns for list scans.
+    scans: tokio::sync::Semaphore,
     snapshot_offset: AtomicU64,
     snapshot_at_ms: AtomicU64,
     replayed: u64,
@@ -522,6 +537,7 @@ impl Engine {
             snapshot_epoch: std::sync::atomic::AtomicU32::new(0),
             snapshotting: tokio::sync::Mutex::new(()),
             periodic_snapshot: std::sync::atomic::AtomicBool::new(false),
+            scans: tokio::sync::Semaphore::new(MAX_CONCURRENT_SCANS),
             snapshot_offset: AtomicU64::new(restored.snapshot_offset),
             snapshot_at_ms: AtomicU64::new(snapshot_at_ms),
             replayed: restored.replayed,
@@ -733,8 +749,23 @@ impl Engine {
         self.inner.history(saga_id).await
     }
 
-    pub fn list(&self, query: &ListQuery) -> Result<ListPage> {
-        self.inner.list(query)
+    /// A page of sagas (see `list`): read off the async runtime, at most
+    /// [`MAX_CONCURRENT_SCANS`] at once (the others wait their turn).
+    pub async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        let _turn = self
+            .inner
+            .scans
+            .acquire()
+            .await
+            .map_err(|_| EngineError::Closed)?;
+        let (inner, query) = (self.inner.clone(), query.clone());
+        tokio::task::spawn_blocking(move || inner.list(&query))
+            .await
+            .unwrap_or_else(|e| {
+                Err(EngineError::Inconsistent(format!(
+                    "the task listing sagas failed: {e}"
+                )))
+            })
     }
 
     /// Registers a definition (recorded in the log so it survives a restart).
@@ -1484,6 +1515,14 @@ impl Inner {
             let mut probe = registry.clone();
             if probe.register(definition.clone())? == Registered::Unchanged {
                 return Ok(Registered::Unchanged);
+            }
+            let limit = self.config.max_definition_versions;
+            if registry.len() >= limit {
+                return Err(EngineError::LimitReached {
+                    what: "definition versions",
+                    limit,
+                    option: "--max-definition-versions",
+                });
             }
         }
         let entry = Entry::DefinitionRegistered {

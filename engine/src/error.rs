@@ -62,6 +62,12 @@ pub enum EngineError {
     StartConflict { saga_id: String },
     #[error("{what} reached its limit of {limit}; retry later")]
     AtLimit { what: &'static str, limit: usize },
+    #[error("{what} reached its limit of {limit} ({option}); nothing was changed")]
+    LimitReached {
+        what: &'static str,
+        limit: usize,
+        option: &'static str,
+    },
     #[error("the log cannot be written, nothing was changed: {0}")]
     Unavailable(StorageError),
     #[error("log offset {offset} was removed by retention (the log now starts at offset {start})")]
@@ -105,7 +111,8 @@ impl EngineError {
             | EngineError::InvalidRequest { .. } => ErrorClass::BadRequest,
             EngineError::TooLarge { .. } => ErrorClass::TooLarge,
             EngineError::Definition(RegistryError::VersionConflict { .. })
-            | EngineError::StartConflict { .. } => ErrorClass::Conflict,
+            | EngineError::StartConflict { .. }
+            | EngineError::LimitReached { .. } => ErrorClass::Conflict,
             EngineError::Removed { .. } | EngineError::SagaRemoved { .. } => ErrorClass::Gone,
             EngineError::AtLimit { .. } | EngineError::Unavailable(_) | EngineError::Closed => {
                 ErrorClass::Unavailable

@@ -2,6 +2,12 @@
 //! paged by an opaque cursor. Active sagas are listed from memory; finished ones from
 //! the `finished` index (a finished saga may briefly be in both until the indexer
 //! lets it leave memory; it is listed once).
+//!
+//! Bounds: a page holds at most `limit` sagas and stops once its sagas' payloads and
+//! reasons pass `EngineConfig::max_list_bytes` (the next cursor goes on from the last
+//! one given); an index scan reads at most `list_scan_limit` entries; the sagas in
+//! memory are read in one pass, one shard's lock at a time. `Engine::list` runs it off
+//! the async runtime, a few at a time.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -63,15 +69,15 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
     // When an index scan stops at its bound, what lies below the position it reached
     // is undecided: the page must not go below it.
     let mut floor: Option<Position> = None;
+    candidates.extend(from_memory(
+        inner,
+        &statuses,
+        cursor.as_ref(),
+        from_ms,
+        to_ms,
+        query,
+    ));
     for &status in &statuses {
-        candidates.extend(from_memory(
-            inner,
-            status,
-            cursor.as_ref(),
-            from_ms,
-            to_ms,
-            query,
-        ));
         if status.is_terminal() {
             let (found, reached) = from_index(
                 inner,
@@ -95,14 +101,25 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
     }
     candidates.truncate(want);
     let mut items = Vec::with_capacity(candidates.len());
-    for (_, id) in &candidates {
-        match inner.get_view(id) {
-            Ok(view) => items.push(view),
+    let mut bytes = 0usize;
+    for (taken, position) in candidates.iter().enumerate() {
+        let view = match inner.get_view(&position.1) {
+            Ok(view) => view,
             // Gone between listing and reading, or removed by retention: skip rather
             // than fail the page.
-            Err(EngineError::SagaNotFound { .. } | EngineError::SagaRemoved { .. }) => {}
+            Err(EngineError::SagaNotFound { .. } | EngineError::SagaRemoved { .. }) => continue,
             Err(e) => return Err(e),
+        };
+        bytes += listed_bytes(&view);
+        if bytes > inner.config.max_list_bytes && !items.is_empty() {
+            // The page is full by size: the next one starts at this saga.
+            let last = &candidates[taken - 1];
+            return Ok(ListPage {
+                items,
+                next_cursor: Some(encode_cursor(last)),
+            });
         }
+        items.push(view);
     }
     let next_cursor = if candidates.len() == want {
         candidates.last().map(encode_cursor)
@@ -112,6 +129,15 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
         floor.as_ref().map(encode_cursor)
     };
     Ok(ListPage { items, next_cursor })
+}
+
+/// About how many bytes a saga takes in a page: its payload and reason, and the rest.
+fn listed_bytes(view: &crate::view::SagaView) -> usize {
+    const FIXED_BYTES: usize = 512;
+    view.payload.len()
+        + view.failure_reason.as_ref().map_or(0, String::len)
+        + view.steps.len() * 64
+        + FIXED_BYTES
 }
 
 fn type_matches(inner: &Inner, id: &str, want: Option<&str>) -> Result<bool> {
@@ -138,11 +164,12 @@ fn type_matches(inner: &Inner, id: &str, want: Option<&str>) -> Result<bool> {
     }
 }
 
-/// The newest `query.limit` in-memory sagas of `status` below the cursor: one pass
-/// over the sagas in memory keeping the best ones in a bounded heap.
+/// The newest `query.limit` in-memory sagas of the `statuses` below the cursor: one
+/// pass over the sagas in memory, one shard's lock at a time, keeping the best ones in
+/// a bounded heap.
 fn from_memory(
     inner: &Inner,
-    status: Status,
+    statuses: &[Status],
     cursor: Option<&Position>,
     from_ms: u64,
     to_ms: u64,
@@ -154,7 +181,8 @@ fn from_memory(
         for slot in sagas.values() {
             let state = &slot.state;
             let at = state.updated_at_ms;
-            if state.status != Some(status) || at < from_ms || at > to_ms {
+            let wanted = state.status.is_some_and(|s| statuses.contains(&s));
+            if !wanted || at < from_ms || at > to_ms {
                 continue;
             }
             if query

@@ -164,6 +164,7 @@ async fn retention_removes_only_finished_sagas_below_every_hold() {
             limit: 1000,
             cursor: None,
         })
+        .await
         .unwrap();
     assert_eq!(listed.items.len(), after.whole + 1);
     let mut from = start;

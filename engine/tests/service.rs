@@ -27,10 +27,10 @@ fn reply(event_id: &str, step: &str, outcome: Outcome, attempt: u32) -> Reply {
 
 /// Every page of `query`, following `next_cursor` from the first page (at most 100
 /// pages), checking that no page holds more than `limit` and that each cursor moves on.
-fn list_all(engine: &Engine, mut query: ListQuery) -> Vec<SagaView> {
+async fn list_all(engine: &Engine, mut query: ListQuery) -> Vec<SagaView> {
     let mut items = Vec::new();
     for _ in 0..100 {
-        let page = engine.list(&query).unwrap();
+        let page = engine.list(&query).await.unwrap();
         assert!(page.items.len() <= query.limit, "a page over its limit");
         items.extend(page.items);
         match page.next_cursor {
@@ -393,6 +393,7 @@ async fn listing_filters_and_pages_through_every_saga_once() {
             ..ListQuery::default()
         },
     )
+    .await
     .into_iter()
     .map(|s| (s.updated_at_ms, s.saga_id))
     .collect();
@@ -404,6 +405,7 @@ async fn listing_filters_and_pages_through_every_saga_once() {
             saga_type: Some("refund".into()),
             ..ListQuery::default()
         })
+        .await
         .unwrap();
     let ids: BTreeSet<_> = refunds.items.iter().map(|s| s.saga_id.clone()).collect();
     assert_eq!(
@@ -419,6 +421,7 @@ async fn listing_filters_and_pages_through_every_saga_once() {
             status: Some(Status::Completed),
             ..ListQuery::default()
         })
+        .await
         .unwrap();
     let ids: BTreeSet<_> = completed.items.iter().map(|s| s.saga_id.clone()).collect();
     assert_eq!(ids, ["l-00", "l-15"].map(String::from).into());
@@ -429,6 +432,7 @@ async fn listing_filters_and_pages_through_every_saga_once() {
             to_ms: Some(common::T0 + 150),
             ..ListQuery::default()
         })
+        .await
         .unwrap();
     assert!(window
         .items
@@ -440,6 +444,7 @@ async fn listing_filters_and_pages_through_every_saga_once() {
             limit: 1001,
             ..ListQuery::default()
         })
+        .await
         .is_err());
 }
 
@@ -658,6 +663,7 @@ async fn reindex_rebuilds_the_indexes_from_the_log() {
             status: Some(Status::Completed),
             ..ListQuery::default()
         })
+        .await
         .unwrap();
     assert_eq!(page.items.len(), 5);
 }
@@ -758,6 +764,7 @@ async fn finished_sagas_page_newest_first_across_index_buckets() {
         ..ListQuery::default()
     };
     let seen: Vec<(u64, String)> = list_all(&engine, completed(None, None))
+        .await
         .into_iter()
         .map(|s| (s.updated_at_ms, s.saga_id))
         .collect();
@@ -768,6 +775,7 @@ async fn finished_sagas_page_newest_first_across_index_buckets() {
     // A window in the middle of the history.
     let (from, to) = (seen[150].0, seen[40].0);
     let window: Vec<String> = list_all(&engine, completed(Some(from), Some(to)))
+        .await
         .into_iter()
         .map(|s| s.saga_id)
         .collect();
@@ -797,7 +805,8 @@ async fn sagas_updated_in_one_millisecond_list_by_descending_id_and_page_without
             limit: 2,
             ..ListQuery::default()
         },
-    );
+    )
+    .await;
     assert!(listed.iter().all(|s| s.updated_at_ms == common::T0));
     let seen: Vec<String> = listed.into_iter().map(|s| s.saga_id).collect();
     let expected: Vec<String> = (0..6).rev().map(|i| format!("t-{i}")).collect();
@@ -895,6 +904,7 @@ async fn a_narrow_type_filter_pages_on_past_the_scan_bound() {
             ..ListQuery::default()
         },
     )
+    .await
     .into_iter()
     .map(|s| s.saga_id)
     .collect();

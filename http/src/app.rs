@@ -198,17 +198,14 @@ impl App {
                 Ok(respond(StatusCode::OK, json::saga(&view)))
             }
             Route::History => self.history(&param).await,
-            Route::ListSagas => self.list(&query),
+            Route::ListSagas => self.list(&query).await,
             Route::Outbox => {
                 let query = OutboxQuery::parse(&query, self.config.max_outbox_wait_ms)?;
                 let page = outbox::poll(engine, &query, self.stopping.clone()).await?;
                 Ok(respond_bytes(StatusCode::OK, page))
             }
             Route::PutDefinition => self.put_definition(&param, &body).await,
-            Route::ListDefinitions => {
-                let items: Vec<Value> = engine.definitions().iter().map(definition_json).collect();
-                Ok(respond(StatusCode::OK, json!({ "items": items })))
-            }
+            Route::ListDefinitions => self.list_definitions(&query),
             Route::OverrideStatus => {
                 let id = saga_id(&param)?;
                 let body: json::OverrideBody = json::parse(&body)?;
@@ -379,7 +376,7 @@ impl App {
         ))
     }
 
-    fn list(&self, query: &str) -> Result<Response<Body>, ApiError> {
+    async fn list(&self, query: &str) -> Result<Response<Body>, ApiError> {
         let mut list = ListQuery {
             limit: DEFAULT_LIMIT,
             ..ListQuery::default()
@@ -409,7 +406,10 @@ impl App {
                 }
             }
         }
-        let page = self.timed("list", || self.engine.list(&list))?;
+        let started = Instant::now();
+        let page = self.engine.list(&list).await;
+        self.metrics.query("list", started.elapsed());
+        let page = page?;
         let page_body = json::SagaPage {
             items: page.items.iter().map(json::saga).collect(),
             next_cursor: page.next_cursor.as_deref(),
@@ -443,6 +443,50 @@ impl App {
         Ok(respond(
             StatusCode::OK,
             json!({"items": items, "next_after": next_after}),
+        ))
+    }
+
+    /// `GET /api/v1/definitions?name=&limit=&cursor=`: by name then version, paged; the
+    /// cursor is the last `name/version` of the page before.
+    fn list_definitions(&self, query: &str) -> Result<Response<Body>, ApiError> {
+        let (mut name, mut limit, mut after) = (None, DEFAULT_LIMIT, None);
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "name" => name = Some(value.into_owned()),
+                "limit" => limit = parse_limit(&value)?,
+                "cursor" => after = Some(parse_definition_cursor(&value)?),
+                other => {
+                    return Err(ApiError::bad_request(
+                        "invalid_request",
+                        format!("unknown query parameter {other:?}; known: name, limit, cursor"),
+                    ))
+                }
+            }
+        }
+        let all = self.engine.definitions();
+        let page: Vec<&Arc<Definition>> = all
+            .iter()
+            .filter(|d| name.as_ref().is_none_or(|n| *n == d.name))
+            .filter(|d| {
+                after
+                    .as_ref()
+                    .is_none_or(|(n, v)| (d.name.as_str(), d.version) > (n.as_str(), *v))
+            })
+            .take(limit + 1)
+            .collect();
+        let more = page.len() > limit;
+        let items: Vec<Value> = page
+            .iter()
+            .take(limit)
+            .map(|d| definition_json(d))
+            .collect();
+        let next_cursor = more
+            .then(|| page.get(limit - 1))
+            .flatten()
+            .map(|d| format!("{}/{}", d.name, d.version));
+        Ok(respond(
+            StatusCode::OK,
+            json!({"items": items, "next_cursor": next_cursor}),
         ))
     }
 
@@ -517,6 +561,20 @@ pub fn parse_u64(field: &str, value: &str) -> Result<u64, ApiError> {
             format!("{field}: {value:?} is not a non-negative integer"),
         )
     })
+}
+
+/// A definitions cursor, `name/version`.
+fn parse_definition_cursor(value: &str) -> Result<(String, u32), ApiError> {
+    value
+        .split_once('/')
+        .and_then(|(name, version)| Some((name.to_string(), version.parse().ok()?)))
+        .filter(|(name, _)| sagalog_engine::definition::is_valid_name(name))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("cursor: {value:?} is not a cursor this server returned"),
+            )
+        })
 }
 
 /// `limit`: 1 to [`MAX_LIMIT`].

@@ -78,6 +78,7 @@ impl From<EngineError> for ApiError {
             (_, ErrorClass::BadRequest) => (StatusCode::BAD_REQUEST, "invalid_request"),
             (_, ErrorClass::TooLarge) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             (EngineError::StartConflict { .. }, _) => (StatusCode::CONFLICT, "start_conflict"),
+            (EngineError::LimitReached { .. }, _) => (StatusCode::CONFLICT, "limit_reached"),
             (EngineError::Definition(_), ErrorClass::Conflict) => {
                 (StatusCode::CONFLICT, "version_conflict")
             }
