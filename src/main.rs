@@ -152,7 +152,7 @@ async fn serve_until_signal(
             max_body_bytes: serve.max_body_bytes,
             body_timeout: serve.body_timeout,
             body_min_bytes_per_sec: serve.body_min_bytes_per_sec,
-            ..ApiConfig::default()
+            max_outbox_wait_ms: serve.max_outbox_wait_ms,
         },
         clock: Arc::new(SystemClock) as Arc<dyn Clock>,
         stopping: stopping.clone(),

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// 0 turns it off) [default: 1024]
     #[arg(long, env = "SAGALOG_BODY_MIN_BYTES_PER_SEC")]
     pub body_min_bytes_per_sec: Option<u64>,
+    /// Longest an outbox long poll waits, in ms, whatever its wait_ms asks (at most
+    /// 30000) [default: 30000]
+    #[arg(long, env = "SAGALOG_MAX_OUTBOX_WAIT_MS")]
+    pub max_outbox_wait_ms: Option<u64>,
     /// A second address serving only GET /healthz, /readyz and /metrics, for probes
     /// and scrapes that a flood of the API's port must not reach [default: none]
     #[arg(long, env = "SAGALOG_PROBE_LISTEN")]
@@ -139,6 +143,7 @@ pub struct Serve {
     pub body_timeout: std::time::Duration,
     pub body_min_bytes_per_sec: u64,
     pub probe_listen: Option<SocketAddr>,
+    pub max_outbox_wait_ms: u64,
     pub max_active_sagas: usize,
     pub max_list_bytes: usize,
     pub max_definition_versions: usize,
@@ -273,6 +278,11 @@ impl ServeArgs {
                 .or(file.body_min_bytes_per_sec)
                 .unwrap_or(1024),
             probe_listen: self.probe_listen.or(file.probe_listen),
+            max_outbox_wait_ms: self
+                .max_outbox_wait_ms
+                .or(file.max_outbox_wait_ms)
+                .unwrap_or(30_000)
+                .min(30_000),
             max_active_sagas: self
                 .max_active_sagas
                 .or(file.max_active_sagas)

@@ -108,12 +108,13 @@ async fn bad_input_gets_its_status_code_and_changes_nothing() {
         404,
         "definition_not_found",
     );
+    // A step the saga does not have: the saga exists, the reply does not fit it.
     let unknown_step =
         json!({"event_id": "r", "step": "dance", "outcome": "succeeded", "attempt": 1});
     expect_error(
         &post(&mut c, "/api/v1/sagas/e-1/events", unknown_step).await,
-        404,
-        "not_found",
+        409,
+        "conflict",
     );
     expect_error(&get(&mut c, "/api/v1/nothing").await, 404, "not_found");
     expect_error(
@@ -285,4 +286,83 @@ async fn metrics_have_every_spec_name_and_pass_promtool() {
         ],
         "promtool check metrics found:\n{findings}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_strict_paths_are_percent_decoded_and_405_says_what_is_allowed() {
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &[]);
+    let mut c = common::client(&server).await;
+    // A typo is refused naming it and the known fields: no saga under a random id.
+    let typo = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "order", "sagaId": "s-1", "payload": {}}),
+    )
+    .await;
+    let m = expect_error(&typo, 400, "invalid_request");
+    assert!(m.contains("sagaId") && m.contains("saga_id"), "{m}");
+    for body in [
+        json!({"type": "order", "payload": null}),
+        json!({"type": "order", "payload": [1, 2]}),
+        json!({"type": "order", "saga_id": null}),
+    ] {
+        expect_error(
+            &post(&mut c, "/api/v1/sagas", body).await,
+            400,
+            "invalid_request",
+        );
+    }
+    let listed = get(&mut c, "/api/v1/sagas").await.json();
+    assert_eq!(listed["items"], json!([]), "nothing was started");
+    // An id with `:` sent percent-encoded is the same saga.
+    let started = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "order", "saga_id": "ord:1", "payload": {}}),
+    )
+    .await;
+    assert_eq!(started.status, 201, "{}", started.text());
+    let saga = get(&mut c, "/api/v1/sagas/ord%3A1").await;
+    assert_eq!(saga.status, 200, "{}", saga.text());
+    assert_eq!(saga.json()["saga_id"], "ord:1");
+    // A reply with `error` for `reason` is refused naming the fields there are.
+    let misnamed = json!({"event_id": "e", "step": "reserve_inventory", "outcome": "failed",
+                          "attempt": 1, "error": "out of stock"});
+    let m = expect_error(
+        &post(&mut c, "/api/v1/sagas/ord:1/events", misnamed).await,
+        400,
+        "invalid_request",
+    );
+    assert!(m.contains("error") && m.contains("reason"), "{m}");
+    // A step the saga does not have does not fit it: 409 naming what it expects.
+    let unknown =
+        json!({"event_id": "e", "step": "gift_wrap", "outcome": "succeeded", "attempt": 1});
+    let m = expect_error(
+        &post(&mut c, "/api/v1/sagas/ord:1/events", unknown).await,
+        409,
+        "conflict",
+    );
+    assert!(m.contains("reserve_inventory"), "{m}");
+    // 405 carries Allow.
+    let wrong = c
+        .send(Method::DELETE, "/api/v1/sagas/ord:1", &[], None)
+        .await
+        .unwrap();
+    expect_error(&wrong, 405, "method_not_allowed");
+    assert_eq!(wrong.headers["allow"], "GET");
+    // An empty date and a date before 1970 are what the OpenAPI file says.
+    expect_error(
+        &get(&mut c, "/api/v1/sagas?toDate=").await,
+        400,
+        "invalid_request",
+    );
+    let old = get(&mut c, "/api/v1/sagas?fromDate=0999-01-01T00:00:00Z").await;
+    assert_eq!(old.status, 200, "{}", old.text());
+    let reversed = get(
+        &mut c,
+        "/api/v1/sagas?fromDate=2030-01-01T00:00:00Z&toDate=2020-01-01T00:00:00Z",
+    )
+    .await;
+    assert_eq!(reversed.json()["items"], json!([]));
 }

@@ -70,8 +70,10 @@ pub enum Input {
     Retry,
 }
 
-/// Why an input does not fit the saga. The HTTP layer answers 404 for `NotStarted` and
-/// `UnknownStep`, 409 for the others, with the `Display` text.
+/// Why an input does not fit the saga. The HTTP layer answers 404 for `NotStarted`, 409
+/// for the others, with the `Display` text. A reply naming a step the saga does not have
+/// is 409 like any reply to a step other than the current one: the saga exists, and the
+/// message says what it expects.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("saga {saga_id} does not exist")]
@@ -80,11 +82,12 @@ pub enum Rejection {
     AlreadyStarted { saga_id: String },
     #[error("saga {saga_id} is {status}: it accepts no more input")]
     Finished { saga_id: String, status: Status },
-    #[error("saga {saga_id} ({saga_type}) has no step {step:?}")]
+    #[error("saga {saga_id} ({saga_type}) has no step {step:?}; it expects {expected}")]
     UnknownStep {
         saga_id: String,
         saga_type: String,
         step: String,
+        expected: String,
     },
     #[error(
         "saga {saga_id} expects {expected}, got a {outcome} reply to step {step} attempt {attempt}"
@@ -295,6 +298,7 @@ fn decide_reply(d: &mut Decision, reply: Reply) -> Result<(), Rejection> {
             saga_id: state.saga_id.to_string(),
             saga_type: state.definition.name.clone(),
             step: reply.step,
+            expected: expectation(state),
         });
     };
     let step = step as u16;

@@ -57,12 +57,16 @@ pub struct StepDefinition {
 pub struct DefinitionError {
     pub field: String,
     pub message: String,
+    /// Each field is well formed but they conflict (two steps with one name): a rule
+    /// no schema of a single field can state.
+    pub conflict: bool,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> DefinitionError {
     DefinitionError {
         field: field.into(),
         message: message.into(),
+        conflict: false,
     }
 }
 
@@ -125,13 +129,16 @@ impl Definition {
                 ));
             }
             if self.steps[..i].iter().any(|s| s.name == step.name) {
-                return Err(invalid(
-                    field("name"),
-                    format!(
-                        "{:?} is used by an earlier step; step names are unique",
-                        step.name
-                    ),
-                ));
+                return Err(DefinitionError {
+                    conflict: true,
+                    ..invalid(
+                        field("name"),
+                        format!(
+                            "{:?} is used by an earlier step; step names are unique",
+                            step.name
+                        ),
+                    )
+                });
             }
             if !is_valid_topic(&step.topic) {
                 return Err(invalid(

@@ -165,10 +165,11 @@ static REPEATED_FAILURES: std::sync::LazyLock<crate::throttle::Throttle> =
 /// List calls that scan at once; more wait for a turn.
 pub const MAX_CONCURRENT_SCANS: usize = 4;
 
-/// Longest a reply reason may be, in bytes.
-pub const MAX_REASON_BYTES: usize = 4096;
-/// Longest an `event_id` may be, in bytes.
-pub const MAX_EVENT_ID_BYTES: usize = 256;
+/// Longest a reply's or an override's reason may be, in characters (as the OpenAPI
+/// file's `maxLength` counts them).
+pub const MAX_REASON_CHARS: usize = 4096;
+/// Longest an `event_id` may be, in characters.
+pub const MAX_EVENT_ID_CHARS: usize = 256;
 /// Longest a caller waits for the indexer (a bounded wait, then an error).
 const INDEX_WAIT: Duration = Duration::from_secs(10);
 /// How long the indexer lets records gather after a short batch.
@@ -666,10 +667,10 @@ impl Engine {
     }
 
     pub async fn reply(&self, saga_id: &str, reply: Reply) -> Result<ReplyAnswer> {
-        if reply.event_id.is_empty() || reply.event_id.len() > MAX_EVENT_ID_BYTES {
+        if !(1..=MAX_EVENT_ID_CHARS).contains(&reply.event_id.chars().count()) {
             return Err(invalid(
                 "event_id",
-                format!("must be 1 to {MAX_EVENT_ID_BYTES} bytes"),
+                format!("must be 1 to {MAX_EVENT_ID_CHARS} characters"),
             ));
         }
         if reply.attempt == 0 {
@@ -683,10 +684,10 @@ impl Engine {
                 option: "--max-payload-bytes",
             });
         }
-        if reply.reason.len() > MAX_REASON_BYTES {
+        if reply.reason.chars().count() > MAX_REASON_CHARS {
             return Err(invalid(
                 "reason",
-                format!("at most {MAX_REASON_BYTES} bytes"),
+                format!("at most {MAX_REASON_CHARS} characters"),
             ));
         }
         match self
@@ -721,10 +722,10 @@ impl Engine {
         to: Status,
         reason: String,
     ) -> Result<SagaView> {
-        if reason.len() > MAX_REASON_BYTES {
+        if reason.chars().count() > MAX_REASON_CHARS {
             return Err(invalid(
                 "reason",
-                format!("at most {MAX_REASON_BYTES} bytes"),
+                format!("at most {MAX_REASON_CHARS} characters"),
             ));
         }
         let done = self

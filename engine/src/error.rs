@@ -100,9 +100,7 @@ pub enum EngineError {
 impl EngineError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            EngineError::Rejected(Rejection::NotStarted { .. } | Rejection::UnknownStep { .. }) => {
-                ErrorClass::NotFound
-            }
+            EngineError::Rejected(Rejection::NotStarted { .. }) => ErrorClass::NotFound,
             EngineError::Rejected(_) => ErrorClass::Conflict,
             EngineError::SagaNotFound { .. }
             | EngineError::UnknownDefinition { .. }

@@ -54,9 +54,10 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
     let cursor = query.cursor.as_deref().map(parse_cursor).transpose()?;
     let (from_ms, to_ms) = (query.from_ms.unwrap_or(0), query.to_ms.unwrap_or(u64::MAX));
     if from_ms > to_ms {
-        return Err(EngineError::InvalidRequest {
-            field: "fromDate",
-            message: "fromDate is after toDate".into(),
+        // Nothing lies between: an empty page.
+        return Ok(ListPage {
+            items: Vec::new(),
+            next_cursor: None,
         });
     }
     let statuses: Vec<Status> = match query.status {

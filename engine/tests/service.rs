@@ -281,7 +281,13 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .reply("order-5", reply("e", "wrap_gift", Outcome::Succeeded, 1))
         .await
         .unwrap_err();
-    assert_eq!(unknown_step.class(), sagalog_engine::ErrorClass::NotFound);
+    assert_eq!(unknown_step.class(), sagalog_engine::ErrorClass::Conflict);
+    assert!(
+        unknown_step
+            .to_string()
+            .contains("expects a reply to execute of step reserve_inventory"),
+        "names what the saga expects: {unknown_step}"
+    );
     let zero = engine
         .reply(
             "order-5",

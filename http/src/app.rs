@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+    HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
@@ -126,6 +126,13 @@ pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
     if e.close {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
+    if let Some(allow) = e
+        .allow
+        .as_deref()
+        .and_then(|a| HeaderValue::from_str(a).ok())
+    {
+        headers.insert(ALLOW, allow);
+    }
     response
 }
 
@@ -180,7 +187,7 @@ impl App {
         if matched.is_internal() {
             self.authorize(&request)?;
         }
-        let param = matched.param.unwrap_or_default().to_string();
+        let param = path_segment(matched.param.unwrap_or_default())?;
         let query = request.uri().query().unwrap_or_default().to_string();
         let trace_id = request
             .headers()
@@ -294,8 +301,11 @@ impl App {
             saga_id(id)?;
         }
         let payload = match body.payload {
-            Some(raw) => serde_json::from_str(raw.get())
-                .map_err(|e| ApiError::bad_request("invalid_json", format!("payload: {e}")))?,
+            Some(raw) => {
+                json::require_object("payload", raw)?;
+                serde_json::from_str(raw.get())
+                    .map_err(|e| ApiError::bad_request("invalid_json", format!("payload: {e}")))?
+            }
             None => json!({}),
         };
         let answer = self
@@ -319,6 +329,15 @@ impl App {
     pub(crate) async fn reply(&self, id: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
         let id = saga_id(id)?;
         let body: ReplyMessage = json::parse(body)?;
+        if body.saga_id.is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "saga_id: the path names the saga; leave it out of the body",
+            ));
+        }
+        if let Some(data) = body.data {
+            json::require_object("data", data)?;
+        }
         let step = body.step.clone();
         let outcome: sagalog_engine::Outcome = body.outcome.into();
         let reply = body.into_reply();
@@ -383,21 +402,17 @@ impl App {
         };
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match key.as_ref() {
-                "status" if !value.is_empty() => {
+                "status" => {
                     list.status = Some(value.parse().map_err(|e: String| {
                         ApiError::bad_request("invalid_request", format!("status: {e}"))
                     })?)
                 }
                 "type" if !value.is_empty() => list.saga_type = Some(value.into_owned()),
-                "fromDate" if !value.is_empty() => {
-                    list.from_ms = Some(json::parse_rfc3339("fromDate", &value)?)
-                }
-                "toDate" if !value.is_empty() => {
-                    list.to_ms = Some(json::parse_rfc3339("toDate", &value)?)
-                }
+                "fromDate" => list.from_ms = Some(json::parse_rfc3339("fromDate", &value)?),
+                "toDate" => list.to_ms = Some(json::parse_rfc3339("toDate", &value)?),
                 "limit" => list.limit = parse_limit(&value)?,
-                "cursor" if !value.is_empty() => list.cursor = Some(value.into_owned()),
-                "status" | "type" | "fromDate" | "toDate" | "cursor" => {}
+                "cursor" => list.cursor = Some(value.into_owned()),
+                "type" => {}
                 other => {
                     return Err(ApiError::bad_request(
                         "invalid_request",
@@ -498,11 +513,19 @@ impl App {
         let text = std::str::from_utf8(body)
             .map_err(|_| ApiError::bad_request("invalid_json", "the body is not UTF-8"))?;
         json::parse::<Value>(body)?;
-        let definition = Definition::from_json(text)
-            .map_err(|e| ApiError::bad_request("invalid_definition", e.to_string()))?;
+        let definition = Definition::from_json(text).map_err(|e| {
+            let status = if e.conflict {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            ApiError::new(status, "invalid_definition", e.to_string())
+        })?;
         if definition.name != name {
-            return Err(ApiError::bad_request(
-                "invalid_definition",
+            // Each part is well formed; together they conflict.
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "name_conflict",
                 format!(
                     "name: the body names {:?} but the path names {name:?}",
                     definition.name
@@ -561,6 +584,19 @@ pub fn parse_u64(field: &str, value: &str) -> Result<u64, ApiError> {
             format!("{field}: {value:?} is not a non-negative integer"),
         )
     })
+}
+
+/// A path parameter, percent-decoded (`a%3Ab` is `a:b`).
+fn path_segment(raw: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("the path segment {raw:?} is not percent-encoded UTF-8"),
+            )
+        })
 }
 
 /// A definitions cursor, `name/version`.

@@ -2,6 +2,7 @@
 //! place an engine error becomes an HTTP status.
 
 use hyper::StatusCode;
+use sagalog_engine::definition::RegistryError;
 use sagalog_engine::{EngineError, ErrorClass};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +18,8 @@ pub struct ApiError {
     pub refusal: Option<&'static str>,
     /// The connection is closed after this answer (the request's body was not read).
     pub close: bool,
+    /// The methods the path takes, for a `405` (its `Allow` header).
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -28,6 +31,7 @@ impl ApiError {
             storage: false,
             refusal: None,
             close: false,
+            allow: None,
         }
     }
 
@@ -72,6 +76,9 @@ impl From<EngineError> for ApiError {
                 (StatusCode::NOT_FOUND, "definition_not_found")
             }
             (_, ErrorClass::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
+            (EngineError::Definition(RegistryError::Invalid(e)), _) if e.conflict => {
+                (StatusCode::CONFLICT, "invalid_definition")
+            }
             (EngineError::Definition(_), ErrorClass::BadRequest) => {
                 (StatusCode::BAD_REQUEST, "invalid_definition")
             }

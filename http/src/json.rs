@@ -19,23 +19,95 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// An RFC 3339 UTC time (`...Z`) as unix ms; `field` names it in the error.
+/// An RFC 3339 date-time as unix ms (`2026-11-23T10:00:00Z`, `…T12:00:00.5+02:00`, any
+/// year from 0000, lowercase `t`/`z` too), clamped to 0 for times before 1970: the range
+/// the OpenAPI file's `date-time` declares. `field` names it in the error.
 pub fn parse_rfc3339(field: &str, text: &str) -> Result<u64, ApiError> {
-    let time = humantime::parse_rfc3339_weak(text).map_err(|e| {
+    let ms = rfc3339_ms(text).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_request",
-            format!(
-                "{field}: {text:?} is not an RFC 3339 UTC time such as 2026-11-23T10:00:00Z ({e})"
-            ),
+            format!("{field}: {text:?} is not an RFC 3339 date-time such as 2026-11-23T10:00:00Z"),
         )
     })?;
-    let since = time.duration_since(UNIX_EPOCH).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_request",
-            format!("{field}: {text:?} is before 1970"),
-        )
-    })?;
-    Ok(since.as_millis().min(u128::from(u64::MAX)) as u64)
+    Ok(u64::try_from(ms).unwrap_or(0))
+}
+
+/// Unix ms of an RFC 3339 `date-time` (RFC 3339 §5.6), or `None` when it is not one.
+fn rfc3339_ms(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let number = |at: usize, len: usize| -> Option<i64> {
+        let digits = b.get(at..at + len)?;
+        digits.iter().all(u8::is_ascii_digit).then(|| {
+            digits
+                .iter()
+                .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'))
+        })
+    };
+    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
+    if b.len() < 20 || separators.iter().any(|&(i, c)| b[i] != c) || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    let (year, month, day) = (number(0, 4)?, number(5, 2)?, number(8, 2)?);
+    let (hour, minute, second) = (number(11, 2)?, number(14, 2)?, number(17, 2)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if !(1..=days_in_month).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = &b[19..];
+    let mut millis = 0i64;
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let digits = fraction.iter().take_while(|d| d.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        millis = fraction[..digits.min(3)]
+            .iter()
+            .chain(std::iter::repeat(&b'0'))
+            .take(3)
+            .fold(0, |n, d| n * 10 + i64::from(d - b'0'));
+        rest = &fraction[digits..];
+    }
+    let offset_s = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let two = |a: u8, b: u8| -> Option<i64> {
+                (a.is_ascii_digit() && b.is_ascii_digit())
+                    .then(|| i64::from(a - b'0') * 10 + i64::from(b - b'0'))
+            };
+            let (hours, minutes) = (two(*h1, *h2)?, two(*m1, *m2)?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let offset = hours * 3600 + minutes * 60;
+            if *sign == b'+' {
+                offset
+            } else {
+                -offset
+            }
+        }
+        _ => return None,
+    };
+    let seconds =
+        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    Some(seconds * 1000 + millis)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let shifted_month = (month + 9) % 12;
+    let day_of_year = (153 * shifted_month + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 /// The nesting depth of a JSON text (strings skipped), without parsing it: a body nested
@@ -90,20 +162,37 @@ pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     })
 }
 
+/// `POST /api/v1/sagas`. Strict: an unknown field (a `sagaId` typo) is refused, naming
+/// the fields there are, rather than starting a saga under a new id.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StartBody<'a> {
     #[serde(rename = "type")]
     pub saga_type: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "sagalog_engine::wire::present_string")]
     pub saga_id: Option<String>,
-    #[serde(default, borrow)]
+    /// As sent, `null` included (only absence is `None`).
+    #[serde(default, borrow, deserialize_with = "sagalog_engine::wire::present")]
     pub payload: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OverrideBody {
     pub status: String,
     pub reason: String,
+}
+
+/// `raw` (a field named `field`) must be a JSON object: `400` otherwise, `null` included.
+pub fn require_object(field: &str, raw: &RawValue) -> Result<(), ApiError> {
+    if raw.get().trim_start().starts_with('{') {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_request",
+            format!("{field}: must be a JSON object, not {}", raw.get()),
+        ))
+    }
 }
 
 /// A JSON text the engine stored (a payload or reply data) as a value; empty is null.
@@ -288,5 +377,33 @@ mod tests {
             .unwrap_err()
             .message
             .contains("fromDate"));
+    }
+
+    #[test]
+    fn every_rfc3339_date_time_parses_and_what_is_not_one_is_refused() {
+        let ms = |text| parse_rfc3339("toDate", text).map_err(|e| e.message);
+        assert_eq!(ms("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(ms("2026-11-23T10:00:00.123Z"), Ok(1_795_428_000_123));
+        assert_eq!(ms("2026-11-23t12:00:00.1234+02:00"), Ok(1_795_428_000_123));
+        assert_eq!(ms("2026-11-23T05:30:00-04:30"), Ok(1_795_428_000_000));
+        assert_eq!(ms("2024-02-29T00:00:00z"), Ok(1_709_164_800_000));
+        // Before 1970 (any year from 0000) is the start of time.
+        assert_eq!(ms("0000-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(ms("0999-12-31T23:59:60Z"), Ok(0));
+        for bad in [
+            "",
+            "2026-11-23",
+            "2026-11-23 10:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2026-11-23T24:00:00Z",
+            "2026-11-23T10:00:00",
+            "2026-11-23T10:00:00.Z",
+            "2026-11-23T10:00:00+2:00",
+            "2026-11-23T10:00:00+24:00",
+            "+2026-11-23T10:00:00Z",
+        ] {
+            assert!(ms(bad).is_err(), "{bad:?} was taken");
+        }
     }
 }

@@ -15,6 +15,9 @@ use sagalog_engine::Engine;
 use crate::app::{parse_limit, parse_u64, DEFAULT_LIMIT};
 use crate::error::ApiError;
 
+/// Longest `wait_ms` a call may ask for; the server waits at most its own
+/// `max_outbox_wait_ms` of it.
+pub const MAX_WAIT_MS: u64 = 30_000;
 /// Most log records one outbox call reads.
 pub const MAX_SCANNED_RECORDS: usize = 10_000;
 /// Most bytes one read of the tail takes.
@@ -41,13 +44,13 @@ impl OutboxQuery {
                 "limit" => out.limit = parse_limit(&value)?,
                 "wait_ms" => {
                     let wait_ms = parse_u64("wait_ms", &value)?;
-                    if wait_ms > max_wait_ms {
+                    if wait_ms > MAX_WAIT_MS {
                         return Err(ApiError::bad_request(
                             "invalid_request",
-                            format!("wait_ms: at most {max_wait_ms}"),
+                            format!("wait_ms: at most {MAX_WAIT_MS}"),
                         ));
                     }
-                    out.wait_ms = wait_ms;
+                    out.wait_ms = wait_ms.min(max_wait_ms);
                 }
                 other => {
                     return Err(ApiError::bad_request(

@@ -112,11 +112,14 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError
             format!("no route {path}; the API is described in openapi.yaml"),
         ))
     } else {
-        Err(ApiError::new(
-            hyper::StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{path} takes {}, not {method}", allowed.join(", ")),
-        ))
+        Err(ApiError {
+            allow: Some(allowed.join(", ")),
+            ..ApiError::new(
+                hyper::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{path} takes {}, not {method}", allowed.join(", ")),
+            )
+        })
     }
 }
 
@@ -153,5 +156,6 @@ mod tests {
         let e = route(&Method::DELETE, "/api/v1/sagas").unwrap_err();
         assert_eq!(e.status, hyper::StatusCode::METHOD_NOT_ALLOWED);
         assert!(e.message.contains("POST, GET"), "{}", e.message);
+        assert_eq!(e.allow.as_deref(), Some("POST, GET"));
     }
 }

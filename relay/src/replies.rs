@@ -119,6 +119,7 @@ async fn handle(
         .ok_or_else(|| "the message has no value".to_string())
         .and_then(|bytes| serde_json::from_slice::<ReplyMessage>(bytes).map_err(|e| e.to_string()))
         .and_then(|reply| match &reply.saga_id {
+            _ if !reply.data_is_object() => Err("data: must be a JSON object".to_string()),
             Some(id) if is_valid_saga_id(id) => Ok((id.clone(), reply)),
             Some(id) => Err(format!(
                 "saga_id {id:?} must match [A-Za-z0-9._:-]{{1,128}}"
