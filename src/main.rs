@@ -2,6 +2,7 @@
 //! participants together. The crates do the work; this file only starts and stops them.
 
 mod demo;
+mod disk;
 mod offline;
 mod options;
 
@@ -104,6 +105,7 @@ fn run(serve: Serve) -> Result<(), String> {
     config.log.observer = Some(metrics.clone());
     std::fs::create_dir_all(&serve.data_dir)
         .map_err(|e| format!("creating {}: {e}", serve.data_dir.display()))?;
+    config.reserve_bytes = disk::reserve_bytes(&serve.data_dir, serve.reserve_bytes);
     let started = std::time::Instant::now();
     let engine = Arc::new(
         Engine::open(&serve.data_dir, config)
@@ -178,11 +180,7 @@ async fn serve_until_signal(
     let demo = serve
         .demo
         .then(|| demo::spawn(engine.clone(), stopping.clone()));
-    let disk = DiskWatch {
-        dir: serve.data_dir.clone(),
-        min_free_bytes: serve.min_free_bytes,
-        min_free_percent: serve.min_free_percent,
-    };
+    let disk = Arc::new(disk::DiskWatch::new(serve, &engine));
     disk.check(&engine, &metrics, &app.readiness);
     let disk = tokio::spawn(disk.run(
         engine.clone(),
@@ -251,77 +249,6 @@ async fn serve_until_signal(
             .map_err(|e| format!("stopping the Kafka relay: {e}"))?;
     }
     Ok(())
-}
-
-/// The disk watermark: writes are refused while the data directory's filesystem has
-/// less free space than the smaller of `min_free_bytes` and `min_free_percent` of its
-/// size, and taken again once it has more. With the watermark off (or below what a
-/// write needs), a disk so full that the log's writes fail makes `/readyz` fail too,
-/// until it has room again — whether or not a write has succeeded since.
-struct DiskWatch {
-    dir: std::path::PathBuf,
-    min_free_bytes: u64,
-    min_free_percent: u8,
-}
-
-impl DiskWatch {
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-    /// Free bytes below which a disk whose log writes failed for want of space still
-    /// counts as full (one batch of the writer's, at most).
-    const FULL_BYTES: u64 = 8 << 20;
-
-    fn check(&self, engine: &Engine, metrics: &Metrics, readiness: &Readiness) {
-        let (free, total) = match sagalog_storage::disk_space(&self.dir) {
-            Ok(space) => space,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the data directory's free space");
-                return;
-            }
-        };
-        let watermark = self
-            .min_free_bytes
-            .min(total / 100 * u64::from(self.min_free_percent));
-        metrics
-            .disk_free
-            .set(i64::try_from(free).unwrap_or(i64::MAX));
-        metrics
-            .disk_watermark
-            .set(i64::try_from(watermark).unwrap_or(i64::MAX));
-        let low = (free < watermark).then(|| {
-            format!(
-                "the filesystem of {} has {free} bytes free, below the watermark of {watermark} \
-                 (--min-free-bytes, --min-free-percent): free some space",
-                self.dir.display()
-            )
-        });
-        engine.log().set_refusing(low);
-        let full = engine
-            .log()
-            .write_failure()
-            .filter(|failure| failure.disk_full && free < Self::FULL_BYTES)
-            .map(|failure| {
-                format!(
-                    "the disk is full: {} ({free} bytes free); free some space",
-                    failure.reason
-                )
-            });
-        readiness.set("disk", full);
-    }
-
-    async fn run(
-        self,
-        engine: Arc<Engine>,
-        metrics: Arc<Metrics>,
-        readiness: Readiness,
-        mut stopping: watch::Receiver<bool>,
-    ) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Self::EVERY) => self.check(&engine, &metrics, &readiness),
-                _ = stopping.wait_for(|stop| *stop) => return,
-            }
-        }
-    }
 }
 
 /// Deletes the log segments nothing needs any more, now and then, until the stop.

@@ -110,6 +110,11 @@ pub struct ServeArgs {
     /// [default: 1073741824]
     #[arg(long, env = "SAGALOG_MIN_FREE_BYTES")]
     pub min_free_bytes: Option<u64>,
+    /// A file of zeros kept in the data directory (at most 1% of its filesystem), given
+    /// back to open on a full disk; writes are then refused until it can be kept again.
+    /// 0 keeps none [default: 33554432]
+    #[arg(long, env = "SAGALOG_RESERVE_BYTES")]
+    pub reserve_bytes: Option<u64>,
     /// See --min-free-bytes [default: 5]
     #[arg(long, env = "SAGALOG_MIN_FREE_PERCENT")]
     pub min_free_percent: Option<u8>,
@@ -152,6 +157,7 @@ pub struct Serve {
     pub segment_bytes: u64,
     pub min_free_bytes: u64,
     pub min_free_percent: u8,
+    pub reserve_bytes: u64,
     /// `None`: keep every segment.
     pub log_retention: Option<std::time::Duration>,
 }
@@ -309,6 +315,10 @@ impl ServeArgs {
                 .or(file.min_free_bytes)
                 .unwrap_or(1 << 30),
             min_free_percent,
+            reserve_bytes: self
+                .reserve_bytes
+                .or(file.reserve_bytes)
+                .unwrap_or(32 << 20),
             log_retention,
         })
     }

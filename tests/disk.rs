@@ -411,3 +411,72 @@ async fn a_disk_filling_during_segment_rolls_loses_no_acknowledged_saga_and_need
         );
     }
 }
+
+/// Starts order saga `id` and answers its three steps, so it completes.
+async fn complete(c: &mut sagalog_http::client::Client, id: &str) {
+    let started = post(c, "/api/v1/sagas", json!({"type": "order", "saga_id": id})).await;
+    assert_eq!(started.status, StatusCode::CREATED, "{}", started.text());
+    for step in ["reserve_inventory", "charge_payment", "ship_order"] {
+        let reply = json!({"event_id": format!("{id}/{step}"), "step": step,
+                           "outcome": "succeeded", "attempt": 1});
+        let answer = post(c, &format!("/api/v1/sagas/{id}/events"), reply).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stopped_on_a_full_disk_starts_serves_reads_and_takes_writes_once_space_returns() {
+    if !is_root() {
+        eprintln!("skipped: mounting a size-limited tmpfs needs root");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let _fs = Tmpfs::mount(root.path());
+    let dir = root.path().join("data");
+    let filler = root.path().join("filler");
+    let options = ["--min-free-bytes", "0"];
+    let server = serve(&dir, &options);
+    let mut c = common::client(&server).await;
+    complete(&mut c, "done-1").await;
+    assert!(try_start(&mut c, "open-1", "").await);
+    // The disk watch keeps the reserve once it runs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join("reserve").exists() {
+        assert!(Instant::now() < deadline, "no reserve was kept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(c);
+    let status = tokio::task::spawn_blocking(move || server.terminate().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+
+    // Not one byte free: it starts all the same, serves reads and says why it takes
+    // no writes.
+    fill_leaving(&filler, 0);
+    let server = serve(&dir, &options);
+    let mut c = common::client(&server).await;
+    let ready = get(&mut c, "/readyz").await;
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.text()
+    );
+    assert!(ready.text().contains("disk was full"), "{}", ready.text());
+    for id in ["done-1", "open-1"] {
+        let saga = get(&mut c, &format!("/api/v1/sagas/{id}")).await;
+        assert_eq!(saga.status, StatusCode::OK, "{id}: {}", saga.text());
+    }
+    assert!(!try_start(&mut c, "refused-1", "--reserve-bytes").await);
+
+    // Space returns: writes and readiness come back by themselves.
+    std::fs::remove_file(&filler).unwrap();
+    let taken = taken_again(&mut c, "back", "").await;
+    assert_eq!(get(&mut c, "/readyz").await.status, StatusCode::OK);
+    assert_eq!(
+        get(&mut c, &format!("/api/v1/sagas/{taken}")).await.status,
+        StatusCode::OK
+    );
+    assert!(dir.join("reserve").exists(), "the reserve is kept again");
+}

@@ -646,3 +646,73 @@ fn offline_commands_find_the_data_directory_as_serve_does() {
         text(&out)
     );
 }
+
+/// Every file under `dir` (the path and its bytes), sorted.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.push((path, bytes));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_inspect_and_replay_change_nothing_in_the_data_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(&root);
+    let server = serve(&dir, &["--segment-bytes", "8192"]);
+    let mut c = common::client(&server).await;
+    sagas(&mut c, "w", 6).await;
+    complete(&mut c, "w-1").await;
+    let taken = post(&mut c, "/internal/v1/snapshots", json!({})).await;
+    assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.text());
+    drop(c);
+    stop(server).await;
+    // A torn tail, which serve would cut: inspection must leave it.
+    let last = segments(&dir).pop().unwrap();
+    let bytes = std::fs::read(&last).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap() as u64 + 1;
+    let file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    file.write_all_at(&[7, 0, 0, 0, 1, 2], end).unwrap();
+    drop(file);
+    let before = tree(&dir);
+    for args in [
+        vec!["verify", "--json"],
+        vec!["inspect"],
+        vec!["inspect", "--saga", "w-1"],
+        vec!["replay", "--json"],
+        vec!["replay", "--from-snapshot", "none", "--json"],
+    ] {
+        let mut args = args;
+        args.extend(["--data-dir", arg(&dir)]);
+        let out = sagalog(&args);
+        assert!(
+            out.status.code().is_some_and(|code| code <= 1),
+            "{args:?}: {}",
+            text(&out)
+        );
+        let after = tree(&dir);
+        let changed: Vec<&PathBuf> = after
+            .iter()
+            .zip(&before)
+            .filter(|(a, b)| a != b)
+            .map(|(a, _)| &a.0)
+            .collect();
+        assert!(
+            after.len() == before.len() && changed.is_empty(),
+            "{args:?} changed the data directory: {changed:?} ({} files before, {} after)",
+            before.len(),
+            after.len()
+        );
+    }
+}

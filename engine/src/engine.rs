@@ -111,6 +111,10 @@ pub struct EngineConfig {
     pub max_definition_versions: usize,
     pub shards: usize,
     pub observer: Option<Arc<dyn EngineObserver>>,
+    /// Bytes of the data directory's reserve (see `sagalog_storage::reserve`): released
+    /// when the disk has less free than this at open, so that opening finds room.
+    /// 0 keeps none.
+    pub reserve_bytes: u64,
     /// Injected storage failures (tests); `None` in production.
     pub faults: SharedFaults,
 }
@@ -131,6 +135,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("max_definition_versions", &self.max_definition_versions)
             .field("shards", &self.shards)
             .field("observer", &self.observer.is_some())
+            .field("reserve_bytes", &self.reserve_bytes)
             .field("faults", &self.faults.is_some())
             .finish()
     }
@@ -152,6 +157,7 @@ impl Default for EngineConfig {
             max_definition_versions: 10_000,
             shards: 64,
             observer: None,
+            reserve_bytes: 0,
             faults: None,
         }
     }
@@ -345,6 +351,8 @@ pub(crate) struct Inner {
     /// Sagas that started below this offset are removed (retention chose to delete
     /// their records; the files may still be there).
     pub(crate) retained_from: AtomicU64,
+    /// The reserve was released at open: the disk was full.
+    reserve_released: bool,
 }
 
 /// The saga engine over one data directory.
@@ -499,6 +507,7 @@ impl Engine {
             ));
         }
         let data = DataDir::open(dir)?.with_faults(config.faults.clone());
+        let reserve_released = release_reserve_if_full(&data, config.reserve_bytes)?;
         let (log, _report) = data.open_log(config.log.clone())?;
         let index = data.open_index()?;
         let snapshots = data.open_snapshots(config.snapshots.clone())?;
@@ -547,6 +556,7 @@ impl Engine {
             id_counter: AtomicU64::new(0),
             retention: Mutex::default(),
             retained_from: AtomicU64::new(log_start),
+            reserve_released,
             config,
         });
         let spawn = |name: &str, run: fn(Arc<Inner>)| {
@@ -868,6 +878,12 @@ impl Engine {
         self.inner.wait_indexed(head).await
     }
 
+    /// Whether the data directory's reserve was released at open (the disk was full):
+    /// the server then refuses writes until it can keep the reserve again.
+    pub fn reserve_released_at_open(&self) -> bool {
+        self.inner.reserve_released
+    }
+
     pub fn stats(&self) -> EngineStats {
         let inner = &self.inner;
         let counters = inner.projections.lock().counters.clone();
@@ -898,6 +914,24 @@ impl Engine {
             replayed_records: inner.replayed,
         }
     }
+}
+
+/// Releases the data directory's reserve when the disk has less than `reserve_bytes`
+/// free (the opening that follows needs room); true when it did.
+fn release_reserve_if_full(data: &DataDir, reserve_bytes: u64) -> Result<bool> {
+    if reserve_bytes == 0 {
+        return Ok(false);
+    }
+    let reserve = sagalog_storage::Reserve::new(data.path(), reserve_bytes);
+    let (free, _) = sagalog_storage::disk_space(data.path())?;
+    if free >= reserve_bytes || !reserve.release()? {
+        return Ok(false);
+    }
+    tracing::warn!(
+        dir = %data.path().display(), free_bytes = free, reserve_bytes,
+        "the disk is full: released the data directory's reserve to open; writes are refused until it can be kept again"
+    );
+    Ok(true)
 }
 
 /// When the snapshot at `offset` was written: its file's modification time in unix ms,

@@ -22,6 +22,7 @@ pub mod format;
 pub mod fuzzing;
 pub mod index;
 mod log;
+pub mod reserve;
 mod scan;
 pub mod snapshot;
 mod writer;
@@ -35,4 +36,5 @@ pub use log::{
     Appending, Log, LogRecord, LogStats, OpenReport, RetentionReport, SealedSegment, Tail, TailCut,
     WriteFailure, SEGMENT_SUFFIX,
 };
+pub use reserve::Reserve;
 pub use snapshot::{Snapshot, SnapshotConfig, SnapshotInfo, SnapshotStore};
