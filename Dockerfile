@@ -29,7 +29,7 @@ COPY --from=build /out/sagalog /usr/local/bin/sagalog
 USER 10001:10001
 WORKDIR /var/lib/sagalog
 VOLUME ["/var/lib/sagalog"]
-EXPOSE 8080
+EXPOSE 8080 8081
 ENV SAGALOG_DATA_DIR=/var/lib/sagalog/data
 ENTRYPOINT ["/usr/local/bin/sagalog"]
 CMD ["serve", "--listen", "0.0.0.0:8080"]

@@ -22,6 +22,7 @@ async fn serve_starts_on_the_shipped_configmap() {
         "data_dir = \"/var/lib/sagalog/data\"",
         "definitions = \"/etc/sagalog/definitions\"",
         "listen = \"0.0.0.0:8080\"",
+        "probe_listen = \"0.0.0.0:8081\"",
     ] {
         assert!(text.contains(key), "the pod's paths are in the file: {key}");
     }
@@ -35,6 +36,8 @@ async fn serve_starts_on_the_shipped_configmap() {
             k8s.join("definitions").to_str().unwrap(),
             "--kafka-brokers",
             "127.0.0.1:9",
+            "--probe-listen",
+            "127.0.0.1:0",
         ],
     );
     let mut c = common::client(&server).await;
