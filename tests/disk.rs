@@ -389,6 +389,10 @@ async fn a_disk_filling_during_segment_rolls_loses_no_acknowledged_saga_and_need
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(child.wait().unwrap().success(), "serve stops cleanly");
 
+    // A full disk is told once, not once per refused request (it was 55,000 lines).
+    let lines = std::fs::read_to_string(&log_file).unwrap().lines().count();
+    assert!(lines < 300, "the server logged {lines} lines");
+
     // The directory needs no repair: it verifies clean and opens with every saga.
     let verify = Command::new(env!("CARGO_BIN_EXE_sagalog"))
         .args(["verify", "--data-dir", dir.to_str().unwrap()])
