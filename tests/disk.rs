@@ -53,6 +53,19 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A size-limited tmpfs mounted on a new temporary directory, or `None` when the test
+/// cannot mount one (it is not root) and says it skipped. (Bound in this order, the
+/// filesystem is unmounted before the directory goes.)
+fn small_disk() -> Option<(tempfile::TempDir, Tmpfs)> {
+    if !is_root() {
+        eprintln!("skipped: mounting a size-limited tmpfs needs root");
+        return None;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(root.path());
+    Some((root, fs))
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -115,12 +128,9 @@ async fn taken_again(c: &mut sagalog_http::client::Client, prefix: &str, expect:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn below_the_watermark_writes_wait_and_a_full_disk_loses_nothing() {
-    if !is_root() {
-        eprintln!("skipped: mounting a size-limited tmpfs needs root");
+    let Some((root, _fs)) = small_disk() else {
         return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    let _fs = Tmpfs::mount(root.path());
+    };
     let dir = root.path().join("data");
     let filler = root.path().join("filler");
     let watermark = [
@@ -301,12 +311,9 @@ async fn start_answered(c: &mut sagalog_http::client::Client, id: &str) -> Statu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_filling_during_segment_rolls_loses_no_acknowledged_saga_and_needs_no_repair() {
-    if !is_root() {
-        eprintln!("skipped: mounting a size-limited tmpfs needs root");
+    let Some((root, fs)) = small_disk() else {
         return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    let fs = Tmpfs::mount(root.path());
+    };
     let dir = root.path().join("data");
     // The server's own log on the disk that fills: a log line it cannot write must not
     // take a thread down.
@@ -430,12 +437,9 @@ async fn complete(c: &mut sagalog_http::client::Client, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stopped_on_a_full_disk_starts_serves_reads_and_takes_writes_once_space_returns() {
-    if !is_root() {
-        eprintln!("skipped: mounting a size-limited tmpfs needs root");
+    let Some((root, _fs)) = small_disk() else {
         return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    let _fs = Tmpfs::mount(root.path());
+    };
     let dir = root.path().join("data");
     let filler = root.path().join("filler");
     let options = ["--min-free-bytes", "0"];

@@ -74,14 +74,9 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            accepted = accept(&listener) => match accepted {
+                Some(accepted) => accepted,
+                None => continue,
             },
             () = &mut shutdown => break,
         };
@@ -127,13 +122,9 @@ pub async fn serve_probes(
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed on the probe listener");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            accepted = accept(&listener) => match accepted {
+                Some(accepted) => accepted,
+                None => continue,
             },
             () = &mut shutdown => return Ok(()),
         };
@@ -168,6 +159,19 @@ pub async fn serve_probes(
             }
             drop(permit);
         });
+    }
+}
+
+/// The next connection; `None` after a failed accept (out of file descriptors and the
+/// like), once a short pause has passed, so the loop never spins.
+async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok(accepted) => Some(accepted),
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
     }
 }
 

@@ -54,34 +54,26 @@ pub(crate) fn scan_segment(file: &File, base: u64, config: &LogConfig) -> io::Re
     let max = config.max_record_bytes;
     let header = read_segment_header(file, file_len, base)?;
     let header_bytes = SEGMENT_HEADER_BYTES as u64;
+    // An unusable header: no record is counted (a damaged one is damage from byte 0).
+    let headless = |damage: Option<Damage>| SegmentScan {
+        file_len,
+        header: header.clone(),
+        records: 0,
+        end_pos: header_bytes,
+        index: Vec::new(),
+        damage,
+    };
     match &header {
         Ok(()) => {}
-        Err(HeaderProblem::UnsupportedVersion(_)) => {
-            return Ok(SegmentScan {
-                file_len,
-                header,
-                records: 0,
-                end_pos: header_bytes,
-                index: Vec::new(),
-                damage: None,
-            })
-        }
+        Err(HeaderProblem::UnsupportedVersion(_)) => return Ok(headless(None)),
         Err(HeaderProblem::Damaged(reason)) => {
             let rest = inspect_rest(file, 0, file_len, max)?;
-            let damage = Damage {
+            return Ok(headless(Some(Damage {
                 position: 0,
                 dirty_end: rest.dirty_end,
                 reason: reason.clone(),
                 valid_frame_at: rest.valid_frame_at,
-            };
-            return Ok(SegmentScan {
-                file_len,
-                header,
-                records: 0,
-                end_pos: header_bytes,
-                index: Vec::new(),
-                damage: Some(damage),
-            });
+            })));
         }
     }
     let interval = u64::from(config.index_interval_records);

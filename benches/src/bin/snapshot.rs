@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use parking_lot::Mutex;
-use sagalog_benches::quantile_ms;
+use sagalog_benches::{engine_in_tempdir, quantile_ms};
 use sagalog_engine::{Definition, Engine, EngineConfig, StartRequest};
 
 #[derive(Parser, Debug)]
@@ -63,15 +63,10 @@ fn rss_bytes() -> u64 {
 
 fn main() {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (runtime, dir, config) = engine_in_tempdir();
     let config = EngineConfig {
-        snapshot_every_records: 0,
         max_unindexed: 10_000_000,
-        ..EngineConfig::default()
+        ..config
     };
     let engine = Arc::new(Engine::open(dir.path(), config).unwrap());
     runtime.block_on(async {
