@@ -286,7 +286,7 @@ async fn run_retention(
     }
 }
 
-/// The relay's and the reply consumer's reports, as the metrics of SPEC §6 (and missing
+/// The relay's and the reply consumer's reports, as the metrics of docs/server.md (and missing
 /// topics on `/readyz`).
 struct RelayMetrics(Arc<Metrics>, Readiness);
 

@@ -1,4 +1,4 @@
-//! The offline commands of SPEC §8: verify, recover, snapshot, replay, reindex, inspect,
+//! The offline commands (docs/recovery.md): verify, recover, snapshot, replay, reindex, inspect,
 //! backup and restore. The engine's `offline` module does the work; this prints it for
 //! a person (with progress bars on a terminal) or as JSON (`--json`), and turns the
 //! outcome into an exit code a script can trust:

@@ -1,4 +1,4 @@
-//! `sagalog serve`'s options (SPEC §8): each from the command line, else its
+//! `sagalog serve`'s options (docs/server.md): each from the command line, else its
 //! `SAGALOG_<NAME>` environment variable (clap reads both), else the TOML file given by
 //! `--config` (keys are the option names with `_`, e.g. `data_dir = "/var/lib/sagalog"`),
 //! else the default.
@@ -162,6 +162,10 @@ pub struct Serve {
     pub log_retention: Option<std::time::Duration>,
 }
 
+/// The largest `max_payload_bytes`: a start's record (payload, id, trace and the rest)
+/// must fit the log's largest record, 4 MiB.
+const MAX_PAYLOAD_BYTES: usize = 3 << 20;
+
 /// `value`, else `default`; refused when 0.
 fn positive(name: &str, value: Option<usize>, default: usize) -> Result<usize, String> {
     match value.unwrap_or(default) {
@@ -205,8 +209,11 @@ impl ServeArgs {
             .max_payload_bytes
             .or(file.max_payload_bytes)
             .unwrap_or(512 << 10);
-        if max_payload_bytes == 0 {
-            return Err("max_payload_bytes: must be at least 1".into());
+        if max_payload_bytes == 0 || max_payload_bytes > MAX_PAYLOAD_BYTES {
+            return Err(format!(
+                "max_payload_bytes: {max_payload_bytes} is not in 1..={MAX_PAYLOAD_BYTES} \
+                 (a log record holds at most 4 MiB, the payload and the rest of the start)"
+            ));
         }
         let max_connections = self
             .max_connections

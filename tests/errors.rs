@@ -1,4 +1,4 @@
-//! Every error code of SPEC §4 from the real binary, with the one error body shape, and
+//! Every error code of http/openapi.yaml from the real binary, with the one error body shape, and
 //! `/metrics` checked by Prometheus's own `promtool check metrics`.
 
 mod common;
@@ -234,7 +234,7 @@ async fn metrics_have_every_spec_name_and_pass_promtool() {
         "sagalog_log_segments",
         "sagalog_snapshot_offset",
         "sagalog_replay_records_total",
-        // Beyond SPEC §6, for the dashboards and alerts (monitoring/).
+        // Beyond the documented set, for the dashboards and alerts (monitoring/).
         "saga_step_duration_seconds",
         "sagalog_snapshot_timestamp_seconds",
         "sagalog_snapshot_every_records",
@@ -273,7 +273,7 @@ async fn metrics_have_every_spec_name_and_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // SPEC §6 fixes three gauge names promtool's lint dislikes (two end in _total, one
+    // The metric names fix three gauge names promtool's lint dislikes (two end in _total, one
     // says gauge); it must flag exactly those and nothing else.
     let mut flagged: Vec<&str> = findings.lines().filter(|l| !l.trim().is_empty()).collect();
     flagged.sort();

@@ -1,4 +1,4 @@
-//! The offline commands of SPEC §8 run as an operator would run them, on data
+//! The offline commands (docs/recovery.md) run as an operator would run them, on data
 //! directories the real `sagalog serve` wrote: verify and recover a flipped byte,
 //! refuse a directory a server holds, backup under load and restore, replay and
 //! inspect agreeing with the server, and a deleted index rebuilt.

@@ -1,4 +1,4 @@
-//! Commands as participants see them (SPEC §4's command item), rendered from the log's
+//! Commands as participants see them (the command item of http/openapi.yaml), rendered from the log's
 //! `command_issued` records. The HTTP outbox and the Kafka relay both read the log tail
 //! and hand its records here, so a command looks the same whichever way it travels.
 //!
@@ -61,7 +61,7 @@ impl Serialize for StoredJson<'_> {
     }
 }
 
-/// The command item of SPEC §4: the outbox's items, and the Kafka value the relay
+/// The command item of http/openapi.yaml: the outbox's items, and the Kafka value the relay
 /// publishes.
 impl Serialize for Command {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {

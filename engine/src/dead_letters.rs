@@ -1,4 +1,4 @@
-//! Dead letters: commands the relay could not publish (SPEC §4, §5). Each is an entry in
+//! Dead letters: commands the relay could not publish (docs/server.md#kafka). Each is an entry in
 //! the log; the indexer lists them by offset in the `dead_letters` keyspace, and a
 //! replay is another entry, which puts the command back into the command feed.
 

@@ -1,4 +1,4 @@
-//! Saga definitions (SPEC §2): the steps of a saga type, validated on load, and the
+//! Saga definitions (docs/engine.md): the steps of a saga type, validated on load, and the
 //! registry that keeps every version side by side so a running saga always finds the
 //! version it started with.
 

@@ -9,12 +9,14 @@
 //! durable: a failed append changes nothing.
 //!
 //! The one lock held across the durable wait is the snapshot gate, shared by every
-//! write and taken exclusively only while a snapshot copies the state, so that the
-//! copy reflects exactly the log below its offset.
+//! write and taken exclusively only for a snapshot's cut (microseconds, once no write is
+//! in flight): the state in memory then reflects exactly the log below the cut's offset,
+//! and the copy-on-write capture that follows (see `replay` and `table`) keeps it so
+//! while writes go on.
 //!
 //! Background threads: the *indexer* follows the log tail and writes the sled indexes
 //! (then lets finished sagas leave memory); the *timer* fires due timeouts and retries
-//! and takes the periodic snapshots.
+//! and starts the periodic snapshots, each in a task of its own beside the timers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;

@@ -107,7 +107,10 @@ impl EngineError {
             | EngineError::NoDeadLetter { .. } => ErrorClass::NotFound,
             EngineError::Definition(RegistryError::Invalid(_))
             | EngineError::InvalidRequest { .. } => ErrorClass::BadRequest,
-            EngineError::TooLarge { .. } => ErrorClass::TooLarge,
+            EngineError::TooLarge { .. }
+            | EngineError::Unavailable(
+                StorageError::RecordTooLarge { .. } | StorageError::AppendTooLarge { .. },
+            ) => ErrorClass::TooLarge,
             EngineError::Definition(RegistryError::VersionConflict { .. })
             | EngineError::StartConflict { .. }
             | EngineError::LimitReached { .. } => ErrorClass::Conflict,
@@ -130,6 +133,9 @@ impl EngineError {
         match self {
             EngineError::AtLimit { what, .. } if *what == ACTIVE_SAGAS => Some("max_active_sagas"),
             EngineError::AtLimit { .. } => Some("indexer_backlog"),
+            EngineError::Unavailable(
+                StorageError::RecordTooLarge { .. } | StorageError::AppendTooLarge { .. },
+            ) => None,
             EngineError::Unavailable(StorageError::Refusing { .. }) => Some("disk_watermark"),
             EngineError::Unavailable(StorageError::WriteFailed { .. }) => Some("write_failed"),
             EngineError::Unavailable(_) => Some("log_unwritable"),

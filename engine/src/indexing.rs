@@ -1,4 +1,4 @@
-//! The engine's sled indexes, derived from the log (SPEC §7). Active sagas are all in
+//! The engine's sled indexes, derived from the log (docs/storage.md). Active sagas are all in
 //! memory (restored by snapshot plus replay), so the indexes only need to find the
 //! sagas that finished and left memory:
 //!

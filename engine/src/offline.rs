@@ -1,4 +1,4 @@
-//! The offline commands of SPEC §8 over a data directory no server holds (except
+//! The offline commands (docs/recovery.md) over a data directory no server holds (except
 //! [`backup`], which reads beside a running server): verify, recover, replay, inspect,
 //! backup and restore. `snapshot` and `reindex` are [`Engine::snapshot`] on an opened
 //! engine and [`Engine::reindex`].

@@ -1,4 +1,4 @@
-//! The records sagalog writes to its log: one per saga transition (SPEC §3), plus the
+//! The records sagalog writes to its log: one per saga transition (docs/engine.md), plus the
 //! registration of a definition. A saga's state is a pure fold of its records.
 //!
 //! Encoding: one format version byte, then bincode (standard configuration). Enum
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// The format version byte in front of every encoded entry.
 pub const FORMAT_VERSION: u8 = 1;
 
-/// Saga statuses (SPEC §3).
+/// Saga statuses (docs/engine.md).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode, Serialize, Deserialize,
 )]

@@ -1,4 +1,4 @@
-//! Retention: deleting sealed log segments nothing needs any more (SPEC §7).
+//! Retention: deleting sealed log segments nothing needs any more (docs/storage.md#retention).
 //!
 //! The log may start at offset `e` (everything below deleted) only when:
 //! - `e` is at or below the *floor*: the oldest kept snapshot (so every snapshot stays

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::definition::Definition;
 use crate::record::{Action, Kind, Record, Status};
 
-/// Where one step is (SPEC §4's step statuses).
+/// Where one step is (the step statuses of http/openapi.yaml).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode,
 )]

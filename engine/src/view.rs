@@ -1,4 +1,4 @@
-//! What the API returns for a saga (SPEC §4's saga shape, before JSON).
+//! What the API returns for a saga (the saga of http/openapi.yaml, before JSON).
 
 use crate::record::Status;
 use crate::state::{SagaState, StepStatus};

@@ -1,4 +1,4 @@
-//! A participant's reply as JSON (SPEC §4 `POST /api/v1/sagas/{id}/events`; on Kafka
+//! A participant's reply as JSON (`POST /api/v1/sagas/{id}/events` of http/openapi.yaml; on Kafka
 //! the same object plus `saga_id`). One parser, so a reply over HTTP and one over
 //! Kafka are read alike.
 

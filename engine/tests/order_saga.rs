@@ -1,4 +1,4 @@
-//! The order saga of SPEC §2 driven through `decide` and `apply`: the success path,
+//! The built-in order saga driven through `decide` and `apply`: the success path,
 //! failure at each step, timeouts, retries, compensation failing and an operator retry.
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The request handlers: each route of SPEC §4 turned into one engine call, with the
+//! The request handlers: each route of http/openapi.yaml turned into one engine call, with the
 //! limits checked first (auth, body size, JSON nesting, ids, `limit`) so that bad input
 //! gets a clear 4xx and changes nothing.
 

@@ -1,4 +1,4 @@
-//! The API's one error shape, `{"error": {"code", "message"}}` (SPEC §4), and the one
+//! The API's one error shape, `{"error": {"code", "message"}}` (http/openapi.yaml), and the one
 //! place an engine error becomes an HTTP status.
 
 use hyper::StatusCode;

@@ -1,4 +1,4 @@
-//! The JSON bodies of SPEC §4: requests parsed with their limits, and sagas, history
+//! The JSON bodies of http/openapi.yaml: requests parsed with their limits, and sagas, history
 //! items and commands rendered with the fixed field names.
 
 use std::time::{Duration, UNIX_EPOCH};
@@ -203,7 +203,7 @@ fn stored_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
 
-/// A saga as the API shows it (SPEC §4's field names).
+/// A saga as the API shows it (the field names of http/openapi.yaml).
 #[derive(Serialize)]
 pub struct SagaBody<'a> {
     saga_id: &'a str,

@@ -1,4 +1,4 @@
-//! sagalog-http: the HTTP API of SPEC §4 and the metrics of §6, on hyper 1.x.
+//! sagalog-http: the HTTP API of http/openapi.yaml and the metrics of docs/server.md, on hyper 1.x.
 //!
 //! - [`routes`]: the route table (one list the router, the metrics labels and the
 //!   OpenAPI test share).

@@ -1,4 +1,4 @@
-//! `/metrics` (SPEC §6): every name with its labels, types and HELP text.
+//! `/metrics` (docs/server.md#metrics): every name with its labels, types and HELP text.
 //!
 //! Two sources: the histograms and event counters are observed as things happen (the
 //! engine's [`EngineObserver`], the log's [`LogObserver`], the API's own timing), and
@@ -6,7 +6,7 @@
 //! latter come from the projections, which snapshots and replay keep across a restart,
 //! so they have the same values after a restart as before the stop.
 //!
-//! Two SPEC names end in `_total` but are gauges by meaning, since they go down:
+//! Two of the fixed names end in `_total` but are gauges by meaning, since they go down:
 //! `saga_active_total` and `outbox_pending_events_total`. They are exported as gauges
 //! (a counter that drops would be reported as a reset by Prometheus). `promtool check
 //! metrics` flags their suffix, and `saga_status_gauge` for naming its type; the names
@@ -60,7 +60,7 @@ pub struct Metrics {
     snapshot_timestamp: Gauge,
     snapshot_every: IntGauge,
     replay_records: IntCounter,
-    /// The relay's metrics (SPEC §6 outbox set); without Kafka nothing is published,
+    /// The relay's metrics (the `outbox_*` set); without Kafka nothing is published,
     /// and they stay at zero.
     pub outbox: OutboxMetrics,
     /// Free bytes of the data directory's filesystem, and the watermark below which

@@ -1,4 +1,4 @@
-//! The route table (SPEC §4): one list of (method, pattern) that the router matches,
+//! The route table (http/openapi.yaml): one list of (method, pattern) that the router matches,
 //! the metrics label (`endpoint` is the pattern, never a raw id) and the OpenAPI test
 //! checks against `openapi.yaml`.
 

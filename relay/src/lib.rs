@@ -1,5 +1,5 @@
 //! sagalog-relay: every issued command reaches its step's Kafka topic straight from the
-//! log tail (SPEC §5) — no polling table, no scan of an index.
+//! log tail (docs/server.md#kafka) — no polling table, no scan of an index.
 //!
 //! - [`publisher`]: follows the log with a tail subscription, publishes each command
 //!   (key = saga id, value = the command item, headers `event_id`, `saga_id`,

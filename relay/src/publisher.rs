@@ -47,7 +47,7 @@ const RENEW_PRODUCER_AFTER: u32 = 3;
 /// Longest the copy of a dead letter to the dead-letter topic may take.
 const DEAD_LETTER_COPY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the relay reports, for the outbox metrics of SPEC §6.
+/// What the relay reports, for the outbox metrics (docs/server.md#metrics).
 pub trait RelayObserver: topics::TopicObserver {
     /// A command was acknowledged by the broker `append_to_ack` after it was issued.
     fn published(&self, _append_to_ack: Duration) {}
@@ -424,7 +424,7 @@ fn producer(config: &RelayConfig) -> Result<FutureProducer<KafkaContext>> {
         .create_with_context(KafkaContext)?)
 }
 
-/// The headers of SPEC §5, plus a W3C `traceparent` so one saga is one trace.
+/// The headers docs/server.md#kafka lists, plus a W3C `traceparent` so one saga is one trace.
 fn headers(command: &Command) -> OwnedHeaders {
     let traceparent = format!("00-{}-{:016x}-01", command.trace_id, command.offset + 1);
     [

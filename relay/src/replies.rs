@@ -1,4 +1,4 @@
-//! Replies over Kafka (SPEC §5): a consumer on the reply topic feeds each message to
+//! Replies over Kafka (docs/server.md#kafka): a consumer on the reply topic feeds each message to
 //! the same engine path as `POST /api/v1/sagas/{id}/events` — same parser, same
 //! validation, idempotency by `event_id`. A message's offset is committed only after
 //! the engine made the reply durable (or refused it for good); a message that is not

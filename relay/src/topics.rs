@@ -1,4 +1,4 @@
-//! Makes sure the topics the relay writes and reads exist (SPEC §5): many clusters, and
+//! Makes sure the topics the relay writes and reads exist (docs/server.md#kafka): many clusters, and
 //! the `tansu` broker the tests use, do not create a topic on first use. A topic that
 //! exists already is fine; one that cannot be created is an error naming it.
 //!

@@ -1,5 +1,5 @@
 //! The relay against a real Kafka-protocol broker (`tansu`): topics created at start,
-//! every command of 10,000 sagas published once, in order per saga, with the SPEC §5
+//! every command of 10,000 sagas published once, in order per saga, with the documented
 //! headers, and the position stored so that a restart publishes only what is new.
 
 mod common;

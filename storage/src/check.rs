@@ -34,7 +34,8 @@ pub struct Problem {
     pub offset: u64,
     /// Byte position in the segment.
     pub position: u64,
-    /// `corrupt`, `torn_tail`, `bad_header`, `gap` or `unsupported_format`.
+    /// `corrupt`, `torn_tail`, `bad_header`, `gap`, `unsupported_format` or
+    /// `leftover_segment` (a failed roll's file that holds no record).
     pub kind: &'static str,
     pub reason: String,
 }
@@ -290,16 +291,24 @@ pub fn cut_log(
     } else {
         problem.offset
     };
-    let note = format!(
-        "sagalog recover cut the log at offset {offset}.\n\
-         Why: {problem}\n\
-         The log now ends just before offset {offset}; what followed was moved here:\n  {moved}\n\
-         Records after the damaged one are intact in these files (each frame is \
-         length | crc32 | payload, see docs/storage.md) but could not stay: offsets are \
-         positions in the log.\n",
-        offset = next_offset,
-        moved = moved.join("\n  "),
-    );
+    let moved = moved.join("\n  ");
+    let note = if problem.kind == "leftover_segment" {
+        format!(
+            "sagalog recover moved aside files that held no record: segment files left by \
+             rolls that failed. The log was not cut; it ends at offset {next_offset}.\n\
+             Why: {problem}\n\
+             Moved here:\n  {moved}\n"
+        )
+    } else {
+        format!(
+            "sagalog recover cut the log at offset {next_offset}.\n\
+             Why: {problem}\n\
+             The log now ends just before offset {next_offset}; what followed was moved here:\n  {moved}\n\
+             Records after the damaged one are intact in these files (each frame is \
+             length | crc32 | payload, see docs/storage.md) but could not stay: offsets are \
+             positions in the log.\n"
+        )
+    };
     write_durably(&aside.join("NOTE.txt"), note.as_bytes())?;
     sync_dir(dir, &None)?;
     if let Some(parent) = aside.parent() {

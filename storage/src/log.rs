@@ -321,9 +321,9 @@ impl Shared {
         self.heal_wake.notify_all();
     }
 
-    /// A batch write failed (its batch is refused): logged once per episode.
-    pub fn write_failed(&self, reason: &str, error: &std::io::Error) {
-        let disk_full = matches!(error.raw_os_error(), Some(28 | 122));
+    /// A batch write, or the start of a segment, failed (its appends are refused;
+    /// `disk_full`: for want of space): logged once per episode.
+    pub fn write_failed(&self, reason: &str, disk_full: bool) {
         let mut failure = self.write_failure.lock();
         match &mut *failure {
             Some(f) => {

@@ -18,7 +18,8 @@
 //! Failure rules (the PostgreSQL "fsyncgate" lesson): a failed *write* zeroes what it may
 //! have left behind and fails only its batch, so a full disk heals by itself; a failed
 //! *fsync* leaves the page cache in an unknown state, so the log is poisoned and refuses
-//! every later append until it is reopened and rescanned.
+//! every later append until the healer (see `log`) has reopened the active segment from
+//! disk and started a new writer.
 //!
 //! A background pre-writer keeps the next segment ready, zero-filled and fsynced, so a
 //! batch's fsync flushes only data blocks: overwriting pre-written blocks needs no journal
@@ -296,7 +297,8 @@ impl Writer {
                 self.pos
             );
             self.discard_written();
-            self.shared.write_failed(&reason, &e);
+            let disk_full = matches!(e.raw_os_error(), Some(28 | 122));
+            self.shared.write_failed(&reason, disk_full);
             for (reply, _) in staged.acks {
                 let _ = reply.send(Err(self.failure(&reason)));
             }
@@ -394,6 +396,11 @@ impl Writer {
                 if let StorageError::LeftoverSegment { .. } = e {
                     self.shared.poison(e.to_string());
                 }
+                let disk_full = matches!(
+                    &e,
+                    StorageError::Io { source, .. } if matches!(source.raw_os_error(), Some(28 | 122))
+                );
+                self.shared.write_failed(&e.to_string(), disk_full);
                 return Err(e.to_string());
             }
         };
@@ -587,7 +594,10 @@ impl Syncer {
             .and_then(|()| file.sync_data());
         if let Err(e) = synced {
             let reason = format!("fdatasync of {} failed: {e}", path.display());
-            tracing::error!(reason, "log poisoned: it refuses writes until reopened");
+            tracing::error!(
+                reason,
+                "log poisoned: it refuses writes until it has healed"
+            );
             self.shared.poison(reason.clone());
             return Err(reason);
         }
