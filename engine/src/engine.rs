@@ -338,7 +338,7 @@ pub(crate) struct Inner {
     /// The capture epoch of the latest snapshot (see `table`).
     snapshot_epoch: std::sync::atomic::AtomicU32,
     /// Held while a snapshot is taken: one at a time.
-    snapshotting: tokio::sync::Mutex<()>,
+    snapshotting: Arc<tokio::sync::Mutex<()>>,
     /// A periodic snapshot runs beside the timers.
     periodic_snapshot: std::sync::atomic::AtomicBool,
     /// Turns for list scans.
@@ -547,7 +547,7 @@ impl Engine {
             // followed by a snapshot soon, so the next start is short.
             since_snapshot: AtomicU64::new(restored.replayed),
             snapshot_epoch: std::sync::atomic::AtomicU32::new(0),
-            snapshotting: tokio::sync::Mutex::new(()),
+            snapshotting: Arc::new(tokio::sync::Mutex::new(())),
             periodic_snapshot: std::sync::atomic::AtomicBool::new(false),
             scans: tokio::sync::Semaphore::new(MAX_CONCURRENT_SCANS),
             snapshot_offset: AtomicU64::new(restored.snapshot_offset),
@@ -863,9 +863,17 @@ impl Engine {
         self.inner.registry.read().all()
     }
 
-    /// Takes a snapshot now.
+    /// Takes a snapshot now. It runs in a task of its own: a caller that goes away
+    /// (a closed HTTP connection) does not stop it half way, and the next one waits.
     pub async fn snapshot(&self) -> Result<SnapshotInfo> {
-        self.inner.snapshot().await
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.snapshot().await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(EngineError::Inconsistent(format!(
+                    "the task taking the snapshot failed: {e}"
+                )))
+            })
     }
 
     /// Fires every timer due by the clock now; returns how many sagas it looked at.
@@ -1586,9 +1594,11 @@ impl Inner {
     }
 
     /// Takes a snapshot: writes stop only for its cut (see `replay`), then it is
-    /// captured and written off the runtime while they go on. One at a time.
+    /// captured and written off the runtime while they go on. One at a time: the
+    /// blocking task that captures and writes holds the turn, so even a dropped caller
+    /// cannot let a second capture begin while the first runs.
     async fn snapshot(self: &Arc<Self>) -> Result<SnapshotInfo> {
-        let _one = self.snapshotting.lock().await;
+        let one = self.snapshotting.clone().lock_owned().await;
         let started = std::time::Instant::now();
         let cut = {
             let _gate = self.gate.write().await;
@@ -1598,13 +1608,16 @@ impl Inner {
         let paused_ms = started.elapsed().as_millis() as u64;
         let offset = cut.offset;
         let inner = self.clone();
-        let info = tokio::task::spawn_blocking(move || replay::write_snapshot(&inner, &cut))
-            .await
-            .unwrap_or_else(|e| {
-                Err(EngineError::Inconsistent(format!(
-                    "the task writing the snapshot failed: {e}"
-                )))
-            })?;
+        let info = tokio::task::spawn_blocking(move || {
+            let _one = one;
+            replay::write_snapshot(&inner, &cut)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(EngineError::Inconsistent(format!(
+                "the task writing the snapshot failed: {e}"
+            )))
+        })?;
         self.snapshot_offset.store(offset, Ordering::Relaxed);
         // The file's own time, as a restart reads it: the gauge keeps its value.
         self.snapshot_at_ms

@@ -97,7 +97,7 @@ impl SagaTable {
 
     /// Starts a capture for the snapshot `epoch` (at its cut, with no write in flight).
     pub fn begin_capture(&mut self, epoch: u32) {
-        debug_assert!(self.capture.is_none(), "one snapshot at a time");
+        assert!(self.capture.is_none(), "one snapshot captures at a time");
         self.capture = Some(Box::new(Capture {
             epoch,
             images: Vec::new(),

@@ -42,15 +42,10 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
         .unwrap_or_else(|_| panic!("{what} did not finish within 30 s"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_go_on_while_a_snapshot_is_captured_and_it_is_the_state_at_its_cut() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new();
-    let faults = Faults::new();
-    let engine = Arc::new(open_with(dir.path(), &clock, &faults));
-    // Enough active sagas that the snapshot file is flushed more than once while the
-    // shards are captured (its buffer holds 1 MiB).
-    let mut ids: Vec<String> = (0..20_000).map(|i| format!("s-{i}")).collect();
+/// Enough active sagas (at steps 0 to 2) that a snapshot file is flushed more than once
+/// while the shards are captured (its buffer holds 1 MiB); their ids.
+async fn many_active_sagas(engine: &Arc<Engine>) -> Vec<String> {
+    let ids: Vec<String> = (0..20_000).map(|i| format!("s-{i}")).collect();
     let mut starting = tokio::task::JoinSet::new();
     for chunk in ids.chunks(1000).map(<[String]>::to_vec) {
         let engine = engine.clone();
@@ -66,6 +61,36 @@ async fn writes_go_on_while_a_snapshot_is_captured_and_it_is_the_state_at_its_cu
     while let Some(done) = starting.join_next().await {
         done.unwrap();
     }
+    ids
+}
+
+/// Lets held steps go when dropped: a failing test must not leave a snapshot's thread
+/// held (the runtime would wait for it forever).
+struct ReleaseOnDrop(Arc<Faults>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// Waits until `faults` holds a step.
+async fn until_held(faults: &Faults) {
+    within("the snapshot reaching its hold", async {
+        while faults.held() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_while_a_snapshot_is_captured_and_it_is_the_state_at_its_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let faults = Faults::new();
+    let engine = Arc::new(open_with(dir.path(), &clock, &faults));
+    let mut ids = many_active_sagas(&engine).await;
 
     // Hold the snapshot at its second write: a chunk of sagas has gone to the file and
     // the shards are being captured.
@@ -74,12 +99,7 @@ async fn writes_go_on_while_a_snapshot_is_captured_and_it_is_the_state_at_its_cu
         let engine = engine.clone();
         tokio::spawn(async move { engine.snapshot().await })
     };
-    within("the snapshot reaching its hold", async {
-        while faults.held() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    until_held(&faults).await;
     // Meanwhile: replies across every shard (sagas captured and not yet), sagas that
     // finish and leave memory, new sagas, a new definition.
     within("writes during the capture", async {
@@ -186,4 +206,52 @@ async fn a_snapshot_failing_at_any_step_leaves_nothing_behind_and_the_next_one_w
         assert_eq!(engine.stats().snapshot_offset, info.offset, "{point:?}");
         assert_same(&engine, &ids, &before);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_whose_caller_went_away_finishes_before_the_next_one_captures() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let faults = Faults::new();
+    let engine = Arc::new(open_with(dir.path(), &clock, &faults));
+    let ids = many_active_sagas(&engine).await;
+
+    // A snapshot held while its shards are captured, whose caller then goes away (as
+    // an HTTP client that closes its connection does).
+    let _release = ReleaseOnDrop(faults.clone());
+    faults.hold_after(FaultPoint::SnapshotWrite, 1);
+    let abandoned = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.snapshot().await })
+    };
+    until_held(&faults).await;
+    abandoned.abort();
+    assert!(abandoned.await.unwrap_err().is_cancelled());
+    // The next one waits for it, while writes go on.
+    let next = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.snapshot().await })
+    };
+    within("writes while the first snapshot is held", async {
+        for id in ids.iter().step_by(41) {
+            if engine.get(id).unwrap().status != Status::Completed {
+                answer(&engine, id, Outcome::Succeeded).await;
+            }
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !next.is_finished(),
+        "the second snapshot waits for the first to be written"
+    );
+    faults.release();
+    let info = within("the second snapshot", next).await.unwrap().unwrap();
+    engine.wait_indexed().await.unwrap();
+    let before = state_of(&engine, &ids);
+    drop(engine);
+
+    let engine = open_with(dir.path(), &clock, &Faults::new());
+    assert_eq!(engine.stats().snapshot_offset, info.offset);
+    assert_same(&engine, &ids, &before);
 }
