@@ -113,7 +113,7 @@ pub fn check_log(dir: &Path, config: &LogConfig, progress: &dyn Fn(u64)) -> Resu
                     position: 0,
                     kind: "leftover_segment",
                     reason: format!(
-                        "holds no record and does not continue the log (which is at offset \
+                        "holds no record and starts inside the log (which is at offset \
                          {expected} there): a roll that failed left it; serve removes it"
                     ),
                 });

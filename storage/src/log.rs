@@ -187,6 +187,11 @@ pub(crate) struct Shared {
     /// clean-up of a failed write failed, or it could only be opened read-only. The
     /// healer clears it.
     poisoned: Mutex<Option<String>>,
+    /// Held across each fsync of a segment and the poisoning its failure causes. Two
+    /// threads fsync the active segment (the syncer, and the writer clearing a failed
+    /// write); an fsync that collects the other's writeback error must have poisoned
+    /// the log before the other, whose fsync then returns success, can publish.
+    pub sync_turn: Mutex<()>,
     /// Why the log refuses new appends for now (a disk below its watermark).
     refusing: Mutex<Option<String>>,
     /// Everything below it is published; sent only after the state is updated.
@@ -514,6 +519,7 @@ impl Log {
             dir,
             state: RwLock::new(state),
             tail_truncations: AtomicU64::new(report.cuts.len() as u64),
+            sync_turn: Mutex::new(()),
             poisoned: Mutex::new(read_only),
             refusing: Mutex::new(None),
             closed: AtomicBool::new(false),
@@ -1073,13 +1079,27 @@ fn cut_tail(
     scan: &SegmentScan,
     faults: &SharedFaults,
 ) -> Result<()> {
+    let header = scan.header.is_err().then_some(base);
+    let from = if header.is_none() { scan.end_pos } else { 0 };
+    zero_from(file, path, from, scan.file_len, header, faults)
+}
+
+/// Zeroes the file's bytes from `from` to the last that is not zero (below `file_len`),
+/// writes the header of segment `header` when asked, and makes that durable.
+fn zero_from(
+    file: &File,
+    path: &Path,
+    from: u64,
+    file_len: u64,
+    header: Option<u64>,
+    faults: &SharedFaults,
+) -> Result<()> {
     let io = |op| StorageError::io(op, path);
-    let from = if scan.header.is_ok() { scan.end_pos } else { 0 };
-    let dirty_end = dirty_end(file, from, scan.file_len).map_err(io("inspect segment"))?;
+    let dirty_end = dirty_end(file, from, file_len).map_err(io("inspect segment"))?;
     faults::check(faults, FaultPoint::BatchWrite, path)
         .and_then(|()| write_zeros(file, from, dirty_end, None))
         .map_err(io("cut torn tail"))?;
-    if scan.header.is_err() {
+    if let Some(base) = header {
         faults::check(faults, FaultPoint::SegmentHeader, path)
             .and_then(|()| file.write_all_at(&encode_segment_header(base), 0))
             .map_err(io("rewrite segment header"))?;
@@ -1298,16 +1318,18 @@ impl Shared {
             .open(&path)
             .map_err(io("reopen segment"))
             .map_err(|e| e.to_string())?;
-        let before = scan_segment(&file, base, &self.config)
-            .map_err(io("scan segment"))
+        // Read what the disk holds, not what the page cache kept of writes whose
+        // writeback failed (a failed fsync leaves such pages clean and readable).
+        drop_cached_pages(&file);
+        let file_len = file
+            .metadata()
+            .map_err(io("inspect segment"))
+            .map_err(|e| e.to_string())?
+            .len();
+        // What lies past the published end was never acknowledged: zero it, whatever
+        // the rest of the file holds. Nothing below that end is ever written here.
+        zero_from(&file, &path, end_pos, file_len, None, &self.faults)
             .map_err(|e| e.to_string())?;
-        // What lies past the published end was never acknowledged: cut it as a tail.
-        let unpublished = SegmentScan {
-            records,
-            end_pos,
-            ..before
-        };
-        cut_tail(&file, &path, base, &unpublished, &self.faults).map_err(|e| e.to_string())?;
         let after = scan_segment(&file, base, &self.config)
             .map_err(io("scan segment"))
             .map_err(|e| e.to_string())?;
@@ -1372,4 +1394,10 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// Asks the kernel to drop `file`'s clean cached pages, so the next reads come from the
+/// disk (best effort: a failure leaves the cache as it was).
+fn drop_cached_pages(file: &File) {
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
 }

@@ -120,8 +120,10 @@ pub(crate) fn scan_segment(file: &File, base: u64, config: &LogConfig) -> io::Re
 
 /// Whether a segment starting at `base`, after a kept segment starting at `prev_base`
 /// whose records end at `expected`, is the leftover of a roll that failed: it holds
-/// nothing and does not continue the log. (Such a file is created at the head while the
-/// writer may go on in the previous segment, so its base can lie inside that one's range.)
+/// nothing and starts inside that segment's range. (A roll is made at the head once
+/// everything before it is durable; when it fails the writer goes on in the previous
+/// segment, so the leftover's base lies inside that one's records. An empty segment past
+/// `expected` is no leftover: a segment between them is missing.)
 pub(crate) fn is_leftover(scan: &SegmentScan, base: u64, prev_base: u64, expected: u64) -> bool {
-    !scan.holds_records() && base > prev_base && base != expected
+    !scan.holds_records() && base > prev_base && base < expected
 }

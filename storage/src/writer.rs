@@ -341,6 +341,7 @@ impl Writer {
     /// would fail the same way and needlessly poison the log.
     fn discard_written(&self) {
         let file = &self.active.file;
+        let _turn = self.shared.sync_turn.lock();
         let zeroed = file.metadata().and_then(|meta| {
             let end = (self.pos + self.buf.len() as u64).min(meta.len());
             write_zeros(file, self.pos, end.max(self.pos), None)?;
@@ -590,6 +591,7 @@ impl Syncer {
             return Ok(());
         };
         let started = Instant::now();
+        let turn = self.shared.sync_turn.lock();
         let synced = faults::check(&self.shared.faults, FaultPoint::BatchSync, &path)
             .and_then(|()| file.sync_data());
         if let Err(e) = synced {
@@ -601,6 +603,12 @@ impl Syncer {
             self.shared.poison(reason.clone());
             return Err(reason);
         }
+        // The writer's fsync (clearing a failed write) may have collected this file's
+        // writeback error first: it poisoned the log under the same turn.
+        if let Some(reason) = self.shared.poisoned() {
+            return Err(reason);
+        }
+        drop(turn);
         let took = started.elapsed();
         if let Some(observer) = &self.shared.config.observer {
             observer.synced(took);

@@ -262,6 +262,58 @@ fn a_log_that_cannot_heal_gives_up_after_its_attempts_and_says_so() {
     }
 }
 
+#[test]
+fn a_heal_cuts_nothing_when_the_acknowledged_records_no_longer_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let config = LogConfig {
+        heal_attempts: 2,
+        ..small_config()
+    };
+    let (data, log) = open_with(dir.path(), config, &faults);
+    let mut acked = Vec::new();
+    append_until(&log, &mut acked, 5);
+    let active = segment_files(dir.path()).pop().unwrap();
+    let original = std::fs::read(&active).unwrap();
+    // The records end at the last byte that is not zero (every payload byte is not).
+    let end = original.iter().rposition(|&b| b != 0).unwrap() + 1;
+    // The active segment's header no longer reads back (a stray write, bit rot), then an
+    // fsync fails: the log is poisoned and tries to heal.
+    common::write_at(&active, 0, &[0xff; 8]);
+    faults.fail_after(FaultPoint::BatchSync, 0, 1, EIO);
+    assert!(log.append_batch_blocking(vec![payload(99)]).is_err());
+    let started = Instant::now();
+    while log.stats().failed_heals < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            log.stats()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let reason = log
+        .poisoned()
+        .expect("it does not heal over records it cannot read");
+    assert!(reason.contains("no longer reads back"), "{reason}");
+    let now = std::fs::read(&active).unwrap();
+    assert_eq!(
+        now[8..end],
+        original[8..end],
+        "the healer zeroed no acknowledged byte"
+    );
+    drop(log);
+    drop(data);
+    // With the header mended by hand, every acknowledged record is there, and the one
+    // refused is not.
+    common::write_at(&active, 0, &original[..8]);
+    assert_all_there(
+        dir.path(),
+        small_config(),
+        &acked,
+        "after the header was mended",
+    );
+}
+
 /// Writes records over several segments, then fakes what a roll that failed on a full
 /// disk left behind while the writer went on in the old segment: an empty file whose
 /// name lies inside the previous segment's offsets.
@@ -349,6 +401,30 @@ fn a_gap_between_segments_that_hold_records_is_refused_by_open_and_by_recover() 
 }
 
 #[test]
+fn an_empty_last_segment_past_a_missing_one_is_a_gap_and_not_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let next = common::write_records(dir.path(), small_config(), 200);
+    // The last segment, which holds records, is lost; an empty one follows where it
+    // ended. That is no leftover of a failed roll (one lies inside the log's offsets):
+    // removing it would let the log write offsets it acknowledged before, again.
+    let lost = segment_files(dir.path()).pop().unwrap();
+    std::fs::remove_file(&lost).unwrap();
+    let empty = dir.path().join("log").join(format!("{next:020}.log"));
+    std::fs::write(&empty, b"").unwrap();
+    let check = check_log(&dir.path().join("log"), &small_config(), &|_| {}).unwrap();
+    let kinds: Vec<&str> = check.problems.iter().map(|p| p.kind).collect();
+    assert!(!kinds.contains(&"leftover_segment"), "{:?}", check.problems);
+    assert!(kinds.contains(&"gap"), "{:?}", check.problems);
+    let data = DataDir::open(dir.path()).unwrap();
+    let err = data.open_log(small_config()).err().expect("refused");
+    assert!(
+        matches!(err, StorageError::SegmentGap { found, .. } if found == next),
+        "{err}"
+    );
+    assert!(empty.exists(), "the empty segment was kept");
+}
+
+#[test]
 fn a_log_that_cannot_be_made_writable_opens_read_only_and_heals_when_the_disk_lets_it() {
     let dir = tempfile::tempdir().unwrap();
     let next = common::write_records(dir.path(), small_config(), 50);
@@ -384,11 +460,8 @@ fn an_inspecting_open_changes_nothing_on_disk() {
     let content = std::fs::read(&last).unwrap();
     let end = content.iter().rposition(|b| *b != 0).unwrap() + 1;
     common::write_at(&last, end as u64, &[0xAB; 7]);
-    std::fs::write(
-        dir.path().join("log").join(format!("{:020}.log", 999_999)),
-        b"",
-    )
-    .unwrap();
+    // A leftover of a failed roll: empty, named inside the last segment's offsets.
+    std::fs::write(dir.path().join("log").join(format!("{:020}.log", 48)), b"").unwrap();
     let before = snapshot_tree(dir.path());
     let data = DataDir::open_inspect(dir.path()).unwrap();
     let (log, report) = data.open_log_inspect(small_config()).unwrap();
