@@ -227,6 +227,7 @@ async fn serve_until_signal(
     let server = sagalog_http::ServerConfig {
         max_connections: serve.max_connections,
         header_timeout: serve.header_timeout,
+        write_timeout: serve.write_timeout,
     };
     sagalog_http::serve(listener, app, server, shutdown)
         .await

@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// keep-alive connection, in ms [default: 30000]
     #[arg(long, env = "SAGALOG_HEADER_TIMEOUT_MS")]
     pub header_timeout_ms: Option<u64>,
+    /// Longest an answer's write may wait on a client that reads none of it, in ms;
+    /// then the connection is closed [default: 30000]
+    #[arg(long, env = "SAGALOG_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
     /// Longest a request's body may take to arrive in full, in ms (408 beyond)
     /// [default: 30000]
     #[arg(long, env = "SAGALOG_BODY_TIMEOUT_MS")]
@@ -145,6 +149,7 @@ pub struct Serve {
     pub max_payload_bytes: usize,
     pub max_connections: usize,
     pub header_timeout: std::time::Duration,
+    pub write_timeout: std::time::Duration,
     pub body_timeout: std::time::Duration,
     pub body_min_bytes_per_sec: u64,
     pub probe_listen: Option<SocketAddr>,
@@ -231,6 +236,11 @@ impl ServeArgs {
             self.header_timeout_ms.or(file.header_timeout_ms),
             30_000,
         )?;
+        let write_timeout = millis(
+            "write_timeout_ms",
+            self.write_timeout_ms.or(file.write_timeout_ms),
+            30_000,
+        )?;
         let body_timeout = millis(
             "body_timeout_ms",
             self.body_timeout_ms.or(file.body_timeout_ms),
@@ -285,6 +295,7 @@ impl ServeArgs {
             max_payload_bytes,
             max_connections,
             header_timeout,
+            write_timeout,
             body_timeout,
             body_min_bytes_per_sec: self
                 .body_min_bytes_per_sec

@@ -3,7 +3,8 @@
 //! gets a quick `503` (probes are answered) or a closed connection, never silence; a
 //! stop is not held by stalled bodies; a client that sends a whole oversized body
 //! before reading still reads its `413`; the answers hyper makes itself have the JSON
-//! error shape; refusals carry `Retry-After` and are counted.
+//! error shape; refusals carry `Retry-After` and are counted; a client that reads none
+//! of its answers is closed after the write timeout.
 
 mod common;
 
@@ -115,12 +116,7 @@ fn a_body_that_stalls_is_answered_408_within_its_deadline() {
 #[test]
 fn past_max_connections_a_client_gets_503_or_a_closed_socket_and_probes_still_answer() {
     let root = tempfile::tempdir().unwrap();
-    let probe_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let probe_listen = format!("127.0.0.1:{probe_port}");
+    let probe_listen = free_loopback().to_string();
     let server = serve(
         &common::data_dir(&root),
         &["--max-connections", "8", "--probe-listen", &probe_listen],
@@ -185,6 +181,55 @@ fn past_max_connections_a_client_gets_503_or_a_closed_socket_and_probes_still_an
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(get(server.addr, "/healthz").0, 200);
     drop(idle);
+}
+
+#[test]
+fn a_client_that_reads_none_of_its_answers_is_closed_after_the_write_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    let probe: SocketAddr = free_loopback();
+    let server = serve(
+        &common::data_dir(&root),
+        &[
+            "--write-timeout-ms",
+            "500",
+            "--probe-listen",
+            &probe.to_string(),
+        ],
+    );
+    // Pipelined requests whose answers come to far more than the sockets' buffers,
+    // from a client that reads nothing.
+    let mut stalled = connect(server.addr);
+    let requests = "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(3000);
+    stalled.write_all(requests.as_bytes()).unwrap();
+    let connections = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let want = format!("sagalog_http_connections {want}");
+        while common::samples(&get(probe, "/metrics").2, &["sagalog_http_connections"])
+            != [want.clone()]
+        {
+            assert!(Instant::now() < deadline, "the server never had {want}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    connections("1");
+    // The server's writes wait on the client, then the connection is closed.
+    connections("0");
+    // What the sockets held arrives, then the end: far fewer answers than requests.
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest);
+    let answers = rest.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+    assert!(
+        answers < 3000,
+        "{answers} answers: the connection was not closed"
+    );
+}
+
+/// A free loopback address.
+fn free_loopback() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 #[test]

@@ -704,7 +704,9 @@ async fn read_body(
         return Err(too_large(drained));
     }
     let started = tokio::time::Instant::now();
-    let mut received = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    // Grown as bytes arrive: a declared length alone reserves no more than this.
+    const FIRST_CAPACITY: u64 = 64 * 1024;
+    let mut received = Vec::with_capacity(declared.map_or(0, |n| n.min(FIRST_CAPACITY) as usize));
     loop {
         let by = body_deadline(started, received.len() as u64, config);
         let frame = tokio::select! {

@@ -49,6 +49,9 @@ pub struct ServerConfig {
     /// Longest a client may take to send a request's headers (also how long a
     /// keep-alive connection may sit idle between requests).
     pub header_timeout: Duration,
+    /// Longest a write of an answer may wait on a client that reads none of it; then
+    /// the connection is closed (a client that never reads cannot hold its slot).
+    pub write_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_connections: 1024,
             header_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -153,7 +157,7 @@ pub async fn serve_probes(
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(OVERFLOW_HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(JsonErrors::new(stream)), service);
+                .serve_connection(client_io(stream, OVERFLOW_HEADER_TIMEOUT), service);
             if let Err(e) = served.await {
                 log_connection_error(peer, &e);
             }
@@ -234,7 +238,7 @@ impl Connection {
         let served = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.config.header_timeout)
-            .serve_connection(TokioIo::new(JsonErrors::new(stream)), service);
+            .serve_connection(client_io(stream, self.config.write_timeout), service);
         spawn_connection(&self.app, graceful.watch(served), permit, self.peer);
     }
 
@@ -279,7 +283,7 @@ impl Connection {
             .timer(TokioTimer::new())
             .header_read_timeout(OVERFLOW_HEADER_TIMEOUT)
             .keep_alive(false)
-            .serve_connection(TokioIo::new(JsonErrors::new(stream)), service);
+            .serve_connection(client_io(stream, OVERFLOW_HEADER_TIMEOUT), service);
         spawn_connection(&self.app, graceful.watch(served), permit, self.peer);
     }
 }
@@ -438,6 +442,89 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for JsonErrors<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A client's stream as hyper serves it: hyper's own error answers in JSON, and writes
+/// that wait on the client at most `write_timeout`.
+fn client_io(
+    stream: TcpStream,
+    write_timeout: Duration,
+) -> TokioIo<JsonErrors<WriteDeadline<TcpStream>>> {
+    TokioIo::new(JsonErrors::new(WriteDeadline::new(stream, write_timeout)))
+}
+
+/// A stream whose writes fail with `TimedOut` once one has waited `timeout` on a client
+/// that reads nothing (each write that goes through starts the wait afresh).
+pub struct WriteDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    /// Armed while a write waits.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    pub fn new(inner: S, timeout: Duration) -> WriteDeadline<S> {
+        WriteDeadline {
+            inner,
+            timeout,
+            waiting: None,
+        }
+    }
+
+    /// What a write's poll gave: progress disarms the wait, waiting arms it, and a wait
+    /// past the timeout fails.
+    fn within<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.waiting = None;
+            return polled;
+        }
+        let timeout = self.timeout;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match waiting.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing of the answer for {timeout:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.within(cx, polled)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.within(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.within(cx, polled)
     }
 }
 
