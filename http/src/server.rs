@@ -12,7 +12,8 @@
 //! ([`serve_probes`], `--probe-listen`), which a flood of the API port never reaches.
 //!
 //! Answers hyper makes by itself for a request it cannot parse (`400`, `414`, `431`)
-//! get the API's JSON error body ([`JsonErrors`]).
+//! get the API's JSON error body, and a client that reads none of an answer for the
+//! write timeout is closed ([`ClientStream`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -332,21 +333,53 @@ fn log_connection_error(peer: SocketAddr, e: &hyper::Error) {
     }
 }
 
-/// The socket of a connection, giving the answers hyper writes by itself for a request
-/// it cannot parse (`400`, `414`, `431`, with an empty body) the API's JSON error body.
-/// The API's own answers always have a body, so a head of status 4xx with
-/// `content-length: 0` is hyper's.
-pub struct JsonErrors<S> {
+/// The socket of a connection as hyper serves it:
+/// - the answers hyper writes by itself for a request it cannot parse (`400`, `414`,
+///   `431`, with an empty body) get the API's JSON error body (the API's own answers
+///   always have a body, so a head of status 4xx with `content-length: 0` is hyper's);
+/// - a write that has waited `write_timeout` on a client that reads nothing fails with
+///   `TimedOut`, closing the connection (each write that goes through starts the wait
+///   afresh).
+pub struct ClientStream<S> {
     inner: S,
     /// The rewritten answer, still to be written.
     pending: Option<(Vec<u8>, usize)>,
+    write_timeout: Duration,
+    /// Armed while a write waits on the client.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl<S> JsonErrors<S> {
-    pub fn new(inner: S) -> JsonErrors<S> {
-        JsonErrors {
+impl<S> ClientStream<S> {
+    pub fn new(inner: S, write_timeout: Duration) -> ClientStream<S> {
+        ClientStream {
             inner,
             pending: None,
+            write_timeout,
+            waiting: None,
+        }
+    }
+
+    /// What a write's poll gave: progress disarms the wait, waiting arms it, and a wait
+    /// past the timeout fails.
+    fn within<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.waiting = None;
+            return polled;
+        }
+        let timeout = self.write_timeout;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match waiting.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing of the answer for {timeout:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -388,7 +421,7 @@ fn rewrite_automatic_answer(buf: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-impl<S: AsyncWrite + Unpin> JsonErrors<S> {
+impl<S: AsyncWrite + Unpin> ClientStream<S> {
     /// Writes what is left of a rewritten answer.
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while let Some((bytes, written)) = &mut self.pending {
@@ -404,24 +437,8 @@ impl<S: AsyncWrite + Unpin> JsonErrors<S> {
         }
         Poll::Ready(Ok(()))
     }
-}
 
-impl<S: AsyncRead + Unpin> AsyncRead for JsonErrors<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for JsonErrors<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn write_now(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         std::task::ready!(self.poll_pending(cx))?;
         if buf.starts_with(b"HTTP/1.1 4") {
             if let Some(rewritten) = rewrite_automatic_answer(buf) {
@@ -434,70 +451,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for JsonErrors<S> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn flush_now(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn shutdown_now(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
-/// A client's stream as hyper serves it: hyper's own error answers in JSON, and writes
-/// that wait on the client at most `write_timeout`.
-fn client_io(
-    stream: TcpStream,
-    write_timeout: Duration,
-) -> TokioIo<JsonErrors<WriteDeadline<TcpStream>>> {
-    TokioIo::new(JsonErrors::new(WriteDeadline::new(stream, write_timeout)))
-}
-
-/// A stream whose writes fail with `TimedOut` once one has waited `timeout` on a client
-/// that reads nothing (each write that goes through starts the wait afresh).
-pub struct WriteDeadline<S> {
-    inner: S,
-    timeout: Duration,
-    /// Armed while a write waits.
-    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<S> WriteDeadline<S> {
-    pub fn new(inner: S, timeout: Duration) -> WriteDeadline<S> {
-        WriteDeadline {
-            inner,
-            timeout,
-            waiting: None,
-        }
-    }
-
-    /// What a write's poll gave: progress disarms the wait, waiting arms it, and a wait
-    /// past the timeout fails.
-    fn within<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        polled: Poll<std::io::Result<T>>,
-    ) -> Poll<std::io::Result<T>> {
-        if polled.is_ready() {
-            self.waiting = None;
-            return polled;
-        }
-        let timeout = self.timeout;
-        let waiting = self
-            .waiting
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match waiting.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("the client read nothing of the answer for {timeout:?}"),
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for ClientStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -507,25 +472,30 @@ impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let polled = self.write_now(cx, buf);
         self.within(cx, polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        let polled = self.flush_now(cx);
         self.within(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        let polled = self.shutdown_now(cx);
         self.within(cx, polled)
     }
+}
+
+/// A client's stream as hyper serves it (see [`ClientStream`]).
+fn client_io(stream: TcpStream, write_timeout: Duration) -> TokioIo<ClientStream<TcpStream>> {
+    TokioIo::new(ClientStream::new(stream, write_timeout))
 }
 
 #[cfg(test)]

@@ -86,6 +86,19 @@ fn wait_writable(log: &Log, what: &str) {
     }
 }
 
+/// Waits (20 s at most) until `log` has failed to heal `attempts` times.
+fn wait_failed_heals(log: &Log, attempts: u64) {
+    let started = Instant::now();
+    while log.stats().failed_heals < attempts {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            log.stats()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_roll_failing_at_any_step_leaves_no_file_behind_and_loses_nothing() {
     let steps = [
@@ -244,15 +257,7 @@ fn a_log_that_cannot_heal_gives_up_after_its_attempts_and_says_so() {
     append_until(&log, &mut acked, 5);
     faults.fail(FaultPoint::BatchSync, EIO);
     assert!(log.append_batch_blocking(vec![payload(99)]).is_err());
-    let started = Instant::now();
-    while log.stats().failed_heals < 3 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{:?}",
-            log.stats()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_failed_heals(&log, 3);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(log.stats().failed_heals, 3, "no attempt past the bound");
     let reason = log.poisoned().expect("still refusing");
@@ -282,15 +287,7 @@ fn a_heal_cuts_nothing_when_the_acknowledged_records_no_longer_read_back() {
     common::write_at(&active, 0, &[0xff; 8]);
     faults.fail_after(FaultPoint::BatchSync, 0, 1, EIO);
     assert!(log.append_batch_blocking(vec![payload(99)]).is_err());
-    let started = Instant::now();
-    while log.stats().failed_heals < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{:?}",
-            log.stats()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_failed_heals(&log, 2);
     let reason = log
         .poisoned()
         .expect("it does not heal over records it cannot read");
