@@ -1,9 +1,14 @@
 //! The engine service: the API the HTTP server and the relay call.
 //!
 //! Concurrency: sagas live in shards (a `parking_lot` mutex over a map each). An input
-//! is decided under its shard's lock, which is held for microseconds; the saga is then
-//! marked busy, the records are appended, and the durable wait happens with no lock
-//! held, so one group commit carries many sagas' records. A second input for a busy
+//! is decided under its shard's lock, which is held for microseconds and never across
+//! I/O: when deciding needs the log (the first answer to a repeated reply's event id)
+//! or the index (a saga not in memory that may have finished), the locked step says so
+//! (`Step::Read`), `transact` reads without the lock and decides again, re-checking that
+//! what it read still holds (the saga's last offset; the shard's count of sagas that
+//! left memory). After a few such rounds it reads under the lock, so a decision always
+//! ends. The saga is then marked busy, the records are appended, and the durable wait
+//! happens with no lock held, so one group commit carries many sagas' records. A second input for a busy
 //! saga waits for the first to be durable (a saga's records are decided one input at a
 //! time); other sagas never wait. The new state is installed only once the records are
 //! durable: a failed append changes nothing.
@@ -277,6 +282,9 @@ pub(crate) struct Slot {
 pub(crate) struct Shard {
     pub sagas: Mutex<SagaTable>,
     idle: Notify,
+    /// Sagas that left memory (finished and indexed); changed only under `sagas`' lock.
+    /// A decision that read the index without the lock re-checks it (see `transact`).
+    left: AtomicU64,
 }
 
 /// Finished sagas waiting for the indexer before they leave memory, by the offset of
@@ -426,7 +434,34 @@ enum Step {
     Busy,
     Done(Done),
     Append(Pending),
+    /// Deciding needs this read first; `transact` reads it without the shard lock.
+    Read(Need),
 }
+
+/// A read a decision needs: the log or the index, never done under the shard lock
+/// (but as a last resort, see [`MAX_UNLOCKED_READS`]).
+enum Need {
+    /// The saga's records through `last_offset`, for the first answer to the reply's
+    /// event id (the saga's event bits say it may have one).
+    Answer { last_offset: u64 },
+    /// The index entry of a saga not in memory, which may have finished; `left` is the
+    /// shard's count of sagas that left memory when it was asked for.
+    Meta { left: u64 },
+}
+
+/// What was read without the shard lock, for the next decision; each fact holds only
+/// while the saga (or the shard) is as it was when it was read.
+#[derive(Default)]
+struct Known {
+    /// The reply's event has no answer among the saga's records through this offset.
+    unanswered_through: Option<u64>,
+    /// The saga has no index entry, read while the shard's `left` count was this.
+    no_meta_while_left: Option<u64>,
+}
+
+/// Reads one transaction makes without the shard lock before it reads under it: a
+/// saga (or shard) changing faster than its reads cannot keep a decision waiting.
+const MAX_UNLOCKED_READS: u32 = 4;
 
 /// The parts of a saga the projections and timers track.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1013,14 +1048,23 @@ impl Inner {
         let gate = self.gate.clone().read_owned().await;
         self.wait_for_indexer_room().await?;
         let shard = self.shard(saga_id);
+        let mut known = Known::default();
+        let mut reads = 0;
         let pending = loop {
             let idle = shard.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            match self.decide_locked(shard, saga_id, &op)? {
+            let under_lock = reads >= MAX_UNLOCKED_READS;
+            match self.decide_locked(shard, saga_id, &op, &mut known, under_lock)? {
                 Step::Busy => idle.await,
                 Step::Done(done) => return Ok(done),
                 Step::Append(pending) => break pending,
+                Step::Read(need) => {
+                    reads += 1;
+                    if let Some(done) = self.read_for(saga_id, &op, need, &mut known)? {
+                        return Ok(done);
+                    }
+                }
             }
         };
         // The saga is busy from here: a caller dropped before the records reach the
@@ -1111,7 +1155,17 @@ impl Inner {
         shard.idle.notify_waiters();
     }
 
-    fn decide_locked(&self, shard: &Shard, saga_id: &str, op: &Op) -> Result<Step> {
+    /// Decides `op` under the shard lock. A decision that needs the log or the index
+    /// returns `Step::Read` instead, unless `read_under_lock` (the last resort): the
+    /// caller reads without the lock, keeps what it learnt in `known`, and asks again.
+    fn decide_locked(
+        &self,
+        shard: &Shard,
+        saga_id: &str,
+        op: &Op,
+        known: &mut Known,
+        read_under_lock: bool,
+    ) -> Result<Step> {
         let now_ms = self.clock.now_ms();
         let mut sagas = shard.sagas.lock();
         if let Some(slot) = sagas.get_mut(saga_id) {
@@ -1129,11 +1183,18 @@ impl Inner {
             }
             if let Input::Reply(reply) = &op.input {
                 let bits = event_bits(&reply.event_id);
-                if slot.events & bits == bits {
-                    if let Some(answer) =
-                        self.find_reply(saga_id, slot.last_offset, &reply.event_id)?
-                    {
-                        return Ok(Step::Done(Done::Repeated(answer)));
+                // The records through `last_offset` are the saga's as it is now: what
+                // was read of them holds as long as it is unchanged.
+                if slot.events & bits == bits && known.unanswered_through != Some(slot.last_offset)
+                {
+                    let need = Need::Answer {
+                        last_offset: slot.last_offset,
+                    };
+                    if !read_under_lock {
+                        return Ok(Step::Read(need));
+                    }
+                    if let Some(done) = self.read_for(saga_id, op, need, known)? {
+                        return Ok(Step::Done(done));
                     }
                 }
             }
@@ -1156,72 +1217,114 @@ impl Inner {
                 after,
             }));
         }
-        // Not in memory: a new saga, or one that finished and left memory, or none.
-        let meta = if op.fresh_id || !self.finished_ids.read().may_contain(saga_id) {
-            None
-        } else {
-            self.meta(saga_id)?
+        // Not in memory: a new saga, or one that finished and left memory, or none. A
+        // saga leaves memory only once its index entry is written, so an entry read as
+        // missing stays missing while no saga of the shard left memory since.
+        let left = shard.left.load(Ordering::Relaxed);
+        let may_have_finished = !op.fresh_id && self.finished_ids.read().may_contain(saga_id);
+        if may_have_finished && known.no_meta_while_left != Some(left) {
+            let need = Need::Meta { left };
+            if !read_under_lock {
+                return Ok(Step::Read(need));
+            }
+            if let Some(done) = self.read_for(saga_id, op, need, known)? {
+                return Ok(Step::Done(done));
+            }
+        }
+        let Some((definition, _)) = op.start() else {
+            return Err(self.not_found(saga_id));
         };
-        match (&op.input, op.start(), meta) {
-            (_, Some((definition, request_hash)), Some(meta)) => {
-                let (state, first_offset, _) = self.load_finished(saga_id, &meta)?;
-                same_start(&state, definition, request_hash).map(|()| {
-                    Step::Done(Done::Existing {
-                        state,
-                        first_offset,
-                    })
-                })
-            }
-            (_, Some((definition, _)), None) => {
-                let limit = self.config.max_active_sagas;
-                if self.active.load(Ordering::Relaxed) >= limit {
-                    return Err(EngineError::AtLimit {
-                        what: crate::error::ACTIVE_SAGAS,
-                        limit,
-                    });
-                }
-                let key: Arc<str> = Arc::from(saga_id);
-                let state = SagaState::new(key.clone(), definition.clone());
-                let (records, after) = decide_and_apply(&state, op.input.clone(), now_ms)?;
-                sagas.insert(Slot {
-                    state,
-                    busy: true,
-                    epoch: 0,
-                    first_offset: 0,
-                    last_offset: 0,
-                    events: 0,
-                });
-                Ok(Step::Append(Pending {
-                    want_state: true,
-                    key,
-                    records,
-                    link: Link::Start,
-                    after,
-                }))
-            }
-            (Input::Reply(reply), _, Some(meta)) => {
-                match self.find_reply(saga_id, meta.last_offset, &reply.event_id)? {
-                    Some(answer) => Ok(Step::Done(Done::Repeated(answer))),
-                    None => Err(Rejection::Finished {
-                        saga_id: saga_id.to_string(),
-                        status: meta.status,
+        let limit = self.config.max_active_sagas;
+        if self.active.load(Ordering::Relaxed) >= limit {
+            return Err(EngineError::AtLimit {
+                what: crate::error::ACTIVE_SAGAS,
+                limit,
+            });
+        }
+        let key: Arc<str> = Arc::from(saga_id);
+        let state = SagaState::new(key.clone(), definition.clone());
+        let (records, after) = decide_and_apply(&state, op.input.clone(), now_ms)?;
+        sagas.insert(Slot {
+            state,
+            busy: true,
+            epoch: 0,
+            first_offset: 0,
+            last_offset: 0,
+            events: 0,
+        });
+        Ok(Step::Append(Pending {
+            want_state: true,
+            key,
+            records,
+            link: Link::Start,
+            after,
+        }))
+    }
+
+    /// Makes the read a decision needs: the answer it gives, when the read settles the
+    /// operation, or `None` with what was learnt kept in `known`.
+    fn read_for(
+        &self,
+        saga_id: &str,
+        op: &Op,
+        need: Need,
+        known: &mut Known,
+    ) -> Result<Option<Done>> {
+        match need {
+            Need::Answer { last_offset } => {
+                let Input::Reply(reply) = &op.input else {
+                    unreachable!("only a reply asks for its answer")
+                };
+                match self.find_reply(saga_id, last_offset, &reply.event_id)? {
+                    Some(answer) => Ok(Some(Done::Repeated(answer))),
+                    None => {
+                        known.unanswered_through = Some(last_offset);
+                        Ok(None)
                     }
-                    .into()),
                 }
             }
-            (Input::Tick, _, Some(meta)) => {
-                let (state, first_offset, _) = self.load_finished(saga_id, &meta)?;
-                Ok(Step::Done(Done::Unchanged {
-                    state,
-                    first_offset,
-                }))
-            }
-            (_, _, Some(meta)) => Err(Rejection::Finished {
+            Need::Meta { left } => match self.meta(saga_id)? {
+                // A finished saga never comes back to memory: answer from its records.
+                Some(meta) => self.answer_finished(saga_id, op, &meta).map(Some),
+                None => {
+                    known.no_meta_while_left = Some(left);
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    /// `op` on a saga that finished and left memory (its index entry is `meta`).
+    fn answer_finished(&self, saga_id: &str, op: &Op, meta: &SagaMeta) -> Result<Done> {
+        let finished = || -> EngineError {
+            Rejection::Finished {
                 saga_id: saga_id.to_string(),
                 status: meta.status,
             }
-            .into()),
-            (_, _, None) => Err(self.not_found(saga_id)),
+            .into()
+        };
+        if let Some((definition, request_hash)) = op.start() {
+            let (state, first_offset, _) = self.load_finished(saga_id, meta)?;
+            return same_start(&state, definition, request_hash).map(|()| Done::Existing {
+                state,
+                first_offset,
+            });
+        }
+        match &op.input {
+            Input::Reply(reply) => {
+                match self.find_reply(saga_id, meta.last_offset, &reply.event_id)? {
+                    Some(answer) => Ok(Done::Repeated(answer)),
+                    None => Err(finished()),
+                }
+            }
+            Input::Tick => {
+                let (state, first_offset, _) = self.load_finished(saga_id, meta)?;
+                Ok(Done::Unchanged {
+                    state,
+                    first_offset,
+                })
+            }
+            _ => Err(finished()),
         }
     }
 
@@ -1410,6 +1513,7 @@ impl Inner {
             });
             if leave {
                 sagas.remove(&key);
+                shard.left.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.indexed.send_replace(watermark);

@@ -44,6 +44,9 @@ pub enum FaultPoint {
     SnapshotRename,
     /// Committing a batch of index entries.
     IndexCommit,
+    /// Reading one record back (a saga's history is read record by record). Holding
+    /// it makes such reads slow.
+    RecordRead,
 }
 
 /// Asked before each step; an error fails the step with it.

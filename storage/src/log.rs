@@ -672,7 +672,10 @@ impl Log {
 
     /// The record at `offset`.
     pub fn read(&self, offset: u64) -> Result<Vec<u8>> {
-        let mut batch = self.shared().read_batch(offset, 1, 0)?;
+        let shared = self.shared();
+        faults::check(&shared.faults, FaultPoint::RecordRead, &shared.dir)
+            .map_err(StorageError::io("read record", &shared.dir))?;
+        let mut batch = shared.read_batch(offset, 1, 0)?;
         match batch.pop() {
             Some(record) => Ok(record.payload),
             None => {
