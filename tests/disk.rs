@@ -8,85 +8,28 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{get, post, serve};
 use hyper::StatusCode;
+use sagalog_storage::testing::{fill_leaving, Tmpfs};
 use serde_json::json;
 
 const FS_BYTES: u64 = 64 << 20;
-
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path) -> Tmpfs {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={FS_BYTES}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(
-            status.success(),
-            "mounting a tmpfs at {} failed as root",
-            dir.display()
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-
-    /// Gives the filesystem `bytes` in all (more room, as an operator growing a volume).
-    fn resize(&self, bytes: u64) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={bytes}")])
-            .arg(&self.0)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "remounting {} failed", self.0.display());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
 
 /// A size-limited tmpfs mounted on a new temporary directory, or `None` when the test
 /// cannot mount one (it is not root) and says it skipped. (Bound in this order, the
 /// filesystem is unmounted before the directory goes.)
 fn small_disk() -> Option<(tempfile::TempDir, Tmpfs)> {
-    if !is_root() {
+    if !Tmpfs::can_mount() {
         eprintln!("skipped: mounting a size-limited tmpfs needs root");
         return None;
     }
     let root = tempfile::tempdir().unwrap();
-    let fs = Tmpfs::mount(root.path());
+    let fs = Tmpfs::mount(root.path(), FS_BYTES);
     Some((root, fs))
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-}
-
-/// Fills the filesystem with one file, leaving `room` bytes free (0: full).
-fn fill_leaving(path: &Path, room: u64) {
-    let mut filler = std::fs::File::create(path).unwrap();
-    let chunk = vec![0xeeu8; 64 * 1024];
-    let mut written = 0u64;
-    loop {
-        match filler.write(&chunk) {
-            Ok(n) => written += n as u64,
-            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
-            Err(e) => panic!("filling the test filesystem: {e}"),
-        }
-    }
-    filler.set_len(written.saturating_sub(room)).unwrap();
-    filler.sync_all().unwrap();
 }
 
 /// Starts saga `id`: true when acknowledged (201), false on 503 (with its message

@@ -34,8 +34,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use sagalog_storage::{
-    DataDir, IndexBatch, IndexStore, Log, LogConfig, LogRecord, SharedFaults, SnapshotConfig,
-    SnapshotInfo, SnapshotStore, StorageError,
+    DataDir, IndexBatch, IndexStore, Log, LogRecord, SnapshotInfo, SnapshotStore, StorageError,
 };
 use tokio::sync::{watch, Notify};
 
@@ -46,7 +45,7 @@ use crate::decider::{decide_and_apply, Input, Rejection, Reply};
 use crate::definition::{Definition, Registered, Registry};
 use crate::error::{EngineError, Result};
 use crate::indexing::{predecessors, read_saga_record, saga_history, Indexer, Keys, SagaMeta};
-use crate::projection::{Counters, Place, Projections};
+use crate::projection::{Place, Projections};
 use crate::record::{encode_saga_record, Action, Entry, Kind, Link, Record, Status};
 use crate::replay;
 use crate::retention::RetentionReport;
@@ -55,120 +54,11 @@ use crate::table::SagaTable;
 use crate::view::{self, SagaView};
 use sagalog_storage::index::IndexWriter;
 
-/// Where the engine gets the time from (unix milliseconds). Tests drive a manual one.
-pub trait Clock: Send + Sync + 'static {
-    fn now_ms(&self) -> u64;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-}
-
-/// What the engine reports as it installs records, for metrics (the histograms' inputs;
-/// the gauges and counters are in [`EngineStats`]). Called with a saga's lock held:
-/// keep it to atomic updates.
-pub trait EngineObserver: Send + Sync + 'static {
-    /// A saga of `saga_type` ended in `status` (terminal, or `FAILED` /
-    /// `COMPENSATION_FAILED`) `duration_ms` after it started.
-    fn saga_status(&self, _saga_type: &str, _status: Status, _duration_ms: u64) {}
-    /// A step's attempt ended: `action` execute or compensate, `outcome` as replied
-    /// (`timed_out` for a timeout), `duration_ms` since its command was issued.
-    fn step_outcome(
-        &self,
-        _saga_type: &str,
-        _step: &str,
-        _action: Action,
-        _outcome: &'static str,
-        _duration_ms: u64,
-    ) {
-    }
-}
-
-#[derive(Clone)]
-pub struct EngineConfig {
-    pub log: LogConfig,
-    pub snapshots: SnapshotConfig,
-    /// Take a snapshot after this many records have been appended (0: only on demand).
-    pub snapshot_every_records: u64,
-    /// Most sagas that may be active at once; a start beyond it is refused (503).
-    pub max_active_sagas: usize,
-    /// Largest start payload or reply data, as JSON text.
-    pub max_payload_bytes: usize,
-    /// Records the indexer reads and commits as one sled batch.
-    pub index_batch_records: usize,
-    /// Finished sagas waiting for the indexer before they leave memory; writes wait
-    /// beyond it.
-    pub max_unindexed: usize,
-    /// Due timers fired at once.
-    pub timer_concurrency: usize,
-    /// Most finished-saga index entries one list call reads (a type filter can skip
-    /// many); past it the page ends early, with a cursor to go on from.
-    pub list_scan_limit: usize,
-    /// Bytes of sagas (payloads, reasons and the rest) one list page holds at most;
-    /// past it the page ends early, with a cursor to go on from.
-    pub max_list_bytes: usize,
-    /// Definition versions registered at most, all names together (a registration past
-    /// it is refused).
-    pub max_definition_versions: usize,
-    pub shards: usize,
-    pub observer: Option<Arc<dyn EngineObserver>>,
-    /// Bytes of the data directory's reserve (see `sagalog_storage::reserve`): released
-    /// when the disk has less free than this at open, so that opening finds room.
-    /// 0 keeps none.
-    pub reserve_bytes: u64,
-    /// Injected storage failures (tests); `None` in production.
-    pub faults: SharedFaults,
-}
-
-impl std::fmt::Debug for EngineConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineConfig")
-            .field("log", &self.log)
-            .field("snapshots", &self.snapshots)
-            .field("snapshot_every_records", &self.snapshot_every_records)
-            .field("max_active_sagas", &self.max_active_sagas)
-            .field("max_payload_bytes", &self.max_payload_bytes)
-            .field("index_batch_records", &self.index_batch_records)
-            .field("max_unindexed", &self.max_unindexed)
-            .field("timer_concurrency", &self.timer_concurrency)
-            .field("list_scan_limit", &self.list_scan_limit)
-            .field("max_list_bytes", &self.max_list_bytes)
-            .field("max_definition_versions", &self.max_definition_versions)
-            .field("shards", &self.shards)
-            .field("observer", &self.observer.is_some())
-            .field("reserve_bytes", &self.reserve_bytes)
-            .field("faults", &self.faults.is_some())
-            .finish()
-    }
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            log: LogConfig::default(),
-            snapshots: SnapshotConfig::default(),
-            snapshot_every_records: 1_000_000,
-            max_active_sagas: 10_000_000,
-            max_payload_bytes: 512 * 1024,
-            index_batch_records: 4096,
-            max_unindexed: 1_000_000,
-            timer_concurrency: 256,
-            list_scan_limit: 100_000,
-            max_list_bytes: 8 << 20,
-            max_definition_versions: 10_000,
-            shards: 64,
-            observer: None,
-            reserve_bytes: 0,
-            faults: None,
-        }
-    }
-}
+use crate::api::{
+    self, invalid, EngineStats, HistoryItem, ListPage, ListQuery, ReplyAnswer, StartAnswer,
+    StartRequest,
+};
+use crate::config::{Clock, EngineConfig, EngineObserver, SystemClock};
 
 /// Failures the background threads retry (a full disk refuses them every second):
 /// each kind is logged once a minute.
@@ -178,90 +68,10 @@ static REPEATED_FAILURES: std::sync::LazyLock<crate::throttle::Throttle> =
 /// List calls that scan at once; more wait for a turn.
 pub const MAX_CONCURRENT_SCANS: usize = 4;
 
-/// Longest a reply's or an override's reason may be, in characters (as the OpenAPI
-/// file's `maxLength` counts them).
-pub const MAX_REASON_CHARS: usize = 4096;
-/// Longest an `event_id` may be, in characters.
-pub const MAX_EVENT_ID_CHARS: usize = 256;
 /// Longest a caller waits for the indexer (a bounded wait, then an error).
 const INDEX_WAIT: Duration = Duration::from_secs(10);
 /// How long the indexer lets records gather after a short batch.
 const INDEX_GATHER: Duration = Duration::from_millis(5);
-
-/// `[A-Za-z0-9._:-]{1,128}`: saga ids.
-pub fn is_valid_saga_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-}
-
-pub struct StartRequest {
-    pub saga_type: String,
-    pub saga_id: Option<String>,
-    pub payload: serde_json::Value,
-    /// 32 lowercase hex digits (a W3C trace id); one is made when absent.
-    pub trace_id: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct StartAnswer {
-    pub saga: SagaView,
-    /// False when the saga existed already (a repeated start with the same body).
-    pub created: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplyAnswer {
-    pub saga_id: String,
-    pub status: Status,
-    /// The log offset of the reply's record.
-    pub offset: u64,
-    /// True when this `event_id` was answered before: nothing was appended.
-    pub repeated: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct HistoryItem {
-    pub offset: u64,
-    pub record: Record,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ListQuery {
-    pub status: Option<Status>,
-    pub saga_type: Option<String>,
-    pub from_ms: Option<u64>,
-    pub to_ms: Option<u64>,
-    pub limit: usize,
-    pub cursor: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ListPage {
-    pub items: Vec<SagaView>,
-    pub next_cursor: Option<String>,
-}
-
-/// The gauges and counters the metrics endpoint exports.
-#[derive(Debug, Clone)]
-pub struct EngineStats {
-    pub counters: Counters,
-    /// Active sagas (in memory, not finished) per status.
-    pub active_by_status: [usize; 6],
-    /// Unix ms of the oldest `updated_at` among the active sagas in each status, if any
-    /// (a scan of the sagas in memory).
-    pub oldest_updated_ms: [Option<u64>; 6],
-    pub log_next_offset: u64,
-    pub index_watermark: u64,
-    pub snapshot_offset: u64,
-    /// Unix ms when the newest snapshot was written (its file's modification time), 0
-    /// when there is none.
-    pub snapshot_at_ms: u64,
-    /// The configured snapshot interval, in records.
-    pub snapshot_every_records: u64,
-    pub replayed_records: u64,
-}
 
 #[derive(Clone)]
 pub(crate) struct Slot {
@@ -505,21 +315,6 @@ pub(crate) fn shard_index(saga_id: &str, shards: usize) -> usize {
     (fnv1a(saga_id.bytes()) % shards as u64) as usize
 }
 
-fn is_valid_trace_id(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && id.bytes().any(|b| b != b'0')
-}
-
-fn invalid(field: &'static str, message: impl Into<String>) -> EngineError {
-    EngineError::InvalidRequest {
-        field,
-        message: message.into(),
-    }
-}
-
 impl Engine {
     /// Opens (or creates) the data directory `dir`: catches the indexes up, restores the
     /// newest usable snapshot, replays the log after it, and starts the indexer and
@@ -533,16 +328,7 @@ impl Engine {
         config: EngineConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine> {
-        if config.shards == 0
-            || config.index_batch_records == 0
-            || config.timer_concurrency == 0
-            || config.list_scan_limit == 0
-        {
-            return Err(invalid(
-                "config",
-                "shards, index_batch_records, timer_concurrency and list_scan_limit must be > 0",
-            ));
-        }
+        config.validate()?;
         let data = DataDir::open(dir)?.with_faults(config.faults.clone());
         let reserve_released = release_reserve_if_full(&data, config.reserve_bytes)?;
         let (log, _report) = data.open_log(config.log.clone())?;
@@ -655,34 +441,15 @@ impl Engine {
             })?;
         let fresh_id = request.saga_id.is_none();
         let saga_id = match request.saga_id {
-            Some(id) if is_valid_saga_id(&id) => id,
-            Some(id) => {
-                return Err(invalid(
-                    "saga_id",
-                    format!("{id:?} must match [A-Za-z0-9._:-]{{1,128}}"),
-                ))
-            }
+            Some(id) => api::check_saga_id(&id).map(|()| id)?,
             None => inner.random_uuid().to_string(),
         };
         let trace_id = match request.trace_id {
-            Some(t) if is_valid_trace_id(&t) => t,
-            Some(t) => {
-                return Err(invalid(
-                    "trace_id",
-                    format!("{t:?} is not 32 lowercase hex digits"),
-                ))
-            }
+            Some(t) => api::check_trace_id(&t).map(|()| t)?,
             None => inner.random_uuid().simple().to_string(),
         };
         let payload = request.payload.to_string();
-        if payload.len() > inner.config.max_payload_bytes {
-            return Err(EngineError::TooLarge {
-                field: "payload",
-                bytes: payload.len(),
-                limit: inner.config.max_payload_bytes,
-                option: "--max-payload-bytes",
-            });
-        }
+        api::check_size("payload", payload.len(), inner.config.max_payload_bytes)?;
         let op = Op {
             input: Input::Start {
                 request_hash: request_hash(&definition.name, &payload),
@@ -714,29 +481,7 @@ impl Engine {
     }
 
     pub async fn reply(&self, saga_id: &str, reply: Reply) -> Result<ReplyAnswer> {
-        if !(1..=MAX_EVENT_ID_CHARS).contains(&reply.event_id.chars().count()) {
-            return Err(invalid(
-                "event_id",
-                format!("must be 1 to {MAX_EVENT_ID_CHARS} characters"),
-            ));
-        }
-        if reply.attempt == 0 {
-            return Err(invalid("attempt", "attempts are numbered from 1"));
-        }
-        if reply.data.len() > self.inner.config.max_payload_bytes {
-            return Err(EngineError::TooLarge {
-                field: "data",
-                bytes: reply.data.len(),
-                limit: self.inner.config.max_payload_bytes,
-                option: "--max-payload-bytes",
-            });
-        }
-        if reply.reason.chars().count() > MAX_REASON_CHARS {
-            return Err(invalid(
-                "reason",
-                format!("at most {MAX_REASON_CHARS} characters"),
-            ));
-        }
+        api::check_reply(&reply, self.inner.config.max_payload_bytes)?;
         match self
             .inner
             .transact(saga_id, Input::Reply(reply).into())
@@ -769,12 +514,7 @@ impl Engine {
         to: Status,
         reason: String,
     ) -> Result<SagaView> {
-        if reason.chars().count() > MAX_REASON_CHARS {
-            return Err(invalid(
-                "reason",
-                format!("at most {MAX_REASON_CHARS} characters"),
-            ));
-        }
+        api::check_reason(&reason)?;
         let done = self
             .inner
             .transact(saga_id, Input::Override { to, reason }.into())

@@ -5,6 +5,8 @@
 //! - [`state`] and [`decider`]: the pure core — `decide(&state, input, now_ms)` gives
 //!   the records an input adds, `apply(state, &record)` folds a record into the state.
 //!   No I/O, no clock: the same two functions serve the live path, replay and tests.
+//! - [`api`] and [`config`]: what callers hand the engine and get back, the rules its
+//!   inputs are checked by, and how it is set up.
 //! - [`Engine`]: the service over a data directory — start, reply, override, retry,
 //!   get, list, history, definitions, snapshots — with the indexer and timer threads.
 //! - [`command`]: issued commands as participants see them (the outbox and the relay).
@@ -14,8 +16,10 @@
 //! - [`offline`]: verify, recover, replay, inspect, backup and restore of a data directory.
 //! - retention ([`Engine::apply_retention`]): deleting the log segments nothing needs.
 
+pub mod api;
 mod bloom;
 pub mod command;
+pub mod config;
 pub mod dead_letters;
 pub mod decider;
 pub mod definition;
@@ -36,14 +40,16 @@ pub mod throttle;
 pub mod view;
 pub mod wire;
 
+pub use api::{
+    is_valid_saga_id, is_valid_trace_id, EngineStats, HistoryItem, ListPage, ListQuery,
+    ReplyAnswer, StartAnswer, StartRequest,
+};
 pub use command::{Command, StoredJson};
+pub use config::{Clock, EngineConfig, EngineObserver, SystemClock};
 pub use dead_letters::DeadLetter;
 pub use decider::{decide, Input, Outcome, Rejection, Reply};
 pub use definition::{Definition, Registry, StepDefinition};
-pub use engine::{
-    is_valid_saga_id, Clock, Engine, EngineConfig, EngineObserver, EngineStats, HistoryItem,
-    ListPage, ListQuery, ReplyAnswer, StartAnswer, StartRequest, SystemClock,
-};
+pub use engine::Engine;
 pub use error::{EngineError, ErrorClass};
 pub use record::{Action, Entry, Kind, Record, Status};
 pub use retention::RetentionReport;

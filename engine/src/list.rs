@@ -14,7 +14,8 @@ use std::collections::BinaryHeap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::engine::{Inner, ListPage, ListQuery};
+use crate::api::{ListPage, ListQuery};
+use crate::engine::Inner;
 use crate::error::{EngineError, Result};
 use crate::indexing::{
     bucket_key_from, bucket_newest_ms, read_saga_record, Bucket, SagaMeta, MAX_BUCKET_SPAN_MS,
@@ -38,7 +39,7 @@ fn parse_cursor(cursor: &str) -> Result<Position> {
     };
     let (at, id) = cursor.split_once('_').ok_or_else(bad)?;
     let at = at.parse::<u64>().map_err(|_| bad())?;
-    if !crate::engine::is_valid_saga_id(id) {
+    if !crate::api::is_valid_saga_id(id) {
         return Err(bad());
     }
     Ok((at, Arc::from(id)))

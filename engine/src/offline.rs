@@ -13,7 +13,8 @@ use sagalog_storage::format::{check_frame, Frame, SEGMENT_HEADER_BYTES};
 use sagalog_storage::{DataDir, LogRecord, LOG_DIR, SEGMENT_SUFFIX, SNAPSHOT_DIR};
 use serde::Serialize;
 
-use crate::engine::{Engine, EngineConfig};
+use crate::config::EngineConfig;
+use crate::engine::Engine;
 use crate::error::{EngineError, Result};
 use crate::indexing::{decode_at, Keys, SagaMeta};
 use crate::record::{peek, Entry, Kind, Record, Status};

@@ -648,8 +648,7 @@ fn trace_id_of(traceparent: &str) -> Option<String> {
         [version, trace, parent, flags]
             if hex(version, 2)
                 && *version != "ff"
-                && hex(trace, 32)
-                && trace.bytes().any(|b| b != b'0')
+                && sagalog_engine::is_valid_trace_id(trace)
                 && hex(parent, 16)
                 && hex(flags, 2) =>
         {

@@ -25,6 +25,8 @@ mod log;
 pub mod reserve;
 mod scan;
 pub mod snapshot;
+#[doc(hidden)]
+pub mod testing;
 mod writer;
 
 pub use config::{FsyncPolicy, LogConfig, LogObserver};

@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{open, payload};
+use sagalog_storage::testing::{fill_leaving, Tmpfs};
 use sagalog_storage::{LogConfig, StorageError, SEGMENT_SUFFIX};
 
 const FS_BYTES: u64 = 1 << 20;
@@ -17,64 +15,14 @@ const SEGMENT_BYTES: u64 = 256 * 1024;
 /// Room left for the log once the filler has taken the rest.
 const ROOM_BYTES: u64 = 64 * 1024;
 
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path) -> Tmpfs {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={FS_BYTES}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(
-            status.success(),
-            "mounting a tmpfs at {} failed as root",
-            dir.display()
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-}
-
-/// Fills the filesystem with one file, then gives `ROOM_BYTES` of it back.
-fn fill_leaving_room(path: &Path) {
-    let mut filler = std::fs::File::create(path).unwrap();
-    let chunk = vec![0xeeu8; 4096];
-    let mut written = 0u64;
-    while written < FS_BYTES {
-        match filler.write(&chunk) {
-            Ok(n) => written += n as u64,
-            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
-            Err(e) => panic!("filling the test filesystem: {e}"),
-        }
-    }
-    assert!(
-        written >= ROOM_BYTES,
-        "the filler found only {written} bytes free"
-    );
-    filler.set_len(written - ROOM_BYTES).unwrap();
-}
-
 #[test]
 fn a_full_disk_fails_appends_cleanly_loses_nothing_and_heals_when_space_returns() {
-    if !is_root() {
+    if !Tmpfs::can_mount() {
         eprintln!("skipped: mounting a size-limited tmpfs needs root");
         return;
     }
     let mount_dir = tempfile::tempdir().unwrap();
-    let _tmpfs = Tmpfs::mount(mount_dir.path());
+    let _tmpfs = Tmpfs::mount(mount_dir.path(), FS_BYTES);
     let dir = mount_dir.path().join("data");
     let config = LogConfig {
         segment_bytes: SEGMENT_BYTES,
@@ -93,7 +41,7 @@ fn a_full_disk_fails_appends_cleanly_loses_nothing_and_heals_when_space_returns(
         std::thread::sleep(Duration::from_millis(5));
     }
     let filler = mount_dir.path().join("filler");
-    fill_leaving_room(&filler);
+    fill_leaving(&filler, ROOM_BYTES);
 
     // Append until the disk is full: through the pre-written segments, then a plain one.
     let mut acked = Vec::new();

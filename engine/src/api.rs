@@ -1,0 +1,168 @@
+//! The engine's API: what callers hand it and get back, and the rules its inputs are
+//! checked by before anything is decided (saga ids, trace ids, event ids, reasons,
+//! sizes). A check that fails changes nothing.
+
+use crate::decider::Reply;
+use crate::error::{EngineError, Result};
+use crate::projection::Counters;
+use crate::record::{Record, Status};
+use crate::view::SagaView;
+
+/// Longest a reply's or an override's reason may be, in characters (as the OpenAPI
+/// file's `maxLength` counts them).
+pub const MAX_REASON_CHARS: usize = 4096;
+/// Longest an `event_id` may be, in characters.
+pub const MAX_EVENT_ID_CHARS: usize = 256;
+
+/// `[A-Za-z0-9._:-]{1,128}`: saga ids.
+pub fn is_valid_saga_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+pub struct StartRequest {
+    pub saga_type: String,
+    pub saga_id: Option<String>,
+    pub payload: serde_json::Value,
+    /// 32 lowercase hex digits (a W3C trace id); one is made when absent.
+    pub trace_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StartAnswer {
+    pub saga: SagaView,
+    /// False when the saga existed already (a repeated start with the same body).
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyAnswer {
+    pub saga_id: String,
+    pub status: Status,
+    /// The log offset of the reply's record.
+    pub offset: u64,
+    /// True when this `event_id` was answered before: nothing was appended.
+    pub repeated: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryItem {
+    pub offset: u64,
+    pub record: Record,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<Status>,
+    pub saga_type: Option<String>,
+    pub from_ms: Option<u64>,
+    pub to_ms: Option<u64>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub items: Vec<SagaView>,
+    pub next_cursor: Option<String>,
+}
+
+/// The gauges and counters the metrics endpoint exports.
+#[derive(Debug, Clone)]
+pub struct EngineStats {
+    pub counters: Counters,
+    /// Active sagas (in memory, not finished) per status.
+    pub active_by_status: [usize; 6],
+    /// Unix ms of the oldest `updated_at` among the active sagas in each status, if any
+    /// (a scan of the sagas in memory).
+    pub oldest_updated_ms: [Option<u64>; 6],
+    pub log_next_offset: u64,
+    pub index_watermark: u64,
+    pub snapshot_offset: u64,
+    /// Unix ms when the newest snapshot was written (its file's modification time), 0
+    /// when there is none.
+    pub snapshot_at_ms: u64,
+    /// The configured snapshot interval, in records.
+    pub snapshot_every_records: u64,
+    pub replayed_records: u64,
+}
+
+/// 32 lowercase hex digits, not all zero: a W3C trace id.
+pub fn is_valid_trace_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && id.bytes().any(|b| b != b'0')
+}
+
+pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> EngineError {
+    EngineError::InvalidRequest {
+        field,
+        message: message.into(),
+    }
+}
+
+/// A saga id a caller chose, checked.
+pub(crate) fn check_saga_id(id: &str) -> Result<()> {
+    if is_valid_saga_id(id) {
+        return Ok(());
+    }
+    Err(invalid(
+        "saga_id",
+        format!("{id:?} must match [A-Za-z0-9._:-]{{1,128}}"),
+    ))
+}
+
+/// A trace id a caller gave, checked.
+pub(crate) fn check_trace_id(id: &str) -> Result<()> {
+    if is_valid_trace_id(id) {
+        return Ok(());
+    }
+    Err(invalid(
+        "trace_id",
+        format!("{id:?} is not 32 lowercase hex digits"),
+    ))
+}
+
+/// A start's payload or a reply's data (`field`), `bytes` long as JSON, against the
+/// engine's `limit` (`max_payload_bytes`).
+pub(crate) fn check_size(field: &'static str, bytes: usize, limit: usize) -> Result<()> {
+    if bytes <= limit {
+        return Ok(());
+    }
+    Err(EngineError::TooLarge {
+        field,
+        bytes,
+        limit,
+        option: "--max-payload-bytes",
+    })
+}
+
+/// A reply's or an override's reason.
+pub(crate) fn check_reason(reason: &str) -> Result<()> {
+    if reason.chars().count() <= MAX_REASON_CHARS {
+        return Ok(());
+    }
+    Err(invalid(
+        "reason",
+        format!("at most {MAX_REASON_CHARS} characters"),
+    ))
+}
+
+/// A participant's reply, with data of at most `max_payload_bytes`.
+pub(crate) fn check_reply(reply: &Reply, max_payload_bytes: usize) -> Result<()> {
+    if !(1..=MAX_EVENT_ID_CHARS).contains(&reply.event_id.chars().count()) {
+        return Err(invalid(
+            "event_id",
+            format!("must be 1 to {MAX_EVENT_ID_CHARS} characters"),
+        ));
+    }
+    if reply.attempt == 0 {
+        return Err(invalid("attempt", "attempts are numbered from 1"));
+    }
+    check_size("data", reply.data.len(), max_payload_bytes)?;
+    check_reason(&reply.reason)
+}
