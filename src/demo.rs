@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sagalog_engine::throttle::Throttle;
-use sagalog_engine::{Action, Command, Engine, Outcome, Reply, StartRequest};
-use tokio::sync::{watch, Semaphore};
+use sagalog_engine::{Action, Command, Engine, Outcome, Reply, Shutdown, StartRequest};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 /// Sagas the demo customer starts per second.
@@ -40,7 +40,7 @@ impl Demo {
     }
 }
 
-pub fn spawn(engine: Arc<Engine>, stopping: watch::Receiver<bool>) -> Demo {
+pub fn spawn(engine: Arc<Engine>, stopping: Shutdown) -> Demo {
     let customer = tokio::spawn(customer(engine.clone(), stopping.clone()));
     let participants = tokio::spawn(participants(engine, stopping));
     Demo {
@@ -55,14 +55,14 @@ fn roll(parts: &[&str]) -> u64 {
     hasher.finish() % 100
 }
 
-async fn customer(engine: Arc<Engine>, mut stopping: watch::Receiver<bool>) {
+async fn customer(engine: Arc<Engine>, mut stopping: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / STARTS_PER_SECOND));
     let run = roll(&[&std::process::id().to_string()]);
     let failures = Throttle::new(std::time::Duration::from_secs(60));
     for n in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stopping.wait_for(|stop| *stop) => return,
+            () = stopping.wait() => return,
         }
         let request = StartRequest {
             saga_type: "order".into(),
@@ -83,13 +83,13 @@ async fn customer(engine: Arc<Engine>, mut stopping: watch::Receiver<bool>) {
     }
 }
 
-async fn participants(engine: Arc<Engine>, mut stopping: watch::Receiver<bool>) {
+async fn participants(engine: Arc<Engine>, mut stopping: Shutdown) {
     let mut tail = engine.log().subscribe(engine.log().next_offset());
     let room = Arc::new(Semaphore::new(MAX_REPLIES_IN_FLIGHT));
     loop {
         let batch = tokio::select! {
             batch = tail.next_batch(TAIL_BATCH, 4 << 20) => batch,
-            _ = stopping.wait_for(|stop| *stop) => return,
+            () = stopping.wait() => return,
         };
         let commands = match batch.map_err(sagalog_engine::EngineError::from) {
             Ok(records) => engine.commands(&records),

@@ -17,10 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sagalog_engine::Engine;
+use sagalog_engine::{Engine, Shutdown};
 use sagalog_http::{Metrics, Readiness};
 use sagalog_storage::Reserve;
-use tokio::sync::watch;
 
 use crate::options::Serve;
 
@@ -138,12 +137,12 @@ impl DiskWatch {
         engine: Arc<Engine>,
         metrics: Arc<Metrics>,
         readiness: Readiness,
-        mut stopping: watch::Receiver<bool>,
+        mut stopping: Shutdown,
     ) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Self::EVERY) => {}
-                _ = stopping.wait_for(|stop| *stop) => return,
+                () = stopping.wait() => return,
             }
             // Writing the reserve takes a moment: off the runtime.
             let (watch, engine, metrics, readiness) = (

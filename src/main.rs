@@ -11,12 +11,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use sagalog_engine::{Clock, Definition, Engine, EngineConfig, SystemClock};
+use sagalog_engine::{Clock, Definition, Engine, EngineConfig, Shutdown, SystemClock};
 use sagalog_http::{ApiConfig, App, Metrics, Readiness};
 use sagalog_relay::{
     Relay, RelayConfig, RelayObserver, ReplyConsumer, ReplyObserver, TopicObserver,
 };
-use tokio::sync::watch;
 
 use options::{LogFormat, Serve, ServeArgs};
 
@@ -145,7 +144,7 @@ async fn serve_until_signal(
     let address = listener
         .local_addr()
         .map_err(|e| format!("listening on {}: {e}", serve.listen))?;
-    let (stop_tx, stopping) = watch::channel(false);
+    let (stop, stopping) = Shutdown::new();
     let app = Arc::new(App {
         engine: engine.clone(),
         metrics: metrics.clone(),
@@ -206,9 +205,7 @@ async fn serve_until_signal(
                 .local_addr()
                 .map_err(|e| format!("listening for probes on {addr}: {e}"))?;
             let mut stopped = stopping.clone();
-            let stop = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
+            let stop = async move { stopped.wait().await };
             tracing::info!(address = %bound, "probes listening");
             Some(tokio::spawn(sagalog_http::serve_probes(
                 probe_listener,
@@ -222,7 +219,7 @@ async fn serve_until_signal(
     let shutdown = async move {
         wait_for_signal().await;
         tracing::info!("stop signal: finishing requests in flight");
-        let _ = stop_tx.send(true);
+        stop.stop();
     };
     let server = sagalog_http::ServerConfig {
         max_connections: serve.max_connections,
@@ -257,7 +254,7 @@ async fn run_retention(
     engine: Arc<Engine>,
     min_age: std::time::Duration,
     hold: Option<impl Fn() -> u64 + Send + Sync + 'static>,
-    mut stopping: watch::Receiver<bool>,
+    mut stopping: Shutdown,
 ) {
     // Often enough that the log stays near its retention, rarely enough to cost nothing.
     let every = (min_age / 10).clamp(
@@ -269,7 +266,7 @@ async fn run_retention(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stopping.wait_for(|stop| *stop) => return,
+            () = stopping.wait() => return,
         }
         let (engine, hold) = (engine.clone(), hold.clone());
         let pass = tokio::task::spawn_blocking(move || {

@@ -49,6 +49,7 @@ use crate::projection::{Place, Projections};
 use crate::record::{encode_saga_record, Action, Entry, Kind, Link, Record, Status};
 use crate::replay;
 use crate::retention::RetentionReport;
+use crate::shutdown::{Shutdown, Stop};
 use crate::state::{apply_mut, SagaState};
 use crate::table::SagaTable;
 use crate::view::{self, SagaView};
@@ -160,11 +161,11 @@ pub(crate) struct Inner {
     /// A periodic snapshot runs beside the timers.
     periodic_snapshot: std::sync::atomic::AtomicBool,
     /// Turns for list scans.
-    scans: tokio::sync::Semaphore,
+    scans: Arc<tokio::sync::Semaphore>,
     snapshot_offset: AtomicU64,
     snapshot_at_ms: AtomicU64,
     replayed: u64,
-    stop: watch::Sender<bool>,
+    stop: Stop,
     id_hasher: std::collections::hash_map::RandomState,
     id_counter: AtomicU64,
     pub(crate) retention: Mutex<crate::retention::Retention>,
@@ -370,11 +371,11 @@ impl Engine {
             snapshot_epoch: std::sync::atomic::AtomicU32::new(0),
             snapshotting: Arc::new(tokio::sync::Mutex::new(())),
             periodic_snapshot: std::sync::atomic::AtomicBool::new(false),
-            scans: tokio::sync::Semaphore::new(MAX_CONCURRENT_SCANS),
+            scans: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SCANS)),
             snapshot_offset: AtomicU64::new(restored.snapshot_offset),
             snapshot_at_ms: AtomicU64::new(snapshot_at_ms),
             replayed: restored.replayed,
-            stop: watch::channel(false).0,
+            stop: Shutdown::new().0,
             id_hasher: std::collections::hash_map::RandomState::new(),
             id_counter: AtomicU64::new(0),
             retention: Mutex::default(),
@@ -540,20 +541,26 @@ impl Engine {
     /// A page of sagas (see `list`): read off the async runtime, at most
     /// [`MAX_CONCURRENT_SCANS`] at once (the others wait their turn).
     pub async fn list(&self, query: &ListQuery) -> Result<ListPage> {
-        let _turn = self
+        // The turn goes with the scan: a caller that goes away does not free it while
+        // the scan still runs.
+        let turn = self
             .inner
             .scans
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| EngineError::Closed)?;
         let (inner, query) = (self.inner.clone(), query.clone());
-        tokio::task::spawn_blocking(move || inner.list(&query))
-            .await
-            .unwrap_or_else(|e| {
-                Err(EngineError::Inconsistent(format!(
-                    "the task listing sagas failed: {e}"
-                )))
-            })
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            inner.list(&query)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(EngineError::Inconsistent(format!(
+                "the task listing sagas failed: {e}"
+            )))
+        })
     }
 
     /// Registers a definition (recorded in the log so it survives a restart).
@@ -742,7 +749,7 @@ fn modified_ms(path: &Path) -> u64 {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.inner.stop.send_replace(true);
+        self.inner.stop.stop();
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
                 tracing::error!("an engine thread panicked");
@@ -1452,16 +1459,17 @@ impl Inner {
         let paused_ms = started.elapsed().as_millis() as u64;
         let offset = cut.offset;
         let inner = self.clone();
-        let info = tokio::task::spawn_blocking(move || {
-            let _one = one;
-            replay::write_snapshot(&inner, &cut)
+        // The turn goes with the blocking task, and comes back to be held until the
+        // offsets below are stored: a later snapshot's cannot be overwritten by these.
+        let (_one, written) = tokio::task::spawn_blocking(move || {
+            let written = replay::write_snapshot(&inner, &cut);
+            (one, written)
         })
         .await
-        .unwrap_or_else(|e| {
-            Err(EngineError::Inconsistent(format!(
-                "the task writing the snapshot failed: {e}"
-            )))
+        .map_err(|e| {
+            EngineError::Inconsistent(format!("the task writing the snapshot failed: {e}"))
         })?;
+        let info = written?;
         self.snapshot_offset.store(offset, Ordering::Relaxed);
         // The file's own time, as a restart reads it: the gauge keeps its value.
         self.snapshot_at_ms
@@ -1697,7 +1705,7 @@ fn run_indexer(inner: Arc<Inner>) {
         loop {
             let batch = tokio::select! {
                 batch = tail.next_batch(inner.config.index_batch_records, 16 << 20) => batch,
-                _ = stop.wait_for(|stop| *stop) => return,
+                () = stop.wait() => return,
             };
             let result = batch
                 .map_err(EngineError::from)
@@ -1711,7 +1719,7 @@ fn run_indexer(inner: Arc<Inner>) {
                     if read < inner.config.index_batch_records {
                         tokio::select! {
                             _ = tokio::time::sleep(INDEX_GATHER) => {}
-                            _ = stop.wait_for(|stop| *stop) => return,
+                            () = stop.wait() => return,
                         }
                     }
                 }
@@ -1722,7 +1730,7 @@ fn run_indexer(inner: Arc<Inner>) {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = stop.wait_for(|stop| *stop) => return,
+                        () = stop.wait() => return,
                     }
                     tail = inner.log.subscribe(from);
                     indexer =
@@ -1738,12 +1746,18 @@ fn run_indexer(inner: Arc<Inner>) {
 fn fill_finished_ids(inner: &Inner) -> Result<()> {
     let mut ids = inner.index.scan_prefix(&inner.keys.saga, b"").peekable();
     while ids.peek().is_some() {
-        if *inner.stop.borrow() {
+        if inner.stop.subscribe().is_set() {
             return Ok(());
         }
+        // Read from sled first: deciding takes the filter's read lock under a shard
+        // lock, so its write lock is held only to insert.
+        let chunk = ids
+            .by_ref()
+            .take(4096)
+            .map(|entry| entry.map(|(id, _)| id))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut filter = inner.finished_ids.write();
-        for entry in ids.by_ref().take(4096) {
-            let (id, _) = entry?;
+        for id in chunk {
             filter.insert(&String::from_utf8_lossy(&id));
         }
     }
@@ -1772,7 +1786,7 @@ fn run_timer(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
     current_thread_runtime().block_on(async {
         loop {
-            if *stop.borrow() {
+            if stop.is_set() {
                 return;
             }
             let every = inner.config.snapshot_every_records;
@@ -1806,7 +1820,7 @@ fn run_timer(inner: Arc<Inner>) {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
                 _ = woken => {}
-                _ = stop.wait_for(|stop| *stop) => return,
+                () = stop.wait() => return,
             }
         }
     });

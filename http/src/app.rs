@@ -13,13 +13,12 @@ use hyper::header::{
 };
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
 use sagalog_engine::definition::Registered;
 use sagalog_engine::throttle::Throttle;
 use sagalog_engine::wire::ReplyMessage;
 use sagalog_engine::{
-    is_valid_saga_id, Clock, Definition, Engine, ListQuery, StartRequest, Status,
+    is_valid_saga_id, Clock, Definition, Engine, ListQuery, Shutdown, StartRequest, Status,
 };
 
 use crate::error::ApiError;
@@ -66,7 +65,7 @@ pub struct App {
     pub config: ApiConfig,
     pub clock: Arc<dyn Clock>,
     /// True once shutdown began: `/readyz` fails and long polls return.
-    pub stopping: watch::Receiver<bool>,
+    pub stopping: Shutdown,
     /// Problems other parts report (the relay's missing topics): `/readyz` fails while
     /// there are any.
     pub readiness: Readiness,
@@ -555,7 +554,7 @@ impl App {
     fn ready(&self) -> Result<Response<Body>, ApiError> {
         let not_ready =
             |reason: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason);
-        if *self.stopping.borrow() {
+        if self.stopping.is_set() {
             return Err(not_ready("shutting down".into()));
         }
         if let Some(reason) = self.engine.log().poisoned() {
@@ -679,7 +678,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 async fn read_body(
     request: Request<Incoming>,
     config: &ApiConfig,
-    mut stopping: watch::Receiver<bool>,
+    mut stopping: Shutdown,
 ) -> Result<Bytes, ApiError> {
     let max_bytes = config.max_body_bytes;
     let declared = request
@@ -711,7 +710,7 @@ async fn read_body(
         let frame = tokio::select! {
             biased;
             frame = tokio::time::timeout_at(by, body.frame()) => frame,
-            _ = stopping.wait_for(|stop| *stop) => {
+            () = stopping.wait() => {
                 return Err(ApiError::refused("shutting_down", "the server is stopping; retry on another instance"));
             }
         };

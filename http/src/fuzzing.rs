@@ -5,8 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use sagalog_engine::{Clock, Engine, EngineConfig, SystemClock};
-use tokio::sync::watch;
+use sagalog_engine::{Clock, Engine, EngineConfig, Shutdown, SystemClock};
 
 use crate::app::{ApiConfig, App, Readiness};
 use crate::json;
@@ -20,7 +19,7 @@ pub async fn app(dir: &Path) -> Arc<App> {
         metrics: Metrics::new(),
         config: ApiConfig::default(),
         clock: Arc::new(SystemClock) as Arc<dyn Clock>,
-        stopping: watch::channel(false).1,
+        stopping: Shutdown::new().1,
         readiness: Readiness::default(),
     });
     let start = br#"{"type": "order", "saga_id": "fuzz-1", "payload": {}}"#;

@@ -8,9 +8,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
-
-use sagalog_engine::Engine;
+use sagalog_engine::{Engine, Shutdown};
 
 use crate::app::{parse_limit, parse_u64, DEFAULT_LIMIT};
 use crate::error::ApiError;
@@ -74,7 +72,7 @@ struct Page<'a> {
 pub async fn poll(
     engine: &Engine,
     query: &OutboxQuery,
-    mut stopping: watch::Receiver<bool>,
+    mut stopping: Shutdown,
 ) -> Result<Vec<u8>, ApiError> {
     let log = engine.log();
     let start = log.start_offset();
@@ -106,7 +104,7 @@ pub async fn poll(
         let batch = tokio::select! {
             batch = tail.next_batch(want, READ_BYTES) => batch.map_err(sagalog_engine::EngineError::from)?,
             _ = tokio::time::sleep_until(deadline) => break,
-            _ = stopping.wait_for(|stop| *stop) => break,
+            () = stopping.wait() => break,
         };
         scanned += batch.len();
         next_after = batch.last().map(|r| r.offset).or(next_after);

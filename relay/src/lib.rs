@@ -42,11 +42,6 @@ pub enum RelayError {
 
 pub type Result<T, E = RelayError> = std::result::Result<T, E>;
 
-/// Resolves once a stop is asked for (or the handle that would ask is gone).
-pub(crate) async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stopping.wait_for(|stop| *stop).await;
-}
-
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// Kafka bootstrap servers, comma-separated.

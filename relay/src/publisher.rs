@@ -28,11 +28,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use sagalog_engine::{Command, Engine};
-use tokio::sync::watch;
+use sagalog_engine::{Command, Engine, Shutdown, Stop};
 use tokio::task::JoinHandle;
 
-use crate::{position, stopped, topics, KafkaContext, RelayConfig, Result};
+use crate::{position, topics, KafkaContext, RelayConfig, Result};
 
 /// Records one read of the tail takes.
 const READ_RECORDS: usize = 1024;
@@ -109,7 +108,7 @@ pub struct Relay {
     task: JoinHandle<Result<()>>,
     /// Checks the topics now and then (see [`topics::watch`]).
     watcher: JoinHandle<()>,
-    stop: watch::Sender<bool>,
+    stop: Stop,
     position: Arc<AtomicU64>,
 }
 
@@ -136,7 +135,7 @@ impl Relay {
         }
         let start = stored.max(log_start);
         let position = Arc::new(AtomicU64::new(start));
-        let (stop, stopping) = watch::channel(false);
+        let (stop, stopping) = Shutdown::new();
         let publisher = Publisher {
             engine,
             producer: parking_lot::Mutex::new(producer),
@@ -174,7 +173,7 @@ impl Relay {
     /// Stops publishing (waiting a little for deliveries in flight) and stores the
     /// position durably.
     pub async fn stop(self) -> Result<()> {
-        let _ = self.stop.send(true);
+        self.stop.stop();
         let _ = self.watcher.await;
         match self.task.await {
             Ok(result) => result,
@@ -194,7 +193,7 @@ struct Publisher {
     config: RelayConfig,
     observer: Arc<dyn RelayObserver>,
     position: Arc<AtomicU64>,
-    stopping: watch::Receiver<bool>,
+    stopping: Shutdown,
 }
 
 impl Publisher {
@@ -211,7 +210,7 @@ impl Publisher {
         loop {
             tokio::select! {
                 biased;
-                () = stopped(&mut stopping) => break,
+                () = stopping.wait() => break,
                 outcome = async { (&mut window.front_mut().expect("checked").delivery).await }, if !window.is_empty() => {
                     let slot = window.pop_front().expect("checked");
                     match self.settle(slot, outcome).await? {
@@ -320,7 +319,7 @@ impl Publisher {
             let mut stopping = self.stopping.clone();
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                () = stopped(&mut stopping) => {}
+                () = stopping.wait() => {}
             }
         }
         if renew != Renew::No {

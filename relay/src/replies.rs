@@ -12,11 +12,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use sagalog_engine::wire::ReplyMessage;
-use sagalog_engine::{is_valid_saga_id, Engine, ErrorClass};
-use tokio::sync::watch;
+use sagalog_engine::{is_valid_saga_id, Engine, ErrorClass, Shutdown, Stop};
 use tokio::task::JoinHandle;
 
-use crate::{stopped, KafkaContext, RelayConfig, Result};
+use crate::{KafkaContext, RelayConfig, Result};
 
 /// Longest wait before a reply the engine could not take is tried again.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
@@ -37,7 +36,7 @@ pub trait ReplyObserver: Send + Sync + 'static {
 
 pub struct ReplyConsumer {
     task: JoinHandle<()>,
-    stop: watch::Sender<bool>,
+    stop: Stop,
 }
 
 impl ReplyConsumer {
@@ -53,13 +52,13 @@ impl ReplyConsumer {
             .set("auto.offset.reset", "earliest")
             .create_with_context(KafkaContext)?;
         consumer.subscribe(&[config.reply_topic.as_str()])?;
-        let (stop, stopping) = watch::channel(false);
+        let (stop, stopping) = Shutdown::new();
         let task = tokio::spawn(run(Arc::new(consumer), engine, observer, stopping));
         Ok(ReplyConsumer { task, stop })
     }
 
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.stop();
         let _ = self.task.await;
     }
 }
@@ -68,14 +67,14 @@ async fn run(
     consumer: Arc<StreamConsumer<KafkaContext>>,
     engine: Arc<Engine>,
     observer: Arc<dyn ReplyObserver>,
-    mut stopping: watch::Receiver<bool>,
+    mut stopping: Shutdown,
 ) {
     let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
     let mut stop_signal = stopping.clone();
     loop {
         tokio::select! {
             biased;
-            () = stopped(&mut stop_signal) => return,
+            () = stop_signal.wait() => return,
             _ = lag_tick.tick() => {
                 let consumer = consumer.clone();
                 if let Ok(Some(lag)) = tokio::task::spawn_blocking(move || lag(&consumer)).await {
@@ -106,7 +105,7 @@ async fn handle(
     engine: &Engine,
     observer: &dyn ReplyObserver,
     message: &BorrowedMessage<'_>,
-    stopping: &mut watch::Receiver<bool>,
+    stopping: &mut Shutdown,
 ) -> bool {
     let where_ = format!(
         "{}[{}]@{}",
@@ -148,7 +147,7 @@ async fn handle(
                 tracing::warn!(message = %where_, saga_id, error = %e, "the engine could not take a reply; trying again");
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    () = stopped(stopping) => return false,
+                    () = stopping.wait() => return false,
                 }
                 wait = (wait * 2).min(MAX_RETRY_WAIT);
             }

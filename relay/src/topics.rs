@@ -12,9 +12,9 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
-use sagalog_engine::Engine;
+use sagalog_engine::{Engine, Shutdown};
 
-use crate::{stopped, KafkaContext, RelayConfig, RelayError, Result};
+use crate::{KafkaContext, RelayConfig, RelayError, Result};
 
 /// How often the watcher checks the topics while one is missing, and when all are there.
 const CHECK_MISSING_EVERY: Duration = Duration::from_secs(5);
@@ -168,7 +168,7 @@ pub async fn watch(
     config: RelayConfig,
     observer: std::sync::Arc<dyn TopicObserver>,
     mut was_missing: bool,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
+    mut stopping: Shutdown,
 ) {
     loop {
         let wait = if was_missing {
@@ -178,11 +178,11 @@ pub async fn watch(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = stopped(&mut stopping) => return,
+            () = stopping.wait() => return,
         }
         tokio::select! {
             missing = check_and_report(&engine, &config, &*observer, was_missing) => was_missing = missing,
-            _ = stopped(&mut stopping) => return,
+            () = stopping.wait() => return,
         }
     }
 }
