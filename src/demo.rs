@@ -84,19 +84,15 @@ async fn customer(engine: Arc<Engine>, mut stopping: Shutdown) {
 }
 
 async fn participants(engine: Arc<Engine>, mut stopping: Shutdown) {
-    let mut tail = engine.log().subscribe(engine.log().next_offset());
+    let mut feed = engine.command_feed(engine.log_bounds().1);
     let room = Arc::new(Semaphore::new(MAX_REPLIES_IN_FLIGHT));
     loop {
         let batch = tokio::select! {
-            batch = tail.next_batch(TAIL_BATCH, 4 << 20) => batch,
+            batch = feed.next(TAIL_BATCH, 4 << 20) => batch,
             () = stopping.wait() => return,
         };
-        let commands = match batch.map_err(sagalog_engine::EngineError::from) {
-            Ok(records) => engine.commands(&records),
-            Err(e) => Err(e),
-        };
-        let commands = match commands {
-            Ok(commands) => commands,
+        let commands = match batch {
+            Ok(batch) => batch.commands,
             Err(e) => {
                 tracing::warn!(error = %e, "demo: reading commands failed; participants stop");
                 return;

@@ -92,10 +92,10 @@ impl DiskWatch {
         } else {
             self.reserve_missing(free)
         };
-        engine.log().set_refusing(refusing);
+        engine.set_refusing(refusing);
         let full = engine
-            .log()
-            .write_failure()
+            .log_health()
+            .write_failure
             .filter(|failure| failure.disk_full && free < Self::FULL_BYTES)
             .map(|failure| {
                 format!(

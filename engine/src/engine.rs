@@ -34,7 +34,8 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use sagalog_storage::{
-    DataDir, IndexBatch, IndexStore, Log, LogRecord, SnapshotInfo, SnapshotStore, StorageError,
+    DataDir, IndexBatch, IndexStore, Log, LogRecord, LogStats, SnapshotInfo, SnapshotStore,
+    StorageError,
 };
 use tokio::sync::{watch, Notify};
 
@@ -44,6 +45,7 @@ use crate::dead_letters::DeadLetter;
 use crate::decider::{decide_and_apply, Input, Rejection, Reply};
 use crate::definition::{Definition, Registered, Registry};
 use crate::error::{EngineError, Result};
+use crate::feed::{CommandFeed, Cursor, LogHealth};
 use crate::indexing::{predecessors, read_saga_record, saga_history, Indexer, Keys, SagaMeta};
 use crate::projection::{Place, Projections};
 use crate::record::{encode_saga_record, Action, Entry, Kind, Link, Record, Status};
@@ -415,19 +417,60 @@ impl Engine {
         Ok(log.next_offset() - log.start_offset())
     }
 
-    /// The log, for the relay and the HTTP outbox (tail subscriptions, reads).
+    /// The log itself, for tests and the offline tools; adapters use the feed, the
+    /// cursors and the health below.
+    #[doc(hidden)]
     pub fn log(&self) -> &Log {
         &self.inner.log
     }
 
-    /// The index store, for state kept beside the indexes (the relay's position).
+    /// The index store itself, for tests.
+    #[doc(hidden)]
     pub fn index(&self) -> &IndexStore {
         &self.inner.index
     }
 
     /// The commands among `records` (consecutive records read from [`Engine::log`]).
+    #[doc(hidden)]
     pub fn commands(&self, records: &[LogRecord]) -> Result<Vec<Command>> {
         crate::command::render(&self.inner.log, &self.inner.registry, records)
+    }
+
+    /// The commands the log issues from offset `from` on (see [`CommandFeed`]).
+    pub fn command_feed(&self, from: u64) -> CommandFeed {
+        CommandFeed::new(self.inner.clone(), from)
+    }
+
+    /// The log's first offset kept (below it retention removed the records) and its
+    /// next offset.
+    pub fn log_bounds(&self) -> (u64, u64) {
+        (self.inner.log.start_offset(), self.inner.log.next_offset())
+    }
+
+    /// The durable cursor `name` (its own keyspace beside the indexes).
+    pub fn cursor(&self, name: &'static str) -> Cursor {
+        Cursor::new(self.inner.clone(), name)
+    }
+
+    /// Whether the log takes writes now, and why not.
+    pub fn log_health(&self) -> LogHealth {
+        let log = &self.inner.log;
+        LogHealth {
+            poisoned: log.poisoned(),
+            refusing: log.refusing(),
+            write_failure: log.write_failure(),
+        }
+    }
+
+    /// The log's figures (segments, bytes, offsets, heals), for metrics.
+    pub fn log_stats(&self) -> LogStats {
+        self.inner.log.stats()
+    }
+
+    /// Refuses new writes (`Some`, with the reason they get) or takes them again
+    /// (`None`): the server's disk watch.
+    pub fn set_refusing(&self, reason: Option<String>) {
+        self.inner.log.set_refusing(reason);
     }
 
     pub async fn start(&self, request: StartRequest) -> Result<StartAnswer> {

@@ -25,6 +25,7 @@ pub mod decider;
 pub mod definition;
 mod engine;
 pub mod error;
+pub mod feed;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod indexing;
@@ -52,8 +53,11 @@ pub use decider::{decide, Input, Outcome, Rejection, Reply};
 pub use definition::{Definition, Registry, StepDefinition};
 pub use engine::Engine;
 pub use error::{EngineError, ErrorClass};
+pub use feed::{CommandFeed, Cursor, FeedBatch, LogHealth};
 pub use record::{Action, Entry, Kind, Record, Status};
 pub use retention::RetentionReport;
+/// The log's own types an adapter meets: its figures, its observer and a failing write.
+pub use sagalog_storage::{FsyncPolicy, LogObserver, LogStats, WriteFailure};
 pub use shutdown::{Shutdown, Stop};
 pub use state::{apply, SagaState, StepStatus};
 pub use view::{SagaView, StepView};

@@ -557,10 +557,11 @@ impl App {
         if self.stopping.is_set() {
             return Err(not_ready("shutting down".into()));
         }
-        if let Some(reason) = self.engine.log().poisoned() {
+        let health = self.engine.log_health();
+        if let Some(reason) = health.poisoned {
             return Err(not_ready(format!("the log cannot be written: {reason}")));
         }
-        if let Some(reason) = self.engine.log().refusing() {
+        if let Some(reason) = health.refusing {
             return Err(not_ready(format!("the log refuses writes: {reason}")));
         }
         let problems = self.readiness.problems();

@@ -20,8 +20,7 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use sagalog_engine::{Action, Engine, EngineObserver, Status};
-use sagalog_storage::LogObserver;
+use sagalog_engine::{Action, Engine, EngineObserver, LogObserver, Status};
 
 /// Buckets for request and storage latencies, in seconds (50 µs to 10 s).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -434,8 +433,8 @@ impl Metrics {
         }
         self.last_failed
             .set(counters.last_failed_at_ms as f64 / 1000.0);
-        let log = engine.log().stats();
-        let failing = engine.log().write_failure().is_some();
+        let log = engine.log_stats();
+        let failing = engine.log_health().write_failure.is_some();
         self.service
             .log_writable
             .set(i64::from(log.writable && !failing));

@@ -74,8 +74,7 @@ pub async fn poll(
     query: &OutboxQuery,
     mut stopping: Shutdown,
 ) -> Result<Vec<u8>, ApiError> {
-    let log = engine.log();
-    let start = log.start_offset();
+    let (start, _) = engine.log_bounds();
     let from = query.after.map_or(start, |after| after.saturating_add(1));
     if from < start {
         // The commands in between are gone: say so rather than skip them silently.
@@ -90,25 +89,24 @@ pub async fn poll(
             ),
         ));
     }
-    let mut tail = log.subscribe(from);
+    let mut feed = engine.command_feed(from);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms);
     let mut items = Vec::new();
     let mut scanned = 0;
     let mut next_after = query.after;
     while items.len() < query.limit && scanned < MAX_SCANNED_RECORDS {
-        let available = tail.position() < log.next_offset();
-        if !available && (!items.is_empty() || tokio::time::Instant::now() >= deadline) {
+        if !feed.ready() && (!items.is_empty() || tokio::time::Instant::now() >= deadline) {
             break;
         }
         let want = (query.limit - items.len()).min(MAX_SCANNED_RECORDS - scanned);
         let batch = tokio::select! {
-            batch = tail.next_batch(want, READ_BYTES) => batch.map_err(sagalog_engine::EngineError::from)?,
+            batch = feed.next(want, READ_BYTES) => batch?,
             _ = tokio::time::sleep_until(deadline) => break,
             () = stopping.wait() => break,
         };
-        scanned += batch.len();
-        next_after = batch.last().map(|r| r.offset).or(next_after);
-        items.extend(engine.commands(&batch)?);
+        scanned += batch.records;
+        next_after = batch.last_offset.or(next_after);
+        items.extend(batch.commands);
     }
     let page = Page {
         items: &items,

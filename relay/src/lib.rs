@@ -34,8 +34,6 @@ pub enum RelayError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Engine(#[from] sagalog_engine::EngineError),
-    #[error(transparent)]
-    Storage(#[from] sagalog_storage::StorageError),
     #[error("topic {topic}: {reason}")]
     Topic { topic: String, reason: String },
 }

@@ -124,7 +124,8 @@ impl Relay {
         // reports it (readiness, metric) until it exists.
         let missing = topics::check_and_report(&engine, &config, &*observer, false).await;
         let producer = producer(&config)?;
-        let (stored, log_start) = (position::load(engine.index())?, engine.log().start_offset());
+        let cursor = position::cursor(&engine);
+        let (stored, log_start) = (cursor.load()?, engine.log_bounds().0);
         if stored < log_start {
             // Retention ran while no relay held the log (Kafka was off): those commands
             // belonged to finished sagas and were never published.
@@ -199,8 +200,8 @@ struct Publisher {
 impl Publisher {
     async fn run(self, start: u64) -> Result<()> {
         let engine = self.engine.clone();
-        let log = engine.log();
-        let mut tail = log.subscribe(start);
+        let cursor = position::cursor(&engine);
+        let mut feed = engine.command_feed(start);
         let mut window: VecDeque<InFlight> = VecDeque::new();
         let mut position = start;
         let mut stored = start;
@@ -221,34 +222,34 @@ impl Publisher {
                             }
                             window.push_front(slot);
                         }
-                        Settled::Done => position = position_of(&window, tail.position()),
+                        Settled::Done => position = position_of(&window, feed.position()),
                     }
                 }
-                batch = tail.next_batch(READ_RECORDS, READ_BYTES), if window.len() < self.config.max_in_flight => {
+                batch = feed.next(READ_RECORDS, READ_BYTES), if window.len() < self.config.max_in_flight => {
                     let batch = match batch {
                         Ok(batch) => batch,
-                        Err(sagalog_storage::StorageError::Closed) => break,
+                        Err(sagalog_engine::EngineError::Closed) => break,
                         Err(e) => return Err(e.into()),
                     };
-                    for command in self.engine.commands(&batch)? {
+                    for command in batch.commands {
                         let delivery = self.send(&command);
                         window.push_back(InFlight { command, attempt: 1, delivery });
                     }
-                    position = position_of(&window, tail.position());
+                    position = position_of(&window, feed.position());
                 }
                 _ = store_tick.tick() => {
                     if position != stored {
-                        position::store(self.engine.index(), position)?;
+                        cursor.store(position)?;
                         stored = position;
                     }
-                    self.observer.pending(log.next_offset().saturating_sub(position));
+                    self.observer.pending(engine.log_bounds().1.saturating_sub(position));
                 }
             }
             self.position.store(position, Ordering::Release);
         }
-        let position = self.drain(window, position, tail.position()).await;
+        let position = self.drain(window, position, feed.position()).await;
         self.position.store(position, Ordering::Release);
-        position::store_durably(self.engine.index(), position)?;
+        cursor.store_durably(position)?;
         tracing::info!(position, "relay stopped");
         Ok(())
     }
