@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sagalog_storage::check::{check_log, cut_log, segment_bases, LogCheck, LogCut};
-use sagalog_storage::format::{check_frame, Frame, SEGMENT_HEADER_BYTES};
-use sagalog_storage::{DataDir, LogRecord, LOG_DIR, SEGMENT_SUFFIX, SNAPSHOT_DIR};
+use sagalog_storage::format::whole_frames;
+use sagalog_storage::{fsync_dir, segment_path, DataDir, LogRecord, LOG_DIR, SNAPSHOT_DIR};
 use serde::Serialize;
 
 use crate::config::EngineConfig;
@@ -108,9 +108,7 @@ pub fn verify(dir: &Path, config: &EngineConfig, progress: &dyn Progress) -> Res
     let log_dir = data.log_dir();
     let bytes: u64 = segment_bases(&log_dir)?
         .iter()
-        .filter_map(|base| {
-            std::fs::metadata(log_dir.join(format!("{base:020}{SEGMENT_SUFFIX}"))).ok()
-        })
+        .filter_map(|base| std::fs::metadata(segment_path(&log_dir, *base)).ok())
         .map(|m| m.len())
         .sum();
     progress.begin("checking the log", bytes);
@@ -487,23 +485,6 @@ fn copy_durably(bytes: &[u8], to: &Path) -> Result<()> {
         .map_err(io_err("write", to))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
-}
-
-/// Whole frames at the start of a segment's bytes: their count and where they end.
-fn whole_prefix(bytes: &[u8], max_record_bytes: u32) -> (u64, usize) {
-    let mut pos = SEGMENT_HEADER_BYTES.min(bytes.len());
-    let mut records = 0;
-    while let Frame::Record(payload) = check_frame(&bytes[pos..], max_record_bytes) {
-        pos += sagalog_storage::format::frame_bytes(payload.len());
-        records += 1;
-    }
-    (records, pos)
-}
-
 /// A consistent copy of `dir` into `out`, safe while a server writes to `dir`: the
 /// newest snapshot, then every segment — sealed ones whole, the newest up to its last
 /// whole record. The copy holds the log below the offset it reports.
@@ -551,7 +532,7 @@ pub fn backup(
     };
     let mut expected: Option<u64> = None;
     for (i, &base) in bases.iter().enumerate() {
-        let path = log_dir.join(format!("{base:020}{SEGMENT_SUFFIX}"));
+        let path = segment_path(&log_dir, base);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             // Retention deleted an old one meanwhile: the copy starts after it.
@@ -565,7 +546,7 @@ pub fn backup(
             )));
         }
         let is_last = i + 1 == bases.len();
-        let (records, end) = whole_prefix(&bytes, config.log.max_record_bytes);
+        let (records, end) = whole_frames(&bytes, config.log.max_record_bytes);
         // Sealed segments are copied whole (trailing zeros of a pre-written file too).
         let keep = if is_last { &bytes[..end] } else { &bytes[..] };
         copy_durably(keep, &log_out.join(path.file_name().expect("a name")))?;
@@ -584,11 +565,11 @@ pub fn backup(
             "the snapshot copied does not fall within the log copied; run the backup again".into(),
         ));
     }
-    sync_dir(&log_out)?;
-    sync_dir(&snap_out)?;
+    fsync_dir(&log_out)?;
+    fsync_dir(&snap_out)?;
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
     copy_durably(&json, &out.join(MANIFEST))?;
-    sync_dir(out)?;
+    fsync_dir(out)?;
     Ok(manifest)
 }
 
@@ -629,7 +610,7 @@ pub fn restore(
             copy_durably(&bytes, &dst.join(entry.file_name()))?;
             progress.advance(1);
         }
-        sync_dir(&dst)?;
+        fsync_dir(&dst)?;
     }
     progress.end();
     let check = check_log(&data.log_dir(), &config.log, &|_| {})?;

@@ -232,6 +232,12 @@ pub(crate) fn sync_dir(dir: &Path, faults: &SharedFaults) -> Result<()> {
         .map_err(StorageError::io("fsync directory", dir))
 }
 
+/// `fsync` of a directory, for tools that create or rename entries outside the log
+/// (backup, restore).
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    sync_dir(dir, &None)
+}
+
 /// Free and total bytes of the filesystem that holds `path` (`statvfs`; free is what an
 /// unprivileged writer may use).
 pub fn disk_space(path: &Path) -> Result<(u64, u64)> {

@@ -313,6 +313,18 @@ pub fn read_segment_header(
     Ok(decode_segment_header(&header[..header_len], base))
 }
 
+/// The whole frames at the start of a segment's bytes (after its header): how many,
+/// and the byte position where the last ends.
+pub fn whole_frames(segment: &[u8], max_record_bytes: u32) -> (u64, usize) {
+    let mut pos = SEGMENT_HEADER_BYTES.min(segment.len());
+    let mut records = 0;
+    while let Frame::Record(payload) = check_frame(&segment[pos..], max_record_bytes) {
+        pos += frame_bytes(payload.len());
+        records += 1;
+    }
+    (records, pos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,10 +30,13 @@ pub mod testing;
 mod writer;
 
 pub use config::{FsyncPolicy, LogConfig, LogObserver};
-pub use datadir::{disk_space, DataDir, DirLock, INDEX_DIR, LOCK_FILE, LOG_DIR, SNAPSHOT_DIR};
+pub use datadir::{
+    disk_space, fsync_dir, DataDir, DirLock, INDEX_DIR, LOCK_FILE, LOG_DIR, SNAPSHOT_DIR,
+};
 pub use error::{Result, StorageError};
 pub use faults::{FaultInjector, FaultPoint, Faults, SharedFaults};
 pub use index::{IndexBatch, IndexStore, Keyspace};
+pub use log::segment_path;
 pub use log::{
     Appending, Log, LogRecord, LogStats, OpenReport, RetentionReport, SealedSegment, Tail, TailCut,
     WriteFailure, SEGMENT_SUFFIX,

@@ -230,7 +230,8 @@ struct HealState {
     stop: bool,
 }
 
-pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
+/// The file of the segment starting at offset `base` in the log directory `dir`.
+pub fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}{SEGMENT_SUFFIX}"))
 }
 
