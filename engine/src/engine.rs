@@ -23,7 +23,7 @@
 //! (then lets finished sagas leave memory); the *timer* fires due timeouts and retries
 //! and starts the periodic snapshots, each in a task of its own beside the timers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::ops::Range;
 use std::path::Path;
@@ -37,9 +37,8 @@ use sagalog_storage::{
     DataDir, IndexBatch, IndexStore, Log, LogRecord, LogStats, SnapshotInfo, SnapshotStore,
     StorageError,
 };
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
-use crate::bloom::FinishedIds;
 use crate::command::Command;
 use crate::dead_letters::DeadLetter;
 use crate::decider::{decide_and_apply, Input, Rejection, Reply};
@@ -47,6 +46,7 @@ use crate::definition::{Definition, Registered, Registry};
 use crate::error::{EngineError, Result};
 use crate::feed::{CommandFeed, Cursor, LogHealth};
 use crate::indexing::{predecessors, read_saga_record, saga_history, Indexer, Keys, SagaMeta};
+use crate::progress::Progress;
 use crate::projection::{Place, Projections};
 use crate::record::{encode_saga_record, Action, Entry, Kind, Link, Record, Status};
 use crate::replay;
@@ -71,8 +71,6 @@ static REPEATED_FAILURES: std::sync::LazyLock<crate::throttle::Throttle> =
 /// List calls that scan at once; more wait for a turn.
 pub const MAX_CONCURRENT_SCANS: usize = 4;
 
-/// Longest a caller waits for the indexer (a bounded wait, then an error).
-const INDEX_WAIT: Duration = Duration::from_secs(10);
 /// How long the indexer lets records gather after a short batch.
 const INDEX_GATHER: Duration = Duration::from_millis(5);
 
@@ -98,25 +96,6 @@ pub(crate) struct Shard {
     /// Sagas that left memory (finished and indexed); changed only under `sagas`' lock.
     /// A decision that read the index without the lock re-checks it (see `transact`).
     left: AtomicU64,
-}
-
-/// Finished sagas waiting for the indexer before they leave memory, by the offset of
-/// their last record.
-#[derive(Default)]
-struct Unindexed {
-    by_offset: BTreeMap<u64, Vec<Arc<str>>>,
-    len: usize,
-}
-
-impl Unindexed {
-    fn from_sagas(sagas: Vec<(u64, Arc<str>)>) -> Unindexed {
-        let mut unindexed = Unindexed::default();
-        for (offset, key) in sagas {
-            unindexed.by_offset.entry(offset).or_default().push(key);
-            unindexed.len += 1;
-        }
-        unindexed
-    }
 }
 
 /// The first answer to a reply, found in the saga's records.
@@ -149,10 +128,9 @@ pub(crate) struct Inner {
     timer_wake: Notify,
     /// When the timer thread wakes next by itself (unix ms).
     timer_sleeps_until: AtomicU64,
-    unindexed: Mutex<Unindexed>,
-    /// Ids of the sagas in the `saga` index: a new id needs no sled lookup.
-    finished_ids: RwLock<FinishedIds>,
-    pub(crate) indexed: watch::Sender<u64>,
+    /// The indexer's progress: its watermark, the finished sagas waiting for it, the
+    /// filter of finished ids.
+    pub(crate) progress: Progress,
     pub(crate) gate: Arc<tokio::sync::RwLock<()>>,
     active: AtomicUsize,
     since_snapshot: AtomicU64,
@@ -351,7 +329,6 @@ impl Engine {
         let log_start = log.start_offset();
         let snapshot_at_ms = written_at_ms(&snapshots, restored.snapshot_offset);
         let inner = Arc::new(Inner {
-            finished_ids: RwLock::new(FinishedIds::default()),
             clock,
             log,
             index,
@@ -363,8 +340,7 @@ impl Engine {
             timers: Mutex::new(restored.timers),
             timer_wake: Notify::new(),
             timer_sleeps_until: AtomicU64::new(0),
-            unindexed: Mutex::new(Unindexed::from_sagas(restored.unindexed)),
-            indexed: watch::channel(watermark).0,
+            progress: Progress::new(watermark, restored.unindexed, config.max_unindexed),
             gate: Arc::new(tokio::sync::RwLock::new(())),
             active: AtomicUsize::new(restored.active),
             // Records replayed count towards the next snapshot: a long replay is
@@ -710,7 +686,7 @@ impl Engine {
     /// Waits until the indexes reflect every record appended so far.
     pub async fn wait_indexed(&self) -> Result<()> {
         let head = self.inner.log.next_offset();
-        self.inner.wait_indexed(head).await
+        self.inner.progress.wait_indexed(head).await
     }
 
     /// Whether the data directory's reserve was released at open (the disk was full):
@@ -742,7 +718,7 @@ impl Engine {
             active_by_status,
             oldest_updated_ms,
             log_next_offset: inner.log.next_offset(),
-            index_watermark: *inner.indexed.borrow(),
+            index_watermark: inner.progress.watermark(),
             snapshot_offset: inner.snapshot_offset.load(Ordering::Relaxed),
             snapshot_at_ms: inner.snapshot_at_ms.load(Ordering::Relaxed),
             snapshot_every_records: inner.config.snapshot_every_records,
@@ -836,7 +812,7 @@ impl Inner {
     /// leave the saga busy, or its records durable but not installed.
     async fn transact(self: &Arc<Self>, saga_id: &str, op: Op) -> Result<Done> {
         let gate = self.gate.clone().read_owned().await;
-        self.wait_for_indexer_room().await?;
+        self.progress.wait_for_room().await?;
         let shard = self.shard(saga_id);
         let mut known = Known::default();
         let mut reads = 0;
@@ -1011,7 +987,7 @@ impl Inner {
         // saga leaves memory only once its index entry is written, so an entry read as
         // missing stays missing while no saga of the shard left memory since.
         let left = shard.left.load(Ordering::Relaxed);
-        let may_have_finished = !op.fresh_id && self.finished_ids.read().may_contain(saga_id);
+        let may_have_finished = !op.fresh_id && self.progress.may_have_finished(saga_id);
         if may_have_finished && known.no_meta_while_left != Some(left) {
             let need = Need::Meta { left };
             if !read_under_lock {
@@ -1169,13 +1145,7 @@ impl Inner {
             }
         }
         if slot.state.is_terminal() {
-            let mut unindexed = self.unindexed.lock();
-            unindexed
-                .by_offset
-                .entry(offsets.end - 1)
-                .or_default()
-                .push(key.clone());
-            unindexed.len += 1;
+            self.progress.finished(offsets.end - 1, key.clone());
         }
         let appended = self
             .since_snapshot
@@ -1245,57 +1215,10 @@ impl Inner {
         }
     }
 
-    /// Writes wait while too much is waiting for the indexer (it bounds memory).
-    async fn wait_for_indexer_room(&self) -> Result<()> {
-        if self.unindexed.lock().len < self.config.max_unindexed {
-            return Ok(());
-        }
-        let mut indexed = self.indexed.subscribe();
-        let wait = async {
-            while self.unindexed.lock().len >= self.config.max_unindexed {
-                if indexed.changed().await.is_err() {
-                    return Err(EngineError::Closed);
-                }
-            }
-            Ok(())
-        };
-        tokio::time::timeout(INDEX_WAIT, wait)
-            .await
-            .map_err(|_| EngineError::AtLimit {
-                what: "records waiting for the indexer",
-                limit: self.config.max_unindexed,
-            })?
-    }
-
-    /// Waits until the indexes reflect the log below `offset`.
-    async fn wait_indexed(&self, offset: u64) -> Result<()> {
-        let mut indexed = self.indexed.subscribe();
-        let reached = tokio::time::timeout(INDEX_WAIT, indexed.wait_for(|w| *w >= offset)).await;
-        match reached {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(EngineError::Closed),
-            Err(_) => Err(EngineError::Inconsistent(format!(
-                "the indexer did not reach offset {offset} within {INDEX_WAIT:?}"
-            ))),
-        }
-    }
-
     /// The indexer committed everything below `watermark`: finished sagas it covers
     /// leave memory.
     fn indexed_through(&self, watermark: u64) {
-        let mut finished = Vec::new();
-        {
-            let mut unindexed = self.unindexed.lock();
-            while let Some(entry) = unindexed.by_offset.first_entry() {
-                if *entry.key() >= watermark {
-                    break;
-                }
-                let keys = entry.remove();
-                unindexed.len -= keys.len();
-                finished.extend(keys);
-            }
-        }
-        for key in finished {
+        for key in self.progress.take_indexed(watermark) {
             let shard = self.shard(&key);
             let mut sagas = shard.sagas.lock();
             let leave = sagas.get(&key).is_some_and(|slot| {
@@ -1306,7 +1229,7 @@ impl Inner {
                 shard.left.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.indexed.send_replace(watermark);
+        self.progress.publish(watermark);
     }
 
     fn not_found(&self, saga_id: &str) -> EngineError {
@@ -1738,13 +1661,17 @@ fn current_thread_runtime() -> tokio::runtime::Runtime {
 /// Follows the log tail and writes the indexes, one sled batch per batch of records.
 fn run_indexer(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
-    if let Err(e) = fill_finished_ids(&inner) {
+    let stopping = inner.stop.subscribe();
+    if let Err(e) = inner
+        .progress
+        .fill_finished_ids(&inner.index, &inner.keys.saga, || stopping.is_set())
+    {
         tracing::error!(error = %e, "reading the finished sagas' ids failed; every new id is looked up in the index");
     }
     current_thread_runtime().block_on(async {
-        let mut from = *inner.indexed.borrow();
+        let mut from = inner.progress.watermark();
         let mut tail = inner.log.subscribe(from);
-        let mut indexer = Indexer::new(&inner.keys, &inner.log).with_filter(&inner.finished_ids);
+        let mut indexer = Indexer::new(&inner.keys, &inner.log).with_filter(inner.progress.finished_ids());
         loop {
             let batch = tokio::select! {
                 batch = tail.next_batch(inner.config.index_batch_records, 16 << 20) => batch,
@@ -1777,35 +1704,11 @@ fn run_indexer(inner: Arc<Inner>) {
                     }
                     tail = inner.log.subscribe(from);
                     indexer =
-                        Indexer::new(&inner.keys, &inner.log).with_filter(&inner.finished_ids);
+                        Indexer::new(&inner.keys, &inner.log).with_filter(inner.progress.finished_ids());
                 }
             }
         }
     });
-}
-
-/// Puts the ids of the `saga` index into the filter, a few thousand per lock hold, then
-/// lets it answer "no".
-fn fill_finished_ids(inner: &Inner) -> Result<()> {
-    let mut ids = inner.index.scan_prefix(&inner.keys.saga, b"").peekable();
-    while ids.peek().is_some() {
-        if inner.stop.subscribe().is_set() {
-            return Ok(());
-        }
-        // Read from sled first: deciding takes the filter's read lock under a shard
-        // lock, so its write lock is held only to insert.
-        let chunk = ids
-            .by_ref()
-            .take(4096)
-            .map(|entry| entry.map(|(id, _)| id))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let mut filter = inner.finished_ids.write();
-        for id in chunk {
-            filter.insert(&String::from_utf8_lossy(&id));
-        }
-    }
-    inner.finished_ids.write().set_ready();
-    Ok(())
 }
 
 fn index_records(

@@ -31,6 +31,7 @@ pub mod fuzzing;
 pub mod indexing;
 mod list;
 pub mod offline;
+mod progress;
 pub mod projection;
 pub mod record;
 mod replay;

@@ -114,7 +114,7 @@ impl Inner {
         // Snapshots are listed newest first; none kept means nothing can go yet.
         let oldest_snapshot = self.snapshots.list()?.last().map_or(0, |s| s.offset);
         let mut floor = oldest_snapshot
-            .min(*self.indexed.borrow())
+            .min(self.progress.watermark())
             .min(hold.unwrap_or(u64::MAX));
         for shard in self.shards.iter() {
             for slot in shard.sagas.lock().values() {
