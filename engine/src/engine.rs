@@ -23,7 +23,6 @@
 //! (then lets finished sagas leave memory); the *timer* fires due timeouts and retries
 //! and starts the periodic snapshots, each in a task of its own beside the timers.
 
-use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::ops::Range;
 use std::path::Path;
@@ -54,6 +53,7 @@ use crate::retention::RetentionReport;
 use crate::shutdown::{Shutdown, Stop};
 use crate::state::{apply_mut, SagaState};
 use crate::table::SagaTable;
+use crate::timers::Timers;
 use crate::view::{self, SagaView};
 use sagalog_storage::index::IndexWriter;
 
@@ -124,10 +124,8 @@ pub(crate) struct Inner {
     pub registry: RwLock<Registry>,
     pub shards: Box<[Shard]>,
     pub projections: Mutex<Projections>,
-    pub timers: Mutex<BTreeSet<(u64, Arc<str>)>>,
-    timer_wake: Notify,
-    /// When the timer thread wakes next by itself (unix ms).
-    timer_sleeps_until: AtomicU64,
+    /// The due times of the sagas in memory, and the timer thread's wake-ups.
+    pub(crate) timers: Timers,
     /// The indexer's progress: its watermark, the finished sagas waiting for it, the
     /// filter of finished ids.
     pub(crate) progress: Progress,
@@ -337,9 +335,7 @@ impl Engine {
             registry: RwLock::new(restored.registry),
             shards: restored.shards,
             projections: Mutex::new(restored.projections),
-            timers: Mutex::new(restored.timers),
-            timer_wake: Notify::new(),
-            timer_sleeps_until: AtomicU64::new(0),
+            timers: Timers::new(restored.timers),
             progress: Progress::new(watermark, restored.unindexed, config.max_unindexed),
             gate: Arc::new(tokio::sync::RwLock::new(())),
             active: AtomicUsize::new(restored.active),
@@ -1152,7 +1148,7 @@ impl Inner {
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         let every = self.config.snapshot_every_records;
         if every > 0 && appended + records.len() as u64 >= every {
-            self.timer_wake.notify_one();
+            self.timers.wake();
         }
     }
 
@@ -1188,15 +1184,7 @@ impl Inner {
                 "the records' statuses end where the state does"
             );
         }
-        if before.due_ms != after.due_ms {
-            let mut timers = self.timers.lock();
-            if let Some(due) = before.due_ms {
-                timers.remove(&(due, key.clone()));
-            }
-            if let Some(due) = after.due_ms {
-                timers.insert((due, key.clone()));
-            }
-        }
+        self.timers.moved(key, before.due_ms, after.due_ms);
         match (before.is_active(), after.is_active()) {
             (false, true) => {
                 self.active.fetch_add(1, Ordering::Relaxed);
@@ -1205,13 +1193,6 @@ impl Inner {
                 self.active.fetch_sub(1, Ordering::Relaxed);
             }
             _ => {}
-        }
-        // Wake the timer only for a due time before the one it sleeps until.
-        if let Some(due) = after.due_ms {
-            if due < self.timer_sleeps_until.load(Ordering::SeqCst) {
-                self.timer_sleeps_until.store(due, Ordering::SeqCst);
-                self.timer_wake.notify_one();
-            }
         }
     }
 
@@ -1465,7 +1446,7 @@ impl Inner {
                     tracing::warn!(saga_id = %key, error = %e, held_back, "firing a due timer failed; retrying in 1 s");
                 }
                 let retry_at = self.clock.now_ms() + 1000;
-                self.timers.lock().insert((retry_at, key));
+                self.timers.retry_at(retry_at, key);
             }
             Err(e) => tracing::error!(saga_id = %key, error = %e, "firing a due timer failed"),
         }
@@ -1473,19 +1454,7 @@ impl Inner {
 
     async fn run_due_timers(self: Arc<Self>) -> usize {
         let now_ms = self.clock.now_ms();
-        let due: Vec<Arc<str>> = {
-            let mut timers = self.timers.lock();
-            let mut due = Vec::new();
-            while due.len() < self.config.timer_concurrency {
-                match timers.first() {
-                    Some((at, _)) if *at <= now_ms => {
-                        due.push(timers.pop_first().expect("checked").1);
-                    }
-                    _ => break,
-                }
-            }
-            due
-        };
+        let due = self.timers.take_due(now_ms, self.config.timer_concurrency);
         let count = due.len();
         let mut ticks = tokio::task::JoinSet::new();
         for key in due {
@@ -1751,22 +1720,8 @@ fn run_timer(inner: Arc<Inner>) {
             if inner.clone().run_due_timers().await > 0 {
                 continue;
             }
-            // Writers wake the timer for a due time before `timer_sleeps_until`; it is
-            // "never" while the next due time is read, so one added meanwhile wakes it.
-            let woken = inner.timer_wake.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            inner.timer_sleeps_until.store(u64::MAX, Ordering::SeqCst);
-            let now_ms = inner.clock.now_ms();
-            let next_due = inner.timers.lock().first().map(|(at, _)| *at);
-            let wait_ms = next_due.map_or(1000, |at| at.saturating_sub(now_ms).clamp(1, 1000));
-            inner
-                .timer_sleeps_until
-                .store(now_ms + wait_ms, Ordering::SeqCst);
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
-                _ = woken => {}
-                () = stop.wait() => return,
+            if !inner.timers.sleep(|| inner.clock.now_ms(), &mut stop).await {
+                return;
             }
         }
     });

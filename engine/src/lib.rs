@@ -40,6 +40,7 @@ pub mod shutdown;
 pub mod state;
 mod table;
 pub mod throttle;
+mod timers;
 pub mod view;
 pub mod wire;
 
