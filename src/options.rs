@@ -72,8 +72,9 @@ pub struct ServeArgs {
     /// keep-alive connection, in ms [default: 30000]
     #[arg(long, env = "SAGALOG_HEADER_TIMEOUT_MS")]
     pub header_timeout_ms: Option<u64>,
-    /// Longest an answer's write may wait on a client that reads none of it, in ms;
-    /// then the connection is closed [default: 30000]
+    /// Longest an answer's write may wait for room in the socket buffer (a client that
+    /// reads nothing, or too slowly), in ms; then the connection is closed
+    /// [default: 30000]
     #[arg(long, env = "SAGALOG_WRITE_TIMEOUT_MS")]
     pub write_timeout_ms: Option<u64>,
     /// Longest a request's body may take to arrive in full, in ms (408 beyond)

@@ -50,7 +50,8 @@ pub struct ServerConfig {
     /// Longest a client may take to send a request's headers (also how long a
     /// keep-alive connection may sit idle between requests).
     pub header_timeout: Duration,
-    /// Longest a write of an answer may wait on a client that reads none of it; then
+    /// Longest a write of an answer may wait for room in the socket (a client that
+    /// reads nothing, or too slowly to free room); then
     /// the connection is closed (a client that never reads cannot hold its slot).
     pub write_timeout: Duration,
 }
@@ -337,7 +338,8 @@ fn log_connection_error(peer: SocketAddr, e: &hyper::Error) {
 /// - the answers hyper writes by itself for a request it cannot parse (`400`, `414`,
 ///   `431`, with an empty body) get the API's JSON error body (the API's own answers
 ///   always have a body, so a head of status 4xx with `content-length: 0` is hyper's);
-/// - a write that has waited `write_timeout` on a client that reads nothing fails with
+/// - a write that has waited `write_timeout` for room (a client that reads nothing, or
+///   too slowly for the kernel to report room) fails with
 ///   `TimedOut`, closing the connection (each write that goes through starts the wait
 ///   afresh).
 pub struct ClientStream<S> {
