@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sagalog_engine::offline::{self, Progress};
-use sagalog_engine::{Engine, EngineConfig, EngineError, Entry, HistoryItem};
+use sagalog_engine::{Engine, EngineConfig, EngineError, Entry, HistoryItem, Inconsistency};
 use sagalog_storage::StorageError;
 use serde_json::{json, Value};
 
@@ -301,7 +301,12 @@ fn execute(
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| EngineError::Inconsistent(format!("starting a runtime: {e}")))?;
+                .map_err(|e| {
+                    EngineError::from(Inconsistency::TaskFailed {
+                        what: "starting a runtime",
+                        reason: e.to_string(),
+                    })
+                })?;
             let info = runtime.block_on(engine.snapshot())?;
             Ok(Outcome {
                 text: format!(

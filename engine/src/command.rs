@@ -15,7 +15,7 @@ use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::definition::Registry;
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Inconsistency, Result};
 use crate::indexing::{decode_at, predecessors, read_saga_record};
 use crate::record::{peek, Action, Entry, Kind, Link, Record, Shape};
 
@@ -188,10 +188,10 @@ pub(crate) fn render(
             continue;
         }
         let Entry::Saga { record: saga, .. } = decode_at(record)? else {
-            return Err(EngineError::Inconsistent(format!(
-                "offset {} peeks as a saga record but decodes as another entry",
-                record.offset
-            )));
+            return Err(Inconsistency::PeekMismatch {
+                offset: record.offset,
+            }
+            .into());
         };
         feed.push(record.offset, record.offset, first, saga)?;
     }
@@ -244,20 +244,22 @@ impl Feed<'_> {
             .read()
             .get(&origin.saga_type, origin.definition_version)
             .cloned()
-            .ok_or_else(|| {
-                EngineError::Inconsistent(format!(
-                    "saga {} runs on {} version {}, which is not registered",
-                    saga.saga_id, origin.saga_type, origin.definition_version
-                ))
+            .ok_or_else(|| Inconsistency::UnregisteredDefinition {
+                saga_id: saga.saga_id.to_string(),
+                saga_type: origin.saga_type.to_string(),
+                version: origin.definition_version,
             })?;
-        let step_def = definition.steps.get(usize::from(step)).ok_or_else(|| {
-            EngineError::Inconsistent(format!(
-                "command at offset {offset} names step {step} of {} version {}, which has {}",
-                origin.saga_type,
-                origin.definition_version,
-                definition.steps.len()
-            ))
-        })?;
+        let step_def =
+            definition
+                .steps
+                .get(usize::from(step))
+                .ok_or_else(|| Inconsistency::MissingStep {
+                    offset,
+                    step,
+                    saga_type: origin.saga_type.to_string(),
+                    version: origin.definition_version,
+                    steps: definition.steps.len(),
+                })?;
         self.commands.push(Command {
             event_id: format!("{}/{}", saga.saga_id, saga.seq),
             saga_id: saga.saga_id,
@@ -278,9 +280,10 @@ impl Feed<'_> {
 
 fn origin_at(log: &Log, first: u64) -> Result<Origin> {
     Origin::of(read_saga_record(log, first)?.1.kind).map_err(|other| {
-        EngineError::Inconsistent(format!(
-            "offset {first} should hold a saga's first record, not {}",
-            other.name()
-        ))
+        Inconsistency::NotAStart {
+            offset: first,
+            found: other.name(),
+        }
+        .into()
     })
 }

@@ -6,7 +6,7 @@ use sagalog_storage::{IndexStore, Log, LogRecord};
 
 use crate::command::{render, Command};
 use crate::definition::Registry;
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Inconsistency, Result};
 use crate::indexing::{decode_at, Keys};
 use crate::record::Entry;
 
@@ -45,7 +45,10 @@ pub(crate) fn list(
     {
         let (key, value) = entry?;
         let offset = u64::from_be_bytes(key.as_slice().try_into().map_err(|_| {
-            EngineError::Inconsistent("a dead-letter index key is not an offset".into())
+            Inconsistency::BadIndexEntry {
+                what: "dead-letter",
+                key: format!("{key:?}"),
+            }
         })?);
         let replayed_at = <[u8; 8]>::try_from(value.as_slice())
             .ok()

@@ -42,7 +42,7 @@ use crate::command::Command;
 use crate::dead_letters::DeadLetter;
 use crate::decider::{decide_and_apply, Input, Rejection, Reply};
 use crate::definition::{Definition, Registered, Registry};
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Inconsistency, Result};
 use crate::feed::{CommandFeed, Cursor, LogHealth};
 use crate::indexing::{predecessors, read_saga_record, saga_history, Indexer, Keys, SagaMeta};
 use crate::progress::Progress;
@@ -571,11 +571,7 @@ impl Engine {
             inner.list(&query)
         })
         .await
-        .unwrap_or_else(|e| {
-            Err(EngineError::Inconsistent(format!(
-                "the task listing sagas failed: {e}"
-            )))
-        })
+        .unwrap_or_else(|e| Err(task_failed("listing sagas", e)))
     }
 
     /// Registers a definition (recorded in the log so it survives a restart).
@@ -666,11 +662,7 @@ impl Engine {
         let inner = self.inner.clone();
         tokio::spawn(async move { inner.snapshot().await })
             .await
-            .unwrap_or_else(|e| {
-                Err(EngineError::Inconsistent(format!(
-                    "the task taking the snapshot failed: {e}"
-                )))
-            })
+            .unwrap_or_else(|e| Err(task_failed("taking the snapshot", e)))
     }
 
     /// Fires every timer due by the clock now; returns how many sagas it looked at.
@@ -1113,7 +1105,11 @@ impl Inner {
             .get(&self.keys.saga, saga_id.as_bytes())?
             .map(|value| {
                 SagaMeta::decode(&value).ok_or_else(|| {
-                    EngineError::Inconsistent(format!("unreadable index entry for saga {saga_id}"))
+                    Inconsistency::BadIndexEntry {
+                        what: "saga",
+                        key: saga_id.to_string(),
+                    }
+                    .into()
                 })
             })
             .transpose()
@@ -1242,15 +1238,16 @@ impl Inner {
                 .read()
                 .get(saga_type, *definition_version)
                 .cloned()
-                .ok_or_else(|| {
-                    EngineError::Inconsistent(format!(
-                        "saga {saga_id} runs on {saga_type} version {definition_version}, which is not registered"
-                    ))
+                .ok_or_else(|| Inconsistency::UnregisteredDefinition {
+                    saga_id: saga_id.to_string(),
+                    saga_type: saga_type.clone(),
+                    version: *definition_version,
                 })?,
             _ => {
-                return Err(EngineError::Inconsistent(format!(
-                    "saga {saga_id}: its history does not begin with its start"
-                )))
+                return Err(Inconsistency::HistoryWithoutStart {
+                    saga_id: saga_id.to_string(),
+                }
+                .into())
             }
         };
         let mut state = SagaState::new(saga_id, definition);
@@ -1285,10 +1282,11 @@ impl Inner {
         let payload = match started.kind {
             Kind::SagaStarted { payload, .. } if *started.saga_id == *state.saga_id => payload,
             _ => {
-                return Err(EngineError::Inconsistent(format!(
-                    "saga {}: offset {first_offset} is not its start",
-                    state.saga_id
-                )))
+                return Err(Inconsistency::WrongStart {
+                    saga_id: state.saga_id.to_string(),
+                    offset: first_offset,
+                }
+                .into())
             }
         };
         Ok(view::saga_view(state, payload))
@@ -1384,11 +1382,7 @@ impl Inner {
             Ok(registered)
         })
         .await
-        .unwrap_or_else(|e| {
-            Err(EngineError::Inconsistent(format!(
-                "the task registering a definition failed: {e}"
-            )))
-        })
+        .unwrap_or_else(|e| Err(task_failed("registering a definition", e)))
     }
 
     /// Takes a snapshot: writes stop only for its cut (see `replay`), then it is
@@ -1413,9 +1407,7 @@ impl Inner {
             (one, written)
         })
         .await
-        .map_err(|e| {
-            EngineError::Inconsistent(format!("the task writing the snapshot failed: {e}"))
-        })?;
+        .map_err(|e| task_failed("writing the snapshot", e))?;
         let info = written?;
         self.snapshot_offset.store(offset, Ordering::Relaxed);
         // The file's own time, as a restart reads it: the gauge keeps its value.
@@ -1725,4 +1717,13 @@ fn run_timer(inner: Arc<Inner>) {
             }
         }
     });
+}
+
+/// An engine task that panicked or was cancelled (`what` it was doing).
+fn task_failed(what: &'static str, e: tokio::task::JoinError) -> EngineError {
+    Inconsistency::TaskFailed {
+        what,
+        reason: e.to_string(),
+    }
+    .into()
 }

@@ -85,8 +85,8 @@ pub enum EngineError {
         #[source]
         source: DecodeError,
     },
-    #[error("{0}")]
-    Inconsistent(String),
+    #[error(transparent)]
+    Inconsistent(#[from] Inconsistency),
     #[error("the engine is shutting down")]
     Closed,
     #[error("starting the {name} thread failed: {source}")]
@@ -185,3 +185,94 @@ fn removed_hint(log_start: u64) -> String {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// What the log, the indexes or a snapshot hold that cannot be (damage the checksums did
+/// not catch, or a bug), or an engine task that failed; each names where.
+#[derive(Debug, thiserror::Error)]
+pub enum Inconsistency {
+    #[error("offset {offset} holds {found}, not a saga record")]
+    NotASagaRecord { offset: u64, found: String },
+    #[error("offset {offset} peeks as a saga record but decodes as another entry")]
+    PeekMismatch { offset: u64 },
+    #[error("offset {offset} should hold a saga's first record, not {found}")]
+    NotAStart { offset: u64, found: &'static str },
+    #[error("saga {saga_id}: offset {offset} is not its start")]
+    WrongStart { saga_id: String, offset: u64 },
+    #[error("saga {saga_id}: its history does not begin with its start")]
+    HistoryWithoutStart { saga_id: String },
+    #[error("saga {saga_id} runs on {saga_type} version {version}, which is not registered")]
+    UnregisteredDefinition {
+        saga_id: String,
+        saga_type: String,
+        version: u32,
+    },
+    #[error(
+        "saga {saga_id} at offset {offset} starts on {saga_type} version {version}, which is not registered"
+    )]
+    StartOnUnregistered {
+        saga_id: String,
+        offset: u64,
+        saga_type: String,
+        version: u32,
+    },
+    #[error("command at offset {offset} names step {step} of {saga_type} version {version}, which has {steps}")]
+    MissingStep {
+        offset: u64,
+        step: u16,
+        saga_type: String,
+        version: u32,
+        steps: usize,
+    },
+    #[error("the log's first record follows nothing")]
+    FirstFollows,
+    #[error("saga {saga_id}: its chain reaches offset {offset}, a record of saga {other}")]
+    ChainCrosses {
+        saga_id: String,
+        offset: u64,
+        other: String,
+    },
+    #[error("saga {saga_id}: its chain loops")]
+    ChainLoops { saga_id: String },
+    #[error("record at offset {offset} is for saga {saga_id}, which is not active")]
+    NotActive { saga_id: String, offset: u64 },
+    #[error("saga {saga_id} record at offset {offset} has seq {seq} after {after}")]
+    OutOfSequence {
+        saga_id: String,
+        offset: u64,
+        seq: u32,
+        after: u32,
+    },
+    #[error("definition at offset {offset}: {reason}")]
+    BadDefinition { offset: u64, reason: String },
+    #[error("unreadable {what} index entry {key}")]
+    BadIndexEntry { what: &'static str, key: String },
+    #[error("snapshot {path} (offset {offset}): {reason}")]
+    BadSnapshot {
+        path: std::path::PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error(
+        "the log starts at offset {start} and no usable snapshot covers the records before it"
+    )]
+    NoSnapshotBelowStart { start: u64 },
+    #[error("the indexer did not reach offset {offset} within {waited:?}")]
+    IndexerBehind {
+        offset: u64,
+        waited: std::time::Duration,
+    },
+    #[error("the task {what} failed: {reason}")]
+    TaskFailed { what: &'static str, reason: String },
+    #[error(
+        "segment {segment} does not follow the previous one; the log changed under the backup"
+    )]
+    LogChangedUnderBackup { segment: std::path::PathBuf },
+    #[error("the snapshot copied does not fall within the log copied; run the backup again")]
+    SnapshotOutsideBackup,
+    #[error("the restored log ends at offset {ends_at} with {problems} problems; the backup says {expected}")]
+    RestoreMismatch {
+        ends_at: u64,
+        problems: usize,
+        expected: u64,
+    },
+}

@@ -22,7 +22,7 @@ use sagalog_storage::index::IndexWriter;
 use sagalog_storage::{IndexBatch, Keyspace, Log, LogRecord};
 
 use crate::bloom::FinishedIds;
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Inconsistency, Result};
 use crate::record::{peek, Entry, Link, Record, Status};
 
 pub struct Keys {
@@ -180,9 +180,11 @@ pub fn read_saga_record(log: &Log, offset: u64) -> Result<(Link, Record)> {
     let payload = log.read(offset)?;
     match decode_at(&LogRecord { offset, payload })? {
         Entry::Saga { link, record } => Ok((link, record)),
-        other => Err(EngineError::Inconsistent(format!(
-            "offset {offset} holds {other:?}, not a saga record"
-        ))),
+        other => Err(Inconsistency::NotASagaRecord {
+            offset,
+            found: other.kind_name().to_string(),
+        }
+        .into()),
     }
 }
 
@@ -194,9 +196,7 @@ pub fn predecessors(log: &Log, offset: u64, link: Link) -> Result<(Option<u64>, 
         Link::Start => Ok((None, offset)),
         Link::After { prev, first } => Ok((Some(prev), first)),
         Link::Follows => {
-            let prev = offset.checked_sub(1).ok_or_else(|| {
-                EngineError::Inconsistent("the log's first record follows nothing".into())
-            })?;
+            let prev = offset.checked_sub(1).ok_or(Inconsistency::FirstFollows)?;
             let (prev_link, _) = read_saga_record(log, prev)?;
             let (_, first) = predecessors(log, prev, prev_link)?;
             Ok((Some(prev), first))
@@ -211,10 +211,12 @@ pub fn saga_history(log: &Log, saga_id: &str, last_offset: u64) -> Result<Vec<(u
     while let Some(offset) = next {
         let (link, record) = read_saga_record(log, offset)?;
         if record.saga_id != saga_id {
-            return Err(EngineError::Inconsistent(format!(
-                "saga {saga_id}: its chain reaches offset {offset}, a record of saga {}",
-                record.saga_id
-            )));
+            return Err(Inconsistency::ChainCrosses {
+                saga_id: saga_id.to_string(),
+                offset,
+                other: record.saga_id.to_string(),
+            }
+            .into());
         }
         next = match link {
             Link::Start => None,
@@ -223,9 +225,10 @@ pub fn saga_history(log: &Log, saga_id: &str, last_offset: u64) -> Result<Vec<(u
         };
         history.push((offset, record));
         if history.len() > (u32::MAX as usize) {
-            return Err(EngineError::Inconsistent(format!(
-                "saga {saga_id}: its chain loops"
-            )));
+            return Err(Inconsistency::ChainLoops {
+                saga_id: saga_id.to_string(),
+            }
+            .into());
         }
     }
     history.reverse();

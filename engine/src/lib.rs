@@ -54,7 +54,7 @@ pub use dead_letters::DeadLetter;
 pub use decider::{decide, Input, Outcome, Rejection, Reply};
 pub use definition::{Definition, Registry, StepDefinition};
 pub use engine::Engine;
-pub use error::{EngineError, ErrorClass};
+pub use error::{EngineError, ErrorClass, Inconsistency};
 pub use feed::{CommandFeed, Cursor, FeedBatch, LogHealth};
 pub use record::{Action, Entry, Kind, Record, Status};
 pub use retention::RetentionReport;

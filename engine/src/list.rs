@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::api::{ListPage, ListQuery};
 use crate::engine::Inner;
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Inconsistency, Result};
 use crate::indexing::{
     bucket_key_from, bucket_newest_ms, read_saga_record, Bucket, SagaMeta, MAX_BUCKET_SPAN_MS,
 };
@@ -258,7 +258,10 @@ fn from_index(
     let mut reached = below.clone();
     while let Some(entry) = buckets.next() {
         let (key, value) = entry?;
-        let bad = || EngineError::Inconsistent(format!("unreadable finished-index entry {key:?}"));
+        let bad = || Inconsistency::BadIndexEntry {
+            what: "finished",
+            key: format!("{key:?}"),
+        };
         for (at, id) in Bucket::decode(&value).ok_or_else(bad)?.entries {
             *scanned += 1;
             let position = (at, Arc::from(id.as_str()));

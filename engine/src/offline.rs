@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::config::EngineConfig;
 use crate::engine::Engine;
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Inconsistency, Result};
 use crate::indexing::{decode_at, Keys, SagaMeta};
 use crate::record::{peek, Entry, Kind, Record, Status};
 
@@ -287,10 +287,11 @@ fn saga_record(log: &sagalog_storage::Log, offset: u64) -> Result<Record> {
     let payload = log.read(offset)?;
     match decode_at(&LogRecord { offset, payload })? {
         Entry::Saga { record, .. } => Ok(record),
-        other => Err(EngineError::Inconsistent(format!(
-            "offset {offset} holds {}, not a saga record",
-            other.kind_name()
-        ))),
+        other => Err(Inconsistency::NotASagaRecord {
+            offset,
+            found: other.kind_name().to_string(),
+        }
+        .into()),
     }
 }
 
@@ -540,10 +541,7 @@ pub fn backup(
             Err(e) => return Err(io_err("read", &path)(e)),
         };
         if expected.is_some_and(|e| e != base) {
-            return Err(EngineError::Inconsistent(format!(
-                "segment {} does not follow the previous one; the log changed under the backup",
-                path.display()
-            )));
+            return Err(Inconsistency::LogChangedUnderBackup { segment: path }.into());
         }
         let is_last = i + 1 == bases.len();
         let (records, end) = whole_frames(&bytes, config.log.max_record_bytes);
@@ -561,9 +559,7 @@ pub fn backup(
     }
     progress.end();
     if snapshot_offset.is_some_and(|s| s < manifest.start_offset || s > manifest.offset) {
-        return Err(EngineError::Inconsistent(
-            "the snapshot copied does not fall within the log copied; run the backup again".into(),
-        ));
+        return Err(Inconsistency::SnapshotOutsideBackup.into());
     }
     fsync_dir(&log_out)?;
     fsync_dir(&snap_out)?;
@@ -615,12 +611,12 @@ pub fn restore(
     progress.end();
     let check = check_log(&data.log_dir(), &config.log, &|_| {})?;
     if check.next_offset != manifest.offset || !check.problems.is_empty() {
-        return Err(EngineError::Inconsistent(format!(
-            "the restored log ends at offset {} with {} problems; the backup says {}",
-            check.next_offset,
-            check.problems.len(),
-            manifest.offset
-        )));
+        return Err(Inconsistency::RestoreMismatch {
+            ends_at: check.next_offset,
+            problems: check.problems.len(),
+            expected: manifest.offset,
+        }
+        .into());
     }
     drop(data);
     let reindexed_records = Engine::reindex(dir, config)?;

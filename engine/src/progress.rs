@@ -12,7 +12,7 @@ use sagalog_storage::{IndexStore, Keyspace};
 use tokio::sync::watch;
 
 use crate::bloom::FinishedIds;
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Inconsistency, Result};
 
 /// Longest a caller waits for the indexer (a bounded wait, then an error).
 pub(crate) const INDEX_WAIT: Duration = Duration::from_secs(10);
@@ -130,9 +130,11 @@ impl Progress {
         match reached {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(EngineError::Closed),
-            Err(_) => Err(EngineError::Inconsistent(format!(
-                "the indexer did not reach offset {offset} within {INDEX_WAIT:?}"
-            ))),
+            Err(_) => Err(Inconsistency::IndexerBehind {
+                offset,
+                waited: INDEX_WAIT,
+            }
+            .into()),
         }
     }
 

@@ -27,7 +27,7 @@ use sagalog_storage::{IndexStore, Log, SnapshotInfo, SnapshotStore, StorageError
 
 use crate::definition::{Definition, Registry};
 use crate::engine::{Inner, Shard, Slot, Summary};
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Inconsistency, Result};
 use crate::indexing::{decode_at, Indexer, Keys};
 use crate::projection::{Counters, Projections};
 use crate::record::{Entry, Kind};
@@ -194,11 +194,7 @@ pub(crate) fn restore_to(
             indexed_below,
             ..Restored::empty(shards)
         },
-        None => {
-            return Err(EngineError::Inconsistent(format!(
-            "the log starts at offset {start} and no usable snapshot covers the records before it"
-        )))
-        }
+        None => return Err(Inconsistency::NoSnapshotBelowStart { start }.into()),
     };
     let from = restored.snapshot_offset;
     for record in log.iter_from(from) {
@@ -262,11 +258,13 @@ fn decode_snapshot(
     shards: usize,
 ) -> Result<Restored> {
     let offset = reader.offset();
-    let bad = |reason: String| {
-        EngineError::Inconsistent(format!(
-            "snapshot {} (offset {offset}): {reason}",
-            info.path.display()
-        ))
+    let bad = |reason: String| -> EngineError {
+        Inconsistency::BadSnapshot {
+            path: info.path.clone(),
+            offset,
+            reason,
+        }
+        .into()
     };
     let format: u8 = decode(reader, &bad)?;
     let body_offset: u64 = decode(reader, &bad)?;
@@ -357,9 +355,11 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
     let r = match decode_at(record)? {
         Entry::Saga { record: r, .. } => r,
         Entry::DefinitionRegistered { json } => {
-            let definition = Definition::from_json(&json).map_err(|e| {
-                EngineError::Inconsistent(format!("definition at offset {}: {e}", record.offset))
-            })?;
+            let definition =
+                Definition::from_json(&json).map_err(|e| Inconsistency::BadDefinition {
+                    offset: record.offset,
+                    reason: e.to_string(),
+                })?;
             restored.registry.register(definition)?;
             return Ok(());
         }
@@ -381,12 +381,15 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
         ..
     } = &r.kind
     {
-        let definition = registry.get(saga_type, *definition_version).cloned().ok_or_else(|| {
-            EngineError::Inconsistent(format!(
-                "saga {} at offset {} starts on {saga_type} version {definition_version}, which is not registered",
-                r.saga_id, record.offset
-            ))
-        })?;
+        let definition = registry
+            .get(saga_type, *definition_version)
+            .cloned()
+            .ok_or_else(|| Inconsistency::StartOnUnregistered {
+                saga_id: r.saga_id.to_string(),
+                offset: record.offset,
+                saga_type: saga_type.clone(),
+                version: *definition_version,
+            })?;
         sagas.insert(Slot {
             state: SagaState::new(r.saga_id.as_str(), definition),
             busy: false,
@@ -397,17 +400,21 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
         });
     }
     let Some(slot) = sagas.get_mut(&r.saga_id) else {
-        return Err(EngineError::Inconsistent(format!(
-            "record at offset {} is for saga {}, which is not active",
-            record.offset, r.saga_id
-        )));
+        return Err(Inconsistency::NotActive {
+            saga_id: r.saga_id.to_string(),
+            offset: record.offset,
+        }
+        .into());
     };
     let key = slot.state.saga_id.clone();
     if r.seq != slot.state.seq + 1 {
-        return Err(EngineError::Inconsistent(format!(
-            "saga {} record at offset {} has seq {} after {}",
-            r.saga_id, record.offset, r.seq, slot.state.seq
-        )));
+        return Err(Inconsistency::OutOfSequence {
+            saga_id: r.saga_id.to_string(),
+            offset: record.offset,
+            seq: r.seq,
+            after: slot.state.seq,
+        }
+        .into());
     }
     let before = Summary::of(&slot.state);
     apply_mut(&mut slot.state, &r);
