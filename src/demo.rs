@@ -26,6 +26,8 @@ const STARTS_PER_SECOND: u64 = 5;
 const MAX_REPLIES_IN_FLIGHT: usize = 256;
 /// Records one read of the tail takes.
 const TAIL_BATCH: usize = 512;
+/// Bytes of records one read of the tail takes at most.
+const TAIL_BYTES: usize = 4 << 20;
 
 pub struct Demo {
     tasks: Vec<JoinHandle<()>>,
@@ -88,7 +90,7 @@ async fn participants(engine: Arc<Engine>, mut stopping: Shutdown) {
     let room = Arc::new(Semaphore::new(MAX_REPLIES_IN_FLIGHT));
     loop {
         let batch = tokio::select! {
-            batch = feed.next(TAIL_BATCH, 4 << 20) => batch,
+            batch = feed.next(TAIL_BATCH, TAIL_BYTES) => batch,
             () = stopping.wait() => return,
         };
         let commands = match batch {

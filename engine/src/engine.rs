@@ -63,10 +63,17 @@ use crate::api::{
 };
 use crate::config::{Clock, EngineConfig, EngineObserver, SystemClock};
 
+/// How often each kind of repeated background failure is logged.
+const REPEATED_FAILURE_EVERY: Duration = Duration::from_secs(60);
+/// Bytes of records the indexer reads at most per batch (beside its record count).
+const INDEX_READ_BYTES: usize = 16 << 20;
+/// The pause before the indexer tries again after a failed batch.
+const INDEX_RETRY: Duration = Duration::from_secs(1);
+
 /// Failures the background threads retry (a full disk refuses them every second):
 /// each kind is logged once a minute.
 static REPEATED_FAILURES: std::sync::LazyLock<crate::throttle::Throttle> =
-    std::sync::LazyLock::new(|| crate::throttle::Throttle::new(Duration::from_secs(60)));
+    std::sync::LazyLock::new(|| crate::throttle::Throttle::new(REPEATED_FAILURE_EVERY));
 
 /// List calls that scan at once; more wait for a turn.
 pub const MAX_CONCURRENT_SCANS: usize = 4;
@@ -1635,7 +1642,7 @@ fn run_indexer(inner: Arc<Inner>) {
         let mut indexer = Indexer::new(&inner.keys, &inner.log).with_filter(inner.progress.finished_ids());
         loop {
             let batch = tokio::select! {
-                batch = tail.next_batch(inner.config.index_batch_records, 16 << 20) => batch,
+                batch = tail.next_batch(inner.config.index_batch_records, INDEX_READ_BYTES) => batch,
                 () = stop.wait() => return,
             };
             let result = batch
@@ -1660,7 +1667,7 @@ fn run_indexer(inner: Arc<Inner>) {
                         tracing::error!(error = %e, offset = from, held_back, "indexing failed; retrying in 1 s");
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tokio::time::sleep(INDEX_RETRY) => {}
                         () = stop.wait() => return,
                     }
                     tail = inner.log.subscribe(from);

@@ -27,6 +27,11 @@ use crate::error::{EngineError, Result};
 use crate::indexing::{decode_at, predecessors, read_saga_record, Bucket, SagaMeta};
 use crate::record::{peek, Entry, Link};
 
+/// Records, and bytes of them, retention reads from the log at a time while it looks
+/// for the sagas a cut would remove.
+const READ_RECORDS: usize = 4096;
+const READ_BYTES: usize = 1 << 20;
+
 /// Most records past the hold one pass reads; with a longer backlog (the relay far
 /// behind) the pass deletes nothing.
 const SCAN_BUDGET: usize = 4_000_000;
@@ -84,7 +89,7 @@ fn lowest_start(log: &Log, from: u64, to: u64, budget: &mut usize) -> Result<Opt
         if *budget == 0 {
             return Ok(None);
         }
-        let batch = log.read_batch(next, (*budget).min(4096), 1 << 20)?;
+        let batch = log.read_batch(next, (*budget).min(READ_RECORDS), READ_BYTES)?;
         let Some(last) = batch.last() else { break };
         next = last.offset + 1;
         *budget = budget.saturating_sub(batch.len());

@@ -39,6 +39,12 @@ use crate::error::ApiError;
 pub const OVERFLOW_CONNECTIONS: usize = 64;
 /// Longest an overflow connection may take to send its request's headers.
 const OVERFLOW_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The pause after a failed accept (out of file descriptors and the like).
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// At a stop: how long connections between requests get to see it, then how often the
+/// requests still in flight are counted.
+const DRAIN_SETTLE: Duration = Duration::from_millis(50);
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Connections a probe listener serves at once (kubelet and Prometheus need a few).
 pub const PROBE_CONNECTIONS: usize = 32;
 
@@ -175,7 +181,7 @@ async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
         Ok(accepted) => Some(accepted),
         Err(e) => {
             tracing::warn!(error = %e, "accept failed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(ACCEPT_RETRY).await;
             None
         }
     }
@@ -312,9 +318,9 @@ impl Drop for InFlight {
 async fn drain(graceful: GracefulShutdown, in_flight: &AtomicUsize) {
     let requests_done = async {
         // Let connections that were between requests see the stop first.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(DRAIN_SETTLE).await;
         while in_flight.load(Ordering::SeqCst) > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(DRAIN_POLL).await;
         }
     };
     tokio::select! {

@@ -33,6 +33,9 @@ use tokio::task::JoinHandle;
 
 use crate::{position, topics, KafkaContext, RelayConfig, Result};
 
+/// Longest a dropped publisher waits to hand librdkafka's queue to the broker.
+const DROP_FLUSH: Duration = Duration::from_secs(1);
+
 /// Records one read of the tail takes.
 const READ_RECORDS: usize = 1024;
 const READ_BYTES: usize = 8 << 20;
@@ -393,7 +396,7 @@ impl Publisher {
 impl Drop for Publisher {
     fn drop(&mut self) {
         // Hand what librdkafka still holds to the broker before the producer goes.
-        let _ = self.producer.lock().flush(Duration::from_secs(1));
+        let _ = self.producer.lock().flush(DROP_FLUSH);
     }
 }
 

@@ -17,6 +17,12 @@ use tokio::task::JoinHandle;
 
 use crate::{KafkaContext, RelayConfig, Result};
 
+/// The pause after a failed read of the reply topic.
+const READ_RETRY: Duration = Duration::from_millis(500);
+/// The first pause before a reply the engine could not take now is tried again (it
+/// doubles from there).
+const FIRST_REPLY_RETRY: Duration = Duration::from_millis(100);
+
 /// Longest wait before a reply the engine could not take is tried again.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 /// How often the consumer lag is measured.
@@ -92,7 +98,7 @@ async fn run(
                 }
                 Err(e) => {
                     crate::logs::kafka_problem("reply consumer", &e, "reading the reply topic failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(READ_RETRY).await;
                 }
             }
         }
@@ -134,7 +140,7 @@ async fn handle(
         }
     };
     let reply = reply.into_reply();
-    let mut wait = Duration::from_millis(100);
+    let mut wait = FIRST_REPLY_RETRY;
     loop {
         match engine.reply(&saga_id, reply.clone()).await {
             Ok(answer) => {
