@@ -11,6 +11,8 @@ use crate::view::SagaView;
 /// Longest a reply's or an override's reason may be, in characters (as the OpenAPI
 /// file's `maxLength` counts them).
 pub const MAX_REASON_CHARS: usize = 4096;
+/// Largest `limit` of a list page (the HTTP outbox's too).
+pub const MAX_LIST_LIMIT: usize = 1000;
 /// Longest an `event_id` may be, in characters.
 pub const MAX_EVENT_ID_CHARS: usize = 256;
 

@@ -46,7 +46,7 @@ pub mod wire;
 
 pub use api::{
     is_valid_saga_id, is_valid_trace_id, EngineStats, HistoryItem, ListPage, ListQuery,
-    ReplyAnswer, StartAnswer, StartRequest,
+    ReplyAnswer, StartAnswer, StartRequest, MAX_LIST_LIMIT,
 };
 pub use command::{Command, StoredJson};
 pub use config::{Clock, EngineConfig, EngineObserver, SystemClock};

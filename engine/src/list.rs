@@ -14,16 +14,13 @@ use std::collections::BinaryHeap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::api::{ListPage, ListQuery};
+use crate::api::{ListPage, ListQuery, MAX_LIST_LIMIT};
 use crate::engine::Inner;
 use crate::error::{EngineError, Inconsistency, Result};
 use crate::indexing::{
     bucket_key_from, bucket_newest_ms, read_saga_record, Bucket, SagaMeta, MAX_BUCKET_SPAN_MS,
 };
 use crate::record::{Kind, Status};
-
-/// Most items one page may hold.
-pub const MAX_LIST_LIMIT: usize = 1000;
 
 type Position = (u64, Arc<str>);
 

@@ -17,20 +17,16 @@ use serde_json::{json, Value};
 use sagalog_engine::definition::Registered;
 use sagalog_engine::throttle::Throttle;
 use sagalog_engine::wire::ReplyMessage;
-use sagalog_engine::{
-    is_valid_saga_id, Clock, Definition, Engine, ListQuery, Shutdown, StartRequest, Status,
-};
+use sagalog_engine::{Clock, Definition, Engine, ListQuery, Shutdown, StartRequest, Status};
 
 use crate::error::ApiError;
 use crate::json;
 use crate::metrics::Metrics;
 use crate::outbox::{self, OutboxQuery};
+use crate::query::{
+    parse_definition_cursor, parse_limit, parse_u64, path_segment, saga_id, DEFAULT_LIMIT,
+};
 use crate::routes::{route, Matched, Route};
-
-/// Largest `limit` of a list or outbox call.
-pub const MAX_LIMIT: usize = 1000;
-/// `limit` when a list or outbox call gives none.
-pub const DEFAULT_LIMIT: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -576,65 +572,6 @@ fn definition_json(definition: &Arc<Definition>) -> Value {
     serde_json::from_str(&definition.to_json()).expect("a definition serializes to JSON")
 }
 
-/// A non-negative integer (an offset, a wait), named `field` in the error.
-pub fn parse_u64(field: &str, value: &str) -> Result<u64, ApiError> {
-    value.parse().map_err(|_| {
-        ApiError::bad_request(
-            "invalid_request",
-            format!("{field}: {value:?} is not a non-negative integer"),
-        )
-    })
-}
-
-/// A path parameter, percent-decoded (`a%3Ab` is `a:b`).
-fn path_segment(raw: &str) -> Result<String, ApiError> {
-    percent_encoding::percent_decode_str(raw)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| {
-            ApiError::bad_request(
-                "invalid_request",
-                format!("the path segment {raw:?} is not percent-encoded UTF-8"),
-            )
-        })
-}
-
-/// A definitions cursor, `name/version`.
-fn parse_definition_cursor(value: &str) -> Result<(String, u32), ApiError> {
-    value
-        .split_once('/')
-        .and_then(|(name, version)| Some((name.to_string(), version.parse().ok()?)))
-        .filter(|(name, _)| sagalog_engine::definition::is_valid_name(name))
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_request",
-                format!("cursor: {value:?} is not a cursor this server returned"),
-            )
-        })
-}
-
-/// `limit`: 1 to [`MAX_LIMIT`].
-pub fn parse_limit(value: &str) -> Result<usize, ApiError> {
-    match value.parse::<usize>() {
-        Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => Ok(limit),
-        _ => Err(ApiError::bad_request(
-            "invalid_request",
-            format!("limit: {value:?} is not a number from 1 to {MAX_LIMIT}"),
-        )),
-    }
-}
-
-fn saga_id(id: &str) -> Result<&str, ApiError> {
-    if is_valid_saga_id(id) {
-        Ok(id)
-    } else {
-        Err(ApiError::bad_request(
-            "invalid_saga_id",
-            format!("saga id {id:?} must match [A-Za-z0-9._:-]{{1,128}}"),
-        ))
-    }
-}
-
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`); an invalid
 /// header is ignored, as the W3C spec asks, and the saga gets a new trace id.
 fn trace_id_of(traceparent: &str) -> Option<String> {
@@ -807,13 +744,5 @@ mod tests {
         );
         assert_eq!(trace_id_of("00-XYZ-00f067aa0ba902b7-01"), None);
         assert_eq!(trace_id_of(&format!("ff-{id}-00f067aa0ba902b7-01")), None);
-    }
-
-    #[test]
-    fn limits_are_one_to_a_thousand() {
-        assert_eq!(parse_limit("1000").unwrap(), 1000);
-        assert!(parse_limit("1001").is_err());
-        assert!(parse_limit("0").is_err());
-        assert!(parse_limit("ten").is_err());
     }
 }

@@ -4,7 +4,8 @@
 //!   OpenAPI test share).
 //! - [`app`]: the handlers — limits and auth first, then one engine call each.
 //! - [`json`]: request bodies and the fixed response shapes.
-//! - [`outbox`]: the long-polled command feed, read from the log tail.
+//! - [`outbox`]: the long-polled command feed, read from the engine's command feed.
+//! - [`query`]: the validators of query strings and path parameters.
 //! - [`metrics`]: the Prometheus registry, fed by the engine's and log's observers and
 //!   by [`sagalog_engine::Engine::stats`] at each scrape.
 //! - [`server`]: the accept loop, connection limit and its overflow lane, the probe
@@ -19,6 +20,7 @@ pub mod fuzzing;
 pub mod json;
 pub mod metrics;
 pub mod outbox;
+pub mod query;
 pub mod routes;
 pub mod server;
 

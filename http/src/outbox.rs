@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use sagalog_engine::{Engine, Shutdown};
 
-use crate::app::{parse_limit, parse_u64, DEFAULT_LIMIT};
 use crate::error::ApiError;
+use crate::query::{parse_limit, parse_u64, DEFAULT_LIMIT};
 
 /// Longest `wait_ms` a call may ask for; the server waits at most its own
 /// `max_outbox_wait_ms` of it.
