@@ -190,58 +190,69 @@ impl App {
             .and_then(|v| v.to_str().ok())
             .and_then(trace_id_of);
         let body = read_body(request, &self.config, self.stopping.clone()).await?;
-        let engine = &self.engine;
         let result = match matched.route {
             Route::StartSaga => self.start(&body, trace_id).await,
             Route::Reply => self.reply(&param, &body).await,
-            Route::GetSaga => {
-                let id = saga_id(&param)?;
-                let view = self.timed("get", || engine.get(id))?;
-                Ok(respond(StatusCode::OK, json::saga(&view)))
-            }
+            Route::GetSaga => self.get_saga(&param),
             Route::History => self.history(&param).await,
             Route::ListSagas => self.list(&query).await,
-            Route::Outbox => {
-                let query = OutboxQuery::parse(&query, self.config.max_outbox_wait_ms)?;
-                let page = outbox::poll(engine, &query, self.stopping.clone()).await?;
-                Ok(respond_bytes(StatusCode::OK, page))
-            }
+            Route::Outbox => self.outbox(&query).await,
             Route::PutDefinition => self.put_definition(&param, &body).await,
             Route::ListDefinitions => self.list_definitions(&query),
-            Route::OverrideStatus => {
-                let id = saga_id(&param)?;
-                let body: json::OverrideBody = json::parse(&body)?;
-                let to: Status = body.status.parse().map_err(|e: String| {
-                    ApiError::bad_request("invalid_request", format!("status: {e}"))
-                })?;
-                let view = engine.override_status(id, to, body.reason).await?;
-                Ok(respond(StatusCode::OK, json::saga(&view)))
-            }
-            Route::Retry => {
-                let view = engine.retry(saga_id(&param)?).await?;
-                Ok(respond(StatusCode::ACCEPTED, json::saga(&view)))
-            }
+            Route::OverrideStatus => self.override_status(&param, &body).await,
+            Route::Retry => self.retry(&param).await,
             Route::DeadLetters => self.dead_letters(&query),
-            Route::ReplayDeadLetter => {
-                let offset = parse_u64("offset", &param)?;
-                let replay = engine.replay_dead_letter(offset).await?;
-                Ok(respond(
-                    StatusCode::ACCEPTED,
-                    json!({"dead_letter_offset": offset, "replay_offset": replay}),
-                ))
-            }
-            Route::Snapshot => {
-                let info = engine.snapshot().await?;
-                Ok(respond(
-                    StatusCode::CREATED,
-                    json!({"offset": info.offset, "bytes": info.bytes}),
-                ))
-            }
+            Route::ReplayDeadLetter => self.replay_dead_letter(&param).await,
+            Route::Snapshot => self.snapshot().await,
             Route::Metrics => Ok(self.metrics_response()),
             Route::Healthz => Ok(respond(StatusCode::OK, json!({"status": "ok"}))),
             Route::Readyz => self.ready(),
         };
         result.map_err(|e| self.counted(e))
+    }
+
+    fn get_saga(&self, param: &str) -> Result<Response<Body>, ApiError> {
+        let id = saga_id(param)?;
+        let view = self.timed("get", || self.engine.get(id))?;
+        Ok(respond(StatusCode::OK, json::saga(&view)))
+    }
+
+    async fn outbox(&self, query: &str) -> Result<Response<Body>, ApiError> {
+        let query = OutboxQuery::parse(query, self.config.max_outbox_wait_ms)?;
+        let page = outbox::poll(&self.engine, &query, self.stopping.clone()).await?;
+        Ok(respond_bytes(StatusCode::OK, page))
+    }
+
+    async fn override_status(&self, param: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
+        let id = saga_id(param)?;
+        let body: json::OverrideBody = json::parse(body)?;
+        let to: Status = body.status.parse().map_err(|e: String| {
+            ApiError::bad_request("invalid_request", format!("status: {e}"))
+        })?;
+        let view = self.engine.override_status(id, to, body.reason).await?;
+        Ok(respond(StatusCode::OK, json::saga(&view)))
+    }
+
+    async fn retry(&self, param: &str) -> Result<Response<Body>, ApiError> {
+        let view = self.engine.retry(saga_id(param)?).await?;
+        Ok(respond(StatusCode::ACCEPTED, json::saga(&view)))
+    }
+
+    async fn replay_dead_letter(&self, param: &str) -> Result<Response<Body>, ApiError> {
+        let offset = parse_u64("offset", param)?;
+        let replay = self.engine.replay_dead_letter(offset).await?;
+        Ok(respond(
+            StatusCode::ACCEPTED,
+            json!({"dead_letter_offset": offset, "replay_offset": replay}),
+        ))
+    }
+
+    async fn snapshot(&self) -> Result<Response<Body>, ApiError> {
+        let info = self.engine.snapshot().await?;
+        Ok(respond(
+            StatusCode::CREATED,
+            json!({"offset": info.offset, "bytes": info.bytes}),
+        ))
     }
 
     fn counted(&self, e: ApiError) -> ApiError {
