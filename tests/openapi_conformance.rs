@@ -47,7 +47,11 @@ fn schemathesis_finds_nothing_with_every_check() {
     for seed in ["1", "2"] {
         let out = Command::new(&st)
             .args(["run", spec, "--url", &url, "--checks", "all", "-H", &auth])
-            .args(["--max-examples", "100", "--seed", seed, "--workers", "2"])
+            // One worker: with two, hypothesis parses lambdas' source in two threads at
+            // once, and CPython 3.11's AST constructor shares its recursion counter
+            // between them (python/cpython#106905), failing the run with a SystemError
+            // that says nothing about the API.
+            .args(["--max-examples", "100", "--seed", seed, "--workers", "1"])
             .args([
                 "--generation-database",
                 "none",
