@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::{data_dir, get, post, sagalog, serve, status_gauge};
 use hyper::StatusCode;
+use sagalog_storage::testing::tree;
 use serde_json::{json, Value};
 
 fn text(output: &Output) -> String {
@@ -645,25 +646,6 @@ fn offline_commands_find_the_data_directory_as_serve_does() {
         "{}",
         text(&out)
     );
-}
-
-/// Every file under `dir` (the path and its bytes), sorted.
-fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let bytes = std::fs::read(&path).unwrap();
-                out.push((path, bytes));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 //! Test support shared by this crate's tests and the binary's: a real size-limited
-//! filesystem (a tmpfs the test mounts, which needs root) and a filler that takes its
-//! space. Not for production use.
+//! filesystem (a tmpfs the test mounts, which needs root), a filler that takes its
+//! space, and a listing of every file's bytes. Not for production use.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -70,4 +70,24 @@ pub fn fill_leaving(path: &Path, room: u64) {
     );
     filler.set_len(written - room).unwrap();
     filler.sync_all().unwrap();
+}
+
+/// Every file under `dir` with its bytes, sorted by path: to check that a command
+/// changed not one byte.
+pub fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.push((path, bytes));
+            }
+        }
+    }
+    out.sort();
+    out
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::{payload, segment_files, small_config};
 use sagalog_storage::check::{check_log, cut_log};
 use sagalog_storage::faults::{EIO, ENOSPC};
+use sagalog_storage::testing::tree;
 use sagalog_storage::{DataDir, FaultPoint, Faults, Log, LogConfig, StorageError};
 
 fn open_with(dir: &Path, config: LogConfig, faults: &Arc<Faults>) -> (DataDir, Log) {
@@ -459,7 +460,7 @@ fn an_inspecting_open_changes_nothing_on_disk() {
     common::write_at(&last, end as u64, &[0xAB; 7]);
     // A leftover of a failed roll: empty, named inside the last segment's offsets.
     std::fs::write(dir.path().join("log").join(format!("{:020}.log", 48)), b"").unwrap();
-    let before = snapshot_tree(dir.path());
+    let before = tree(dir.path());
     let data = DataDir::open_inspect(dir.path()).unwrap();
     let (log, report) = data.open_log_inspect(small_config()).unwrap();
     assert_eq!(report.cuts.len(), 1, "the tail is where the log ends");
@@ -471,25 +472,7 @@ fn an_inspecting_open_changes_nothing_on_disk() {
     std::thread::sleep(Duration::from_millis(50));
     drop(log);
     drop(data);
-    assert_eq!(snapshot_tree(dir.path()), before, "not one byte changed");
-}
-
-/// Every file under `dir` with its bytes.
-fn snapshot_tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push((path.clone(), std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
+    assert_eq!(tree(dir.path()), before, "not one byte changed");
 }
 
 fn copy_dir(from: &Path, to: &Path) {
