@@ -118,10 +118,3 @@ pub struct LogHealth {
     /// Batch writes are failing (the latest failure, while none has succeeded since).
     pub write_failure: Option<WriteFailure>,
 }
-
-impl LogHealth {
-    /// Whether appends go through now.
-    pub fn writable(&self) -> bool {
-        self.poisoned.is_none() && self.refusing.is_none() && self.write_failure.is_none()
-    }
-}
