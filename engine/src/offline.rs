@@ -1,7 +1,8 @@
 //! The offline commands (docs/recovery.md) over a data directory no server holds (except
 //! [`backup`], which reads beside a running server): verify, recover, replay, inspect,
-//! backup and restore. `snapshot` and `reindex` are [`Engine::snapshot`] on an opened
-//! engine and [`Engine::reindex`].
+//! backup and restore. `snapshot` and `reindex` are
+//! [`Engine::snapshot`](crate::Engine::snapshot) on an opened engine and
+//! [`Engine::reindex`](crate::Engine::reindex).
 //!
 //! Each returns a report the binary prints for a person or as JSON; none prints itself.
 
@@ -14,7 +15,6 @@ use sagalog_storage::{fsync_dir, segment_path, DataDir, LogRecord, LOG_DIR, SNAP
 use serde::Serialize;
 
 use crate::config::EngineConfig;
-use crate::engine::Engine;
 use crate::error::{EngineError, Inconsistency, Result};
 use crate::indexing::{decode_at, Keys, SagaMeta};
 use crate::record::{peek, Entry, Kind, Record, Status};
@@ -151,7 +151,7 @@ fn check_snapshots(
                 info.offset
             ))
         } else {
-            crate::replay::check_snapshot(&store, &info)
+            crate::service::replay::check_snapshot(&store, &info)
                 .err()
                 .map(|e| e.to_string())
         };
@@ -342,7 +342,7 @@ pub fn recover(
         cut
     };
     progress.begin("rebuilding the indexes", 0);
-    let reindexed_records = Engine::reindex(dir, config)?;
+    let reindexed_records = crate::service::replay::reindex(dir, config)?;
     progress.end();
     let verify = verify(dir, config, progress)?;
     Ok(RecoverReport {
@@ -381,7 +381,7 @@ pub fn replay(
     let (log, _) = data.open_log_inspect(config.log.clone())?;
     let snapshots = data.open_snapshots_inspect(config.snapshots.clone())?;
     let head = to_offset.map_or(log.next_offset(), |to| to.min(log.next_offset()));
-    let restored = crate::replay::restore_to(
+    let restored = crate::service::replay::restore_to(
         &log,
         &snapshots,
         config.shards,
@@ -619,7 +619,7 @@ pub fn restore(
         .into());
     }
     drop(data);
-    let reindexed_records = Engine::reindex(dir, config)?;
+    let reindexed_records = crate::service::replay::reindex(dir, config)?;
     let verify = verify(dir, config, progress)?;
     Ok(RestoreReport {
         manifest,

@@ -17,7 +17,23 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
-use crate::engine::Slot;
+use crate::state::SagaState;
+
+/// A saga in memory, with what the engine keeps beside its state.
+#[derive(Clone)]
+pub(crate) struct Slot {
+    pub state: SagaState,
+    pub busy: bool,
+    /// The snapshot capture that last saw it (see `table`): 0 for none yet.
+    pub epoch: u32,
+    /// Offset of the saga's `saga_started` record (which holds the payload).
+    pub first_offset: u64,
+    /// Offset of the saga's latest record.
+    pub last_offset: u64,
+    /// A two-bit-per-id filter of the `event_id`s the saga has recorded: a reply whose
+    /// bits are not all set is new without reading the log.
+    pub events: u64,
+}
 
 #[derive(Default)]
 pub(crate) struct SagaTable {

@@ -5,12 +5,8 @@
 //!   whole log);
 //! - the log after it is folded in with the same `apply` the live path uses.
 //!
-//! Taking a snapshot stops writes only for its *cut*: with the gate held exclusively
-//! (no write in flight), it notes the log offset, the definitions and the counters, and
-//! starts a copy-on-write capture in every shard's table (see `table`). Writes then go
-//! on while the sagas are read a chunk at a time, each shard lock held for one chunk,
-//! and streamed to the snapshot file; memory holds a chunk, one shard's ids and the
-//! images of the sagas changed meanwhile, never a copy of the whole state.
+//! Taking a snapshot is `capture`'s; the body it writes is defined here, beside
+//! the reader.
 //!
 //! Snapshot body, format 2 (bincode, inside the storage crate's checksummed file):
 //! `format u8 | offset u64 | definitions Vec<String> | counters | chunk*` where each
@@ -18,7 +14,6 @@
 //! (`format | offset | definitions | sagas | counters`) is still read.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::sync::Arc;
 
 use bincode::{Decode, Encode};
@@ -26,15 +21,16 @@ use sagalog_storage::index::catch_up;
 use sagalog_storage::{IndexStore, Log, SnapshotInfo, SnapshotStore, StorageError};
 
 use crate::definition::{Definition, Registry};
-use crate::engine::{Inner, Shard, Slot, Summary};
 use crate::error::{EngineError, Inconsistency, Result};
 use crate::indexing::{decode_at, Indexer, Keys};
 use crate::projection::{Counters, Projections};
 use crate::record::{Entry, Kind};
+use crate::service::active::{event_bits, shard_index, Shard, Summary};
+use crate::service::table::Slot;
 use crate::state::{apply_mut, SagaState, StoredSaga};
 
 /// The snapshot body this build writes; it reads [`SNAPSHOT_FORMAT_V1`] too.
-const SNAPSHOT_FORMAT: u8 = 2;
+pub(crate) const SNAPSHOT_FORMAT: u8 = 2;
 const SNAPSHOT_FORMAT_V1: u8 = 1;
 /// Sagas per chunk of a snapshot: also how many a capture copies per hold of a shard's
 /// lock.
@@ -44,7 +40,7 @@ pub(crate) const SNAPSHOT_CHUNK_SAGAS: usize = 1024;
 const MAX_DECODE_BYTES: usize = 1 << 30;
 
 #[derive(Encode, Decode)]
-struct SnapshotSaga {
+pub(crate) struct SnapshotSaga {
     saga: StoredSaga,
     first_offset: u64,
     last_offset: u64,
@@ -53,7 +49,7 @@ struct SnapshotSaga {
 
 impl SnapshotSaga {
     /// The saga as a snapshot keeps it, if it is active (finished ones are the index's).
-    fn of(slot: &Slot) -> Option<SnapshotSaga> {
+    pub(crate) fn of(slot: &Slot) -> Option<SnapshotSaga> {
         let active = slot.state.status.is_some() && !slot.state.is_terminal();
         active.then(|| SnapshotSaga {
             saga: StoredSaga::from(&slot.state),
@@ -128,7 +124,7 @@ impl Restored {
     }
 
     fn shard(&self, saga_id: &str) -> &Shard {
-        &self.shards[crate::engine::shard_index(saga_id, self.shards.len())]
+        &self.shards[shard_index(saga_id, self.shards.len())]
     }
 }
 
@@ -207,7 +203,7 @@ pub(crate) fn restore_to(
     }
     // Timers and the active count from the sagas left, once, rather than per record.
     for shard in restored.shards.iter() {
-        for slot in shard.sagas.lock().values() {
+        for slot in shard.lock().values() {
             let summary = Summary::of(&slot.state);
             if let Some(due) = summary.due_ms {
                 restored.timers.insert((due, slot.state.saga_id.clone()));
@@ -334,7 +330,7 @@ fn restore_sagas(
         let state = saga
             .into_state(definition)
             .ok_or_else(|| bad(format!("saga {id} does not fit its definition")))?;
-        let mut sagas = restored.shard(&id).sagas.lock();
+        let mut sagas = restored.shard(&id).lock();
         if sagas.get(&id).is_some() {
             return Err(bad(format!("saga {id} is in it twice")));
         }
@@ -373,8 +369,8 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
         indexed_below,
         ..
     } = restored;
-    let shard = &shards[crate::engine::shard_index(&r.saga_id, shards.len())];
-    let mut sagas = shard.sagas.lock();
+    let shard = &shards[shard_index(&r.saga_id, shards.len())];
+    let mut sagas = shard.lock();
     if let Kind::SagaStarted {
         saga_type,
         definition_version,
@@ -419,7 +415,7 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
     let before = Summary::of(&slot.state);
     apply_mut(&mut slot.state, &r);
     if let Some((event_id, _)) = r.kind.reply() {
-        slot.events |= crate::engine::event_bits(event_id);
+        slot.events |= event_bits(event_id);
     }
     slot.last_offset = record.offset;
     let after = Summary::of(&slot.state);
@@ -437,98 +433,14 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
     Ok(())
 }
 
-/// What a snapshot's cut fixed: taken with the gate held exclusively, so the state in
-/// memory then reflected exactly the log below `offset`.
-pub(crate) struct Cut {
-    pub offset: u64,
-    pub definitions: Vec<String>,
-    pub counters: Counters,
-}
-
-/// Takes the cut of snapshot `epoch` (the caller holds the gate exclusively).
-pub(crate) fn cut(inner: &Inner, epoch: u32) -> Cut {
-    let cut = Cut {
-        offset: inner.log.next_offset(),
-        definitions: inner
-            .registry
-            .read()
-            .all()
-            .iter()
-            .map(|d| d.to_json())
-            .collect(),
-        counters: inner.projections.lock().counters.clone(),
-    };
-    for shard in inner.shards.iter() {
-        shard.sagas.lock().begin_capture(epoch);
-    }
-    cut
-}
-
-/// Ends the capture in every shard, however writing the snapshot ends (a shard whose
-/// capture already ended is left as it is).
-struct EndCaptures<'a>(&'a Inner);
-
-impl Drop for EndCaptures<'_> {
-    fn drop(&mut self) {
-        for shard in self.0.shards.iter() {
-            shard.sagas.lock().end_capture();
-        }
-    }
-}
-
-/// Writes the snapshot of `cut` while writes go on: shard by shard, the sagas no one
-/// touched since the cut a chunk at a time, then the cut images of those touched.
-/// Blocking (shard locks and file I/O): run it off the async runtime.
-pub(crate) fn write_snapshot(inner: &Inner, cut: &Cut) -> Result<SnapshotInfo> {
-    let _end = EndCaptures(inner);
-    let mut file = inner.snapshots.create(cut.offset)?;
-    let out = &mut file;
-    let dir = inner.snapshots.dir();
-    put(out, &SNAPSHOT_FORMAT, dir)?;
-    put(out, &cut.offset, dir)?;
-    put(out, &cut.definitions, dir)?;
-    put(out, &cut.counters, dir)?;
-    for shard in inner.shards.iter() {
-        let untouched = shard.sagas.lock().untouched();
-        for ids in untouched.chunks(SNAPSHOT_CHUNK_SAGAS) {
-            let slots: Vec<Slot> = {
-                let mut sagas = shard.sagas.lock();
-                ids.iter().filter_map(|id| sagas.capture(id)).collect()
-            };
-            put_chunk(out, slots.iter(), dir)?;
-        }
-        let images = shard.sagas.lock().end_capture();
-        for slots in images.chunks(SNAPSHOT_CHUNK_SAGAS) {
-            put_chunk(out, slots.iter(), dir)?;
-        }
-    }
-    put(out, &Vec::<SnapshotSaga>::new(), dir)?;
-    Ok(file.finish()?)
-}
-
-/// Encodes one part of a snapshot body onto `out`.
-fn put<T: Encode>(out: &mut impl Write, value: &T, dir: &std::path::Path) -> Result<()> {
-    bincode::encode_into_std_write(value, out, bincode::config::standard())
-        .map(|_| ())
-        .map_err(|e| {
-            let e = match e {
-                bincode::error::EncodeError::Io { inner, .. } => inner,
-                other => std::io::Error::other(other),
-            };
-            EngineError::Storage(StorageError::io("write snapshot in", dir)(e))
-        })
-}
-
-/// Encodes the active ones of `slots` as a chunk (nothing when none is active: an empty
-/// chunk ends the body).
-fn put_chunk<'a>(
-    out: &mut impl Write,
-    slots: impl Iterator<Item = &'a Slot>,
-    dir: &std::path::Path,
-) -> Result<()> {
-    let chunk: Vec<SnapshotSaga> = slots.filter_map(SnapshotSaga::of).collect();
-    if chunk.is_empty() {
-        return Ok(());
-    }
-    put(out, &chunk, dir)
+/// Rebuilds the indexes of the (closed) data directory `dir` from its log, from
+/// nothing; returns how many records it read.
+pub(crate) fn reindex(dir: &std::path::Path, config: &crate::config::EngineConfig) -> Result<u64> {
+    let data = sagalog_storage::DataDir::open(dir)?;
+    let (log, _) = data.open_log(config.log.clone())?;
+    let index = data.open_index()?;
+    index.clear()?;
+    catch_up_index(&log, &index, &Keys::default(), config.index_batch_records)?;
+    index.flush()?;
+    Ok(log.next_offset() - log.start_offset())
 }

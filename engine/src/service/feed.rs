@@ -10,8 +10,8 @@ use std::sync::Arc;
 use sagalog_storage::{Keyspace, StorageError, Tail, WriteFailure};
 
 use crate::command::Command;
-use crate::engine::Inner;
 use crate::error::{EngineError, Result};
+use crate::service::inner::Inner;
 
 /// The commands issued from a position on, in log order.
 pub struct CommandFeed {

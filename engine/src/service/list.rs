@@ -15,12 +15,12 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::api::{ListPage, ListQuery, MAX_LIST_LIMIT};
-use crate::engine::Inner;
 use crate::error::{EngineError, Inconsistency, Result};
 use crate::indexing::{
     bucket_key_from, bucket_newest_ms, read_saga_record, Bucket, SagaMeta, MAX_BUCKET_SPAN_MS,
 };
 use crate::record::{Kind, Status};
+use crate::service::inner::Inner;
 
 type Position = (u64, Arc<str>);
 
@@ -141,7 +141,7 @@ fn listed_bytes(view: &crate::view::SagaView) -> usize {
 
 fn type_matches(inner: &Inner, id: &str, want: Option<&str>) -> Result<bool> {
     let Some(want) = want else { return Ok(true) };
-    if let Some(saga_type) = inner.saga_type_in_memory(id) {
+    if let Some(saga_type) = inner.sagas.saga_type(id) {
         return Ok(saga_type == want);
     }
     // A finished saga: its type is in its first record.
@@ -175,8 +175,8 @@ fn from_memory(
     query: &ListQuery,
 ) -> Vec<Position> {
     let mut best: BinaryHeap<Reverse<Position>> = BinaryHeap::with_capacity(query.limit + 1);
-    for shard in inner.shards.iter() {
-        let sagas = shard.sagas.lock();
+    for shard in inner.sagas.shards() {
+        let sagas = shard.lock();
         for slot in sagas.values() {
             let state = &slot.state;
             let at = state.updated_at_ms;

@@ -22,10 +22,10 @@ use std::time::{Duration, SystemTime};
 
 use sagalog_storage::{IndexBatch, Log, LogRecord, SealedSegment};
 
-use crate::engine::Inner;
 use crate::error::{EngineError, Result};
 use crate::indexing::{decode_at, predecessors, read_saga_record, Bucket, SagaMeta};
 use crate::record::{peek, Entry, Link};
+use crate::service::inner::Inner;
 
 /// Records, and bytes of them, retention reads from the log at a time while it looks
 /// for the sagas a cut would remove.
@@ -52,10 +52,6 @@ pub struct RetentionReport {
     /// The pass deleted nothing: the backlog past the hold was longer than it reads.
     pub incomplete: bool,
 }
-
-/// Serializes retention passes.
-#[derive(Default)]
-pub(crate) struct Retention;
 
 /// The first offset of the saga a record belongs to, if it refers to one.
 fn saga_start(log: &Log, record: &LogRecord, previous: Option<(u64, u64)>) -> Result<Option<u64>> {
@@ -117,12 +113,17 @@ impl Inner {
     /// The floor of the module comment, without the relay's backlog.
     fn retention_floor(&self, hold: Option<u64>) -> Result<u64> {
         // Snapshots are listed newest first; none kept means nothing can go yet.
-        let oldest_snapshot = self.snapshots.list()?.last().map_or(0, |s| s.offset);
+        let oldest_snapshot = self
+            .snapshots
+            .store()
+            .list()?
+            .last()
+            .map_or(0, |s| s.offset);
         let mut floor = oldest_snapshot
             .min(self.progress.watermark())
             .min(hold.unwrap_or(u64::MAX));
-        for shard in self.shards.iter() {
-            for slot in shard.sagas.lock().values() {
+        for shard in self.sagas.shards() {
+            for slot in shard.lock().values() {
                 if slot.state.status.is_some() {
                     floor = floor.min(slot.first_offset);
                 }

@@ -1,0 +1,199 @@
+//! The sagas in memory: every active saga, and finished ones until the indexer lets
+//! them go. They live in shards, each a `parking_lot` mutex over a [`SagaTable`], with
+//! the shard's wake-up for inputs waiting on a busy saga and its count of sagas that
+//! left memory. This module owns the shards and the count of active sagas; the scans
+//! that read every saga in memory (stats, retention's floor, snapshots, listing) go
+//! through [`ActiveSagas::shards`], one shard's lock at a time.
+//!
+//! Lock order: a shard's lock is a leaf. Nothing else is locked while it is held but
+//! the projections (`installed`), the timers' set and the progress maps, each briefly.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+
+use crate::projection::Place;
+use crate::service::table::SagaTable;
+use crate::state::SagaState;
+
+/// One shard of the sagas in memory.
+#[derive(Default)]
+pub(crate) struct Shard {
+    sagas: Mutex<SagaTable>,
+    idle: Notify,
+    /// Sagas that left memory (finished and indexed); changed only under `sagas`' lock.
+    /// A decision that read the index without the lock re-checks it (see `transaction`).
+    left: AtomicU64,
+}
+
+impl Shard {
+    /// The shard's table, locked (for microseconds: never across I/O).
+    pub fn lock(&self) -> MutexGuard<'_, SagaTable> {
+        self.sagas.lock()
+    }
+
+    /// Resolves once a busy saga of the shard is released (enable it before checking).
+    pub fn idle(&self) -> Notified<'_> {
+        self.idle.notified()
+    }
+
+    /// Wakes the inputs waiting for a busy saga of the shard.
+    pub fn wake_idle(&self) {
+        self.idle.notify_waiters();
+    }
+
+    /// How many sagas left the shard's memory so far.
+    pub fn left(&self) -> u64 {
+        self.left.load(Ordering::Relaxed)
+    }
+}
+
+/// The shards and the count of active sagas.
+pub(crate) struct ActiveSagas {
+    shards: Box<[Shard]>,
+    /// Sagas started and not yet in a final status (`max_active_sagas` bounds it).
+    active: AtomicUsize,
+}
+
+impl ActiveSagas {
+    pub fn new(shards: Box<[Shard]>, active: usize) -> ActiveSagas {
+        ActiveSagas {
+            shards,
+            active: AtomicUsize::new(active),
+        }
+    }
+
+    /// The shard that holds `saga_id`.
+    pub fn shard(&self, saga_id: &str) -> &Shard {
+        &self.shards[shard_index(saga_id, self.shards.len())]
+    }
+
+    /// Every shard, for the scans over all sagas in memory.
+    pub fn shards(&self) -> impl Iterator<Item = &Shard> {
+        self.shards.iter()
+    }
+
+    /// Sagas started and not yet in a final status.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a saga that went from `before` to `after`.
+    pub fn moved(&self, before: Summary, after: Summary) {
+        match (before.is_active(), after.is_active()) {
+            (false, true) => {
+                self.active.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.active.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// The type of a saga in memory.
+    pub fn saga_type(&self, saga_id: &str) -> Option<String> {
+        let sagas = self.shard(saga_id).lock();
+        sagas
+            .get(saga_id)
+            .map(|slot| slot.state.definition.name.clone())
+    }
+
+    /// A started saga in memory: its state and the offset of its first record.
+    pub fn state(&self, saga_id: &str) -> Option<(SagaState, u64)> {
+        let sagas = self.shard(saga_id).lock();
+        sagas
+            .get(saga_id)
+            .filter(|slot| slot.state.status.is_some())
+            .map(|slot| (slot.state.clone(), slot.first_offset))
+    }
+
+    /// Where a started saga in memory has its records: (first, last) offset.
+    pub fn offsets(&self, saga_id: &str) -> Option<(u64, u64)> {
+        let sagas = self.shard(saga_id).lock();
+        sagas
+            .get(saga_id)
+            .filter(|slot| slot.state.status.is_some())
+            .map(|slot| (slot.first_offset, slot.last_offset))
+    }
+
+    /// Lets the finished saga `key` leave memory when the indexes hold all its records
+    /// (they are below `watermark`) and no input is being decided for it.
+    pub fn leave_if_indexed(&self, key: &str, watermark: u64) {
+        let shard = self.shard(key);
+        let mut sagas = shard.lock();
+        let leave = sagas.get(key).is_some_and(|slot| {
+            !slot.busy && slot.state.is_terminal() && slot.last_offset < watermark
+        });
+        if leave {
+            sagas.remove(key);
+            shard.left.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// For each status that is not final, when its least recently updated saga was
+    /// updated (unix ms), indexed by [`Status::index`](crate::record::Status::index).
+    pub fn oldest_updated_ms(&self) -> [Option<u64>; 6] {
+        let mut oldest_updated_ms: [Option<u64>; 6] = [None; 6];
+        for shard in self.shards() {
+            for slot in shard.lock().values() {
+                if let Some(status) = slot.state.status.filter(|s| !s.is_terminal()) {
+                    let oldest = &mut oldest_updated_ms[status.index()];
+                    *oldest = Some(oldest.map_or(slot.state.updated_at_ms, |o| {
+                        o.min(slot.state.updated_at_ms)
+                    }));
+                }
+            }
+        }
+        oldest_updated_ms
+    }
+}
+
+/// The parts of a saga the projections and timers track.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Summary {
+    pub place: Option<Place>,
+    pub due_ms: Option<u64>,
+}
+
+impl Summary {
+    pub fn of(state: &SagaState) -> Summary {
+        Summary {
+            place: state.status.map(|status| Place {
+                status,
+                updated_at_ms: state.updated_at_ms,
+            }),
+            due_ms: state.pending.map(|p| p.due_ms()),
+        }
+    }
+
+    pub(crate) fn is_active(&self) -> bool {
+        self.place.is_some_and(|p| !p.status.is_terminal())
+    }
+}
+
+/// The bits an `event_id` sets in [`Slot::events`](crate::service::table::Slot::events).
+/// Snapshots store these filters: changing this function needs a new snapshot format.
+pub(crate) fn event_bits(event_id: &str) -> u64 {
+    // FNV's low bits barely differ between ids that differ only at the end (`…/step`):
+    // take the bit numbers from the top of a multiplicative mix instead.
+    let hash = fnv1a(event_id.bytes()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (1 << (hash >> 58)) | (1 << ((hash >> 52) & 63))
+}
+
+/// FNV-1a: stable across builds and platforms (it is stored in the log), and cheap.
+pub(crate) fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The shard of `saga_id` among `shards`.
+pub(crate) fn shard_index(saga_id: &str, shards: usize) -> usize {
+    (fnv1a(saga_id.bytes()) % shards as u64) as usize
+}

@@ -1,0 +1,37 @@
+//! The engine service: the [`Engine`](engine::Engine) façade over the parts that keep
+//! sagas running on a data directory.
+//!
+//! - `engine`: the façade — open, the API, stats, close.
+//! - `inner`: what the parts share, with the lock order and the owner of each field.
+//! - `active` and `table`: the sagas in memory, in shards.
+//! - `transaction`: deciding an input, the durable append, installing the result;
+//!   `effects`: what an installed result changes besides the saga.
+//! - `finished`: reading sagas back (views, history, finished sagas from the log).
+//! - `progress`: the indexer's watermark and what waits for it; `timers`: due times;
+//!   `background`: the indexer and timer threads.
+//! - `snapshots`, `capture` and `replay`: snapshot bookkeeping, taking one, and
+//!   rebuilding the state on open.
+//! - `retention`, `list`, `feed`: deleting old segments, listing sagas, and what
+//!   adapters read besides the API (commands, cursors, the log's health).
+//!
+//! Threads and runtimes: the API runs on the caller's tokio runtime; blocking work
+//! (listing, capturing a snapshot) goes to its blocking pool. The indexer and the timer
+//! run on threads of their own (`background`); the log's writer and syncer are the
+//! storage crate's.
+
+mod active;
+mod background;
+mod capture;
+mod effects;
+pub(crate) mod engine;
+pub(crate) mod feed;
+mod finished;
+mod inner;
+mod list;
+mod progress;
+pub(crate) mod replay;
+pub(crate) mod retention;
+mod snapshots;
+mod table;
+mod timers;
+mod transaction;
