@@ -19,11 +19,12 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::datadir::sync_dir;
 use crate::error::{Result, StorageError};
+use crate::files::{segment_path, sync_dir};
 use crate::format::{HeaderProblem, SEGMENT_HEADER_BYTES};
-use crate::log::{parse_segment_name, segment_path};
-use crate::scan::{is_leftover, scan_segment, SegmentScan};
+use crate::scan::{is_leftover, SegmentScan};
+use crate::segments::open_and_scan;
+pub use crate::segments::segment_bases;
 use crate::LogConfig;
 
 /// What is wrong at one place of the log.
@@ -66,19 +67,6 @@ pub struct LogCheck {
     pub problems: Vec<Problem>,
 }
 
-/// Segment bases in `dir`, sorted, changing nothing.
-pub fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
-    let mut bases = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(StorageError::io("list", dir))? {
-        let name = entry.map_err(StorageError::io("list", dir))?.file_name();
-        if let Some(base) = parse_segment_name(&name.to_string_lossy()) {
-            bases.push(base);
-        }
-    }
-    bases.sort_unstable();
-    Ok(bases)
-}
-
 /// A segment file as [`check_log`] read it.
 struct Seen {
     base: u64,
@@ -98,10 +86,7 @@ pub fn check_log(dir: &Path, config: &LogConfig, progress: &dyn Fn(u64)) -> Resu
     };
     let mut kept: Vec<Seen> = Vec::with_capacity(bases.len());
     for base in bases {
-        let path = segment_path(dir, base);
-        let file = File::open(&path).map_err(StorageError::io("open segment", &path))?;
-        let scan =
-            scan_segment(&file, base, config).map_err(StorageError::io("scan segment", &path))?;
+        let (path, _, scan) = open_and_scan(dir, base, config, false)?;
         check.bytes += scan.file_len;
         progress(scan.file_len);
         if let Some(prev) = kept.last() {

@@ -13,10 +13,11 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::datadir::DirLock;
 use crate::error::{Result, StorageError};
 use crate::faults::{self, FaultPoint, SharedFaults};
-use crate::log::{Log, LogRecord};
+use crate::files::DirLock;
+use crate::log::Log;
+use crate::shared::LogRecord;
 
 const WATERMARK_KEY: &[u8] = b"\xffmeta\0watermark";
 

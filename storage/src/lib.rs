@@ -12,34 +12,38 @@
 //! The log is the only source of truth: indexes and snapshots are caches of it that
 //! know the offset they reflect.
 
+mod alloc;
 pub mod check;
 mod config;
 mod datadir;
 mod error;
 pub mod faults;
+mod files;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+mod heal;
 pub mod index;
 mod log;
 pub mod reserve;
 mod scan;
+mod segments;
+mod shared;
 pub mod snapshot;
+mod tail;
 #[doc(hidden)]
 pub mod testing;
 mod writer;
 
 pub use config::{FsyncPolicy, LogConfig, LogObserver};
-pub use datadir::{
-    disk_space, fsync_dir, DataDir, DirLock, INDEX_DIR, LOCK_FILE, LOG_DIR, SNAPSHOT_DIR,
-};
+pub use datadir::{DataDir, INDEX_DIR, LOG_DIR, SNAPSHOT_DIR};
 pub use error::{Result, StorageError};
 pub use faults::{FaultInjector, FaultPoint, Faults, SharedFaults};
+pub use files::{disk_space, fsync_dir, segment_path, DirLock, LOCK_FILE, SEGMENT_SUFFIX};
 pub use index::{IndexBatch, IndexStore, Keyspace};
-pub use log::segment_path;
-pub use log::{
-    Appending, Log, LogRecord, LogStats, OpenReport, RetentionReport, SealedSegment, Tail, TailCut,
-    WriteFailure, SEGMENT_SUFFIX,
-};
+pub use log::{Appending, Log, OpenReport, RetentionReport, SealedSegment};
 pub use reserve::Reserve;
+pub use segments::TailCut;
+pub use shared::{LogRecord, LogStats, WriteFailure};
 pub use snapshot::{Snapshot, SnapshotConfig, SnapshotInfo, SnapshotStore};
+pub use tail::Tail;

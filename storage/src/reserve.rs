@@ -11,8 +11,8 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::datadir::{disk_space, sync_dir};
 use crate::error::{Result, StorageError};
+use crate::files::{disk_space, sync_dir};
 
 pub const RESERVE_FILE: &str = "reserve";
 const RESERVE_TMP: &str = "reserve.tmp";
@@ -71,7 +71,7 @@ impl Reserve {
         }
         let tmp = self.dir.join(RESERVE_TMP);
         let written = File::create(&tmp).and_then(|file| {
-            crate::log::write_zeros(&file, 0, self.bytes, None)?;
+            crate::files::write_zeros(&file, 0, self.bytes, None)?;
             file.sync_all()
         });
         if let Err(e) = written {

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::datadir::{sync_dir, DirLock};
 use crate::error::{Result, StorageError};
 use crate::faults::{self, FaultPoint, SharedFaults};
+use crate::files::{sync_dir, DirLock};
 
 const MAGIC: [u8; 8] = *b"SGLGSNAP";
 const VERSION: u32 = 1;

@@ -18,57 +18,31 @@
 //! Failure rules (the PostgreSQL "fsyncgate" lesson): a failed *write* zeroes what it may
 //! have left behind and fails only its batch, so a full disk heals by itself; a failed
 //! *fsync* leaves the page cache in an unknown state, so the log is poisoned and refuses
-//! every later append until the healer (see `log`) has reopened the active segment from
+//! every later append until the healer (see `heal`) has reopened the active segment from
 //! disk and started a new writer.
 //!
 //! A background pre-writer keeps the next segment ready, zero-filled and fsynced, so a
 //! batch's fsync flushes only data blocks: overwriting pre-written blocks needs no journal
 //! commit for a changed file size.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::datadir::{sync_dir, DirLock};
+use crate::alloc::{abandon_segment, create_segment, Preallocator};
 use crate::error::{Result, StorageError};
-use crate::faults::{self, FaultPoint, SharedFaults};
+use crate::faults::{self, FaultPoint};
+use crate::files::{segment_path, sync_dir, write_zeros, DirLock};
 use crate::format::{encode_frame, encode_segment_header, SEGMENT_HEADER_BYTES};
-use crate::log::{
-    abandon_segment, create_segment, segment_path, write_zeros, SegmentMeta, Shared,
-    PREALLOC_SUFFIX,
-};
+use crate::segments::SegmentMeta;
+use crate::shared::{AppendReply, Request, Shared, SyncReply};
 use crate::FsyncPolicy;
-
-type AppendReply = oneshot::Sender<Result<Range<u64>>>;
-type SyncReply = oneshot::Sender<Result<()>>;
-
-pub(crate) enum Request {
-    Append {
-        records: Vec<Vec<u8>>,
-        /// Framed size of `records`.
-        bytes: usize,
-        reply: AppendReply,
-    },
-    Sync {
-        reply: SyncReply,
-    },
-}
-
-impl Request {
-    fn size(&self) -> (usize, usize) {
-        match self {
-            Request::Append { records, bytes, .. } => (records.len(), *bytes),
-            Request::Sync { .. } => (0, 0),
-        }
-    }
-}
 
 /// What the writer hands the syncer, in log order.
 enum Item {
@@ -101,7 +75,27 @@ const MAX_GATHER_WAIT: Duration = Duration::from_micros(250);
 /// Written batches that may wait for the syncer; the writer waits beyond that.
 const MAX_ITEMS_IN_FLIGHT: usize = 1024;
 
-pub(crate) fn spawn(
+/// Starts a writer (and its syncer) on the active segment.
+pub(crate) fn start(shared: &Arc<Shared>, lock: &Arc<DirLock>) -> Result<()> {
+    let (tx, rx) = flume::bounded(shared.config.queue_depth);
+    let thread = spawn(shared.clone(), rx, lock.clone())?;
+    *shared.writer.lock() = Some(thread);
+    *shared.tx.write() = Some(tx);
+    Ok(())
+}
+
+/// Stops the writer: appends queued are answered (refused, when poisoned), the syncer
+/// makes what it has durable, then both threads end.
+pub(crate) fn stop(shared: &Shared) {
+    drop(shared.tx.write().take());
+    if let Some(writer) = shared.writer.lock().take() {
+        if writer.join().is_err() {
+            tracing::error!(dir = %shared.dir.display(), "log writer thread panicked");
+        }
+    }
+}
+
+fn spawn(
     shared: Arc<Shared>,
     rx: flume::Receiver<Request>,
     lock: Arc<DirLock>,
@@ -616,104 +610,5 @@ impl Syncer {
         self.sync_time_ewma = (self.sync_time_ewma * 7 + took) / 8;
         self.last_sync = Instant::now();
         Ok(())
-    }
-}
-
-/// Keeps one zero-filled, fsynced file of `segment_bytes` ready for the next roll.
-struct Preallocator {
-    path: PathBuf,
-    ready: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    tx: Option<flume::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Preallocator {
-    fn start(dir: &Path, segment_bytes: u64, faults: &SharedFaults) -> Preallocator {
-        let path = dir.join(format!("next{PREALLOC_SUFFIX}"));
-        let ready = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = flume::bounded::<()>(1);
-        let (thread_path, thread_ready, thread_stop) = (path.clone(), ready.clone(), stop.clone());
-        let (thread_dir, faults) = (dir.to_path_buf(), faults.clone());
-        let thread = std::thread::Builder::new()
-            .name("sagalog-log-prealloc".into())
-            .spawn(move || {
-                for () in rx.iter() {
-                    if thread_ready.load(Ordering::Acquire) {
-                        continue;
-                    }
-                    if !room_to_prewrite(&thread_dir, segment_bytes) {
-                        tracing::debug!("too little free space to pre-write the next segment");
-                        continue;
-                    }
-                    let filled = File::create(&thread_path).and_then(|file| {
-                        faults::check(&faults, FaultPoint::PreallocWrite, &thread_path)?;
-                        write_zeros(&file, 0, segment_bytes, Some(&thread_stop))?;
-                        faults::check(&faults, FaultPoint::PreallocSync, &thread_path)?;
-                        file.sync_all()
-                    });
-                    let Err(e) = filled else {
-                        thread_ready.store(true, Ordering::Release);
-                        continue;
-                    };
-                    // A half-written file must not hold on to space a full disk needs.
-                    let _ = std::fs::remove_file(&thread_path);
-                    if thread_stop.load(Ordering::Relaxed) {
-                        tracing::debug!(error = %e, "segment pre-write stopped");
-                    } else {
-                        tracing::warn!(
-                            file = %thread_path.display(), error = %e,
-                            "could not pre-write the next segment; the next roll creates a plain file"
-                        );
-                    }
-                }
-            })
-            .ok();
-        let prealloc = Preallocator {
-            path,
-            ready,
-            stop,
-            tx: Some(tx),
-            thread,
-        };
-        prealloc.request();
-        prealloc
-    }
-
-    fn request(&self) {
-        if let Some(tx) = &self.tx {
-            // A full queue means a request is already pending: nothing to add.
-            let _ = tx.try_send(());
-        }
-    }
-
-    /// The pre-written file renamed to `dest`, if one is ready.
-    fn take(&mut self, dest: &Path, faults: &SharedFaults) -> Option<std::io::Result<File>> {
-        if !self.ready.swap(false, Ordering::AcqRel) {
-            return None;
-        }
-        Some(
-            faults::check(faults, FaultPoint::PreallocRename, dest)
-                .and_then(|()| std::fs::rename(&self.path, dest))
-                .and_then(|()| OpenOptions::new().read(true).write(true).open(dest)),
-        )
-    }
-}
-
-/// Whether the filesystem of `dir` can spare a pre-written segment of `segment_bytes`
-/// and still have as much again for the records: pre-writing must never take the space
-/// the active segment is about to need.
-pub(crate) fn room_to_prewrite(dir: &Path, segment_bytes: u64) -> bool {
-    crate::datadir::disk_space(dir).is_ok_and(|(free, _)| free >= segment_bytes.saturating_mul(2))
-}
-
-impl Drop for Preallocator {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
