@@ -35,30 +35,14 @@ const DURATION_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     registry: Registry,
-    saga_duration: HistogramVec,
-    compensation_duration: Histogram,
-    step_executions: IntCounterVec,
-    step_duration: HistogramVec,
-    compensations: IntCounterVec,
-    events_processed: IntCounterVec,
-    storage_errors: IntCounter,
-    api_latency: HistogramVec,
-    db_query: HistogramVec,
-    // Read from the engine at each scrape.
-    executions: IntCounterVec,
-    status_gauge: IntGaugeVec,
-    active: IntGaugeVec,
-    failed: IntCounter,
-    compensated: IntCounter,
-    oldest_active: GaugeVec,
-    last_failed: Gauge,
-    log_head: IntGauge,
-    log_bytes: IntGauge,
-    log_segments: IntGauge,
-    snapshot_offset: IntGauge,
-    snapshot_timestamp: Gauge,
-    snapshot_every: IntGauge,
-    replay_records: IntCounter,
+    /// Observed as sagas move: durations and outcomes of sagas, steps and replies.
+    steps: StepMetrics,
+    /// Observed per call: API latency, storage operations and their failures.
+    calls: CallMetrics,
+    /// Read from the engine's projections at each scrape.
+    state: StateMetrics,
+    /// Read from the log and the snapshots at each scrape.
+    store: StoreMetrics,
     /// The relay's metrics (the `outbox_*` set); without Kafka nothing is published,
     /// and they stay at zero.
     pub outbox: OutboxMetrics,
@@ -111,276 +95,335 @@ pub struct ServiceMetrics {
 }
 
 impl ServiceMetrics {
-    fn new(r: &Registry) -> ServiceMetrics {
-        let vec = |name: &str, help: &str, label: &str| {
-            registered(
-                r,
-                IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
-            )
-        };
+    fn new(m: &Make) -> ServiceMetrics {
         ServiceMetrics {
-            refused: vec(
+            refused: m.counter_vec(
                 "sagalog_requests_refused_total",
                 "Requests answered 503 because a write cannot be taken now (with Retry-After), by reason.",
-                "reason",
+                &["reason"],
             ),
-            connections: registered(
-                r,
-                IntGauge::new("sagalog_http_connections", "Client connections open now.")
-                    .expect("valid metric"),
-            ),
-            connections_refused: vec(
+            connections: m.gauge("sagalog_http_connections", "Client connections open now."),
+            connections_refused: m.counter_vec(
                 "sagalog_http_connections_refused_total",
                 "Connections past --max-connections: answered 503 (probes are served) or closed at once when even that lane is full.",
-                "reason",
+                &["reason"],
             ),
-            body_timeouts: registered(
-                r,
-                IntCounter::new(
-                    "sagalog_http_body_timeouts_total",
-                    "Requests answered 408 because their body did not arrive within the deadline or at the minimum rate.",
-                )
-                .expect("valid metric"),
+            body_timeouts: m.counter(
+                "sagalog_http_body_timeouts_total",
+                "Requests answered 408 because their body did not arrive within the deadline or at the minimum rate.",
             ),
-            log_writable: registered(
-                r,
-                IntGauge::new(
-                    "sagalog_log_writable",
-                    "1 while the log takes writes; 0 while it is poisoned, read-only, refusing (disk watermark) or its writes fail.",
-                )
-                .expect("valid metric"),
+            log_writable: m.gauge(
+                "sagalog_log_writable",
+                "1 while the log takes writes; 0 while it is poisoned, read-only, refusing (disk watermark) or its writes fail.",
             ),
-            log_heals: vec(
+            log_heals: m.counter_vec(
                 "sagalog_log_heals_total",
                 "Attempts of a poisoned or read-only log to reopen itself for writing, by outcome (healed, failed).",
-                "outcome",
+                &["outcome"],
             ),
         }
     }
 }
 
-fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric names are unique");
-    c
+/// Makes metrics registered in one registry (each name once: a second is a bug).
+struct Make<'r>(&'r Registry);
+
+impl Make<'_> {
+    fn registered<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("metric names are unique");
+        c
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.registered(IntCounter::new(name, help).expect("valid metric"))
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.registered(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.registered(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.registered(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    /// A gauge of seconds or ages: a float.
+    fn float_gauge(&self, name: &str, help: &str) -> Gauge {
+        self.registered(Gauge::new(name, help).expect("valid metric"))
+    }
+
+    fn float_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.registered(GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.registered(Histogram::with_opts(opts).expect("valid metric"))
+    }
+
+    fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.registered(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
 }
 
-impl Metrics {
-    pub fn new() -> Arc<Metrics> {
-        let r = Registry::new();
-        let counter = |name: &str, help: &str| {
-            registered(&r, IntCounter::new(name, help).expect("valid metric"))
-        };
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            registered(
-                &r,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
-        };
-        let gauge = |name: &str, help: &str| {
-            registered(&r, IntGauge::new(name, help).expect("valid metric"))
-        };
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            registered(
-                &r,
-                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
-        };
-        let histogram_vec = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
-            registered(
-                &r,
-                HistogramVec::new(
-                    HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-                    labels,
-                )
-                .expect("valid metric"),
-            )
-        };
-        let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            registered(
-                &r,
-                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-                    .expect("valid metric"),
-            )
-        };
-        let outbox = OutboxMetrics {
-            pending: gauge(
-                "outbox_pending_events_total",
-                "Commands in the log the relay has not published yet (log head minus relay position).",
-            ),
-            published: counter(
-                "outbox_published_events_total",
-                "Commands published to Kafka and acknowledged by the broker.",
-            ),
-            failed: counter(
-                "outbox_failed_events_total",
-                "Publish attempts the broker refused or that timed out.",
-            ),
-            dead_letter: counter(
-                "outbox_dead_letter_events_total",
-                "Commands set aside after their publish retries were spent.",
-            ),
-            publish_duration: histogram(
-                "outbox_publish_duration_seconds",
-                "From a command's append to the log to the broker's acknowledgement.",
-                LATENCY_BUCKETS,
-            ),
-            retry_attempts: counter(
-                "outbox_retry_attempts_total",
-                "Publish attempts beyond the first.",
-            ),
-            consumer_lag: gauge(
-                "saga_tracker_consumer_lag",
-                "Replies on the Kafka reply topic not yet consumed.",
-            ),
-            topics_missing: gauge(
-                "sagalog_kafka_topics_missing",
-                "Kafka topics the relay needs that do not exist and could not be created (their commands wait).",
-            ),
-        };
-        Arc::new(Metrics {
-            saga_duration: histogram_vec(
+/// Observed as sagas move: durations and outcomes of sagas, steps and replies.
+struct StepMetrics {
+    saga_duration: HistogramVec,
+    compensation_duration: Histogram,
+    step_executions: IntCounterVec,
+    step_duration: HistogramVec,
+    compensations: IntCounterVec,
+    events_processed: IntCounterVec,
+}
+
+impl StepMetrics {
+    fn new(m: &Make) -> StepMetrics {
+        StepMetrics {
+            saga_duration: m.histogram_vec(
                 "saga_duration_seconds",
                 "From a saga's start to its end (COMPLETED or COMPENSATED).",
                 &["saga_type"],
                 DURATION_BUCKETS,
             ),
-            compensation_duration: histogram(
+            compensation_duration: m.histogram(
                 "saga_compensation_duration_seconds",
                 "From a compensation command's issue to its outcome.",
                 DURATION_BUCKETS,
             ),
-            step_executions: counter_vec(
+            step_executions: m.counter_vec(
                 "saga_step_executions_total",
                 "Step attempts by outcome (succeeded, failed, timed_out).",
                 &["saga_type", "step", "status"],
             ),
-            step_duration: histogram_vec(
+            step_duration: m.histogram_vec(
                 "saga_step_duration_seconds",
                 "From a step command's issue to its outcome (succeeded, failed or timed out).",
                 &["saga_type", "step"],
                 DURATION_BUCKETS,
             ),
-            compensations: counter_vec(
+            compensations: m.counter_vec(
                 "saga_compensations_total",
                 "Compensation attempts by outcome (compensated, compensation_failed, timed_out).",
                 &["saga_type", "step", "status"],
             ),
-            events_processed: counter_vec(
+            events_processed: m.counter_vec(
                 "saga_events_processed_total",
                 "Participant replies by outcome; status rejected when the reply did not fit the saga, invalid (step empty) for a Kafka message that is not a reply.",
                 &["step", "status"],
             ),
-            storage_errors: counter(
+        }
+    }
+}
+
+/// Observed per call: API latency, storage operations and their failures.
+struct CallMetrics {
+    storage_errors: IntCounter,
+    api_latency: HistogramVec,
+    db_query: HistogramVec,
+}
+
+impl CallMetrics {
+    fn new(m: &Make) -> CallMetrics {
+        CallMetrics {
+            storage_errors: m.counter(
                 "saga_storage_errors_total",
                 "Requests that failed because the log or the indexes could not be read or written.",
             ),
-            api_latency: histogram_vec(
+            api_latency: m.histogram_vec(
                 "saga_tracker_api_latency_seconds",
                 "HTTP request latency by route pattern and method.",
                 &["endpoint", "method"],
                 LATENCY_BUCKETS,
             ),
-            db_query: histogram_vec(
+            db_query: m.histogram_vec(
                 "saga_tracker_db_query_seconds",
                 "Storage operations: log writes (log_write), fsyncs (fsync), and index reads (get, list, history).",
                 &["query"],
                 LATENCY_BUCKETS,
             ),
-            executions: counter_vec(
+        }
+    }
+}
+
+/// Read from the engine's projections at each scrape.
+struct StateMetrics {
+    executions: IntCounterVec,
+    status_gauge: IntGaugeVec,
+    active: IntGaugeVec,
+    failed: IntCounter,
+    compensated: IntCounter,
+    oldest_active: GaugeVec,
+    last_failed: Gauge,
+}
+
+impl StateMetrics {
+    fn new(m: &Make) -> StateMetrics {
+        StateMetrics {
+            executions: m.counter_vec(
                 "saga_executions_total",
                 "Sagas that entered each status, by saga type.",
                 &["saga_type", "status"],
             ),
-            status_gauge: gauge_vec(
+            status_gauge: m.gauge_vec(
                 "saga_status_gauge",
                 "Sagas per status: active ones for active statuses, every saga that ended there for terminal ones.",
                 &["status"],
             ),
-            active: gauge_vec(
+            active: m.gauge_vec(
                 "saga_active_total",
                 "Sagas now active (not completed or compensated) per status.",
                 &["status"],
             ),
-            failed: counter("saga_failed_total", "Sagas that entered FAILED."),
-            compensated: counter("saga_compensated_total", "Sagas that entered COMPENSATED."),
-            oldest_active: registered(
-                &r,
-                GaugeVec::new(
-                    Opts::new(
-                        "saga_oldest_active_seconds",
-                        "Age of the least recently updated active saga per status (0 when none).",
-                    ),
-                    &["status"],
-                )
-                .expect("valid metric"),
+            failed: m.counter("saga_failed_total", "Sagas that entered FAILED."),
+            compensated: m.counter("saga_compensated_total", "Sagas that entered COMPENSATED."),
+            oldest_active: m.float_gauge_vec(
+                "saga_oldest_active_seconds",
+                "Age of the least recently updated active saga per status (0 when none).",
+                &["status"],
             ),
-            last_failed: registered(
-                &r,
-                Gauge::new(
-                    "saga_last_failed_timestamp",
-                    "Unix seconds of the latest saga failure (0 when none).",
-                )
-                .expect("valid metric"),
+            last_failed: m.float_gauge(
+                "saga_last_failed_timestamp",
+                "Unix seconds of the latest saga failure (0 when none).",
             ),
-            log_head: gauge("sagalog_log_head_offset", "The offset the next log record gets."),
-            log_bytes: gauge("sagalog_log_bytes", "Bytes held in log segments."),
-            log_segments: gauge("sagalog_log_segments", "Log segment files."),
-            disk_free: gauge(
-                "sagalog_disk_free_bytes",
-                "Free bytes of the filesystem holding the data directory.",
-            ),
-            disk_watermark: gauge(
-                "sagalog_disk_watermark_bytes",
-                "Free bytes below which writes are refused (503) until space returns.",
-            ),
-            snapshot_offset: gauge(
+        }
+    }
+}
+
+/// Read from the log and the snapshots at each scrape.
+struct StoreMetrics {
+    log_head: IntGauge,
+    log_bytes: IntGauge,
+    log_segments: IntGauge,
+    snapshot_offset: IntGauge,
+    snapshot_timestamp: Gauge,
+    snapshot_every: IntGauge,
+    replay_records: IntCounter,
+}
+
+impl StoreMetrics {
+    fn new(m: &Make) -> StoreMetrics {
+        StoreMetrics {
+            log_head: m.gauge("sagalog_log_head_offset", "The offset the next log record gets."),
+            log_bytes: m.gauge("sagalog_log_bytes", "Bytes held in log segments."),
+            log_segments: m.gauge("sagalog_log_segments", "Log segment files."),
+            snapshot_offset: m.gauge(
                 "sagalog_snapshot_offset",
                 "Log offset of the newest snapshot (0 when none).",
             ),
-            snapshot_timestamp: registered(
-                &r,
-                Gauge::new(
-                    "sagalog_snapshot_timestamp_seconds",
-                    "Unix seconds when the newest snapshot was written (0 when none).",
-                )
-                .expect("valid metric"),
+            snapshot_timestamp: m.float_gauge(
+                "sagalog_snapshot_timestamp_seconds",
+                "Unix seconds when the newest snapshot was written (0 when none).",
             ),
-            snapshot_every: gauge(
+            snapshot_every: m.gauge(
                 "sagalog_snapshot_every_records",
                 "The snapshot interval in log records: a snapshot is due when the head is this far past the newest one.",
             ),
-            replay_records: counter(
+            replay_records: m.counter(
                 "sagalog_replay_records_total",
                 "Log records replayed on start after the snapshot.",
             ),
-            outbox,
-            service: ServiceMetrics::new(&r),
+        }
+    }
+}
+
+impl OutboxMetrics {
+    fn new(m: &Make) -> OutboxMetrics {
+        OutboxMetrics {
+            pending: m.gauge(
+                "outbox_pending_events_total",
+                "Commands in the log the relay has not published yet (log head minus relay position).",
+            ),
+            published: m.counter(
+                "outbox_published_events_total",
+                "Commands published to Kafka and acknowledged by the broker.",
+            ),
+            failed: m.counter(
+                "outbox_failed_events_total",
+                "Publish attempts the broker refused or that timed out.",
+            ),
+            dead_letter: m.counter(
+                "outbox_dead_letter_events_total",
+                "Commands set aside after their publish retries were spent.",
+            ),
+            publish_duration: m.histogram(
+                "outbox_publish_duration_seconds",
+                "From a command's append to the log to the broker's acknowledgement.",
+                LATENCY_BUCKETS,
+            ),
+            retry_attempts: m.counter(
+                "outbox_retry_attempts_total",
+                "Publish attempts beyond the first.",
+            ),
+            consumer_lag: m.gauge(
+                "saga_tracker_consumer_lag",
+                "Replies on the Kafka reply topic not yet consumed.",
+            ),
+            topics_missing: m.gauge(
+                "sagalog_kafka_topics_missing",
+                "Kafka topics the relay needs that do not exist and could not be created (their commands wait).",
+            ),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let r = Registry::new();
+        let m = Make(&r);
+        Arc::new(Metrics {
+            steps: StepMetrics::new(&m),
+            calls: CallMetrics::new(&m),
+            state: StateMetrics::new(&m),
+            store: StoreMetrics::new(&m),
+            outbox: OutboxMetrics::new(&m),
+            disk_free: m.gauge(
+                "sagalog_disk_free_bytes",
+                "Free bytes of the filesystem holding the data directory.",
+            ),
+            disk_watermark: m.gauge(
+                "sagalog_disk_watermark_bytes",
+                "Free bytes below which writes are refused (503) until space returns.",
+            ),
+            service: ServiceMetrics::new(&m),
             scrape: Mutex::new(()),
             registry: r,
         })
     }
 
     pub fn api_request(&self, endpoint: &str, method: &str, took: Duration) {
-        self.api_latency
+        self.calls
+            .api_latency
             .with_label_values(&[endpoint, method])
             .observe(took.as_secs_f64());
     }
 
     pub fn query(&self, query: &str, took: Duration) {
-        self.db_query
+        self.calls
+            .db_query
             .with_label_values(&[query])
             .observe(took.as_secs_f64());
     }
 
     pub fn storage_error(&self) {
-        self.storage_errors.inc();
+        self.calls.storage_errors.inc();
     }
 
     /// A participant reply was processed: `status` is its outcome, or `rejected`.
     pub fn event(&self, step: &str, status: &str) {
-        self.events_processed
+        self.steps
+            .events_processed
             .with_label_values(&[step, status])
             .inc();
     }
@@ -403,6 +446,7 @@ impl Metrics {
         for (saga_type, by_type) in &counters.by_type {
             for status in Status::ALL {
                 let counter = self
+                    .state
                     .executions
                     .with_label_values(&[saga_type.as_str(), status.as_str()]);
                 raise(&counter, by_type.entered[status.index()]);
@@ -415,37 +459,44 @@ impl Metrics {
                 .map(|t| t.entered[status.index()])
                 .sum()
         };
-        raise(&self.failed, entered(Status::Failed));
-        raise(&self.compensated, entered(Status::Compensated));
+        raise(&self.state.failed, entered(Status::Failed));
+        raise(&self.state.compensated, entered(Status::Compensated));
         for status in Status::ALL {
             let i = status.index();
             let label = [status.as_str()];
-            self.status_gauge
+            self.state
+                .status_gauge
                 .with_label_values(&label)
                 .set(counters.status_counts[i] as i64);
-            self.active
+            self.state
+                .active
                 .with_label_values(&label)
                 .set(stats.active_by_status[i] as i64);
             let age_ms = stats.oldest_updated_ms[i].map_or(0, |t| now_ms.saturating_sub(t));
-            self.oldest_active
+            self.state
+                .oldest_active
                 .with_label_values(&label)
                 .set(age_ms as f64 / 1000.0);
         }
-        self.last_failed
+        self.state
+            .last_failed
             .set(counters.last_failed_at_ms as f64 / 1000.0);
         let log = engine.log_stats();
         let failing = engine.log_health().write_failure.is_some();
         self.service
             .log_writable
             .set(i64::from(log.writable && !failing));
-        self.log_head.set(log.next_offset as i64);
-        self.log_bytes.set(log.bytes as i64);
-        self.log_segments.set(log.segments as i64);
-        self.snapshot_offset.set(stats.snapshot_offset as i64);
-        self.snapshot_timestamp
+        self.store.log_head.set(log.next_offset as i64);
+        self.store.log_bytes.set(log.bytes as i64);
+        self.store.log_segments.set(log.segments as i64);
+        self.store.snapshot_offset.set(stats.snapshot_offset as i64);
+        self.store
+            .snapshot_timestamp
             .set(stats.snapshot_at_ms as f64 / 1000.0);
-        self.snapshot_every.set(stats.snapshot_every_records as i64);
-        raise(&self.replay_records, stats.replayed_records);
+        self.store
+            .snapshot_every
+            .set(stats.snapshot_every_records as i64);
+        raise(&self.store.replay_records, stats.replayed_records);
     }
 }
 
@@ -466,20 +517,26 @@ impl Metrics {
         }
         for definition in engine.definitions() {
             let saga_type = definition.name.as_str();
-            self.saga_duration.with_label_values(&[saga_type]);
+            self.steps.saga_duration.with_label_values(&[saga_type]);
             for step in &definition.steps {
                 let name = step.name.as_str();
-                self.step_duration.with_label_values(&[saga_type, name]);
+                self.steps
+                    .step_duration
+                    .with_label_values(&[saga_type, name]);
                 for outcome in ["succeeded", "failed", "timed_out"] {
-                    self.step_executions
+                    self.steps
+                        .step_executions
                         .with_label_values(&[saga_type, name, outcome]);
                 }
                 for outcome in ["succeeded", "failed", "compensated", "compensation_failed"] {
-                    self.events_processed.with_label_values(&[name, outcome]);
+                    self.steps
+                        .events_processed
+                        .with_label_values(&[name, outcome]);
                 }
                 if step.compensable {
                     for outcome in ["compensated", "compensation_failed", "timed_out"] {
-                        self.compensations
+                        self.steps
+                            .compensations
                             .with_label_values(&[saga_type, name, outcome]);
                     }
                 }
@@ -501,7 +558,8 @@ impl EngineObserver for Metrics {
         if !status.is_terminal() {
             return;
         }
-        self.saga_duration
+        self.steps
+            .saga_duration
             .with_label_values(&[saga_type])
             .observe(duration_ms as f64 / 1000.0);
     }
@@ -517,14 +575,16 @@ impl EngineObserver for Metrics {
         let labels = [saga_type, step, outcome];
         match action {
             Action::Execute => {
-                self.step_executions.with_label_values(&labels).inc();
-                self.step_duration
+                self.steps.step_executions.with_label_values(&labels).inc();
+                self.steps
+                    .step_duration
                     .with_label_values(&[saga_type, step])
                     .observe(duration_ms as f64 / 1000.0);
             }
             Action::Compensate => {
-                self.compensations.with_label_values(&labels).inc();
-                self.compensation_duration
+                self.steps.compensations.with_label_values(&labels).inc();
+                self.steps
+                    .compensation_duration
                     .observe(duration_ms as f64 / 1000.0);
             }
         }
