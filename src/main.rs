@@ -3,6 +3,7 @@
 
 mod demo;
 mod disk;
+mod error;
 mod offline;
 mod options;
 
@@ -17,6 +18,7 @@ use sagalog_relay::{
     Relay, RelayConfig, RelayObserver, ReplyConsumer, ReplyObserver, TopicObserver,
 };
 
+use error::{Doing, ServeError};
 use options::{LogFormat, Serve, ServeArgs};
 
 #[derive(Parser)]
@@ -83,12 +85,12 @@ fn init_logging(format: LogFormat, default_filter: &str) {
     }
 }
 
-fn run(serve: Serve) -> Result<(), String> {
+fn run(serve: Serve) -> Result<(), ServeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sagalog-worker")
         .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
+        .doing(|| "starting the runtime".into())?;
     let metrics = Metrics::new();
     let mut config = EngineConfig {
         snapshot_every_records: serve.snapshot_every_records,
@@ -103,12 +105,12 @@ fn run(serve: Serve) -> Result<(), String> {
     config.log.segment_bytes = serve.segment_bytes;
     config.log.observer = Some(metrics.clone());
     std::fs::create_dir_all(&serve.data_dir)
-        .map_err(|e| format!("creating {}: {e}", serve.data_dir.display()))?;
+        .doing(|| format!("creating {}", serve.data_dir.display()))?;
     config.reserve_bytes = disk::reserve_bytes(&serve.data_dir, serve.reserve_bytes);
     let started = std::time::Instant::now();
     let engine = Arc::new(
         Engine::open(&serve.data_dir, config)
-            .map_err(|e| format!("opening {}: {e}", serve.data_dir.display()))?,
+            .doing(|| format!("opening {}", serve.data_dir.display()))?,
     );
     let stats = engine.stats();
     tracing::info!(
@@ -134,16 +136,15 @@ async fn serve_until_signal(
     serve: &Serve,
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     if let Some(dir) = &serve.definitions {
         load_definitions(&engine, dir).await?;
     }
+    let listening = || format!("listening on {}", serve.listen);
     let listener = tokio::net::TcpListener::bind(serve.listen)
         .await
-        .map_err(|e| format!("listening on {}: {e}", serve.listen))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| format!("listening on {}: {e}", serve.listen))?;
+        .doing(listening)?;
+    let address = listener.local_addr().doing(listening)?;
     let (stop, stopping) = Shutdown::new();
     let app = Arc::new(App {
         engine: engine.clone(),
@@ -159,61 +160,23 @@ async fn serve_until_signal(
         stopping: stopping.clone(),
         readiness: Readiness::default(),
     });
-    let relay = match &serve.kafka_brokers {
-        Some(brokers) => {
-            let config = RelayConfig {
-                create_topics: serve.kafka_create_topics,
-                max_message_bytes: serve.kafka_max_message_bytes,
-                ..RelayConfig::new(brokers.clone())
-            };
-            let observer = Arc::new(RelayMetrics(metrics.clone(), app.readiness.clone()));
-            let relay = Relay::start(engine.clone(), config.clone(), observer.clone())
-                .await
-                .map_err(|e| format!("starting the Kafka relay ({brokers}): {e}"))?;
-            let replies = ReplyConsumer::start(engine.clone(), &config, observer)
-                .map_err(|e| format!("starting the Kafka reply consumer ({brokers}): {e}"))?;
-            Some((relay, replies))
-        }
-        None => None,
-    };
-    let demo = serve
-        .demo
-        .then(|| demo::spawn(engine.clone(), stopping.clone()));
-    let disk = Arc::new(disk::DiskWatch::new(serve, &engine));
-    disk.check(&engine, &metrics, &app.readiness);
-    let disk = tokio::spawn(disk.run(
-        engine.clone(),
-        metrics.clone(),
-        app.readiness.clone(),
-        stopping.clone(),
-    ));
-    let retention = serve.log_retention.map(|min_age| {
-        let hold = relay.as_ref().map(|(relay, _)| relay.position_reader());
-        tokio::spawn(run_retention(
-            engine.clone(),
-            min_age,
-            hold,
-            stopping.clone(),
-        ))
-    });
-    let probes = match serve.probe_listen {
-        Some(addr) => {
-            let probe_listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("listening for probes on {addr}: {e}"))?;
-            let bound = probe_listener
-                .local_addr()
-                .map_err(|e| format!("listening for probes on {addr}: {e}"))?;
-            let mut stopped = stopping.clone();
-            let stop = async move { stopped.wait().await };
-            tracing::info!(address = %bound, "probes listening");
-            Some(tokio::spawn(sagalog_http::serve_probes(
-                probe_listener,
-                app.clone(),
-                stop,
-            )))
-        }
-        None => None,
+    let kafka = start_kafka(serve, &engine, &metrics, &app.readiness).await?;
+    let tasks = Tasks {
+        demo: serve
+            .demo
+            .then(|| demo::spawn(engine.clone(), stopping.clone())),
+        disk: start_disk_watch(serve, &engine, &metrics, &app.readiness, &stopping),
+        retention: serve.log_retention.map(|min_age| {
+            let hold = kafka.as_ref().map(|(relay, _)| relay.position_reader());
+            tokio::spawn(run_retention(
+                engine.clone(),
+                min_age,
+                hold,
+                stopping.clone(),
+            ))
+        }),
+        probes: start_probes(serve, &app, &stopping).await?,
+        kafka,
     };
     tracing::info!(%address, demo = serve.demo, "listening");
     let shutdown = async move {
@@ -228,25 +191,106 @@ async fn serve_until_signal(
     };
     sagalog_http::serve(listener, app, server, shutdown)
         .await
-        .map_err(|e| format!("serving: {e}"))?;
-    if let Some(probes) = probes {
-        let _ = probes.await;
+        .doing(|| "serving".into())?;
+    tasks.stop().await
+}
+
+/// What runs beside the HTTP server until the stop.
+struct Tasks {
+    probes: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    demo: Option<demo::Demo>,
+    retention: Option<tokio::task::JoinHandle<()>>,
+    disk: tokio::task::JoinHandle<()>,
+    kafka: Option<(Relay, ReplyConsumer)>,
+}
+
+impl Tasks {
+    /// Waits for each to end (they watch the stop signal), the relay last: it
+    /// publishes what the log holds up to the stop.
+    async fn stop(self) -> Result<(), ServeError> {
+        if let Some(probes) = self.probes {
+            let _ = probes.await;
+        }
+        if let Some(demo) = self.demo {
+            demo.stop().await;
+        }
+        if let Some(retention) = self.retention {
+            let _ = retention.await;
+        }
+        let _ = self.disk.await;
+        if let Some((relay, replies)) = self.kafka {
+            replies.stop().await;
+            relay
+                .stop()
+                .await
+                .doing(|| "stopping the Kafka relay".into())?;
+        }
+        Ok(())
     }
-    if let Some(demo) = demo {
-        demo.stop().await;
-    }
-    if let Some(retention) = retention {
-        let _ = retention.await;
-    }
-    let _ = disk.await;
-    if let Some((relay, replies)) = relay {
-        replies.stop().await;
-        relay
-            .stop()
-            .await
-            .map_err(|e| format!("stopping the Kafka relay: {e}"))?;
-    }
-    Ok(())
+}
+
+/// The Kafka relay and reply consumer, when `--kafka-brokers` is given.
+async fn start_kafka(
+    serve: &Serve,
+    engine: &Arc<Engine>,
+    metrics: &Arc<Metrics>,
+    readiness: &Readiness,
+) -> Result<Option<(Relay, ReplyConsumer)>, ServeError> {
+    let Some(brokers) = &serve.kafka_brokers else {
+        return Ok(None);
+    };
+    let config = RelayConfig {
+        create_topics: serve.kafka_create_topics,
+        max_message_bytes: serve.kafka_max_message_bytes,
+        ..RelayConfig::new(brokers.clone())
+    };
+    let observer = Arc::new(RelayMetrics(metrics.clone(), readiness.clone()));
+    let relay = Relay::start(engine.clone(), config.clone(), observer.clone())
+        .await
+        .doing(|| format!("starting the Kafka relay ({brokers})"))?;
+    let replies = ReplyConsumer::start(engine.clone(), &config, observer)
+        .doing(|| format!("starting the Kafka reply consumer ({brokers})"))?;
+    Ok(Some((relay, replies)))
+}
+
+/// Checks the disk once now, then every second in a task until the stop.
+fn start_disk_watch(
+    serve: &Serve,
+    engine: &Arc<Engine>,
+    metrics: &Arc<Metrics>,
+    readiness: &Readiness,
+    stopping: &Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    let disk = Arc::new(disk::DiskWatch::new(serve, engine));
+    disk.check(engine, metrics, readiness);
+    tokio::spawn(disk.run(
+        engine.clone(),
+        metrics.clone(),
+        readiness.clone(),
+        stopping.clone(),
+    ))
+}
+
+/// The probe listener, when `--probe-listen` is given.
+async fn start_probes(
+    serve: &Serve,
+    app: &Arc<App>,
+    stopping: &Shutdown,
+) -> Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>, ServeError> {
+    let Some(addr) = serve.probe_listen else {
+        return Ok(None);
+    };
+    let listening = || format!("listening for probes on {addr}");
+    let probe_listener = tokio::net::TcpListener::bind(addr).await.doing(listening)?;
+    let bound = probe_listener.local_addr().doing(listening)?;
+    let mut stopped = stopping.clone();
+    let stop = async move { stopped.wait().await };
+    tracing::info!(address = %bound, "probes listening");
+    Ok(Some(tokio::spawn(sagalog_http::serve_probes(
+        probe_listener,
+        app.clone(),
+        stop,
+    ))))
 }
 
 /// Deletes the log segments nothing needs any more, now and then, until the stop.
@@ -351,24 +395,22 @@ async fn wait_for_signal() {
 }
 
 /// Registers every `*.json` definition in `dir` (an unchanged one is a no-op).
-async fn load_definitions(engine: &Engine, dir: &Path) -> Result<(), String> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("definitions {}: {e}", dir.display()))?;
+async fn load_definitions(engine: &Engine, dir: &Path) -> Result<(), ServeError> {
+    let entries = std::fs::read_dir(dir).doing(|| format!("definitions {}", dir.display()))?;
     let mut paths: Vec<_> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
         .collect();
     paths.sort();
     for path in paths {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("definition {}: {e}", path.display()))?;
-        let definition = Definition::from_json(&text)
-            .map_err(|e| format!("definition {}: {e}", path.display()))?;
+        let named = || format!("definition {}", path.display());
+        let text = std::fs::read_to_string(&path).doing(named)?;
+        let definition = Definition::from_json(&text).map_err(|source| ServeError::Definition {
+            path: path.clone(),
+            source,
+        })?;
         let (name, version) = (definition.name.clone(), definition.version);
-        engine
-            .register_definition(definition)
-            .await
-            .map_err(|e| format!("definition {}: {e}", path.display()))?;
+        engine.register_definition(definition).await.doing(named)?;
         tracing::info!(file = %path.display(), name, version, "definition loaded");
     }
     Ok(())

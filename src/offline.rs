@@ -36,7 +36,7 @@ pub struct DirArgs {
 impl DirArgs {
     /// The data directory: the command line or environment, else the config file's,
     /// else `./data` (as `serve` resolves it).
-    fn resolve(&self) -> Result<PathBuf, String> {
+    fn resolve(&self) -> Result<PathBuf, crate::options::OptionsError> {
         if let Some(dir) = &self.data_dir {
             return Ok(dir.clone());
         }
@@ -259,139 +259,186 @@ fn execute(
     bars: &Bars,
 ) -> Result<Outcome, EngineError> {
     match command {
-        Offline::Verify(_) => {
-            let report = offline::verify(dir, config, bars)?;
-            Ok(Outcome {
-                text: verify_text(&report),
-                problems: !report.is_clean(),
-                json: serde_json::to_value(&report).expect("serializes"),
-            })
-        }
-        Offline::Recover(_) => {
-            let report = offline::recover(dir, config, bars)?;
-            let mut text = match &report.cut {
-                Some(cut) => format!(
-                    "cut the log at offset {} ({}): {} bytes and {} whole segments moved to {}\n",
-                    cut.next_offset,
-                    cut.problem,
-                    cut.moved_bytes,
-                    cut.moved_segments,
-                    cut.aside.display()
-                ),
-                None => "nothing to cut: the log is whole\n".to_string(),
-            };
-            for path in &report.snapshots_moved {
-                text.push_str(&format!(
-                    "moved aside snapshot {} (unusable or past the new head)\n",
-                    path.display()
-                ));
-            }
-            text.push_str(&format!(
-                "rebuilt the indexes from {} records\n",
-                report.reindexed_records
-            ));
-            Ok(verified(text, &report.verify, &report))
-        }
-        Offline::Snapshot(_) => {
-            offline::require_data_dir(dir)?;
-            bars.begin("replaying the log", 0);
-            let engine = Engine::open(dir, config.clone());
-            bars.end();
-            let engine = engine?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| {
-                    EngineError::from(Inconsistency::TaskFailed {
-                        what: "starting a runtime",
-                        reason: e.to_string(),
-                    })
-                })?;
-            let info = runtime.block_on(engine.snapshot())?;
-            Ok(Outcome {
-                text: format!(
-                    "snapshot at offset {} written to {} ({} bytes)\n",
-                    info.offset,
-                    info.path.display(),
-                    info.bytes
-                ),
-                json: json!({"offset": info.offset, "path": info.path, "bytes": info.bytes}),
-                problems: false,
-            })
-        }
-        Offline::Replay(a) => {
-            bars.begin("replaying the log", 0);
-            let summary = offline::replay(
-                dir,
-                config,
-                a.from_snapshot == FromSnapshot::Latest,
-                a.to_offset,
-            );
-            bars.end();
-            let summary = summary?;
-            let mut text = format!(
-                "replayed {} records from offset {} to {}\n",
-                summary.replayed, summary.snapshot_offset, summary.to_offset
-            );
-            for (status, count) in &summary.status_counts {
-                text.push_str(&format!("{status:<20} {count}\n"));
-            }
-            Ok(Outcome {
-                text,
-                json: serde_json::to_value(&summary).expect("serializes"),
-                problems: false,
-            })
-        }
-        Offline::Reindex(_) => {
-            offline::require_data_dir(dir)?;
-            bars.begin("rebuilding the indexes", 0);
-            let records = Engine::reindex(dir, config);
-            bars.end();
-            let records = records?;
-            Ok(Outcome {
-                text: format!("rebuilt the indexes from {records} records\n"),
-                json: json!({"records": records}),
-                problems: false,
-            })
-        }
-        Offline::Inspect(a) => {
-            let records = offline::inspect(dir, config, a.saga.as_deref(), a.from, a.limit)?;
-            let lines: Vec<Value> = records.into_iter().map(|(o, e)| entry_json(o, e)).collect();
-            let text = lines.iter().map(|l| format!("{l}\n")).collect();
-            Ok(Outcome {
-                text,
-                json: Value::Array(lines),
-                problems: false,
-            })
-        }
-        Offline::Backup(a) => {
-            let manifest = offline::backup(dir, &a.out, config, bars)?;
-            Ok(Outcome {
-                text: format!(
-                    "backup of the log below offset {} ({} segments, {} bytes, snapshot at {}) in {}\n",
-                    manifest.offset,
-                    manifest.segments,
-                    manifest.bytes,
-                    manifest
-                        .snapshot_offset
-                        .map_or_else(|| "none".to_string(), |o| o.to_string()),
-                    a.out.display()
-                ),
-                json: serde_json::to_value(&manifest).expect("serializes"),
-                problems: false,
-            })
-        }
-        Offline::Restore(a) => {
-            let report = offline::restore(&a.from, dir, config, bars)?;
-            let text = format!(
-                "restored the log below offset {} into {}; rebuilt the indexes from {} records\n",
-                report.manifest.offset,
-                dir.display(),
-                report.reindexed_records
-            );
-            Ok(verified(text, &report.verify, &report))
-        }
+        Offline::Verify(_) => verify_outcome(dir, config, bars),
+        Offline::Recover(_) => recover_outcome(dir, config, bars),
+        Offline::Snapshot(_) => snapshot_outcome(dir, config, bars),
+        Offline::Replay(a) => replay_outcome(a, dir, config, bars),
+        Offline::Reindex(_) => reindex_outcome(dir, config, bars),
+        Offline::Inspect(a) => inspect_outcome(a, dir, config),
+        Offline::Backup(a) => backup_outcome(a, dir, config, bars),
+        Offline::Restore(a) => restore_outcome(a, dir, config, bars),
     }
+}
+
+/// `verify`: checks, changing nothing.
+fn verify_outcome(dir: &Path, config: &EngineConfig, bars: &Bars) -> Result<Outcome, EngineError> {
+    let report = offline::verify(dir, config, bars)?;
+    Ok(Outcome {
+        text: verify_text(&report),
+        problems: !report.is_clean(),
+        json: serde_json::to_value(&report).expect("serializes"),
+    })
+}
+
+/// `recover`: cuts the damage, rebuilds the indexes, verifies.
+fn recover_outcome(dir: &Path, config: &EngineConfig, bars: &Bars) -> Result<Outcome, EngineError> {
+    let report = offline::recover(dir, config, bars)?;
+    let mut text = match &report.cut {
+        Some(cut) => format!(
+            "cut the log at offset {} ({}): {} bytes and {} whole segments moved to {}\n",
+            cut.next_offset,
+            cut.problem,
+            cut.moved_bytes,
+            cut.moved_segments,
+            cut.aside.display()
+        ),
+        None => "nothing to cut: the log is whole\n".to_string(),
+    };
+    for path in &report.snapshots_moved {
+        text.push_str(&format!(
+            "moved aside snapshot {} (unusable or past the new head)\n",
+            path.display()
+        ));
+    }
+    text.push_str(&format!(
+        "rebuilt the indexes from {} records\n",
+        report.reindexed_records
+    ));
+    Ok(verified(text, &report.verify, &report))
+}
+
+/// `snapshot`: opens the engine (replaying the log) and writes a snapshot.
+fn snapshot_outcome(
+    dir: &Path,
+    config: &EngineConfig,
+    bars: &Bars,
+) -> Result<Outcome, EngineError> {
+    offline::require_data_dir(dir)?;
+    bars.begin("replaying the log", 0);
+    let engine = Engine::open(dir, config.clone());
+    bars.end();
+    let engine = engine?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            EngineError::from(Inconsistency::TaskFailed {
+                what: "starting a runtime",
+                reason: e.to_string(),
+            })
+        })?;
+    let info = runtime.block_on(engine.snapshot())?;
+    Ok(Outcome {
+        text: format!(
+            "snapshot at offset {} written to {} ({} bytes)\n",
+            info.offset,
+            info.path.display(),
+            info.bytes
+        ),
+        json: json!({"offset": info.offset, "path": info.path, "bytes": info.bytes}),
+        problems: false,
+    })
+}
+
+/// `replay`: the status counts a replay gives.
+fn replay_outcome(
+    a: &ReplayArgs,
+    dir: &Path,
+    config: &EngineConfig,
+    bars: &Bars,
+) -> Result<Outcome, EngineError> {
+    bars.begin("replaying the log", 0);
+    let summary = offline::replay(
+        dir,
+        config,
+        a.from_snapshot == FromSnapshot::Latest,
+        a.to_offset,
+    );
+    bars.end();
+    let summary = summary?;
+    let mut text = format!(
+        "replayed {} records from offset {} to {}\n",
+        summary.replayed, summary.snapshot_offset, summary.to_offset
+    );
+    for (status, count) in &summary.status_counts {
+        text.push_str(&format!("{status:<20} {count}\n"));
+    }
+    Ok(Outcome {
+        text,
+        json: serde_json::to_value(&summary).expect("serializes"),
+        problems: false,
+    })
+}
+
+/// `reindex`: rebuilds the indexes from the log.
+fn reindex_outcome(dir: &Path, config: &EngineConfig, bars: &Bars) -> Result<Outcome, EngineError> {
+    offline::require_data_dir(dir)?;
+    bars.begin("rebuilding the indexes", 0);
+    let records = Engine::reindex(dir, config);
+    bars.end();
+    let records = records?;
+    Ok(Outcome {
+        text: format!("rebuilt the indexes from {records} records\n"),
+        json: json!({"records": records}),
+        problems: false,
+    })
+}
+
+/// `inspect`: records as JSON lines.
+fn inspect_outcome(
+    a: &InspectArgs,
+    dir: &Path,
+    config: &EngineConfig,
+) -> Result<Outcome, EngineError> {
+    let records = offline::inspect(dir, config, a.saga.as_deref(), a.from, a.limit)?;
+    let lines: Vec<Value> = records.into_iter().map(|(o, e)| entry_json(o, e)).collect();
+    let text = lines.iter().map(|l| format!("{l}\n")).collect();
+    Ok(Outcome {
+        text,
+        json: Value::Array(lines),
+        problems: false,
+    })
+}
+
+/// `backup`: a consistent copy.
+fn backup_outcome(
+    a: &BackupArgs,
+    dir: &Path,
+    config: &EngineConfig,
+    bars: &Bars,
+) -> Result<Outcome, EngineError> {
+    let manifest = offline::backup(dir, &a.out, config, bars)?;
+    Ok(Outcome {
+        text: format!(
+            "backup of the log below offset {} ({} segments, {} bytes, snapshot at {}) in {}\n",
+            manifest.offset,
+            manifest.segments,
+            manifest.bytes,
+            manifest
+                .snapshot_offset
+                .map_or_else(|| "none".to_string(), |o| o.to_string()),
+            a.out.display()
+        ),
+        json: serde_json::to_value(&manifest).expect("serializes"),
+        problems: false,
+    })
+}
+
+/// `restore`: a backup put back, then verified.
+fn restore_outcome(
+    a: &RestoreArgs,
+    dir: &Path,
+    config: &EngineConfig,
+    bars: &Bars,
+) -> Result<Outcome, EngineError> {
+    let report = offline::restore(&a.from, dir, config, bars)?;
+    let text = format!(
+        "restored the log below offset {} into {}; rebuilt the indexes from {} records\n",
+        report.manifest.offset,
+        dir.display(),
+        report.reindexed_records
+    );
+    Ok(verified(text, &report.verify, &report))
 }
 
 /// The outcome of a command that ends by verifying: its text then the verify report's,

@@ -172,195 +172,209 @@ pub struct Serve {
 /// must fit the log's largest record, 4 MiB.
 const MAX_PAYLOAD_BYTES: usize = 3 << 20;
 
+/// A `serve` option that cannot be used, and why; `serve` exits with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error("{option}: {reason}")]
+    Invalid {
+        option: &'static str,
+        reason: String,
+    },
+    #[error("config file {}: {reason}", path.display())]
+    ConfigFile { path: PathBuf, reason: String },
+    #[error(
+        "refusing to listen on {listen} with no admin token: the /internal/ routes would be \
+         open to the network. Set --admin-token (SAGALOG_ADMIN_TOKEN), or pass \
+         --insecure if something else guards them"
+    )]
+    Exposed { listen: SocketAddr },
+}
+
+fn invalid(option: &'static str, reason: impl Into<String>) -> OptionsError {
+    OptionsError::Invalid {
+        option,
+        reason: reason.into(),
+    }
+}
+
 /// `value`, else `default`; refused when 0.
-fn positive(name: &str, value: Option<usize>, default: usize) -> Result<usize, String> {
+fn positive<T: Default + PartialEq>(
+    option: &'static str,
+    value: Option<T>,
+    default: T,
+) -> Result<T, OptionsError> {
     match value.unwrap_or(default) {
-        0 => Err(format!("{name}: must be at least 1")),
+        n if n == T::default() => Err(invalid(option, "must be at least 1")),
         n => Ok(n),
     }
 }
 
+/// Milliseconds, else `default`; refused when 0.
+fn millis(
+    option: &'static str,
+    value: Option<u64>,
+    default: u64,
+) -> Result<std::time::Duration, OptionsError> {
+    positive(option, value, default).map(std::time::Duration::from_millis)
+}
+
 /// `off`, or a duration such as `36h` or `7d`.
-fn parse_retention(text: &str) -> Result<Option<std::time::Duration>, String> {
+fn parse_retention(text: &str) -> Result<Option<std::time::Duration>, OptionsError> {
     if text.trim() == "off" {
         return Ok(None);
     }
     humantime::parse_duration(text.trim())
         .map(Some)
         .map_err(|e| {
-            format!("log_retention: {text:?} is neither `off` nor a duration like `7d`: {e}")
+            invalid(
+                "log_retention",
+                format!("{text:?} is neither `off` nor a duration like `7d`: {e}"),
+            )
         })
 }
 
 impl ServeArgs {
     /// Fills what the command line and environment left unset from the config file,
     /// then the defaults; checks the values.
-    pub fn resolve(self) -> Result<Serve, String> {
+    pub fn resolve(self) -> Result<Serve, OptionsError> {
         let file = match &self.config {
             Some(path) => read_config(path)?,
             None => ServeArgs::default(),
         };
-        let fsync = match self.fsync.or(file.fsync) {
-            Some(text) => text.parse().map_err(|e| format!("fsync: {e}"))?,
-            None => sagalog_storage::FsyncPolicy::Always,
-        };
-        let max_body_bytes = self
-            .max_body_bytes
-            .or(file.max_body_bytes)
-            .unwrap_or(1 << 20);
-        if max_body_bytes == 0 {
-            return Err("max_body_bytes: must be at least 1".into());
-        }
-        let max_payload_bytes = self
-            .max_payload_bytes
-            .or(file.max_payload_bytes)
-            .unwrap_or(512 << 10);
-        if max_payload_bytes == 0 || max_payload_bytes > MAX_PAYLOAD_BYTES {
-            return Err(format!(
-                "max_payload_bytes: {max_payload_bytes} is not in 1..={MAX_PAYLOAD_BYTES} \
-                 (a log record holds at most 4 MiB, the payload and the rest of the start)"
-            ));
-        }
-        let max_connections = self
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(1024);
-        if max_connections == 0 {
-            return Err("max_connections: must be at least 1".into());
-        }
-        let millis = |name: &str, value: Option<u64>, default: u64| match value.unwrap_or(default) {
-            0 => Err(format!("{name}: must be at least 1")),
-            ms => Ok(std::time::Duration::from_millis(ms)),
-        };
-        let header_timeout = millis(
-            "header_timeout_ms",
-            self.header_timeout_ms.or(file.header_timeout_ms),
-            30_000,
-        )?;
-        let write_timeout = millis(
-            "write_timeout_ms",
-            self.write_timeout_ms.or(file.write_timeout_ms),
-            30_000,
-        )?;
-        let body_timeout = millis(
-            "body_timeout_ms",
-            self.body_timeout_ms.or(file.body_timeout_ms),
-            30_000,
-        )?;
-        let log_retention = match self.log_retention.or(file.log_retention) {
-            Some(text) => parse_retention(&text)?,
-            None => None,
-        };
-        let segment_bytes = self
-            .segment_bytes
-            .or(file.segment_bytes)
-            .unwrap_or(64 << 20);
-        if segment_bytes < 4096 {
-            return Err(format!("segment_bytes: {segment_bytes} is below 4096"));
-        }
-        let min_free_percent = self.min_free_percent.or(file.min_free_percent).unwrap_or(5);
-        if min_free_percent > 100 {
-            return Err(format!("min_free_percent: {min_free_percent} is over 100"));
-        }
-        let admin_token = self.admin_token.or(file.admin_token);
-        if admin_token.as_deref().is_some_and(str::is_empty) {
-            return Err("admin_token: must not be empty".into());
-        }
-        Ok(Serve {
-            data_dir: self
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("data")),
-            listen: self
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        self.or(file).into_serve()
+    }
+
+    /// Each option as given here, else as `file` gives it.
+    fn or(self, file: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            data_dir: self.data_dir.or(file.data_dir),
+            listen: self.listen.or(file.listen),
             definitions: self.definitions.or(file.definitions),
             kafka_brokers: self.kafka_brokers.or(file.kafka_brokers),
-            kafka_create_topics: self
-                .kafka_create_topics
-                .or(file.kafka_create_topics)
-                .unwrap_or(true),
+            kafka_create_topics: self.kafka_create_topics.or(file.kafka_create_topics),
             kafka_max_message_bytes: self
                 .kafka_max_message_bytes
-                .or(file.kafka_max_message_bytes)
-                .unwrap_or(1_000_000),
-            admin_token,
+                .or(file.kafka_max_message_bytes),
+            admin_token: self.admin_token.or(file.admin_token),
+            config: self.config,
             insecure: self.insecure || file.insecure,
             demo: self.demo || file.demo,
-            log_format: self
-                .log_format
-                .or(file.log_format)
-                .unwrap_or(LogFormat::Human),
-            max_body_bytes,
-            max_payload_bytes,
-            max_connections,
-            header_timeout,
-            write_timeout,
-            body_timeout,
-            body_min_bytes_per_sec: self
-                .body_min_bytes_per_sec
-                .or(file.body_min_bytes_per_sec)
-                .unwrap_or(1024),
+            log_format: self.log_format.or(file.log_format),
+            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
+            max_payload_bytes: self.max_payload_bytes.or(file.max_payload_bytes),
+            max_connections: self.max_connections.or(file.max_connections),
+            header_timeout_ms: self.header_timeout_ms.or(file.header_timeout_ms),
+            write_timeout_ms: self.write_timeout_ms.or(file.write_timeout_ms),
+            body_timeout_ms: self.body_timeout_ms.or(file.body_timeout_ms),
+            body_min_bytes_per_sec: self.body_min_bytes_per_sec.or(file.body_min_bytes_per_sec),
+            max_outbox_wait_ms: self.max_outbox_wait_ms.or(file.max_outbox_wait_ms),
             probe_listen: self.probe_listen.or(file.probe_listen),
-            max_outbox_wait_ms: self
-                .max_outbox_wait_ms
-                .or(file.max_outbox_wait_ms)
-                .unwrap_or(30_000)
-                .min(30_000),
-            max_active_sagas: self
-                .max_active_sagas
-                .or(file.max_active_sagas)
-                .unwrap_or(10_000_000),
-            max_list_bytes: positive(
-                "max_list_bytes",
-                self.max_list_bytes.or(file.max_list_bytes),
-                8 << 20,
-            )?,
+            max_list_bytes: self.max_list_bytes.or(file.max_list_bytes),
+            max_definition_versions: self
+                .max_definition_versions
+                .or(file.max_definition_versions),
+            max_active_sagas: self.max_active_sagas.or(file.max_active_sagas),
+            fsync: self.fsync.or(file.fsync),
+            snapshot_every_records: self.snapshot_every_records.or(file.snapshot_every_records),
+            min_free_bytes: self.min_free_bytes.or(file.min_free_bytes),
+            reserve_bytes: self.reserve_bytes.or(file.reserve_bytes),
+            min_free_percent: self.min_free_percent.or(file.min_free_percent),
+            segment_bytes: self.segment_bytes.or(file.segment_bytes),
+            log_retention: self.log_retention.or(file.log_retention),
+        }
+    }
+
+    /// The options with the defaults filled in, each checked.
+    fn into_serve(self) -> Result<Serve, OptionsError> {
+        let max_payload_bytes = self.max_payload_bytes.unwrap_or(512 << 10);
+        if max_payload_bytes == 0 || max_payload_bytes > MAX_PAYLOAD_BYTES {
+            return Err(invalid(
+                "max_payload_bytes",
+                format!(
+                    "{max_payload_bytes} is not in 1..={MAX_PAYLOAD_BYTES} \
+                     (a log record holds at most 4 MiB, the payload and the rest of the start)"
+                ),
+            ));
+        }
+        let segment_bytes = self.segment_bytes.unwrap_or(64 << 20);
+        if segment_bytes < 4096 {
+            return Err(invalid(
+                "segment_bytes",
+                format!("{segment_bytes} is below 4096"),
+            ));
+        }
+        let min_free_percent = self.min_free_percent.unwrap_or(5);
+        if min_free_percent > 100 {
+            return Err(invalid(
+                "min_free_percent",
+                format!("{min_free_percent} is over 100"),
+            ));
+        }
+        if self.admin_token.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("admin_token", "must not be empty"));
+        }
+        Ok(Serve {
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            listen: (self.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            definitions: self.definitions,
+            kafka_brokers: self.kafka_brokers,
+            kafka_create_topics: self.kafka_create_topics.unwrap_or(true),
+            kafka_max_message_bytes: self.kafka_max_message_bytes.unwrap_or(1_000_000),
+            admin_token: self.admin_token,
+            insecure: self.insecure,
+            demo: self.demo,
+            log_format: self.log_format.unwrap_or(LogFormat::Human),
+            max_body_bytes: positive("max_body_bytes", self.max_body_bytes, 1 << 20)?,
+            max_payload_bytes,
+            max_connections: positive("max_connections", self.max_connections, 1024)?,
+            header_timeout: millis("header_timeout_ms", self.header_timeout_ms, 30_000)?,
+            write_timeout: millis("write_timeout_ms", self.write_timeout_ms, 30_000)?,
+            body_timeout: millis("body_timeout_ms", self.body_timeout_ms, 30_000)?,
+            body_min_bytes_per_sec: self.body_min_bytes_per_sec.unwrap_or(1024),
+            probe_listen: self.probe_listen,
+            max_outbox_wait_ms: self.max_outbox_wait_ms.unwrap_or(30_000).min(30_000),
+            max_active_sagas: self.max_active_sagas.unwrap_or(10_000_000),
+            max_list_bytes: positive("max_list_bytes", self.max_list_bytes, 8 << 20)?,
             max_definition_versions: positive(
                 "max_definition_versions",
-                self.max_definition_versions
-                    .or(file.max_definition_versions),
+                self.max_definition_versions,
                 10_000,
             )?,
-            fsync,
-            snapshot_every_records: self
-                .snapshot_every_records
-                .or(file.snapshot_every_records)
-                .unwrap_or(1_000_000),
+            fsync: match self.fsync {
+                Some(text) => text.parse().map_err(|e| invalid("fsync", format!("{e}")))?,
+                None => sagalog_storage::FsyncPolicy::Always,
+            },
+            snapshot_every_records: self.snapshot_every_records.unwrap_or(1_000_000),
             segment_bytes,
-            min_free_bytes: self
-                .min_free_bytes
-                .or(file.min_free_bytes)
-                .unwrap_or(1 << 30),
+            min_free_bytes: self.min_free_bytes.unwrap_or(1 << 30),
             min_free_percent,
-            reserve_bytes: self
-                .reserve_bytes
-                .or(file.reserve_bytes)
-                .unwrap_or(32 << 20),
-            log_retention,
+            reserve_bytes: self.reserve_bytes.unwrap_or(32 << 20),
+            log_retention: match self.log_retention {
+                Some(text) => parse_retention(&text)?,
+                None => None,
+            },
         })
     }
 }
 
-pub(crate) fn read_config(path: &Path) -> Result<ServeArgs, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("config file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+pub(crate) fn read_config(path: &Path) -> Result<ServeArgs, OptionsError> {
+    let failed = |reason: String| OptionsError::ConfigFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+    toml::from_str(&text).map_err(|e| failed(e.to_string()))
 }
 
 impl Serve {
     /// `serve` refuses a non-loopback address with no admin token unless `--insecure`.
-    pub fn check_exposure(&self) -> Result<(), String> {
+    pub fn check_exposure(&self) -> Result<(), OptionsError> {
         if self.listen.ip().is_loopback() || self.admin_token.is_some() || self.insecure {
             Ok(())
         } else {
-            Err(format!(
-                "refusing to listen on {} with no admin token: the /internal/ routes would be \
-                 open to the network. Set --admin-token (SAGALOG_ADMIN_TOKEN), or pass \
-                 --insecure if something else guards them",
-                self.listen
-            ))
+            Err(OptionsError::Exposed {
+                listen: self.listen,
+            })
         }
     }
 }
@@ -401,7 +415,7 @@ mod tests {
         }
         .resolve()
         .unwrap_err();
-        assert!(e.contains("data_dri"), "{e}");
+        assert!(e.to_string().contains("data_dri"), "{e}");
     }
 
     #[test]
@@ -418,7 +432,10 @@ mod tests {
             resolve("7d").unwrap().log_retention,
             Some(std::time::Duration::from_secs(7 * 86_400))
         );
-        assert!(resolve("weekly").unwrap_err().contains("log_retention"));
+        assert!(resolve("weekly")
+            .unwrap_err()
+            .to_string()
+            .contains("log_retention"));
         assert_eq!(ServeArgs::default().resolve().unwrap().log_retention, None);
     }
 
@@ -430,7 +447,11 @@ mod tests {
         }
         .resolve()
         .unwrap();
-        assert!(serve.check_exposure().unwrap_err().contains("0.0.0.0:8080"));
+        assert!(serve
+            .check_exposure()
+            .unwrap_err()
+            .to_string()
+            .contains("0.0.0.0:8080"));
         serve.admin_token = Some("t".into());
         assert!(serve.check_exposure().is_ok());
     }
