@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use bincode::{Decode, Encode};
 
-use crate::record::Status;
+use crate::record::{Record, Status};
 
 /// A saga's place in the projections: its status and when it last changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,29 @@ pub struct Projections {
 }
 
 impl Projections {
+    /// Counts the statuses `records` take a saga of `saga_type` through from `before`,
+    /// record by record (a first step failing for good goes FAILED, then COMPENSATED, in
+    /// one transaction); returns where it ends. The live install and replay both count
+    /// through here.
+    pub fn recorded(
+        &mut self,
+        saga_type: &str,
+        before: Option<Place>,
+        records: &[Record],
+    ) -> Option<Place> {
+        let mut place = before;
+        for record in records {
+            let status = crate::state::status_after(place.map(|p| p.status), &record.kind);
+            let next = status.map(|status| Place {
+                status,
+                updated_at_ms: record.at_ms,
+            });
+            self.moved(saga_type, place, next);
+            place = next;
+        }
+        place
+    }
+
     pub fn from_counters(counters: Counters) -> Projections {
         Projections { counters }
     }

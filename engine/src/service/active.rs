@@ -15,7 +15,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::projection::Place;
-use crate::service::table::SagaTable;
+use crate::service::table::{fnv1a, SagaTable};
 use crate::state::SagaState;
 
 /// One shard of the sagas in memory.
@@ -172,25 +172,6 @@ impl Summary {
     pub(crate) fn is_active(&self) -> bool {
         self.place.is_some_and(|p| !p.status.is_terminal())
     }
-}
-
-/// The bits an `event_id` sets in [`Slot::events`](crate::service::table::Slot::events).
-/// Snapshots store these filters: changing this function needs a new snapshot format.
-pub(crate) fn event_bits(event_id: &str) -> u64 {
-    // FNV's low bits barely differ between ids that differ only at the end (`…/step`):
-    // take the bit numbers from the top of a multiplicative mix instead.
-    let hash = fnv1a(event_id.bytes()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (1 << (hash >> 58)) | (1 << ((hash >> 52) & 63))
-}
-
-/// FNV-1a: stable across builds and platforms (it is stored in the log), and cheap.
-pub(crate) fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
 }
 
 /// The shard of `saga_id` among `shards`.

@@ -6,9 +6,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::config::EngineObserver;
-use crate::projection::Place;
 use crate::record::{Action, Kind, Record, Status};
-use crate::service::active::{event_bits, Summary};
+use crate::service::active::Summary;
 use crate::service::inner::Inner;
 use crate::service::table::Slot;
 use crate::state::SagaState;
@@ -20,7 +19,7 @@ impl Inner {
         &self,
         key: &Arc<str>,
         before: Summary,
-        slot: &mut Slot,
+        slot: &Slot,
         records: &[Record],
         offsets: &Range<u64>,
     ) {
@@ -30,11 +29,6 @@ impl Inner {
             observe(observer.as_ref(), before, &slot.state, records);
         }
         log_records(before, &slot.state, records, offsets);
-        for record in records {
-            if let Some((event_id, _)) = record.kind.reply() {
-                slot.events |= event_bits(event_id);
-            }
-        }
         if slot.state.is_terminal() {
             self.progress.finished(offsets.end - 1, key.clone());
         }
@@ -56,19 +50,10 @@ impl Inner {
         records: &[Record],
     ) {
         if before.place != after.place {
-            let mut projections = self.projections.lock();
-            let mut place = before.place;
-            for record in records {
-                let status = crate::state::status_after(place.map(|p| p.status), &record.kind);
-                let next = status.map(|status| Place {
-                    status,
-                    updated_at_ms: record.at_ms,
-                });
-                if next.map(|p| p.status) != place.map(|p| p.status) {
-                    projections.moved(saga_type, place, next);
-                }
-                place = next;
-            }
+            let place = self
+                .projections
+                .lock()
+                .recorded(saga_type, before.place, records);
             debug_assert_eq!(
                 place.map(|p| p.status),
                 after.place.map(|p| p.status),

@@ -25,7 +25,7 @@ use crate::error::{EngineError, Inconsistency, Result};
 use crate::indexing::{decode_at, Indexer, Keys};
 use crate::projection::{Counters, Projections};
 use crate::record::{Entry, Kind};
-use crate::service::active::{event_bits, shard_index, Shard, Summary};
+use crate::service::active::{shard_index, Shard, Summary};
 use crate::service::table::Slot;
 use crate::state::{apply_mut, SagaState, StoredSaga};
 
@@ -414,13 +414,10 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
     }
     let before = Summary::of(&slot.state);
     apply_mut(&mut slot.state, &r);
-    if let Some((event_id, _)) = r.kind.reply() {
-        slot.events |= event_bits(event_id);
-    }
-    slot.last_offset = record.offset;
-    let after = Summary::of(&slot.state);
-    if before.place != after.place {
-        projections.moved(&slot.state.definition.name, before.place, after.place);
+    let records = std::slice::from_ref(&r);
+    slot.recorded(records, &(record.offset..record.offset + 1));
+    if before.place != Summary::of(&slot.state).place {
+        projections.recorded(&slot.state.definition.name, before.place, records);
     }
     if slot.state.is_terminal() {
         if record.offset < *indexed_below {

@@ -17,6 +17,9 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
+use std::ops::Range;
+
+use crate::record::{Kind, Record};
 use crate::state::SagaState;
 
 /// A saga in memory, with what the engine keeps beside its state.
@@ -33,6 +36,45 @@ pub(crate) struct Slot {
     /// A two-bit-per-id filter of the `event_id`s the saga has recorded: a reply whose
     /// bits are not all set is new without reading the log.
     pub events: u64,
+}
+
+impl Slot {
+    /// Notes `records`, appended at `offsets`, as the saga's latest (its state holds them
+    /// already): where its records start and end, and the event ids it has answered.
+    /// The live install and replay both note records through here.
+    pub fn recorded(&mut self, records: &[Record], offsets: &Range<u64>) {
+        if matches!(
+            records.first().map(|r| &r.kind),
+            Some(Kind::SagaStarted { .. })
+        ) {
+            self.first_offset = offsets.start;
+        }
+        self.last_offset = offsets.end - 1;
+        for record in records {
+            if let Some((event_id, _)) = record.kind.reply() {
+                self.events |= event_bits(event_id);
+            }
+        }
+    }
+}
+
+/// The bits an `event_id` sets in [`Slot::events`].
+/// Snapshots store these filters: changing this function needs a new snapshot format.
+pub(crate) fn event_bits(event_id: &str) -> u64 {
+    // FNV's low bits barely differ between ids that differ only at the end (`…/step`):
+    // take the bit numbers from the top of a multiplicative mix instead.
+    let hash = fnv1a(event_id.bytes()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (1 << (hash >> 58)) | (1 << ((hash >> 52) & 63))
+}
+
+/// FNV-1a: stable across builds and platforms (it is stored in the log), and cheap.
+pub(crate) fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 #[derive(Default)]

@@ -25,9 +25,10 @@ use crate::definition::Definition;
 use crate::error::{EngineError, Result};
 use crate::indexing::{saga_history, SagaMeta};
 use crate::record::{encode_saga_record, Link, Record, Status};
-use crate::service::active::{event_bits, fnv1a, Shard, Summary};
+use crate::service::active::{Shard, Summary};
 use crate::service::inner::Inner;
-use crate::service::table::Slot;
+use crate::service::table::{event_bits, fnv1a};
+use crate::service::table::{SagaTable, Slot};
 use crate::state::SagaState;
 
 /// The first answer to a reply, found in the saga's records.
@@ -219,11 +220,8 @@ impl Inner {
                 .expect("a busy saga stays in memory");
             slot.busy = false;
             let before = Summary::of(&slot.state);
-            if slot.state.status.is_none() {
-                slot.first_offset = offsets.start;
-            }
-            slot.last_offset = offsets.end - 1;
             slot.state = pending.after;
+            slot.recorded(&pending.records, &offsets);
             self.installed(&pending.key, before, slot, &pending.records, &offsets);
             Done::Appended {
                 status: slot.state.status.expect("started"),
@@ -265,59 +263,85 @@ impl Inner {
     ) -> Result<Step> {
         let now_ms = self.clock.now_ms();
         let mut sagas = shard.lock();
-        if let Some(slot) = sagas.get_mut(saga_id) {
-            let key = slot.state.saga_id.clone();
-            if slot.busy {
-                return Ok(Step::Busy);
+        match sagas.get_mut(saga_id) {
+            Some(slot) => self.decide_in_memory(slot, op, known, read_under_lock, now_ms),
+            None => {
+                let read = (shard.left(), read_under_lock);
+                self.decide_absent(&mut sagas, saga_id, op, known, read, now_ms)
             }
-            if let Some((definition, request_hash)) = op.start() {
-                return same_start(&slot.state, definition, request_hash).map(|()| {
-                    Step::Done(Done::Existing {
-                        state: slot.state.clone(),
-                        first_offset: slot.first_offset,
-                    })
-                });
-            }
-            if let Input::Reply(reply) = &op.input {
-                let bits = event_bits(&reply.event_id);
-                // The records through `last_offset` are the saga's as it is now: what
-                // was read of them holds as long as it is unchanged.
-                if slot.events & bits == bits && known.unanswered_through != Some(slot.last_offset)
-                {
-                    let need = Need::Answer {
-                        last_offset: slot.last_offset,
-                    };
-                    if !read_under_lock {
-                        return Ok(Step::Read(need));
-                    }
-                    if let Some(done) = self.read_for(saga_id, op, need, known)? {
-                        return Ok(Step::Done(done));
-                    }
+        }
+    }
+
+    /// Decides `op` for a saga in memory (its shard locked).
+    fn decide_in_memory(
+        &self,
+        slot: &mut Slot,
+        op: &Op,
+        known: &mut Known,
+        read_under_lock: bool,
+        now_ms: u64,
+    ) -> Result<Step> {
+        if slot.busy {
+            return Ok(Step::Busy);
+        }
+        if let Some((definition, request_hash)) = op.start() {
+            return same_start(&slot.state, definition, request_hash).map(|()| {
+                Step::Done(Done::Existing {
+                    state: slot.state.clone(),
+                    first_offset: slot.first_offset,
+                })
+            });
+        }
+        if let Input::Reply(reply) = &op.input {
+            let bits = event_bits(&reply.event_id);
+            // The records through `last_offset` are the saga's as it is now: what was
+            // read of them holds as long as it is unchanged.
+            if slot.events & bits == bits && known.unanswered_through != Some(slot.last_offset) {
+                let need = Need::Answer {
+                    last_offset: slot.last_offset,
+                };
+                if !read_under_lock {
+                    return Ok(Step::Read(need));
+                }
+                if let Some(done) = self.read_for(&slot.state.saga_id, op, need, known)? {
+                    return Ok(Step::Done(done));
                 }
             }
-            let (records, after) = decide_and_apply(&slot.state, op.input.clone(), now_ms)?;
-            if records.is_empty() {
-                return Ok(Step::Done(Done::Unchanged {
-                    state: after,
-                    first_offset: slot.first_offset,
-                }));
-            }
-            slot.busy = true;
-            return Ok(Step::Append(Pending {
-                want_state: !matches!(op.input, Input::Reply(_) | Input::Tick),
-                key,
-                records,
-                link: Link::After {
-                    prev: slot.last_offset,
-                    first: slot.first_offset,
-                },
-                after,
+        }
+        let (records, after) = decide_and_apply(&slot.state, op.input.clone(), now_ms)?;
+        if records.is_empty() {
+            return Ok(Step::Done(Done::Unchanged {
+                state: after,
+                first_offset: slot.first_offset,
             }));
         }
-        // Not in memory: a new saga, or one that finished and left memory, or none. A
-        // saga leaves memory only once its index entry is written, so an entry read as
-        // missing stays missing while no saga of the shard left memory since.
-        let left = shard.left();
+        slot.busy = true;
+        Ok(Step::Append(Pending {
+            want_state: !matches!(op.input, Input::Reply(_) | Input::Tick),
+            key: slot.state.saga_id.clone(),
+            records,
+            link: Link::After {
+                prev: slot.last_offset,
+                first: slot.first_offset,
+            },
+            after,
+        }))
+    }
+
+    /// Decides `op` for a saga not in memory (its shard locked, `sagas`): a new saga,
+    /// or one that finished and left memory, or none. A saga leaves memory only once its
+    /// index entry is written, so an entry read as missing stays missing while no saga
+    /// of the shard left memory since (`left`, the shard's count, with whether to read
+    /// under the lock).
+    fn decide_absent(
+        &self,
+        sagas: &mut SagaTable,
+        saga_id: &str,
+        op: &Op,
+        known: &mut Known,
+        (left, read_under_lock): (u64, bool),
+        now_ms: u64,
+    ) -> Result<Step> {
         let may_have_finished = !op.fresh_id && self.progress.may_have_finished(saga_id);
         if may_have_finished && known.no_meta_while_left != Some(left) {
             let need = Need::Meta { left };
