@@ -84,8 +84,21 @@ pub fn check_log(dir: &Path, config: &LogConfig, progress: &dyn Fn(u64)) -> Resu
         next_offset: bases.first().copied().unwrap_or(0),
         ..LogCheck::default()
     };
+    let kept = scan_all(dir, &bases, config, progress, &mut check)?;
+    judge(&kept, &mut check);
+    Ok(check)
+}
+
+/// Scans every segment, setting aside (as a problem each) the leftovers of failed rolls.
+fn scan_all(
+    dir: &Path,
+    bases: &[u64],
+    config: &LogConfig,
+    progress: &dyn Fn(u64),
+    check: &mut LogCheck,
+) -> Result<Vec<Seen>> {
     let mut kept: Vec<Seen> = Vec::with_capacity(bases.len());
-    for base in bases {
+    for &base in bases {
         let (path, _, scan) = open_and_scan(dir, base, config, false)?;
         check.bytes += scan.file_len;
         progress(scan.file_len);
@@ -107,6 +120,12 @@ pub fn check_log(dir: &Path, config: &LogConfig, progress: &dyn Fn(u64)) -> Resu
         }
         kept.push(Seen { base, path, scan });
     }
+    Ok(kept)
+}
+
+/// Judges the segments of the log in order: gaps, unknown formats, damage (a torn tail
+/// when it ends the last one), and how far the log is whole.
+fn judge(kept: &[Seen], check: &mut LogCheck) {
     let last = kept.len().saturating_sub(1);
     let mut expected = None;
     let mut intact = true;
@@ -166,7 +185,6 @@ pub fn check_log(dir: &Path, config: &LogConfig, progress: &dyn Fn(u64)) -> Resu
         }
         expected = (!damaged).then_some(base + scan.records);
     }
-    Ok(check)
 }
 
 /// What [`cut_log`] moved aside.
@@ -224,60 +242,86 @@ pub fn cut_log(
         if !leftover && !cut {
             continue;
         }
-        let name = path.file_name().expect("a segment file name").to_owned();
         let keep_header =
             path == problem.segment && !leftover && problem.position >= SEGMENT_HEADER_BYTES as u64;
-        if keep_header {
+        let (bytes, line) = if keep_header {
             // The bad record's own segment keeps what lies before it.
-            let io = |op| StorageError::io(op, &path);
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io("open segment"))?;
-            let len = file.metadata().map_err(io("stat segment"))?.len();
-            let mut tail = vec![0u8; (len - problem.position) as usize];
-            file.read_exact_at(&mut tail, problem.position)
-                .map_err(io("read segment"))?;
-            let target = aside.join(format!(
-                "{}.from-byte-{}",
-                name.to_string_lossy(),
-                problem.position
-            ));
-            write_durably(&target, &tail)?;
-            file.set_len(problem.position)
-                .and_then(|()| file.sync_all())
-                .map_err(io("cut segment"))?;
-            moved_bytes += tail.len() as u64;
-            moved.push(format!(
-                "{} (bytes {}.. of {})",
-                target.display(),
-                problem.position,
-                path.display()
-            ));
+            move_tail(&path, problem.position, aside)?
         } else {
-            let target = aside.join(&name);
-            let len = std::fs::metadata(&path)
-                .map_err(StorageError::io("stat segment", &path))?
-                .len();
-            std::fs::rename(&path, &target)
-                .map_err(StorageError::io("move segment aside", &path))?;
-            moved_bytes += len;
             moved_segments += 1;
-            moved.push(format!(
-                "{} (the whole segment {})",
-                target.display(),
-                path.display()
-            ));
-        }
+            move_whole(&path, aside)?
+        };
+        moved_bytes += bytes;
+        moved.push(line);
     }
     let next_offset = if problem.kind == "leftover_segment" {
         check.next_offset
     } else {
         problem.offset
     };
-    let moved = moved.join("\n  ");
-    let note = if problem.kind == "leftover_segment" {
+    let note = cut_note(&problem, next_offset, &moved.join("\n  "));
+    write_durably(&aside.join("NOTE.txt"), note.as_bytes())?;
+    sync_dir(dir, &None)?;
+    if let Some(parent) = aside.parent() {
+        sync_dir(parent, &None)?;
+    }
+    Ok(Some(LogCut {
+        next_offset,
+        aside: aside.to_path_buf(),
+        moved_bytes,
+        moved_segments,
+        problem,
+    }))
+}
+
+/// Moves the bytes of segment `path` from `position` on into a file of their own in
+/// `aside`, and cuts the segment there: the bytes moved, and a line saying where.
+fn move_tail(path: &Path, position: u64, aside: &Path) -> Result<(u64, String)> {
+    let name = path
+        .file_name()
+        .expect("a segment file name")
+        .to_string_lossy();
+    let io = |op| StorageError::io(op, path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io("open segment"))?;
+    let len = file.metadata().map_err(io("stat segment"))?.len();
+    let mut tail = vec![0u8; (len - position) as usize];
+    file.read_exact_at(&mut tail, position)
+        .map_err(io("read segment"))?;
+    let target = aside.join(format!("{name}.from-byte-{position}"));
+    write_durably(&target, &tail)?;
+    file.set_len(position)
+        .and_then(|()| file.sync_all())
+        .map_err(io("cut segment"))?;
+    let line = format!(
+        "{} (bytes {position}.. of {})",
+        target.display(),
+        path.display()
+    );
+    Ok((tail.len() as u64, line))
+}
+
+/// Moves segment `path` into `aside` whole: its bytes, and a line saying where.
+fn move_whole(path: &Path, aside: &Path) -> Result<(u64, String)> {
+    let target = aside.join(path.file_name().expect("a segment file name"));
+    let len = std::fs::metadata(path)
+        .map_err(StorageError::io("stat segment", path))?
+        .len();
+    std::fs::rename(path, &target).map_err(StorageError::io("move segment aside", path))?;
+    let line = format!(
+        "{} (the whole segment {})",
+        target.display(),
+        path.display()
+    );
+    Ok((len, line))
+}
+
+/// The `NOTE.txt` left beside what a cut moved aside.
+fn cut_note(problem: &Problem, next_offset: u64, moved: &str) -> String {
+    if problem.kind == "leftover_segment" {
         format!(
             "sagalog recover moved aside files that held no record: segment files left by \
              rolls that failed. The log was not cut; it ends at offset {next_offset}.\n\
@@ -293,19 +337,7 @@ pub fn cut_log(
              length | crc32 | payload, see docs/storage.md) but could not stay: offsets are \
              positions in the log.\n"
         )
-    };
-    write_durably(&aside.join("NOTE.txt"), note.as_bytes())?;
-    sync_dir(dir, &None)?;
-    if let Some(parent) = aside.parent() {
-        sync_dir(parent, &None)?;
     }
-    Ok(Some(LogCut {
-        next_offset,
-        aside: aside.to_path_buf(),
-        moved_bytes,
-        moved_segments,
-        problem,
-    }))
 }
 
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {

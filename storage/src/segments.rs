@@ -175,23 +175,7 @@ pub(crate) fn open_segments(
                 opened.leftovers.push(path);
                 continue;
             }
-            if let Some(damage) = &prev.scan.damage {
-                // A segment follows: the damage is not at the end of the log.
-                return Err(corrupt(
-                    &prev.path,
-                    expected,
-                    damage.position,
-                    damage.reason.clone(),
-                ));
-            }
-            if base != expected {
-                return Err(StorageError::SegmentGap {
-                    segment: path,
-                    expected,
-                    found: base,
-                    records: scan.records,
-                });
-            }
+            follows(prev, base, &path, &scan)?;
         }
         kept.push(Found {
             base,
@@ -200,12 +184,8 @@ pub(crate) fn open_segments(
             scan,
         });
     }
-    if write && !opened.leftovers.is_empty() {
-        for path in &opened.leftovers {
-            std::fs::remove_file(path)
-                .map_err(StorageError::io("remove leftover segment", path))?;
-        }
-        sync_dir(dir, faults)?;
+    if write {
+        remove_leftovers(dir, &opened.leftovers, faults)?;
     }
     let last = kept.len() - 1;
     for (i, found) in kept.into_iter().enumerate() {
@@ -218,6 +198,41 @@ pub(crate) fn open_segments(
         )?);
     }
     Ok(opened)
+}
+
+/// Refuses segment `base` (at `path`, scanned as `scan`) unless it follows `prev` in
+/// the log: `prev` must end whole (damage with a segment after it is mid-log
+/// corruption), and this one must start where it ends.
+fn follows(prev: &Found, base: u64, path: &Path, scan: &SegmentScan) -> Result<()> {
+    let expected = prev.base + prev.scan.records;
+    if let Some(damage) = &prev.scan.damage {
+        return Err(corrupt(
+            &prev.path,
+            expected,
+            damage.position,
+            damage.reason.clone(),
+        ));
+    }
+    if base != expected {
+        return Err(StorageError::SegmentGap {
+            segment: path.to_path_buf(),
+            expected,
+            found: base,
+            records: scan.records,
+        });
+    }
+    Ok(())
+}
+
+/// Removes the leftovers of failed rolls, and makes that durable.
+fn remove_leftovers(dir: &Path, leftovers: &[PathBuf], faults: &SharedFaults) -> Result<()> {
+    if leftovers.is_empty() {
+        return Ok(());
+    }
+    for path in leftovers {
+        std::fs::remove_file(path).map_err(StorageError::io("remove leftover segment", path))?;
+    }
+    sync_dir(dir, faults)
 }
 
 /// A scanned segment as the log holds it: damage in a sealed segment, or with a valid

@@ -17,9 +17,11 @@
 //!
 //! Who writes which field is in ARCHITECTURE.md's concurrency map.
 
+use std::fs::File;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -153,42 +155,37 @@ pub(crate) struct HealState {
     pub stop: bool,
 }
 
+/// Where a read starts, copied out of the state so that it reads with no lock held.
+struct Located {
+    file: Arc<File>,
+    path: PathBuf,
+    /// The offset of the record at `pos` (an indexed one at or below the read's start).
+    first_indexed: u64,
+    pos: u64,
+    end_pos: u64,
+    /// Records to read at most.
+    take: usize,
+}
+
 impl Shared {
+    /// Up to `max_records` records from offset `from` on, within one segment, and at
+    /// most `max_bytes` of payload (one record however large).
     pub fn read_batch(
         &self,
         from: u64,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<LogRecord>> {
-        let interval = u64::from(self.config.index_interval_records);
-        let (file, path, mut offset, pos, end_pos, take) = {
-            let state = self.state.read();
-            let (start, next) = (state.start_offset(), state.next_offset());
-            if from < start {
-                return Err(StorageError::OffsetOutOfRange {
-                    offset: from,
-                    start,
-                    next,
-                });
-            }
-            if from >= next || max_records == 0 {
-                return Ok(Vec::new());
-            }
-            let seg = &state.segments[state.segments.partition_point(|s| s.base <= from) - 1];
-            let rel = from - seg.base;
-            let first_indexed = seg.base + rel / interval * interval;
-            let take = usize::try_from(seg.records - rel)
-                .unwrap_or(usize::MAX)
-                .min(max_records);
-            let pos = seg.index[(rel / interval) as usize];
-            (
-                seg.file.clone(),
-                seg.path.clone(),
-                first_indexed,
-                pos,
-                seg.end_pos,
-                take,
-            )
+        let Some(Located {
+            file,
+            path,
+            first_indexed: mut offset,
+            pos,
+            end_pos,
+            take,
+        }) = self.locate(from, max_records)?
+        else {
+            return Ok(Vec::new());
         };
         let chunk = max_bytes.clamp(4096, 256 * 1024);
         let mut reader = FrameReader::new(&file, pos, end_pos, self.config.max_record_bytes)
@@ -226,6 +223,36 @@ impl Shared {
             }
         }
         Ok(out)
+    }
+
+    /// Where reading from `from` starts: the segment that holds it, from its index entry
+    /// at or below `from`; `None` when there is nothing to read.
+    fn locate(&self, from: u64, max_records: usize) -> Result<Option<Located>> {
+        let interval = u64::from(self.config.index_interval_records);
+        let state = self.state.read();
+        let (start, next) = (state.start_offset(), state.next_offset());
+        if from < start {
+            return Err(StorageError::OffsetOutOfRange {
+                offset: from,
+                start,
+                next,
+            });
+        }
+        if from >= next || max_records == 0 {
+            return Ok(None);
+        }
+        let seg = &state.segments[state.segments.partition_point(|s| s.base <= from) - 1];
+        let rel = from - seg.base;
+        Ok(Some(Located {
+            file: seg.file.clone(),
+            path: seg.path.clone(),
+            first_indexed: seg.base + rel / interval * interval,
+            pos: seg.index[(rel / interval) as usize],
+            end_pos: seg.end_pos,
+            take: usize::try_from(seg.records - rel)
+                .unwrap_or(usize::MAX)
+                .min(max_records),
+        }))
     }
 
     pub fn poisoned(&self) -> Option<String> {
