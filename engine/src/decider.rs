@@ -292,31 +292,7 @@ pub fn decide_and_apply(
 }
 
 fn decide_reply(d: &mut Decision, reply: Reply) -> Result<(), Rejection> {
-    let state = &d.state;
-    let Some(step) = state.definition.step_index(&reply.step) else {
-        return Err(Rejection::UnknownStep {
-            saga_id: state.saga_id.to_string(),
-            saga_type: state.definition.name.clone(),
-            step: reply.step,
-            expected: expectation(state),
-        });
-    };
-    let step = step as u16;
-    let fits = state.pending.is_some_and(|p| {
-        matches!(p.wait, Wait::Reply { .. })
-            && p.step == step
-            && p.attempt == reply.attempt
-            && p.action == reply.outcome.action()
-    });
-    if !fits {
-        return Err(Rejection::Unexpected {
-            saga_id: state.saga_id.to_string(),
-            expected: expectation(state),
-            step: reply.step,
-            outcome: reply.outcome.as_str(),
-            attempt: reply.attempt,
-        });
-    }
+    let step = fitting_step(&d.state, &reply)?;
     let attempt = reply.attempt;
     match reply.outcome {
         Outcome::Succeeded => {
@@ -374,6 +350,36 @@ fn decide_reply(d: &mut Decision, reply: Reply) -> Result<(), Rejection> {
         other => unreachable!("a reply decision starts with its reply record, not {other:?}"),
     }
     Ok(())
+}
+
+/// The step `reply` answers, if it answers the command the saga waits on (that step,
+/// attempt and action); else why it does not fit.
+fn fitting_step(state: &SagaState, reply: &Reply) -> Result<u16, Rejection> {
+    let Some(step) = state.definition.step_index(&reply.step) else {
+        return Err(Rejection::UnknownStep {
+            saga_id: state.saga_id.to_string(),
+            saga_type: state.definition.name.clone(),
+            step: reply.step.clone(),
+            expected: expectation(state),
+        });
+    };
+    let step = step as u16;
+    let fits = state.pending.is_some_and(|p| {
+        matches!(p.wait, Wait::Reply { .. })
+            && p.step == step
+            && p.attempt == reply.attempt
+            && p.action == reply.outcome.action()
+    });
+    if !fits {
+        return Err(Rejection::Unexpected {
+            saga_id: state.saga_id.to_string(),
+            expected: expectation(state),
+            step: reply.step.clone(),
+            outcome: reply.outcome.as_str(),
+            attempt: reply.attempt,
+        });
+    }
+    Ok(step)
 }
 
 fn decide_tick(d: &mut Decision) {

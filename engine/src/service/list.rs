@@ -58,39 +58,42 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
             next_cursor: None,
         });
     }
+    let window = Window {
+        cursor: cursor.as_ref(),
+        from_ms,
+        to_ms,
+    };
+    let (candidates, floor) = candidates(inner, query, &window)?;
+    page(inner, &candidates, floor, query.limit)
+}
+
+/// Where a page may come from: below the cursor, updated within `from_ms..=to_ms`.
+struct Window<'a> {
+    cursor: Option<&'a Position>,
+    from_ms: u64,
+    to_ms: u64,
+}
+
+/// The best `query.limit` sagas the query matches, newest first, from memory and the
+/// index; and the floor below which an index scan that stopped at its bound left the
+/// order undecided (the page must not go below it).
+fn candidates(
+    inner: &Inner,
+    query: &ListQuery,
+    window: &Window,
+) -> Result<(Vec<Position>, Option<Position>)> {
     let statuses: Vec<Status> = match query.status {
         Some(status) => vec![status],
         None => Status::ALL.to_vec(),
     };
-    let want = query.limit;
     let mut scanned = 0usize;
-    let mut candidates: Vec<Position> = Vec::new();
-    // When an index scan stops at its bound, what lies below the position it reached
-    // is undecided: the page must not go below it.
     let mut floor: Option<Position> = None;
-    candidates.extend(from_memory(
-        inner,
-        &statuses,
-        cursor.as_ref(),
-        from_ms,
-        to_ms,
-        query,
-    ));
-    for &status in &statuses {
-        if status.is_terminal() {
-            let (found, reached) = from_index(
-                inner,
-                status,
-                cursor.as_ref(),
-                from_ms,
-                to_ms,
-                query,
-                &mut scanned,
-            )?;
-            candidates.extend(found);
-            if let Some(reached) = reached {
-                floor = floor.max(Some(reached));
-            }
+    let mut candidates = from_memory(inner, &statuses, window, query);
+    for &status in statuses.iter().filter(|s| s.is_terminal()) {
+        let (found, reached) = from_index(inner, status, window, query, &mut scanned)?;
+        candidates.extend(found);
+        if let Some(reached) = reached {
+            floor = floor.max(Some(reached));
         }
     }
     candidates.sort_by(|a, b| b.cmp(a));
@@ -98,7 +101,18 @@ pub(crate) fn list(inner: &Inner, query: &ListQuery) -> Result<ListPage> {
     if let Some(floor) = &floor {
         candidates.retain(|c| c >= floor);
     }
-    candidates.truncate(want);
+    candidates.truncate(query.limit);
+    Ok((candidates, floor))
+}
+
+/// The page of `candidates` (at most `want`), read as views, ending early once past
+/// `max_list_bytes`; its cursor goes on from the last saga given (or from `floor`).
+fn page(
+    inner: &Inner,
+    candidates: &[Position],
+    floor: Option<Position>,
+    want: usize,
+) -> Result<ListPage> {
     let mut items = Vec::with_capacity(candidates.len());
     let mut bytes = 0usize;
     for (taken, position) in candidates.iter().enumerate() {
@@ -169,11 +183,10 @@ fn type_matches(inner: &Inner, id: &str, want: Option<&str>) -> Result<bool> {
 fn from_memory(
     inner: &Inner,
     statuses: &[Status],
-    cursor: Option<&Position>,
-    from_ms: u64,
-    to_ms: u64,
+    window: &Window,
     query: &ListQuery,
 ) -> Vec<Position> {
+    let (cursor, from_ms, to_ms) = (window.cursor, window.from_ms, window.to_ms);
     let mut best: BinaryHeap<Reverse<Position>> = BinaryHeap::with_capacity(query.limit + 1);
     for shard in inner.sagas.shards() {
         let sagas = shard.lock();
@@ -211,6 +224,37 @@ fn from_memory(
     best.into_iter().map(|Reverse(p)| p).collect()
 }
 
+/// The merge's state after reading a bucket: entries `pending` in a heap, of which
+/// those newer than anything the next bucket can hold (`next_newest`) are decided.
+struct Decided<'a> {
+    pending: &'a mut BinaryHeap<Position>,
+    next_newest: Option<u64>,
+    /// The last position taken off the heap.
+    reached: &'a mut Position,
+    found: &'a mut Vec<Position>,
+}
+
+impl Decided<'_> {
+    /// Moves the decided entries of the query's type into `found`; true once the page
+    /// is full.
+    fn take(self, inner: &Inner, query: &ListQuery) -> Result<bool> {
+        while let Some(top) = self.pending.peek() {
+            if self.next_newest.is_some_and(|newest| top.0 <= newest) {
+                break;
+            }
+            let position = self.pending.pop().expect("peeked");
+            *self.reached = position.clone();
+            if type_matches(inner, &position.1, query.saga_type.as_deref())? {
+                self.found.push(position);
+                if self.found.len() == query.limit {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
 /// Up to `query.limit` finished sagas of `status` from the index, newest first, below
 /// the cursor and within `[from_ms, to_ms]`; and, when the scan stopped at its bound
 /// (`list_scan_limit`), the position it reached: everything at or above it was decided,
@@ -222,15 +266,14 @@ fn from_memory(
 fn from_index(
     inner: &Inner,
     status: Status,
-    cursor: Option<&Position>,
-    from_ms: u64,
-    to_ms: u64,
+    window: &Window,
     query: &ListQuery,
     scanned: &mut usize,
 ) -> Result<(Vec<Position>, Option<Position>)> {
+    let from_ms = window.from_ms;
     // Entries at or past `below` are out: past the cursor or after `to_ms`.
-    let past_to = (to_ms.saturating_add(1), Arc::<str>::from(""));
-    let below = match cursor {
+    let past_to = (window.to_ms.saturating_add(1), Arc::<str>::from(""));
+    let below = match window.cursor {
         Some(c) if *c < past_to => c.clone(),
         _ => past_to,
     };
@@ -271,18 +314,14 @@ fn from_index(
             Some(Ok((next_key, _))) => bucket_newest_ms(next_key),
             _ => None,
         };
-        while let Some(top) = pending.peek() {
-            if next_newest.is_some_and(|newest| top.0 <= newest) {
-                break;
-            }
-            let position = pending.pop().expect("peeked");
-            reached = position.clone();
-            if type_matches(inner, &position.1, query.saga_type.as_deref())? {
-                found.push(position);
-                if found.len() == query.limit {
-                    return Ok((found, None));
-                }
-            }
+        let decided = Decided {
+            pending: &mut pending,
+            next_newest,
+            reached: &mut reached,
+            found: &mut found,
+        };
+        if decided.take(inner, query)? {
+            return Ok((found, None));
         }
         // Stop at the bound only once something was decided, so the next page always
         // starts lower than this one.

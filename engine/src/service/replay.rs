@@ -24,7 +24,7 @@ use crate::definition::{Definition, Registry};
 use crate::error::{EngineError, Inconsistency, Result};
 use crate::indexing::{decode_at, Indexer, Keys};
 use crate::projection::{Counters, Projections};
-use crate::record::{Entry, Kind};
+use crate::record::{Entry, Kind, Record};
 use crate::service::active::{shard_index, Shard, Summary};
 use crate::service::table::Slot;
 use crate::state::{apply_mut, SagaState, StoredSaga};
@@ -154,37 +154,12 @@ pub(crate) fn restore_to(
 ) -> Result<Restored> {
     let start = log.start_offset();
     let head = to_offset.map_or(log.next_offset(), |to| to.min(log.next_offset()));
-    let mut restored = None;
-    let listed = if use_snapshots {
-        snapshots.list()?
+    let newest = if use_snapshots {
+        newest_usable(snapshots, shards, start..=head)?
     } else {
-        Vec::new()
+        None
     };
-    for info in listed {
-        if info.offset < start || info.offset > head {
-            tracing::warn!(
-                snapshot = %info.path.display(), start, head,
-                "snapshot offset is outside the log; skipping it"
-            );
-            continue;
-        }
-        let loaded = load_snapshot(snapshots, &info, shards);
-        let loaded = loaded.map(|mut r| {
-            r.indexed_below = indexed_below;
-            r
-        });
-        match loaded {
-            Ok(r) => {
-                restored = Some(r);
-                break;
-            }
-            Err(e) => tracing::warn!(
-                snapshot = %info.path.display(), error = %e,
-                "unusable snapshot; falling back to an older one or the whole log"
-            ),
-        }
-    }
-    let mut restored = match restored {
+    let mut restored = match newest.map(|r| Restored { indexed_below, ..r }) {
         Some(r) => r,
         None if start == 0 => Restored {
             indexed_below,
@@ -201,16 +176,7 @@ pub(crate) fn restore_to(
         fold(&mut restored, &record)?;
         restored.replayed += 1;
     }
-    // Timers and the active count from the sagas left, once, rather than per record.
-    for shard in restored.shards.iter() {
-        for slot in shard.lock().values() {
-            let summary = Summary::of(&slot.state);
-            if let Some(due) = summary.due_ms {
-                restored.timers.insert((due, slot.state.saga_id.clone()));
-            }
-            restored.active += usize::from(summary.is_active());
-        }
-    }
+    restored.count_sagas();
     tracing::info!(
         snapshot_offset = from,
         replayed = restored.replayed,
@@ -218,6 +184,47 @@ pub(crate) fn restore_to(
         "engine state rebuilt"
     );
     Ok(restored)
+}
+
+/// The newest snapshot that loads and lies within `within` (the log's offsets): older
+/// ones stand in for one that is damaged or unusable; `None` when none does.
+fn newest_usable(
+    snapshots: &SnapshotStore,
+    shards: usize,
+    within: std::ops::RangeInclusive<u64>,
+) -> Result<Option<Restored>> {
+    for info in snapshots.list()? {
+        if !within.contains(&info.offset) {
+            tracing::warn!(
+                snapshot = %info.path.display(), start = within.start(), head = within.end(),
+                "snapshot offset is outside the log; skipping it"
+            );
+            continue;
+        }
+        match load_snapshot(snapshots, &info, shards) {
+            Ok(r) => return Ok(Some(r)),
+            Err(e) => tracing::warn!(
+                snapshot = %info.path.display(), error = %e,
+                "unusable snapshot; falling back to an older one or the whole log"
+            ),
+        }
+    }
+    Ok(None)
+}
+
+impl Restored {
+    /// Timers and the active count from the sagas left, once, rather than per record.
+    fn count_sagas(&mut self) {
+        for shard in self.shards.iter() {
+            for slot in shard.lock().values() {
+                let summary = Summary::of(&slot.state);
+                if let Some(due) = summary.due_ms {
+                    self.timers.insert((due, slot.state.saga_id.clone()));
+                }
+                self.active += usize::from(summary.is_active());
+            }
+        }
+    }
 }
 
 /// Whether a snapshot reads back whole and fits its definitions (`sagalog verify`).
@@ -346,6 +353,36 @@ fn restore_sagas(
     Ok(())
 }
 
+/// The new saga a `saga_started` record at `offset` begins, on the definition it names
+/// (`None` for any other record).
+fn started(registry: &Registry, r: &Record, offset: u64) -> Result<Option<Slot>> {
+    let Kind::SagaStarted {
+        saga_type,
+        definition_version,
+        ..
+    } = &r.kind
+    else {
+        return Ok(None);
+    };
+    let definition = registry
+        .get(saga_type, *definition_version)
+        .cloned()
+        .ok_or_else(|| Inconsistency::StartOnUnregistered {
+            saga_id: r.saga_id.to_string(),
+            offset,
+            saga_type: saga_type.clone(),
+            version: *definition_version,
+        })?;
+    Ok(Some(Slot {
+        state: SagaState::new(r.saga_id.as_str(), definition),
+        busy: false,
+        epoch: 0,
+        first_offset: offset,
+        last_offset: offset,
+        events: 0,
+    }))
+}
+
 /// Folds one log record into the restored state.
 fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<()> {
     let r = match decode_at(record)? {
@@ -371,29 +408,8 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
     } = restored;
     let shard = &shards[shard_index(&r.saga_id, shards.len())];
     let mut sagas = shard.lock();
-    if let Kind::SagaStarted {
-        saga_type,
-        definition_version,
-        ..
-    } = &r.kind
-    {
-        let definition = registry
-            .get(saga_type, *definition_version)
-            .cloned()
-            .ok_or_else(|| Inconsistency::StartOnUnregistered {
-                saga_id: r.saga_id.to_string(),
-                offset: record.offset,
-                saga_type: saga_type.clone(),
-                version: *definition_version,
-            })?;
-        sagas.insert(Slot {
-            state: SagaState::new(r.saga_id.as_str(), definition),
-            busy: false,
-            epoch: 0,
-            first_offset: record.offset,
-            last_offset: record.offset,
-            events: 0,
-        });
+    if let Some(slot) = started(registry, &r, record.offset)? {
+        sagas.insert(slot);
     }
     let Some(slot) = sagas.get_mut(&r.saga_id) else {
         return Err(Inconsistency::NotActive {

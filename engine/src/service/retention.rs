@@ -200,15 +200,25 @@ impl Inner {
     /// Removes the index entries of the sagas whose records all lie in `[start, cut)`,
     /// and the dead letters there; returns how many sagas.
     fn prune_index(&self, start: u64, cut: u64) -> Result<u64> {
-        let keys = &self.keys;
         let mut batch = IndexBatch::default();
+        let removed = self.prune_sagas(start, cut, &mut batch)?;
+        for entry in self
+            .index
+            .range(&self.keys.dead_letters, ..cut.to_be_bytes().as_slice())
+        {
+            batch.delete(&self.keys.dead_letters, &entry?.0);
+        }
+        self.flush(&mut batch)?;
+        self.prune_buckets(start, cut, &mut batch)?;
+        self.flush(&mut batch)?;
+        Ok(removed)
+    }
+
+    /// Deletes the `saga` entries of the sagas that finished below `cut` (read from the
+    /// log from `start`); how many.
+    fn prune_sagas(&self, start: u64, cut: u64, batch: &mut IndexBatch) -> Result<u64> {
+        let keys = &self.keys;
         let mut removed = 0u64;
-        let flush = |batch: &mut IndexBatch| -> Result<()> {
-            if !batch.is_empty() {
-                self.index.apply(std::mem::take(batch))?;
-            }
-            Ok(())
-        };
         for record in self.log.iter_from(start) {
             let record = record?;
             if record.offset >= cut {
@@ -229,19 +239,17 @@ impl Inner {
                 }
             }
             if batch.len() >= PRUNE_BATCH {
-                flush(&mut batch)?;
+                self.flush(batch)?;
             }
         }
-        for entry in self
-            .index
-            .range(&keys.dead_letters, ..cut.to_be_bytes().as_slice())
-        {
-            batch.delete(&keys.dead_letters, &entry?.0);
-        }
-        flush(&mut batch)?;
-        // Listing buckets of indexer batches that began below the cut (one batch can
-        // reach past the previous cut, hence the margin): keep the entries whose saga
-        // is still indexed.
+        Ok(removed)
+    }
+
+    /// Listing buckets of indexer batches that began below the cut (one batch can reach
+    /// past the previous cut, hence the margin): keeps the entries whose saga is still
+    /// indexed.
+    fn prune_buckets(&self, start: u64, cut: u64, batch: &mut IndexBatch) -> Result<()> {
+        let keys = &self.keys;
         let since = start.saturating_sub(self.config.index_batch_records as u64);
         for entry in self.index.range(&keys.finished, ..) {
             let (key, value) = entry?;
@@ -267,10 +275,17 @@ impl Inner {
                 batch.put(&keys.finished, &key, &kept.encode());
             }
             if batch.len() >= PRUNE_BATCH {
-                flush(&mut batch)?;
+                self.flush(batch)?;
             }
         }
-        flush(&mut batch)?;
-        Ok(removed)
+        Ok(())
+    }
+
+    /// Applies what `batch` holds, leaving it empty.
+    fn flush(&self, batch: &mut IndexBatch) -> Result<()> {
+        if !batch.is_empty() {
+            self.index.apply(std::mem::take(batch))?;
+        }
+        Ok(())
     }
 }
