@@ -2,11 +2,11 @@
 //! checked by before anything is decided (saga ids, trace ids, event ids, reasons,
 //! sizes). A check that fails changes nothing.
 
-use crate::decider::Reply;
 use crate::error::{EngineError, Result};
-use crate::projection::Counters;
-use crate::record::{Record, Status};
-use crate::view::SagaView;
+use crate::model::decider::Reply;
+use crate::model::record::{Record, Status};
+use crate::render::view::SagaView;
+use crate::service::projection::Counters;
 
 /// Longest a reply's or an override's reason may be, in characters (as the OpenAPI
 /// file's `maxLength` counts them).

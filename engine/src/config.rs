@@ -7,7 +7,7 @@ use sagalog_storage::{LogConfig, SharedFaults, SnapshotConfig};
 
 use crate::api::invalid;
 use crate::error::Result;
-use crate::record::{Action, Status};
+use crate::model::record::{Action, Status};
 
 /// Where the engine gets the time from (unix milliseconds). Tests drive a manual one.
 pub trait Clock: Send + Sync + 'static {

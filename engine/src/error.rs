@@ -3,9 +3,9 @@
 
 use sagalog_storage::StorageError;
 
-use crate::decider::Rejection;
-use crate::definition::RegistryError;
-use crate::record::DecodeError;
+use crate::model::decider::Rejection;
+use crate::model::definition::RegistryError;
+use crate::model::record::DecodeError;
 
 /// How a caller should treat an error (the HTTP layer maps each to one status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use crate::decider::{decide_and_apply, Input, Outcome, Reply};
-use crate::definition::Registry;
-use crate::record::{peek, Entry, Status};
-use crate::state::{apply, SagaState};
+use crate::model::decider::{decide_and_apply, Input, Outcome, Reply};
+use crate::model::definition::Registry;
+use crate::model::record::{peek, Entry, Status};
+use crate::model::state::{apply, SagaState};
 
 /// The record decoder: never panics; what decodes re-encodes to the same entry, and the
 /// peek the indexer uses reads what the full decode reads.

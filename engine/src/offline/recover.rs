@@ -12,8 +12,8 @@ use super::verify::{check_snapshots, verify, VerifyReport};
 use super::{io_err, require_data_dir, Progress};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
-use crate::indexing::decode_at;
-use crate::record::{peek, Entry, Status};
+use crate::history::decode_at;
+use crate::model::record::{peek, Entry, Status};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RecoverReport {

@@ -10,8 +10,9 @@ use serde::Serialize;
 use super::{io_err, require_data_dir, Progress};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Inconsistency, Result};
-use crate::indexing::{decode_at, Keys, SagaMeta};
-use crate::record::{peek, Entry, Kind, Record};
+use crate::history::decode_at;
+use crate::model::record::{peek, Entry, Kind, Record};
+use crate::service::indexing::{Keys, SagaMeta};
 
 /// Most problems of one kind listed one by one (the rest are counted).
 const MAX_LISTED: usize = 100;
@@ -203,7 +204,7 @@ fn check_index(
         if offset < log.start_offset() {
             continue;
         }
-        if let Err(e) = crate::dead_letters::read(&log, offset) {
+        if let Err(e) = crate::service::dead_letters::read(&log, offset) {
             problems.push(format!("dead letter at offset {offset}: {e}"));
         }
     }

@@ -14,9 +14,9 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-use crate::projection::Place;
+use crate::model::state::SagaState;
+use crate::service::projection::Place;
 use crate::service::table::{fnv1a, SagaTable};
-use crate::state::SagaState;
 
 /// One shard of the sagas in memory.
 #[derive(Default)]
@@ -134,7 +134,7 @@ impl ActiveSagas {
     }
 
     /// For each status that is not final, when its least recently updated saga was
-    /// updated (unix ms), indexed by [`Status::index`](crate::record::Status::index).
+    /// updated (unix ms), indexed by [`Status::index`](crate::model::record::Status::index).
     pub fn oldest_updated_ms(&self) -> [Option<u64>; 6] {
         let mut oldest_updated_ms: [Option<u64>; 6] = [None; 6];
         for shard in self.shards() {

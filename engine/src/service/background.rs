@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use sagalog_storage::{IndexBatch, StorageError};
 
-use crate::decider::Input;
 use crate::error::{EngineError, Result};
-use crate::indexing::Indexer;
+use crate::model::decider::Input;
+use crate::service::indexing::Indexer;
 use crate::service::inner::Inner;
 use sagalog_storage::index::IndexWriter;
 

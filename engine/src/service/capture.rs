@@ -13,8 +13,8 @@ use bincode::Encode;
 use sagalog_storage::{SnapshotInfo, StorageError};
 
 use crate::error::{EngineError, Result};
-use crate::projection::Counters;
 use crate::service::inner::{task_failed, Inner};
+use crate::service::projection::Counters;
 use crate::service::replay::{SnapshotSaga, SNAPSHOT_CHUNK_SAGAS, SNAPSHOT_FORMAT};
 use crate::service::table::Slot;
 

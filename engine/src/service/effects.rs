@@ -6,11 +6,11 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::config::EngineObserver;
-use crate::record::{Action, Kind, Record, Status};
+use crate::model::record::{Action, Kind, Record, Status};
+use crate::model::state::SagaState;
 use crate::service::active::Summary;
 use crate::service::inner::Inner;
 use crate::service::table::Slot;
-use crate::state::SagaState;
 
 impl Inner {
     /// Updates projections, timers and what waits for the indexer after `records`
@@ -74,7 +74,7 @@ fn log_records(before: Summary, state: &SagaState, records: &[Record], offsets: 
     if !failed && !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
-    let trace_id = crate::state::trace_id_hex(&state.trace_id);
+    let trace_id = crate::model::state::trace_id_hex(&state.trace_id);
     for (record, offset) in records.iter().zip(offsets.clone()) {
         tracing::debug!(saga_id = %state.saga_id, trace_id, offset, seq = record.seq, kind = record.kind.name(), "saga record");
     }

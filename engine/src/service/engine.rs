@@ -15,17 +15,19 @@ use crate::api::{
     self, invalid, EngineStats, HistoryItem, ListPage, ListQuery, ReplyAnswer, StartAnswer,
     StartRequest,
 };
-use crate::command::Command;
 use crate::config::{Clock, EngineConfig, SystemClock};
-use crate::dead_letters::DeadLetter;
-use crate::decider::{Input, Reply};
-use crate::definition::{Definition, Registered};
 use crate::error::{EngineError, Result};
-use crate::indexing::{predecessors, read_saga_record, Keys};
-use crate::record::{Entry, Status};
+use crate::history::{predecessors, read_saga_record};
+use crate::model::decider::{Input, Reply};
+use crate::model::definition::{Definition, Registered};
+use crate::model::record::{Entry, Status};
+use crate::render::command::Command;
+use crate::render::view::{self, SagaView};
 use crate::service::active::ActiveSagas;
 use crate::service::background::{run_indexer, run_timer};
+use crate::service::dead_letters::DeadLetter;
 use crate::service::feed::{CommandFeed, Cursor, LogHealth};
+use crate::service::indexing::Keys;
 use crate::service::inner::{task_failed, Ids, Inner, MAX_CONCURRENT_SCANS};
 use crate::service::progress::Progress;
 use crate::service::replay;
@@ -34,7 +36,6 @@ use crate::service::snapshots::Snapshots;
 use crate::service::timers::Timers;
 use crate::service::transaction::{request_hash, Done, Op};
 use crate::shutdown::Shutdown;
-use crate::view::{self, SagaView};
 
 /// The saga engine over one data directory.
 pub struct Engine {
@@ -141,7 +142,7 @@ impl Engine {
     /// The commands among `records` (consecutive records read from [`Engine::log`]).
     #[doc(hidden)]
     pub fn commands(&self, records: &[LogRecord]) -> Result<Vec<Command>> {
-        crate::command::render(&self.inner.log, &self.inner.registry, records)
+        crate::render::command::render(&self.inner.log, &self.inner.registry, records)
     }
 
     /// The commands the log issues from offset `from` on (see [`CommandFeed`]).
@@ -376,7 +377,7 @@ impl Engine {
     /// Dead letters after the entry offset `after`, oldest first (as far as indexed).
     pub fn dead_letters(&self, after: Option<u64>, limit: usize) -> Result<Vec<DeadLetter>> {
         let inner = &self.inner;
-        crate::dead_letters::list(
+        crate::service::dead_letters::list(
             &inner.log,
             &inner.index,
             &inner.keys,
@@ -393,7 +394,8 @@ impl Engine {
         // command's saga in between.
         let _gate = self.inner.gate.read().await;
         let log = &self.inner.log;
-        let (saga_id, command_offset, _) = crate::dead_letters::read(log, dead_letter_offset)?;
+        let (saga_id, command_offset, _) =
+            crate::service::dead_letters::read(log, dead_letter_offset)?;
         let (link, _) = read_saga_record(log, command_offset).map_err(|e| e.for_saga(&saga_id))?;
         let (_, first) =
             predecessors(log, command_offset, link).map_err(|e| e.for_saga(&saga_id))?;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use sagalog_storage::{Keyspace, StorageError, Tail, WriteFailure};
 
-use crate::command::Command;
 use crate::error::{EngineError, Result};
+use crate::render::command::Command;
 use crate::service::inner::Inner;
 
 /// The commands issued from a position on, in log order.
@@ -55,7 +55,8 @@ impl CommandFeed {
             Err(StorageError::Closed) => return Err(EngineError::Closed),
             Err(e) => return Err(e.into()),
         };
-        let commands = crate::command::render(&self.inner.log, &self.inner.registry, &records)?;
+        let commands =
+            crate::render::command::render(&self.inner.log, &self.inner.registry, &records)?;
         Ok(FeedBatch {
             commands,
             records: records.len(),

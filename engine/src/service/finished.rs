@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering;
 
 use crate::api::HistoryItem;
 use crate::error::{EngineError, Inconsistency, Result};
-use crate::indexing::{read_saga_record, saga_history, SagaMeta};
-use crate::record::Kind;
+use crate::history::{read_saga_record, saga_history};
+use crate::model::record::Kind;
+use crate::model::state::{apply_mut, SagaState};
+use crate::render::view::{self, SagaView};
+use crate::service::indexing::SagaMeta;
 use crate::service::inner::Inner;
-use crate::state::{apply_mut, SagaState};
-use crate::view::{self, SagaView};
 
 impl Inner {
     /// What the index keeps of a finished saga that left memory.

@@ -25,12 +25,12 @@ use parking_lot::{Mutex, RwLock};
 use sagalog_storage::{IndexStore, Log};
 
 use crate::config::{Clock, EngineConfig};
-use crate::definition::Registry;
 use crate::error::{EngineError, Inconsistency};
-use crate::indexing::Keys;
-use crate::projection::Projections;
+use crate::model::definition::Registry;
 use crate::service::active::{ActiveSagas, Shard};
+use crate::service::indexing::Keys;
 use crate::service::progress::Progress;
+use crate::service::projection::Projections;
 use crate::service::snapshots::Snapshots;
 use crate::service::timers::Timers;
 use crate::shutdown::Stop;

@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use crate::api::{ListPage, ListQuery, MAX_LIST_LIMIT};
 use crate::error::{EngineError, Inconsistency, Result};
-use crate::indexing::{
-    bucket_key_from, bucket_newest_ms, read_saga_record, Bucket, SagaMeta, MAX_BUCKET_SPAN_MS,
+use crate::history::read_saga_record;
+use crate::model::record::{Kind, Status};
+use crate::service::indexing::{
+    bucket_key_from, bucket_newest_ms, Bucket, SagaMeta, MAX_BUCKET_SPAN_MS,
 };
-use crate::record::{Kind, Status};
 use crate::service::inner::Inner;
 
 type Position = (u64, Arc<str>);
@@ -145,7 +146,7 @@ fn page(
 }
 
 /// About how many bytes a saga takes in a page: its payload and reason, and the rest.
-fn listed_bytes(view: &crate::view::SagaView) -> usize {
+fn listed_bytes(view: &crate::render::view::SagaView) -> usize {
     const FIXED_BYTES: usize = 512;
     view.payload.len()
         + view.failure_reason.as_ref().map_or(0, String::len)

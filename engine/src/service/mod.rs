@@ -13,6 +13,9 @@
 //!   rebuilding the state on open.
 //! - `retention`, `list`, `feed`: deleting old segments, listing sagas, and what
 //!   adapters read besides the API (commands, cursors, the log's health).
+//! - `indexing` (the sled layout and the indexer's batches), `bloom` (the filter of
+//!   finished ids), `projection` (status counts and per-type counters) and
+//!   `dead_letters` (commands the relay gave up on).
 //!
 //! Threads and runtimes: the API runs on the caller's tokio runtime; blocking work
 //! (listing, capturing a snapshot) goes to its blocking pool. The indexer and the timer
@@ -21,14 +24,18 @@
 
 mod active;
 mod background;
+mod bloom;
 mod capture;
+pub(crate) mod dead_letters;
 mod effects;
 pub(crate) mod engine;
 pub(crate) mod feed;
 mod finished;
+pub(crate) mod indexing;
 mod inner;
 mod list;
 mod progress;
+pub(crate) mod projection;
 pub(crate) mod replay;
 pub(crate) mod retention;
 mod snapshots;

@@ -11,8 +11,8 @@ use parking_lot::{Mutex, RwLock};
 use sagalog_storage::{IndexStore, Keyspace};
 use tokio::sync::watch;
 
-use crate::bloom::FinishedIds;
 use crate::error::{EngineError, Inconsistency, Result};
+use crate::service::bloom::FinishedIds;
 
 /// Longest a caller waits for the indexer (a bounded wait, then an error).
 pub(crate) const INDEX_WAIT: Duration = Duration::from_secs(10);

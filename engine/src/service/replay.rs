@@ -20,14 +20,15 @@ use bincode::{Decode, Encode};
 use sagalog_storage::index::catch_up;
 use sagalog_storage::{IndexStore, Log, SnapshotInfo, SnapshotStore, StorageError};
 
-use crate::definition::{Definition, Registry};
 use crate::error::{EngineError, Inconsistency, Result};
-use crate::indexing::{decode_at, Indexer, Keys};
-use crate::projection::{Counters, Projections};
-use crate::record::{Entry, Kind, Record};
+use crate::history::decode_at;
+use crate::model::definition::{Definition, Registry};
+use crate::model::record::{Entry, Kind, Record};
+use crate::model::state::{apply_mut, SagaState, StoredSaga};
 use crate::service::active::{shard_index, Shard, Summary};
+use crate::service::indexing::{Indexer, Keys};
+use crate::service::projection::{Counters, Projections};
 use crate::service::table::Slot;
-use crate::state::{apply_mut, SagaState, StoredSaga};
 
 /// The snapshot body this build writes; it reads [`SNAPSHOT_FORMAT_V1`] too.
 pub(crate) const SNAPSHOT_FORMAT: u8 = 2;

@@ -23,8 +23,9 @@ use std::time::{Duration, SystemTime};
 use sagalog_storage::{IndexBatch, Log, LogRecord, SealedSegment};
 
 use crate::error::{EngineError, Result};
-use crate::indexing::{decode_at, predecessors, read_saga_record, Bucket, SagaMeta};
-use crate::record::{peek, Entry, Link};
+use crate::history::{decode_at, predecessors, read_saga_record};
+use crate::model::record::{peek, Entry, Link};
+use crate::service::indexing::{Bucket, SagaMeta};
 use crate::service::inner::Inner;
 
 /// Records, and bytes of them, retention reads from the log at a time while it looks

@@ -19,8 +19,8 @@ use hashbrown::HashTable;
 
 use std::ops::Range;
 
-use crate::record::{Kind, Record};
-use crate::state::SagaState;
+use crate::model::record::{Kind, Record};
+use crate::model::state::SagaState;
 
 /// A saga in memory, with what the engine keeps beside its state.
 #[derive(Clone)]

@@ -20,16 +20,17 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::decider::{decide_and_apply, Input, Rejection};
-use crate::definition::Definition;
 use crate::error::{EngineError, Result};
-use crate::indexing::{saga_history, SagaMeta};
-use crate::record::{encode_saga_record, Link, Record, Status};
+use crate::history::saga_history;
+use crate::model::decider::{decide_and_apply, Input, Rejection};
+use crate::model::definition::Definition;
+use crate::model::record::{encode_saga_record, Link, Record, Status};
+use crate::model::state::SagaState;
 use crate::service::active::{Shard, Summary};
+use crate::service::indexing::SagaMeta;
 use crate::service::inner::Inner;
 use crate::service::table::{event_bits, fnv1a};
 use crate::service::table::{SagaTable, Slot};
-use crate::state::SagaState;
 
 /// The first answer to a reply, found in the saga's records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

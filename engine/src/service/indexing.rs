@@ -9,7 +9,7 @@
 //! | `dead_letters` | offset of a `dead_lettered` entry (u64 BE) | empty, or the offset of its latest replay |
 //!
 //! A saga's history is read backwards from its last record through each record's
-//! [`Link`], so no per-record index is written. Sagas that finish in one indexer batch
+//! `Link` (see `history`), so no per-record index is written. Sagas that finish in one indexer batch
 //! share one `finished` bucket per status (sled inserts are the indexer's cost: one per
 //! saga for `saga`, one per batch for listing); a bucket spans at most
 //! [`MAX_BUCKET_SPAN_MS`] of `updated_at`, which lets listing start its scan near a
@@ -21,9 +21,10 @@ use parking_lot::RwLock;
 use sagalog_storage::index::IndexWriter;
 use sagalog_storage::{IndexBatch, Keyspace, Log, LogRecord};
 
-use crate::bloom::FinishedIds;
-use crate::error::{EngineError, Inconsistency, Result};
-use crate::record::{peek, Entry, Link, Record, Status};
+use crate::error::{EngineError, Result};
+use crate::history::{decode_at, predecessors};
+use crate::model::record::{peek, Entry, Link, Status};
+use crate::service::bloom::FinishedIds;
 
 pub struct Keys {
     pub saga: Keyspace,
@@ -166,73 +167,6 @@ impl SagaMeta {
             updated_at_ms: u64_at(17)?,
         })
     }
-}
-
-pub fn decode_at(record: &LogRecord) -> Result<Entry> {
-    Entry::decode(&record.payload).map_err(|source| EngineError::Corrupt {
-        offset: record.offset,
-        source,
-    })
-}
-
-/// The saga record at `offset`, with its link.
-pub fn read_saga_record(log: &Log, offset: u64) -> Result<(Link, Record)> {
-    let payload = log.read(offset)?;
-    match decode_at(&LogRecord { offset, payload })? {
-        Entry::Saga { link, record } => Ok((link, record)),
-        other => Err(Inconsistency::NotASagaRecord {
-            offset,
-            found: other.kind_name().to_string(),
-        }
-        .into()),
-    }
-}
-
-/// Offsets of a saga's previous and first records, given one record's link.
-/// `Follows` needs the record before it, read from the log (records of one append are
-/// contiguous, so this is at most a few reads).
-pub fn predecessors(log: &Log, offset: u64, link: Link) -> Result<(Option<u64>, u64)> {
-    match link {
-        Link::Start => Ok((None, offset)),
-        Link::After { prev, first } => Ok((Some(prev), first)),
-        Link::Follows => {
-            let prev = offset.checked_sub(1).ok_or(Inconsistency::FirstFollows)?;
-            let (prev_link, _) = read_saga_record(log, prev)?;
-            let (_, first) = predecessors(log, prev, prev_link)?;
-            Ok((Some(prev), first))
-        }
-    }
-}
-
-/// Every record of a saga, oldest first, read backwards from its last one.
-pub fn saga_history(log: &Log, saga_id: &str, last_offset: u64) -> Result<Vec<(u64, Record)>> {
-    let mut history = Vec::new();
-    let mut next = Some(last_offset);
-    while let Some(offset) = next {
-        let (link, record) = read_saga_record(log, offset)?;
-        if record.saga_id != saga_id {
-            return Err(Inconsistency::ChainCrosses {
-                saga_id: saga_id.to_string(),
-                offset,
-                other: record.saga_id.to_string(),
-            }
-            .into());
-        }
-        next = match link {
-            Link::Start => None,
-            Link::Follows => Some(offset - 1),
-            Link::After { prev, .. } => Some(prev),
-        };
-        history.push((offset, record));
-        if history.len() > (u32::MAX as usize) {
-            return Err(Inconsistency::ChainLoops {
-                saga_id: saga_id.to_string(),
-            }
-            .into());
-        }
-    }
-    history.reverse();
-    Ok(history)
 }
 
 /// Turns log records into index writes. It remembers the previous record's saga and

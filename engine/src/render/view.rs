@@ -1,7 +1,7 @@
 //! What the API returns for a saga (the saga of http/openapi.yaml, before JSON).
 
-use crate::record::Status;
-use crate::state::{SagaState, StepStatus};
+use crate::model::record::Status;
+use crate::model::state::{SagaState, StepStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepView {
@@ -48,7 +48,7 @@ pub fn saga_view(state: &SagaState, payload: String) -> SagaView {
         created_at_ms: state.created_at_ms,
         updated_at_ms: state.updated_at_ms,
         failure_reason: state.failure_reason.as_deref().map(str::to_string),
-        trace_id: crate::state::trace_id_hex(&state.trace_id),
+        trace_id: crate::model::state::trace_id_hex(&state.trace_id),
         payload,
     }
 }

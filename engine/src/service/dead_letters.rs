@@ -4,11 +4,12 @@
 
 use sagalog_storage::{IndexStore, Log, LogRecord};
 
-use crate::command::{render, Command};
-use crate::definition::Registry;
 use crate::error::{EngineError, Inconsistency, Result};
-use crate::indexing::{decode_at, Keys};
-use crate::record::Entry;
+use crate::history::decode_at;
+use crate::model::definition::Registry;
+use crate::model::record::Entry;
+use crate::render::command::{render, Command};
+use crate::service::indexing::Keys;
 
 /// A dead-lettered command.
 #[derive(Debug, Clone)]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::definition::Definition;
-use crate::record::{Action, Kind, Record, Status};
+use crate::model::definition::Definition;
+use crate::model::record::{Action, Kind, Record, Status};
 
 /// Where one step is (the step statuses of http/openapi.yaml).
 #[derive(

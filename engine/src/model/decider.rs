@@ -1,11 +1,11 @@
 //! The decider: given a saga's state, an input and the time, the records to append — or
 //! why the input does not fit. Pure: no I/O, no clock (time is an argument), no locks.
 //! Replay, projections, the HTTP path and the tests all use `decide` and
-//! [`apply`](crate::state::apply).
+//! [`apply`](crate::model::state::apply).
 
-use crate::definition::Definition;
-use crate::record::{Action, Kind, Record, Status};
-use crate::state::{apply_mut, SagaState, StepStatus, Wait};
+use crate::model::definition::Definition;
+use crate::model::record::{Action, Kind, Record, Status};
+use crate::model::state::{apply_mut, SagaState, StepStatus, Wait};
 
 /// Longest wait between attempts, whatever `backoff_ms × 2^(attempt-1)` says.
 pub const MAX_BACKOFF_MS: u64 = 5 * 60 * 1000;

@@ -14,10 +14,10 @@ use sagalog_storage::{Log, LogRecord};
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::definition::Registry;
 use crate::error::{EngineError, Inconsistency, Result};
-use crate::indexing::{decode_at, predecessors, read_saga_record};
-use crate::record::{peek, Action, Entry, Kind, Link, Record, Shape};
+use crate::history::{decode_at, predecessors, read_saga_record};
+use crate::model::definition::Registry;
+use crate::model::record::{peek, Action, Entry, Kind, Link, Record, Shape};
 
 /// One issued command.
 #[derive(Debug, Clone, PartialEq, Eq)]

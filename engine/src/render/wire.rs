@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::decider::{Outcome, Reply};
+use crate::model::decider::{Outcome, Reply};
 
 /// Strict: an unknown field (`error` for `reason`) is refused, naming the fields there
 /// are, rather than dropped.

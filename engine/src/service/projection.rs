@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use bincode::{Decode, Encode};
 
-use crate::record::{Record, Status};
+use crate::model::record::{Record, Status};
 
 /// A saga's place in the projections: its status and when it last changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ impl Projections {
     ) -> Option<Place> {
         let mut place = before;
         for record in records {
-            let status = crate::state::status_after(place.map(|p| p.status), &record.kind);
+            let status = crate::model::state::status_after(place.map(|p| p.status), &record.kind);
             let next = status.map(|status| Place {
                 status,
                 updated_at_ms: record.at_ms,

@@ -1,0 +1,7 @@
+//! The pure core: definitions, records, state and decisions. Nothing here does I/O or
+//! reads a clock; the service and replay call it, and so do the tests and fuzz targets.
+
+pub mod decider;
+pub mod definition;
+pub mod record;
+pub mod state;

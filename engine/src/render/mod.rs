@@ -1,0 +1,6 @@
+//! What the outside reads of a saga: its commands as participants get them, its view as
+//! the API returns it, and the JSON replies participants send.
+
+pub mod command;
+pub mod view;
+pub mod wire;
