@@ -286,6 +286,12 @@ impl ServeArgs {
 
     /// The options with the defaults filled in, each checked.
     fn into_serve(self) -> Result<Serve, OptionsError> {
+        // Checked in this order: with several bad options, the first is the one named.
+        let fsync = match &self.fsync {
+            Some(text) => text.parse().map_err(|e| invalid("fsync", format!("{e}")))?,
+            None => sagalog_storage::FsyncPolicy::Always,
+        };
+        let max_body_bytes = positive("max_body_bytes", self.max_body_bytes, 1 << 20)?;
         let max_payload_bytes = self.max_payload_bytes.unwrap_or(512 << 10);
         if max_payload_bytes == 0 || max_payload_bytes > MAX_PAYLOAD_BYTES {
             return Err(invalid(
@@ -296,6 +302,14 @@ impl ServeArgs {
                 ),
             ));
         }
+        let max_connections = positive("max_connections", self.max_connections, 1024)?;
+        let header_timeout = millis("header_timeout_ms", self.header_timeout_ms, 30_000)?;
+        let write_timeout = millis("write_timeout_ms", self.write_timeout_ms, 30_000)?;
+        let body_timeout = millis("body_timeout_ms", self.body_timeout_ms, 30_000)?;
+        let log_retention = match &self.log_retention {
+            Some(text) => parse_retention(text)?,
+            None => None,
+        };
         let segment_bytes = self.segment_bytes.unwrap_or(64 << 20);
         if segment_bytes < 4096 {
             return Err(invalid(
@@ -324,12 +338,12 @@ impl ServeArgs {
             insecure: self.insecure,
             demo: self.demo,
             log_format: self.log_format.unwrap_or(LogFormat::Human),
-            max_body_bytes: positive("max_body_bytes", self.max_body_bytes, 1 << 20)?,
+            max_body_bytes,
             max_payload_bytes,
-            max_connections: positive("max_connections", self.max_connections, 1024)?,
-            header_timeout: millis("header_timeout_ms", self.header_timeout_ms, 30_000)?,
-            write_timeout: millis("write_timeout_ms", self.write_timeout_ms, 30_000)?,
-            body_timeout: millis("body_timeout_ms", self.body_timeout_ms, 30_000)?,
+            max_connections,
+            header_timeout,
+            write_timeout,
+            body_timeout,
             body_min_bytes_per_sec: self.body_min_bytes_per_sec.unwrap_or(1024),
             probe_listen: self.probe_listen,
             max_outbox_wait_ms: self.max_outbox_wait_ms.unwrap_or(30_000).min(30_000),
@@ -340,19 +354,13 @@ impl ServeArgs {
                 self.max_definition_versions,
                 10_000,
             )?,
-            fsync: match self.fsync {
-                Some(text) => text.parse().map_err(|e| invalid("fsync", format!("{e}")))?,
-                None => sagalog_storage::FsyncPolicy::Always,
-            },
+            fsync,
             snapshot_every_records: self.snapshot_every_records.unwrap_or(1_000_000),
             segment_bytes,
             min_free_bytes: self.min_free_bytes.unwrap_or(1 << 30),
             min_free_percent,
             reserve_bytes: self.reserve_bytes.unwrap_or(32 << 20),
-            log_retention: match self.log_retention {
-                Some(text) => parse_retention(&text)?,
-                None => None,
-            },
+            log_retention,
         })
     }
 }

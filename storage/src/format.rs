@@ -8,7 +8,7 @@
 //! The header CRC covers the 20 bytes before it; a frame's CRC covers its four length bytes
 //! and then the payload, so a flipped length is caught as surely as a flipped payload byte.
 //! A frame header of eight zero bytes marks the clean end of a segment: segments are
-//! pre-written with zeros (see `writer`), and an empty payload is refused at append, so a
+//! pre-written with zeros (see `alloc`), and an empty payload is refused at append, so a
 //! real frame never starts with a zero length.
 //!
 //! This module also holds [`FrameReader`], the one buffered, positioned reader that the

@@ -5,8 +5,9 @@
 //! that read every saga in memory (stats, retention's floor, snapshots, listing) go
 //! through [`ActiveSagas::shards`], one shard's lock at a time.
 //!
-//! Lock order: a shard's lock is a leaf. Nothing else is locked while it is held but
-//! the projections (`installed`), the timers' set and the progress maps, each briefly.
+//! Lock order: under a shard's lock only the projections (`installed`), the timers'
+//! set, the progress maps and the registry are taken, each briefly — and the storage
+//! crate's locks by the last-resort read under it (see `transaction`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 

@@ -42,7 +42,8 @@ impl Inner {
         .await
         .map_err(|e| task_failed("writing the snapshot", e))?;
         let info = written?;
-        self.snapshots.taken(offset, &info, self.log.next_offset());
+        self.snapshots
+            .taken(offset, &info, || self.log.next_offset());
         tracing::info!(
             offset,
             bytes = info.bytes,

@@ -8,14 +8,16 @@
 //!
 //! Owners: `registry` changes only once a definition's record is durable (the façade's
 //! `register_definition`); `sagas`' slots only in `transaction` (decide, install,
-//! release) and `background` (finished sagas leaving memory); `projections` and the
-//! timers' set only in `effects` (and `replay` before anything runs);
-//! `retained_from` only in `retention`.
+//! release) and `background` (finished sagas leaving memory); `projections` only in
+//! `effects` (and `replay` before anything runs); the timers' set in `effects` and
+//! `background` (due ones taken, a failed tick put back); `retained_from` only in
+//! `retention`.
 //!
-//! Lock order (ARCHITECTURE.md has the whole map): the snapshot `gate` (a tokio
-//! `RwLock`, shared by every write across its durable wait, exclusive for a snapshot's
-//! cut and for retention's) comes first; then at most one shard lock; then the
-//! projections, the timers' set, the progress maps or the registry, each a leaf.
+//! Lock order (ARCHITECTURE.md has the whole map): the retention turn and the snapshot
+//! turn come before the snapshot `gate` (a tokio `RwLock`, shared by every write across
+//! its durable wait, exclusive for a snapshot's cut and for retention's); then at most
+//! one shard lock; then the projections, the timers' set, the progress maps or the
+//! registry, each a leaf, and the storage crate's locks.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};

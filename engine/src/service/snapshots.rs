@@ -78,14 +78,14 @@ impl Snapshots {
         self.epoch.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// The snapshot of the cut at `offset` is written as `info`; the log's head is now
-    /// `head` (records past the cut count towards the next one).
-    pub fn taken(&self, offset: u64, info: &SnapshotInfo, head: u64) {
+    /// The snapshot of the cut at `offset` is written as `info`; `head` reads the log's
+    /// head, last (the records past the cut count towards the next one).
+    pub fn taken(&self, offset: u64, info: &SnapshotInfo, head: impl FnOnce() -> u64) {
         self.offset.store(offset, Ordering::Relaxed);
         // The file's own time, as a restart reads it: the gauge keeps its value.
         self.at_ms.store(modified_ms(&info.path), Ordering::Relaxed);
         self.since
-            .store(head.saturating_sub(offset), Ordering::Relaxed);
+            .store(head().saturating_sub(offset), Ordering::Relaxed);
     }
 
     /// The latest snapshot's offset (0: none).
