@@ -222,7 +222,12 @@ pub fn run(command: Offline) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = EngineConfig::default();
+    // No timer fires offline: only recover, restore and reindex change the data
+    // directory, and none of them the log's records.
+    let config = EngineConfig {
+        timers: false,
+        ..EngineConfig::default()
+    };
     let bars = Bars::new(json);
     match execute(&command, &dir, &config, &bars) {
         Ok(outcome) => {

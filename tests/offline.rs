@@ -698,3 +698,54 @@ async fn verify_inspect_and_replay_change_nothing_in_the_data_directory() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_snapshot_fires_no_overdue_timer() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(&root);
+    let server = serve(&dir, &[]);
+    let mut c = common::client(&server).await;
+    let quick = json!({"name": "quick", "version": 1, "steps": [
+        {"name": "only", "topic": "quick.commands", "compensable": false,
+         "timeout_ms": 2000, "max_attempts": 3, "backoff_ms": 100}]});
+    common::put_definition(&mut c, &quick).await;
+    let started = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "quick", "saga_id": "late", "payload": {}}),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{}", started.text());
+    drop(c);
+    stop(server).await;
+    // The step's timeout passes while no server runs: a server would fire it now.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let log_files = |dir: &Path| {
+        let log = dir.join("log");
+        tree(dir)
+            .into_iter()
+            .filter(|(path, _)| path.starts_with(&log))
+            .collect::<Vec<_>>()
+    };
+    let before = log_files(&dir);
+    let out = sagalog(&["snapshot", "--data-dir", arg(&dir), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        json_of(&out)["offset"],
+        json!(3),
+        "the snapshot is of the log as it was: the definition, the start and its command"
+    );
+    assert!(
+        log_files(&dir) == before,
+        "the offline snapshot changed the log"
+    );
+    let inspect = sagalog(&["inspect", "--data-dir", arg(&dir), "--saga", "late"]);
+    let kinds: Vec<String> = String::from_utf8_lossy(&inspect.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["kind"].to_string())
+        .collect();
+    assert!(
+        !kinds.iter().any(|k| k.contains("timed_out")),
+        "no timeout was recorded offline: {kinds:?}"
+    );
+}

@@ -78,6 +78,10 @@ pub struct EngineConfig {
     pub reserve_bytes: u64,
     /// Injected storage failures (tests); `None` in production.
     pub faults: SharedFaults,
+    /// Whether the timer thread runs: due timeouts and retries fire, and the periodic
+    /// snapshots are taken. The offline tools open the engine without it, since they
+    /// must not change the log.
+    pub timers: bool,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -98,6 +102,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("observer", &self.observer.is_some())
             .field("reserve_bytes", &self.reserve_bytes)
             .field("faults", &self.faults.is_some())
+            .field("timers", &self.timers)
             .finish()
     }
 }
@@ -120,6 +125,7 @@ impl Default for EngineConfig {
             observer: None,
             reserve_bytes: 0,
             faults: None,
+            timers: true,
         }
     }
 }

@@ -116,7 +116,9 @@ impl Engine {
         };
         // On an error `engine` is dropped, which stops the threads already started.
         engine.threads.push(spawn("sagalog-indexer", run_indexer)?);
-        engine.threads.push(spawn("sagalog-timer", run_timer)?);
+        if engine.inner.config.timers {
+            engine.threads.push(spawn("sagalog-timer", run_timer)?);
+        }
         Ok(engine)
     }
 
