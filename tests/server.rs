@@ -23,12 +23,14 @@ fn quick_definition() -> Value {
     })
 }
 
+/// Registers `quick`, with the admin token (a server without one ignores it).
 async fn put_quick(c: &mut sagalog_http::client::Client) -> sagalog_http::client::Answer {
     let body = quick_definition().to_string();
+    let auth = format!("Bearer {TOKEN}");
     c.send(
         Method::PUT,
         "/api/v1/definitions/quick",
-        &[],
+        &[("authorization", &auth)],
         Some(body.as_bytes()),
     )
     .await
@@ -618,6 +620,52 @@ async fn log_retention_removes_old_finished_sagas_and_says_so() {
         get(&mut c, "/api/v1/sagas/early-0").await.status,
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_a_definition_needs_the_admin_token_when_one_is_configured() {
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &["--admin-token", TOKEN]);
+    let mut c = common::client(&server).await;
+    let body = quick_definition().to_string();
+    for headers in [vec![], vec![("authorization", "Bearer not-the-token")]] {
+        let refused = c
+            .send(
+                Method::PUT,
+                "/api/v1/definitions/quick",
+                &headers,
+                Some(body.as_bytes()),
+            )
+            .await
+            .unwrap();
+        let message = common::expect_error(&refused, 401, "unauthorized");
+        assert!(
+            message.contains("admin token"),
+            "{headers:?}: says what is needed: {message}"
+        );
+    }
+    let listed = |page: Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let names = listed(get(&mut c, "/api/v1/definitions").await.json());
+    assert_eq!(names, ["order"], "a refused registration changes nothing");
+    let start = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "quick", "payload": {}}),
+    )
+    .await;
+    common::expect_error(&start, 404, "definition_not_found");
+    // Reading them needs no token; registering with it works.
+    let put = put_quick(&mut c).await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text());
+    let names = listed(get(&mut c, "/api/v1/definitions").await.json());
+    assert_eq!(names, ["order", "quick"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,8 +179,8 @@ impl App {
         matched: Matched<'_>,
         request: Request<Incoming>,
     ) -> Result<Response<Body>, ApiError> {
-        if matched.is_internal() {
-            self.authorize(&request)?;
+        if matched.is_internal() || matched.route == Route::PutDefinition {
+            self.authorize(&request, matched.route)?;
         }
         let param = path_segment(matched.param.unwrap_or_default())?;
         let query = request.uri().query().unwrap_or_default().to_string();
@@ -262,7 +262,10 @@ impl App {
         e
     }
 
-    fn authorize(&self, request: &Request<Incoming>) -> Result<(), ApiError> {
+    /// Checks the admin token, when one is configured: the `/internal/` routes need it,
+    /// and so does registering a definition (a definition decides which commands go to
+    /// which topic).
+    fn authorize(&self, request: &Request<Incoming>, route: Route) -> Result<(), ApiError> {
         let Some(token) = &self.config.admin_token else {
             return Ok(());
         };
@@ -277,6 +280,12 @@ impl App {
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "the bearer token does not match the admin token",
+            )),
+            None if route == Route::PutDefinition => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "registering a definition needs an Authorization: Bearer <admin token> header \
+                 (a definition decides which commands go to which topic)",
             )),
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,

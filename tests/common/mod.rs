@@ -33,7 +33,8 @@ pub async fn post(client: &mut Client, path: &str, body: Value) -> Answer {
     client.post_json(path, &body).await.expect("request")
 }
 
-/// `PUT /api/v1/definitions/{name}` with `definition`, asserting it is registered.
+/// `PUT /api/v1/definitions/{name}` with `definition` (and the admin token, which a
+/// server without one ignores), asserting it is registered.
 pub async fn put_definition(client: &mut Client, definition: &Value) {
     let name = definition["name"]
         .as_str()
@@ -43,7 +44,7 @@ pub async fn put_definition(client: &mut Client, definition: &Value) {
         .send(
             hyper::Method::PUT,
             &format!("/api/v1/definitions/{name}"),
-            &[],
+            &[("authorization", &format!("Bearer {TOKEN}"))],
             Some(body.as_bytes()),
         )
         .await
