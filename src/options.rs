@@ -23,8 +23,10 @@ pub struct ServeArgs {
     /// Data directory: log/, index/, snapshots/ [default: ./data]
     #[arg(long, env = "SAGALOG_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8080]
-    #[arg(long, env = "SAGALOG_LISTEN")]
+    /// Address to listen on, HOST:PORT (a bare PORT is 127.0.0.1:PORT) [default:
+    /// 127.0.0.1:8080]
+    #[arg(long, env = "SAGALOG_LISTEN", value_parser = listen_address)]
+    #[serde(default, deserialize_with = "listen_in_file")]
     pub listen: Option<SocketAddr>,
     /// Directory of saga definitions (every *.json file) [default: the built-in `order`]
     #[arg(long, env = "SAGALOG_DEFINITIONS")]
@@ -91,7 +93,8 @@ pub struct ServeArgs {
     pub max_outbox_wait_ms: Option<u64>,
     /// A second address serving only GET /healthz, /readyz and /metrics, for probes
     /// and scrapes that a flood of the API's port must not reach [default: none]
-    #[arg(long, env = "SAGALOG_PROBE_LISTEN")]
+    #[arg(long, env = "SAGALOG_PROBE_LISTEN", value_parser = listen_address)]
+    #[serde(default, deserialize_with = "listen_in_file")]
     pub probe_listen: Option<SocketAddr>,
     /// Bytes of sagas one list page holds at most (payloads and the rest); a page past
     /// it ends early with a cursor [default: 8388608]
@@ -195,6 +198,38 @@ fn invalid(option: &'static str, reason: impl Into<String>) -> OptionsError {
         option,
         reason: reason.into(),
     }
+}
+
+/// An address to listen on: `HOST:PORT`, or a bare `PORT` for this machine only
+/// (`127.0.0.1`). `:PORT` is refused with both forms it could mean, since tools differ
+/// on whether it is every interface.
+pub fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    match text.strip_prefix(':').map(str::parse::<u16>) {
+        Some(Ok(port)) => Err(format!(
+            "{text:?} names no host: write 127.0.0.1:{port} for this machine only, or \
+             0.0.0.0:{port} for every interface"
+        )),
+        _ => Err(format!(
+            "{text:?} is not HOST:PORT (e.g. 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080) \
+             nor a bare PORT (e.g. 8080)"
+        )),
+    }
+}
+
+/// [`listen_address`] for the config file's `listen` and `probe_listen`.
+fn listen_in_file<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = <Option<String>>::deserialize(deserializer)?;
+    text.map(|t| listen_address(&t).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// `value`, else `default`; refused when 0.
@@ -327,6 +362,16 @@ impl ServeArgs {
         if self.admin_token.as_deref().is_some_and(str::is_empty) {
             return Err(invalid("admin_token", "must not be empty"));
         }
+        if let Some(dir) = self.definitions.as_ref().filter(|d| !d.is_dir()) {
+            let reason = match std::fs::metadata(dir) {
+                Ok(_) => "is not a directory (give the directory that holds the *.json files)",
+                Err(_) => "does not exist",
+            };
+            return Err(invalid(
+                "definitions",
+                format!("{} {reason}", dir.display()),
+            ));
+        }
         Ok(Serve {
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             listen: (self.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -445,6 +490,81 @@ mod tests {
             .to_string()
             .contains("log_retention"));
         assert_eq!(ServeArgs::default().resolve().unwrap().log_retention, None);
+    }
+
+    #[test]
+    fn listen_takes_host_and_port_or_a_bare_port_and_says_the_forms_otherwise() {
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(
+            listen_address("0.0.0.0:9000"),
+            Ok("0.0.0.0:9000".parse().unwrap())
+        );
+        assert_eq!(
+            listen_address("[::1]:9000"),
+            Ok("[::1]:9000".parse().unwrap())
+        );
+        assert_eq!(listen_address("9000"), Ok(loopback(9000)));
+        let colon = listen_address(":9000").unwrap_err();
+        assert!(
+            colon.contains("127.0.0.1:9000") && colon.contains("0.0.0.0:9000"),
+            "{colon}"
+        );
+        let junk = listen_address("localhost").unwrap_err();
+        assert!(
+            junk.contains("HOST:PORT") && junk.contains("8080"),
+            "{junk}"
+        );
+        assert!(listen_address("70000").is_err());
+        // The config file reads it the same way.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sagalog.toml");
+        std::fs::write(
+            &file,
+            "listen = \"9001\"\nprobe_listen = \"127.0.0.1:9002\"\n",
+        )
+        .unwrap();
+        let serve = ServeArgs {
+            config: Some(file.clone()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(serve.listen, loopback(9001));
+        assert_eq!(serve.probe_listen, Some(loopback(9002)));
+        std::fs::write(&file, "listen = \":9001\"\n").unwrap();
+        let e = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("0.0.0.0:9001"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_definitions_directory_is_named_before_anything_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-dir");
+        let resolve = |path: &Path| {
+            ServeArgs {
+                definitions: Some(path.to_path_buf()),
+                ..ServeArgs::default()
+            }
+            .resolve()
+        };
+        let e = resolve(&missing).unwrap_err().to_string();
+        assert!(
+            e.starts_with("definitions: ")
+                && e.contains("no-such-dir")
+                && e.contains("does not exist"),
+            "{e}"
+        );
+        let file = dir.path().join("order.json");
+        std::fs::write(&file, "{}").unwrap();
+        let e = resolve(&file).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        assert!(resolve(dir.path()).is_ok());
     }
 
     #[test]
