@@ -2,9 +2,12 @@
 //! the built-in `order` definition, in-process, so a new user sees sagas complete,
 //! retry, compensate and need an operator within seconds.
 //!
-//! The participants read the same feed as `GET /api/v1/outbox` (the log tail rendered
-//! by [`Engine::commands`]) and reply through the engine, as an HTTP participant would.
-//! Each saga's fate is a hash of its id, so it is the same on every run:
+//! The participants read the same feed as `GET /api/v1/outbox` (the engine's command
+//! feed) and reply through the engine, as an HTTP participant would. They answer only
+//! the sagas the demo started (ids `demo-…`): an `order` saga a user starts beside it
+//! (the README's tour) waits for its own replies. Every few seconds a line sums up what
+//! the sagas did so far. Each saga's fate is a hash of its id, so it is the same on
+//! every run:
 //! - 10 % fail `charge_payment` on every attempt → `reserve_inventory` is compensated;
 //! - 4 % fail `ship_order` for good → both earlier steps are compensated, last first;
 //! - half of those (2 %) then fail to compensate `charge_payment` → `COMPENSATION_FAILED`,
@@ -16,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sagalog_engine::throttle::Throttle;
-use sagalog_engine::{Action, Command, Engine, Outcome, Reply, Shutdown, StartRequest};
+use sagalog_engine::{Action, Command, Engine, Outcome, Reply, Shutdown, StartRequest, Status};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -28,6 +31,10 @@ const MAX_REPLIES_IN_FLIGHT: usize = 256;
 const TAIL_BATCH: usize = 512;
 /// Bytes of records one read of the tail takes at most.
 const TAIL_BYTES: usize = 4 << 20;
+/// How often the demo logs its summary line.
+const SUMMARY_EVERY: Duration = Duration::from_secs(5);
+/// The id prefix of the sagas the demo starts, and the only ones its participants answer.
+const DEMO_PREFIX: &str = "demo-";
 
 pub struct Demo {
     tasks: Vec<JoinHandle<()>>,
@@ -44,9 +51,10 @@ impl Demo {
 
 pub fn spawn(engine: Arc<Engine>, stopping: Shutdown) -> Demo {
     let customer = tokio::spawn(customer(engine.clone(), stopping.clone()));
-    let participants = tokio::spawn(participants(engine, stopping));
+    let participants = tokio::spawn(participants(engine.clone(), stopping.clone()));
+    let summary = tokio::spawn(summary(engine, stopping));
     Demo {
-        tasks: vec![customer, participants],
+        tasks: vec![customer, participants, summary],
     }
 }
 
@@ -66,11 +74,12 @@ async fn customer(engine: Arc<Engine>, mut stopping: Shutdown) {
             _ = tick.tick() => {}
             () = stopping.wait() => return,
         }
+        let id = format!("{DEMO_PREFIX}{run}-{n}");
         let request = StartRequest {
             saga_type: "order".into(),
-            saga_id: None,
+            saga_id: Some(id.clone()),
             payload: serde_json::json!({
-                "order_id": format!("demo-{run}-{n}"),
+                "order_id": id,
                 "amount_cents": 1000 + (n * 37) % 9000,
                 "items": 1 + n % 4,
             }),
@@ -100,7 +109,10 @@ async fn participants(engine: Arc<Engine>, mut stopping: Shutdown) {
                 return;
             }
         };
-        for command in commands {
+        for command in commands
+            .into_iter()
+            .filter(|c| c.saga_id.starts_with(DEMO_PREFIX))
+        {
             let Ok(permit) = room.clone().acquire_owned().await else {
                 return;
             };
@@ -110,6 +122,29 @@ async fn participants(engine: Arc<Engine>, mut stopping: Shutdown) {
                 drop(permit);
             });
         }
+    }
+}
+
+/// Logs what the sagas did so far, every [`SUMMARY_EVERY`], so the terminal shows sagas
+/// completing and not only the failures.
+async fn summary(engine: Arc<Engine>, mut stopping: Shutdown) {
+    let mut tick = tokio::time::interval(SUMMARY_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stopping.wait() => return,
+        }
+        let counts = engine.stats().counters.status_counts;
+        let count = |status: Status| counts[status.index()];
+        tracing::info!(
+            completed = count(Status::Completed),
+            compensated = count(Status::Compensated),
+            compensating = count(Status::Failed),
+            waiting_for_operator = count(Status::CompensationFailed),
+            in_flight = count(Status::Started) + count(Status::InProgress),
+            "demo: sagas so far"
+        );
     }
 }
 

@@ -761,3 +761,51 @@ async fn a_list_page_stops_at_its_byte_budget_and_pages_on_without_gaps() {
     let expected: Vec<String> = (0..12).rev().map(|i| format!("big-{i:02}")).collect();
     assert_eq!(seen, expected, "every saga once, newest first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_tour_works_beside_the_demo_which_says_what_its_sagas_did() {
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &["--demo"]);
+    let mut c = common::client(&server).await;
+    let started = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "order", "saga_id": "order-1001", "payload": {"amount_cents": 4200}}),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{}", started.text());
+    let reply = json!({"event_id": "inv-77", "step": "reserve_inventory",
+                       "outcome": "succeeded", "attempt": 1});
+    let answered = post(&mut c, "/api/v1/sagas/order-1001/events", reply).await;
+    assert_eq!(answered.status, StatusCode::ACCEPTED, "{}", answered.text());
+    // The demo's participants answer their own sagas within milliseconds; this one
+    // waits for the tour's next reply.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let saga = get(&mut c, "/api/v1/sagas/order-1001").await.json();
+    assert_eq!(saga["status"], "IN_PROGRESS", "{saga}");
+    assert_eq!(saga["steps"][1]["status"], "running", "{saga}");
+    assert_eq!(saga["steps"][1]["attempts"], 1, "{saga}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let completed = loop {
+        let summary = server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|entry| entry["fields"]["message"] == "demo: sagas so far");
+        if let Some(completed) = summary.and_then(|e| e["fields"]["completed"].as_u64()) {
+            if completed > 0 {
+                break completed;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no demo summary with completed sagas: {}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(completed > 0);
+}
