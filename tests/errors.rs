@@ -151,7 +151,6 @@ async fn bad_input_gets_its_status_code_and_changes_nothing() {
         409,
         "start_conflict",
     );
-
     // 413: a body over the limit.
     let big = json!({"type": "order", "payload": {"blob": "x".repeat(4096)}});
     expect_error(
@@ -167,6 +166,30 @@ async fn bad_input_gets_its_status_code_and_changes_nothing() {
     );
     let saga = get(&mut c, "/api/v1/sagas/e-1").await.json();
     assert_eq!(saga["status"], "STARTED");
+
+    // A reused event_id: the same body is the first answer again (200), another body
+    // is 409 and records nothing.
+    let first = json!({"event_id": "inv-1", "step": "reserve_inventory", "outcome": "succeeded",
+                       "attempt": 1, "data": {"reservation": "r-9"}});
+    let recorded = post(&mut c, "/api/v1/sagas/e-1/events", first.clone()).await;
+    assert_eq!(recorded.status, 202, "{}", recorded.text());
+    let again = post(&mut c, "/api/v1/sagas/e-1/events", first).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["offset"], recorded.json()["offset"]);
+    let history = get(&mut c, "/api/v1/sagas/e-1/history").await.json();
+    let reused = json!({"event_id": "inv-1", "step": "reserve_inventory", "outcome": "succeeded",
+                        "attempt": 1, "data": {"reservation": "r-10"}});
+    let m = expect_error(
+        &post(&mut c, "/api/v1/sagas/e-1/events", reused).await,
+        409,
+        "event_id_conflict",
+    );
+    assert!(m.contains("inv-1") && m.contains("event_id"), "{m}");
+    assert_eq!(
+        get(&mut c, "/api/v1/sagas/e-1/history").await.json(),
+        history,
+        "a refused reply records nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

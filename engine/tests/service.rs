@@ -61,23 +61,31 @@ async fn order_saga_completes_and_stays_readable_after_leaving_memory() {
     assert_eq!(answers[2].status, Status::Completed);
     engine.wait_indexed().await.unwrap();
     // The saga left memory: a repeated reply is answered from its records.
-    let repeated = engine
-        .reply(
-            "order-1",
-            reply(
-                "order-1/charge_payment/1/succeeded",
-                "charge_payment",
-                Outcome::Succeeded,
-                1,
-            ),
-        )
-        .await
-        .unwrap();
+    let mut same = reply(
+        "order-1/charge_payment/1/succeeded",
+        "charge_payment",
+        Outcome::Succeeded,
+        1,
+    );
+    (same.data, same.reason) = (String::new(), String::new());
+    let repeated = engine.reply("order-1", same.clone()).await.unwrap();
     assert!(repeated.repeated);
     assert_eq!(
         (repeated.status, repeated.offset),
         (answers[1].status, answers[1].offset)
     );
+    // Its event id with another body is refused there too, and appends nothing.
+    let head = engine.log().next_offset();
+    let other = Reply {
+        data: r#"{"charge_id":"ch_1"}"#.into(),
+        ..same
+    };
+    let refused = engine.reply("order-1", other).await.unwrap_err();
+    assert!(
+        matches!(&refused, EngineError::Rejected(Rejection::EventConflict { offset, .. }) if *offset == answers[1].offset),
+        "{refused}"
+    );
+    assert_eq!(engine.log().next_offset(), head);
     let done = engine.get("order-1").unwrap();
     assert_eq!(done.status, Status::Completed);
     assert!(done.steps.iter().all(|s| s.status == StepStatus::Succeeded));
@@ -216,6 +224,34 @@ async fn repeated_start_and_reply_return_the_first_answer_and_append_nothing() {
             (repeated.status, repeated.offset),
             (first_answer.status, first_answer.offset)
         );
+        assert_eq!(engine.log().next_offset(), head);
+        // The same reply with its data written otherwise is the same reply.
+        let respaced = Reply {
+            data: r#"{ "ok" : true }"#.into(),
+            ..r.clone()
+        };
+        assert!(engine.reply("order-4", respaced).await.unwrap().repeated);
+        // Its event id with another outcome, step, attempt, data or reason is refused
+        // and appends nothing.
+        let others = [
+            reply("evt-1", "reserve_inventory", Outcome::Failed, 1),
+            reply("evt-1", "charge_payment", Outcome::Succeeded, 1),
+            reply("evt-1", "reserve_inventory", Outcome::Succeeded, 2),
+            Reply {
+                data: r#"{"ok":false}"#.into(),
+                ..r.clone()
+            },
+        ];
+        for other in others {
+            let refused = engine.reply("order-4", other.clone()).await.unwrap_err();
+            assert!(
+                matches!(
+                    refused,
+                    EngineError::Rejected(Rejection::EventConflict { .. })
+                ),
+                "{other:?}: {refused}"
+            );
+        }
         assert_eq!(engine.log().next_offset(), head);
         // Event ids are scoped to their saga: another saga's reply may reuse one.
         start(&engine, "order-y").await;

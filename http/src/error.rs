@@ -3,7 +3,7 @@
 
 use hyper::StatusCode;
 use sagalog_engine::definition::RegistryError;
-use sagalog_engine::{EngineError, ErrorClass};
+use sagalog_engine::{EngineError, ErrorClass, Rejection};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -85,6 +85,9 @@ impl From<EngineError> for ApiError {
             (_, ErrorClass::BadRequest) => (StatusCode::BAD_REQUEST, "invalid_request"),
             (_, ErrorClass::TooLarge) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             (EngineError::StartConflict { .. }, _) => (StatusCode::CONFLICT, "start_conflict"),
+            (EngineError::Rejected(Rejection::EventConflict { .. }), _) => {
+                (StatusCode::CONFLICT, "event_id_conflict")
+            }
             (EngineError::LimitReached { .. }, _) => (StatusCode::CONFLICT, "limit_reached"),
             (EngineError::Definition(_), ErrorClass::Conflict) => {
                 (StatusCode::CONFLICT, "version_conflict")

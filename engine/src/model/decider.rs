@@ -108,6 +108,16 @@ pub enum Rejection {
     },
     #[error("saga {saga_id} ({status}) has no pending command to retry")]
     NothingToRetry { saga_id: String, status: Status },
+    #[error(
+        "saga {saga_id}: event_id {event_id:?} was answered at offset {offset} by another reply \
+         (its step, outcome, attempt, data or reason differ): a repeated reply must be the \
+         same, and a new reply needs an event_id of its own"
+    )]
+    EventConflict {
+        saga_id: String,
+        event_id: String,
+        offset: u64,
+    },
 }
 
 /// What the saga waits for, in words, for `Rejection::Unexpected`.
@@ -323,7 +333,7 @@ fn decide_reply(d: &mut Decision, reply: Reply) -> Result<(), Rejection> {
             let action = reply.outcome.action();
             let retry_at_ms = d.retry_at(step);
             let reason = if reply.reason.is_empty() {
-                format!("step {} reported {}", reply.step, reply.outcome.as_str())
+                default_reason(&reply.step, reply.outcome)
             } else {
                 reply.reason
             };
@@ -350,6 +360,76 @@ fn decide_reply(d: &mut Decision, reply: Reply) -> Result<(), Rejection> {
         other => unreachable!("a reply decision starts with its reply record, not {other:?}"),
     }
     Ok(())
+}
+
+/// The reason a failure reply with none is recorded with.
+fn default_reason(step: &str, outcome: Outcome) -> String {
+    format!("step {step} reported {}", outcome.as_str())
+}
+
+/// Whether `reply` is the one `kind` recorded, for a saga on `definition` (a repeated
+/// delivery of it, which gets the first answer): the same step, outcome and attempt,
+/// and the same data (as JSON) for a success or the same reason for a failure — an empty
+/// reason is the one the engine recorded for it. What a record does not keep (a
+/// success's reason, a failure's data) is not compared.
+pub fn same_reply(definition: &Definition, kind: &Kind, reply: &Reply) -> bool {
+    let named = |step: u16| {
+        definition
+            .steps
+            .get(usize::from(step))
+            .is_some_and(|s| s.name == reply.step)
+    };
+    match (kind, reply.outcome) {
+        (
+            Kind::StepSucceeded {
+                step,
+                attempt,
+                data,
+                ..
+            },
+            Outcome::Succeeded,
+        )
+        | (
+            Kind::StepCompensated {
+                step,
+                attempt,
+                data,
+                ..
+            },
+            Outcome::Compensated,
+        ) => named(*step) && *attempt == reply.attempt && same_json(data, &reply.data),
+        (
+            Kind::StepFailed {
+                step,
+                action,
+                attempt,
+                reason,
+                ..
+            },
+            Outcome::Failed | Outcome::CompensationFailed,
+        ) => {
+            let same_reason = *reason == reply.reason
+                || (reply.reason.is_empty()
+                    && *reason == default_reason(&reply.step, reply.outcome));
+            named(*step)
+                && *action == reply.outcome.action()
+                && *attempt == reply.attempt
+                && same_reason
+        }
+        _ => false,
+    }
+}
+
+/// Two JSON texts with the same value (an empty text is `null`).
+fn same_json(a: &str, b: &str) -> bool {
+    let value = |text: &str| -> Option<serde_json::Value> {
+        if text.is_empty() {
+            Some(serde_json::Value::Null)
+        } else {
+            serde_json::from_str(text).ok()
+        }
+    };
+    a == b || value(a).is_some_and(|a| value(b) == Some(a))
 }
 
 /// The step `reply` answers, if it answers the command the saga waits on (that step,

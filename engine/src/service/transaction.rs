@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
 use crate::history::saga_history;
-use crate::model::decider::{decide_and_apply, Input, Rejection};
+use crate::model::decider::{decide_and_apply, same_reply, Input, Rejection, Reply};
 use crate::model::definition::Definition;
-use crate::model::record::{encode_saga_record, Link, Record, Status};
+use crate::model::record::{encode_saga_record, Kind, Link, Record, Status};
 use crate::model::state::SagaState;
 use crate::service::active::{Shard, Summary};
 use crate::service::indexing::SagaMeta;
@@ -397,7 +397,7 @@ impl Inner {
                 let Input::Reply(reply) = &op.input else {
                     unreachable!("only a reply asks for its answer")
                 };
-                match self.find_reply(saga_id, last_offset, &reply.event_id)? {
+                match self.find_reply(saga_id, last_offset, reply)? {
                     Some(answer) => Ok(Some(Done::Repeated(answer))),
                     None => {
                         known.unanswered_through = Some(last_offset);
@@ -433,12 +433,10 @@ impl Inner {
             });
         }
         match &op.input {
-            Input::Reply(reply) => {
-                match self.find_reply(saga_id, meta.last_offset, &reply.event_id)? {
-                    Some(answer) => Ok(Done::Repeated(answer)),
-                    None => Err(finished()),
-                }
-            }
+            Input::Reply(reply) => match self.find_reply(saga_id, meta.last_offset, reply)? {
+                Some(answer) => Ok(Done::Repeated(answer)),
+                None => Err(finished()),
+            },
             Input::Tick => {
                 let (state, first_offset, _) = self.load_finished(saga_id, meta)?;
                 Ok(Done::Unchanged {
@@ -450,20 +448,48 @@ impl Inner {
         }
     }
 
-    /// The first answer to `event_id` among the saga's records, read back from its last.
+    /// The first answer to `reply`'s event id among the saga's records, read back from
+    /// its last; refused when that record holds another reply (see [`same_reply`]).
     fn find_reply(
         &self,
         saga_id: &str,
         last_offset: u64,
-        event_id: &str,
+        reply: &Reply,
     ) -> Result<Option<EventAnswer>> {
         let history = saga_history(&self.log, saga_id, last_offset)?;
-        Ok(history.into_iter().find_map(|(offset, record)| {
+        let Some((offset, record)) = history.iter().find(|(_, record)| {
             record
                 .kind
                 .reply()
-                .filter(|(id, _)| *id == event_id)
-                .map(|(_, status)| EventAnswer { offset, status })
+                .is_some_and(|(id, _)| id == reply.event_id)
+        }) else {
+            return Ok(None);
+        };
+        let status = record.kind.reply().expect("found by it").1;
+        let definition = match history.first().map(|(_, r)| &r.kind) {
+            Some(Kind::SagaStarted {
+                saga_type,
+                definition_version,
+                ..
+            }) => self
+                .registry
+                .read()
+                .get(saga_type, *definition_version)
+                .cloned(),
+            _ => None,
+        };
+        let same = definition.is_some_and(|d| same_reply(&d, &record.kind, reply));
+        if !same {
+            return Err(Rejection::EventConflict {
+                saga_id: saga_id.to_string(),
+                event_id: reply.event_id.clone(),
+                offset: *offset,
+            }
+            .into());
+        }
+        Ok(Some(EventAnswer {
+            offset: *offset,
+            status,
         }))
     }
 }
