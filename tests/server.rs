@@ -809,3 +809,44 @@ async fn the_readme_tour_works_beside_the_demo_which_says_what_its_sagas_did() {
     };
     assert!(completed > 0);
 }
+
+#[test]
+fn a_mistyped_command_line_is_refused_with_the_form_that_works_and_opens_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(&root);
+    let dir_arg = dir.to_str().unwrap();
+    let missing = root.path().join("no-definitions");
+    let cases: [(Vec<&str>, &[&str]); 4] = [
+        (vec!["serve", "--data-dri", dir_arg], &["--data-dir"]),
+        (
+            vec!["serve", "--data-dir", dir_arg, "--listen", ":9000"],
+            &["127.0.0.1:9000", "0.0.0.0:9000"],
+        ),
+        (
+            vec!["serve", "--data-dir", dir_arg, "--listen", "localhost"],
+            &["HOST:PORT", "8080"],
+        ),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                dir_arg,
+                "--definitions",
+                missing.to_str().unwrap(),
+            ],
+            &["no-definitions", "does not exist"],
+        ),
+    ];
+    for (args, says) in cases {
+        let out = common::sagalog(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        for text in says {
+            assert!(
+                stderr.contains(text),
+                "{args:?} should say {text:?}: {stderr}"
+            );
+        }
+        assert!(!dir.exists(), "{args:?} opened the data directory");
+    }
+}
