@@ -14,7 +14,7 @@
 //!   for an operator to retry or override;
 //! - 15 % of first attempts fail and the retry succeeds; 5 % of replies take 1–3 s.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,7 +67,12 @@ fn roll(parts: &[&str]) -> u64 {
 
 async fn customer(engine: Arc<Engine>, mut stopping: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / STARTS_PER_SECOND));
-    let run = roll(&[&std::process::id().to_string()]);
+    // A different prefix on each run, so a restart over the same data directory starts
+    // new sagas rather than repeating the last run's ids.
+    let run = format!(
+        "{:08x}",
+        std::collections::hash_map::RandomState::new().hash_one(std::process::id()) as u32
+    );
     let failures = Throttle::new(std::time::Duration::from_secs(60));
     for n in 0u64.. {
         tokio::select! {
