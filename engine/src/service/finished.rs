@@ -3,11 +3,13 @@
 //! nothing here changes the engine, and no lock is held across the I/O.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::api::HistoryItem;
 use crate::error::{EngineError, Inconsistency, Result};
 use crate::history::{read_saga_record, saga_history};
-use crate::model::record::Kind;
+use crate::model::definition::Definition;
+use crate::model::record::{Kind, Record};
 use crate::model::state::{apply_mut, SagaState};
 use crate::render::view::{self, SagaView};
 use crate::service::indexing::SagaMeta;
@@ -46,28 +48,7 @@ impl Inner {
         }
         let mut history =
             saga_history(&self.log, saga_id, meta.last_offset).map_err(|e| e.for_saga(saga_id))?;
-        let definition = match history.first().map(|(_, r)| &r.kind) {
-            Some(Kind::SagaStarted {
-                saga_type,
-                definition_version,
-                ..
-            }) => self
-                .registry
-                .read()
-                .get(saga_type, *definition_version)
-                .cloned()
-                .ok_or_else(|| Inconsistency::UnregisteredDefinition {
-                    saga_id: saga_id.to_string(),
-                    saga_type: saga_type.clone(),
-                    version: *definition_version,
-                })?,
-            _ => {
-                return Err(Inconsistency::HistoryWithoutStart {
-                    saga_id: saga_id.to_string(),
-                }
-                .into())
-            }
-        };
+        let definition = self.started_on(saga_id, &history)?;
         let mut state = SagaState::new(saga_id, definition);
         for (_, record) in &history {
             apply_mut(&mut state, record);
@@ -77,6 +58,35 @@ impl Inner {
             _ => unreachable!("checked above"),
         };
         Ok((state, meta.first_offset, payload))
+    }
+
+    /// The definition a saga's history (oldest first, as `saga_history` reads it)
+    /// started on.
+    pub(crate) fn started_on(
+        &self,
+        saga_id: &str,
+        history: &[(u64, Record)],
+    ) -> Result<Arc<Definition>> {
+        match history.first().map(|(_, r)| &r.kind) {
+            Some(Kind::SagaStarted {
+                saga_type,
+                definition_version,
+                ..
+            }) => Ok(self
+                .registry
+                .read()
+                .get(saga_type, *definition_version)
+                .cloned()
+                .ok_or_else(|| Inconsistency::UnregisteredDefinition {
+                    saga_id: saga_id.to_string(),
+                    saga_type: saga_type.clone(),
+                    version: *definition_version,
+                })?),
+            _ => Err(Inconsistency::HistoryWithoutStart {
+                saga_id: saga_id.to_string(),
+            }
+            .into()),
+        }
     }
 
     /// Where a saga's records end, whether it is in memory or finished: (first, last).

@@ -24,7 +24,7 @@ use crate::error::{EngineError, Result};
 use crate::history::saga_history;
 use crate::model::decider::{decide_and_apply, same_reply, Input, Rejection, Reply};
 use crate::model::definition::Definition;
-use crate::model::record::{encode_saga_record, Kind, Link, Record, Status};
+use crate::model::record::{encode_saga_record, Link, Record, Status};
 use crate::model::state::SagaState;
 use crate::service::active::{Shard, Summary};
 use crate::service::indexing::SagaMeta;
@@ -466,20 +466,8 @@ impl Inner {
             return Ok(None);
         };
         let status = record.kind.reply().expect("found by it").1;
-        let definition = match history.first().map(|(_, r)| &r.kind) {
-            Some(Kind::SagaStarted {
-                saga_type,
-                definition_version,
-                ..
-            }) => self
-                .registry
-                .read()
-                .get(saga_type, *definition_version)
-                .cloned(),
-            _ => None,
-        };
-        let same = definition.is_some_and(|d| same_reply(&d, &record.kind, reply));
-        if !same {
+        let definition = self.started_on(saga_id, &history)?;
+        if !same_reply(&definition, &record.kind, reply) {
             return Err(Rejection::EventConflict {
                 saga_id: saga_id.to_string(),
                 event_id: reply.event_id.clone(),
