@@ -3,7 +3,7 @@
 //! starts the threads, checks each call's input and hands it to the part that does it.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -337,11 +337,7 @@ impl Engine {
         // Like `transact`: the registry follows the log even if the caller goes away.
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            inner
-                .log
-                .append(entry.encode())
-                .await
-                .map_err(EngineError::Unavailable)?;
+            inner.append_entry(entry).await?;
             let registered = inner.registry.write().register(definition)?;
             drop(gate);
             Ok(registered)
@@ -369,11 +365,7 @@ impl Engine {
             command_offset,
             reason,
         };
-        self.inner
-            .log
-            .append(entry.encode())
-            .await
-            .map_err(EngineError::Unavailable)
+        self.inner.append_entry(entry).await
     }
 
     /// Dead letters after the entry offset `after`, oldest first (as far as indexed).
@@ -401,19 +393,12 @@ impl Engine {
         let (link, _) = read_saga_record(log, command_offset).map_err(|e| e.for_saga(&saga_id))?;
         let (_, first) =
             predecessors(log, command_offset, link).map_err(|e| e.for_saga(&saga_id))?;
-        let start = self.inner.retained_from.load(Ordering::SeqCst);
-        if first < start {
-            return Err(EngineError::SagaRemoved { saga_id, start });
-        }
+        self.inner.check_retained(&saga_id, first)?;
         let entry = Entry::DeadLetterReplayed {
             dead_letter_offset,
             command_offset,
         };
-        self.inner
-            .log
-            .append(entry.encode())
-            .await
-            .map_err(EngineError::Unavailable)
+        self.inner.append_entry(entry).await
     }
 
     /// Deletes the sealed segments nothing needs any more and whose newest record is

@@ -2,11 +2,10 @@
 //! entry, then its records from the log), as a view or as its history. Reads only:
 //! nothing here changes the engine, and no lock is held across the I/O.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::api::HistoryItem;
-use crate::error::{EngineError, Inconsistency, Result};
+use crate::error::{Inconsistency, Result};
 use crate::history::{read_saga_record, saga_history};
 use crate::model::definition::Definition;
 use crate::model::record::{Kind, Record};
@@ -39,13 +38,7 @@ impl Inner {
         saga_id: &str,
         meta: &SagaMeta,
     ) -> Result<(SagaState, u64, String)> {
-        let start = self.retained_from.load(Ordering::SeqCst);
-        if meta.first_offset < start {
-            return Err(EngineError::SagaRemoved {
-                saga_id: saga_id.to_string(),
-                start,
-            });
-        }
+        self.check_retained(saga_id, meta.first_offset)?;
         let mut history =
             saga_history(&self.log, saga_id, meta.last_offset).map_err(|e| e.for_saga(saga_id))?;
         let definition = self.started_on(saga_id, &history)?;

@@ -27,8 +27,9 @@ use parking_lot::{Mutex, RwLock};
 use sagalog_storage::{IndexStore, Log};
 
 use crate::config::{Clock, EngineConfig};
-use crate::error::{EngineError, Inconsistency};
+use crate::error::{EngineError, Inconsistency, Result};
 use crate::model::definition::Registry;
+use crate::model::record::Entry;
 use crate::service::active::{ActiveSagas, Shard};
 use crate::service::indexing::Keys;
 use crate::service::progress::Progress;
@@ -75,6 +76,28 @@ pub(crate) struct Inner {
 impl Inner {
     pub fn shard(&self, saga_id: &str) -> &Shard {
         self.sagas.shard(saga_id)
+    }
+
+    /// Appends one log entry that is not a saga record (a definition, a dead letter, a
+    /// replay of one); its offset once durable.
+    pub async fn append_entry(&self, entry: Entry) -> Result<u64> {
+        self.log
+            .append(entry.encode())
+            .await
+            .map_err(EngineError::Unavailable)
+    }
+
+    /// Refuses saga `saga_id`, whose first record is at `first_offset`, when retention
+    /// removed it (it started below the retained start).
+    pub fn check_retained(&self, saga_id: &str, first_offset: u64) -> Result<()> {
+        let start = self.retained_from.load(Ordering::SeqCst);
+        if first_offset < start {
+            return Err(EngineError::SagaRemoved {
+                saga_id: saga_id.to_string(),
+                start,
+            });
+        }
+        Ok(())
     }
 
     pub fn not_found(&self, saga_id: &str) -> EngineError {

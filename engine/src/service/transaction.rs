@@ -457,28 +457,23 @@ impl Inner {
         reply: &Reply,
     ) -> Result<Option<EventAnswer>> {
         let history = saga_history(&self.log, saga_id, last_offset)?;
-        let Some((offset, record)) = history.iter().find(|(_, record)| {
-            record
-                .kind
-                .reply()
-                .is_some_and(|(id, _)| id == reply.event_id)
-        }) else {
+        let found = history.iter().find_map(|(offset, record)| {
+            let (id, status) = record.kind.reply()?;
+            (id == reply.event_id).then_some((*offset, record, status))
+        });
+        let Some((offset, record, status)) = found else {
             return Ok(None);
         };
-        let status = record.kind.reply().expect("found by it").1;
         let definition = self.started_on(saga_id, &history)?;
         if !same_reply(&definition, &record.kind, reply) {
             return Err(Rejection::EventConflict {
                 saga_id: saga_id.to_string(),
                 event_id: reply.event_id.clone(),
-                offset: *offset,
+                offset,
             }
             .into());
         }
-        Ok(Some(EventAnswer {
-            offset: *offset,
-            status,
-        }))
+        Ok(Some(EventAnswer { offset, status }))
     }
 }
 
