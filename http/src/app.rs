@@ -179,7 +179,7 @@ impl App {
         matched: Matched<'_>,
         request: Request<Incoming>,
     ) -> Result<Response<Body>, ApiError> {
-        if matched.is_internal() || matched.route == Route::PutDefinition {
+        if matched.needs_admin() {
             self.authorize(&request, matched.route)?;
         }
         let param = path_segment(matched.param.unwrap_or_default())?;
@@ -262,9 +262,8 @@ impl App {
         e
     }
 
-    /// Checks the admin token, when one is configured: the `/internal/` routes need it,
-    /// and so does registering a definition (a definition decides which commands go to
-    /// which topic).
+    /// Checks the admin token, when one is configured (for the routes that
+    /// [`Matched::needs_admin`]).
     fn authorize(&self, request: &Request<Incoming>, route: Route) -> Result<(), ApiError> {
         let Some(token) = &self.config.admin_token else {
             return Ok(());

@@ -70,6 +70,13 @@ impl Matched<'_> {
     pub fn is_internal(&self) -> bool {
         self.pattern.starts_with("/internal/")
     }
+
+    /// Whether the route needs the admin token when one is configured: the `/internal/`
+    /// routes, and registering a definition (a definition decides which commands go to
+    /// which topic).
+    pub fn needs_admin(&self) -> bool {
+        self.is_internal() || self.route == Route::PutDefinition
+    }
 }
 
 /// Matches `path` against `pattern`, giving the `{…}` segment's value.
