@@ -62,10 +62,17 @@ pub struct ServeArgs {
     /// Largest request body in bytes (413 beyond) [default: 1048576]
     #[arg(long, env = "SAGALOG_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// Largest start payload or reply data, as JSON, in bytes (413 beyond)
-    /// [default: 524288]
+    /// Largest start payload, as JSON, in bytes (413 beyond) [default: 524288]
     #[arg(long, env = "SAGALOG_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<usize>,
+    /// Largest `data` of one step's reply, as JSON, in bytes (413 beyond): later
+    /// commands carry it as `results` [default: 65536]
+    #[arg(long, env = "SAGALOG_MAX_STEP_DATA_BYTES")]
+    pub max_step_data_bytes: Option<usize>,
+    /// Most bytes of `data` one saga's steps hold together (413 for the reply that
+    /// would pass it) [default: 1048576]
+    #[arg(long, env = "SAGALOG_MAX_SAGA_DATA_BYTES")]
+    pub max_saga_data_bytes: Option<usize>,
     /// Most client connections served at once; past it a connection is answered 503
     /// (probes are served) or closed [default: 1024]
     #[arg(long, env = "SAGALOG_MAX_CONNECTIONS")]
@@ -151,6 +158,8 @@ pub struct Serve {
     pub log_format: LogFormat,
     pub max_body_bytes: usize,
     pub max_payload_bytes: usize,
+    pub max_step_data_bytes: usize,
+    pub max_saga_data_bytes: usize,
     pub max_connections: usize,
     pub header_timeout: std::time::Duration,
     pub write_timeout: std::time::Duration,
@@ -244,6 +253,26 @@ fn positive<T: Default + PartialEq>(
     }
 }
 
+/// A limit on a part of one log record (`what`, a start's payload or a reply's data),
+/// else `default`: at least 1 and at most [`MAX_PAYLOAD_BYTES`].
+fn record_part(
+    option: &'static str,
+    value: Option<usize>,
+    default: usize,
+    what: &str,
+) -> Result<usize, OptionsError> {
+    match value.unwrap_or(default) {
+        n @ 1..=MAX_PAYLOAD_BYTES => Ok(n),
+        n => Err(invalid(
+            option,
+            format!(
+                "{n} is not in 1..={MAX_PAYLOAD_BYTES} \
+                 (a log record holds at most 4 MiB, the {what} and the rest of it)"
+            ),
+        )),
+    }
+}
+
 /// Milliseconds, else `default`; refused when 0.
 fn millis(
     option: &'static str,
@@ -297,6 +326,8 @@ impl ServeArgs {
             log_format: self.log_format.or(file.log_format),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
             max_payload_bytes: self.max_payload_bytes.or(file.max_payload_bytes),
+            max_step_data_bytes: self.max_step_data_bytes.or(file.max_step_data_bytes),
+            max_saga_data_bytes: self.max_saga_data_bytes.or(file.max_saga_data_bytes),
             max_connections: self.max_connections.or(file.max_connections),
             header_timeout_ms: self.header_timeout_ms.or(file.header_timeout_ms),
             write_timeout_ms: self.write_timeout_ms.or(file.write_timeout_ms),
@@ -327,16 +358,20 @@ impl ServeArgs {
             None => sagalog_storage::FsyncPolicy::Always,
         };
         let max_body_bytes = positive("max_body_bytes", self.max_body_bytes, 1 << 20)?;
-        let max_payload_bytes = self.max_payload_bytes.unwrap_or(512 << 10);
-        if max_payload_bytes == 0 || max_payload_bytes > MAX_PAYLOAD_BYTES {
-            return Err(invalid(
-                "max_payload_bytes",
-                format!(
-                    "{max_payload_bytes} is not in 1..={MAX_PAYLOAD_BYTES} \
-                     (a log record holds at most 4 MiB, the payload and the rest of the start)"
-                ),
-            ));
-        }
+        let max_payload_bytes = record_part(
+            "max_payload_bytes",
+            self.max_payload_bytes,
+            512 << 10,
+            "payload",
+        )?;
+        let max_step_data_bytes = record_part(
+            "max_step_data_bytes",
+            self.max_step_data_bytes,
+            64 << 10,
+            "data",
+        )?;
+        let max_saga_data_bytes =
+            positive("max_saga_data_bytes", self.max_saga_data_bytes, 1 << 20)?;
         let max_connections = positive("max_connections", self.max_connections, 1024)?;
         let header_timeout = millis("header_timeout_ms", self.header_timeout_ms, 30_000)?;
         let write_timeout = millis("write_timeout_ms", self.write_timeout_ms, 30_000)?;
@@ -385,6 +420,8 @@ impl ServeArgs {
             log_format: self.log_format.unwrap_or(LogFormat::Human),
             max_body_bytes,
             max_payload_bytes,
+            max_step_data_bytes,
+            max_saga_data_bytes,
             max_connections,
             header_timeout,
             write_timeout,

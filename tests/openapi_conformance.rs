@@ -42,10 +42,12 @@ fn schemathesis_finds_nothing_with_every_check() {
         &["--admin-token", TOKEN, "--max-outbox-wait-ms", "200"],
     );
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/http/openapi.yaml");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/http/tools/schemathesis.toml");
     let url = format!("http://{}", server.addr);
     let auth = format!("Authorization: Bearer {TOKEN}");
     for seed in ["1", "2"] {
         let out = Command::new(&st)
+            .args(["--config-file", config])
             .args(["run", spec, "--url", &url, "--checks", "all", "-H", &auth])
             // One worker: with two, hypothesis parses lambdas' source in two threads at
             // once, and CPython 3.11's AST constructor shares its recursion counter

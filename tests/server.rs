@@ -94,7 +94,7 @@ async fn every_route_answers_and_a_restart_keeps_sagas_history_and_gauges() {
     assert_eq!(saga["payload"], json!({"amount": 42}));
     assert_eq!(
         saga["steps"][0],
-        json!({"name": "reserve_inventory", "status": "running", "attempts": 1})
+        json!({"name": "reserve_inventory", "status": "running", "attempts": 1, "result": null})
     );
     let again = post(&mut c, "/api/v1/sagas", start.clone()).await;
     assert_eq!(again.status, StatusCode::OK);
@@ -849,4 +849,74 @@ fn a_mistyped_command_line_is_refused_with_the_form_that_works_and_opens_nothing
         }
         assert!(!dir.exists(), "{args:?} opened the data directory");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_own_order_replaces_the_built_in_unless_sagas_already_ran_on_it() {
+    let root = tempfile::tempdir().unwrap();
+    let defs = root.path().join("definitions");
+    std::fs::create_dir(&defs).unwrap();
+    let own = |version: u32| {
+        json!({"name": "order", "version": version, "steps": [
+            {"name": "pack", "topic": "packing.commands", "compensable": false,
+             "timeout_ms": 1000, "max_attempts": 1, "backoff_ms": 10}]})
+    };
+    std::fs::write(defs.join("order.json"), own(1).to_string()).unwrap();
+    let defs_arg = defs.to_str().unwrap();
+
+    // A new data directory with the user's own order v1: no collision, no example.
+    let fresh = root.path().join("fresh");
+    let server = common::serve(&fresh, &["--definitions", defs_arg]);
+    let mut c = common::client(&server).await;
+    let listed = get(&mut c, "/api/v1/definitions").await.json();
+    assert_eq!(listed["items"], json!([own(1)]), "{listed}");
+    let started = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "order", "payload": {}}),
+    )
+    .await;
+    assert_eq!(started.json()["current_step"], "pack", "{}", started.text());
+    drop(c);
+    server.terminate().unwrap();
+
+    // A data directory whose sagas ran on the example keeps it: the user's own v1 is
+    // refused, saying what to do, and a v2 goes beside it.
+    let old = root.path().join("old");
+    let server = common::serve(&old, &[]);
+    let mut c = common::client(&server).await;
+    let started = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "order", "saga_id": "early", "payload": {}}),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::CREATED);
+    drop(c);
+    server.terminate().unwrap();
+    let out = common::sagalog(&[
+        "serve",
+        "--data-dir",
+        old.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--definitions",
+        defs_arg,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("built-in example"), "{stderr}");
+    assert!(stderr.contains("another version"), "{stderr}");
+    std::fs::write(defs.join("order.json"), own(2).to_string()).unwrap();
+    let server = common::serve(&old, &["--definitions", defs_arg]);
+    let mut c = common::client(&server).await;
+    let early = get(&mut c, "/api/v1/sagas/early").await.json();
+    assert_eq!(early["current_step"], "reserve_inventory", "{early}");
+    let started = post(
+        &mut c,
+        "/api/v1/sagas",
+        json!({"type": "order", "payload": {}}),
+    )
+    .await;
+    assert_eq!(started.json()["definition_version"], 2);
 }

@@ -130,8 +130,12 @@ pub(crate) fn check_trace_id(id: &str) -> Result<()> {
 }
 
 /// A start's payload or a reply's data (`field`), `bytes` long as JSON, against the
-/// engine's `limit` (`max_payload_bytes`).
-pub(crate) fn check_size(field: &'static str, bytes: usize, limit: usize) -> Result<()> {
+/// `limit` that `option` sets.
+pub(crate) fn check_size(
+    field: &'static str,
+    bytes: usize,
+    (limit, option): (usize, &'static str),
+) -> Result<()> {
     if bytes <= limit {
         return Ok(());
     }
@@ -139,7 +143,7 @@ pub(crate) fn check_size(field: &'static str, bytes: usize, limit: usize) -> Res
         field,
         bytes,
         limit,
-        option: "--max-payload-bytes",
+        option,
     })
 }
 
@@ -154,8 +158,8 @@ pub(crate) fn check_reason(reason: &str) -> Result<()> {
     ))
 }
 
-/// A participant's reply, with data of at most `max_payload_bytes`.
-pub(crate) fn check_reply(reply: &Reply, max_payload_bytes: usize) -> Result<()> {
+/// A participant's reply, with data of at most `max_step_data_bytes`.
+pub(crate) fn check_reply(reply: &Reply, max_step_data_bytes: usize) -> Result<()> {
     if !(1..=MAX_EVENT_ID_CHARS).contains(&reply.event_id.chars().count()) {
         return Err(invalid(
             "event_id",
@@ -165,6 +169,7 @@ pub(crate) fn check_reply(reply: &Reply, max_payload_bytes: usize) -> Result<()>
     if reply.attempt == 0 {
         return Err(invalid("attempt", "attempts are numbered from 1"));
     }
-    check_size("data", reply.data.len(), max_payload_bytes)?;
+    let limit = (max_step_data_bytes, "--max-step-data-bytes");
+    check_size("data", reply.data.len(), limit)?;
     check_reason(&reply.reason)
 }

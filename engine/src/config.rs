@@ -52,8 +52,13 @@ pub struct EngineConfig {
     pub snapshot_every_records: u64,
     /// Most sagas that may be active at once; a start beyond it is refused (503).
     pub max_active_sagas: usize,
-    /// Largest start payload or reply data, as JSON text.
+    /// Largest start payload, as JSON text.
     pub max_payload_bytes: usize,
+    /// Largest `data` of one reply, as JSON text: what a step hands the later ones.
+    pub max_step_data_bytes: usize,
+    /// Most bytes of `data` one saga's succeeded steps hold together: every later
+    /// command carries them all as `results`.
+    pub max_saga_data_bytes: usize,
     /// Records the indexer reads and commits as one sled batch.
     pub index_batch_records: usize,
     /// Finished sagas waiting for the indexer before they leave memory; writes wait
@@ -78,6 +83,10 @@ pub struct EngineConfig {
     pub reserve_bytes: u64,
     /// Injected storage failures (tests); `None` in production.
     pub faults: SharedFaults,
+    /// Whether the built-in example definition `order` (v1) is offered. A server given
+    /// definitions of its own turns it off, so that a user's `order` never collides with
+    /// it; it stays known anyway in a data directory whose sagas ran on it.
+    pub builtin_definitions: bool,
     /// Whether the timer thread runs: due timeouts and retries fire, and the periodic
     /// snapshots are taken. The offline tools open the engine without it, since they
     /// must not change the log.
@@ -92,6 +101,8 @@ impl std::fmt::Debug for EngineConfig {
             .field("snapshot_every_records", &self.snapshot_every_records)
             .field("max_active_sagas", &self.max_active_sagas)
             .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("max_step_data_bytes", &self.max_step_data_bytes)
+            .field("max_saga_data_bytes", &self.max_saga_data_bytes)
             .field("index_batch_records", &self.index_batch_records)
             .field("max_unindexed", &self.max_unindexed)
             .field("timer_concurrency", &self.timer_concurrency)
@@ -102,6 +113,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("observer", &self.observer.is_some())
             .field("reserve_bytes", &self.reserve_bytes)
             .field("faults", &self.faults.is_some())
+            .field("builtin_definitions", &self.builtin_definitions)
             .field("timers", &self.timers)
             .finish()
     }
@@ -115,6 +127,8 @@ impl Default for EngineConfig {
             snapshot_every_records: 1_000_000,
             max_active_sagas: 10_000_000,
             max_payload_bytes: 512 * 1024,
+            max_step_data_bytes: 64 * 1024,
+            max_saga_data_bytes: 1024 * 1024,
             index_batch_records: 4096,
             max_unindexed: 1_000_000,
             timer_concurrency: 256,
@@ -125,6 +139,7 @@ impl Default for EngineConfig {
             observer: None,
             reserve_bytes: 0,
             faults: None,
+            builtin_definitions: true,
             timers: true,
         }
     }

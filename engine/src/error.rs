@@ -111,7 +111,9 @@ impl EngineError {
             | EngineError::Unavailable(
                 StorageError::RecordTooLarge { .. } | StorageError::AppendTooLarge { .. },
             ) => ErrorClass::TooLarge,
-            EngineError::Definition(RegistryError::VersionConflict { .. })
+            EngineError::Definition(
+                RegistryError::VersionConflict { .. } | RegistryError::BuiltinConflict { .. },
+            )
             | EngineError::StartConflict { .. }
             | EngineError::LimitReached { .. } => ErrorClass::Conflict,
             EngineError::Removed { .. } | EngineError::SagaRemoved { .. } => ErrorClass::Gone,

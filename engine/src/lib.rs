@@ -35,17 +35,18 @@ pub mod shutdown;
 pub mod throttle;
 
 pub use model::{decider, definition, record, state};
-pub use render::{command, view, wire};
+pub use render::{command, filter, results, view, wire};
 
 pub use api::{
     is_valid_saga_id, is_valid_trace_id, EngineStats, HistoryItem, ListPage, ListQuery,
     ReplyAnswer, StartAnswer, StartRequest, MAX_LIST_LIMIT,
 };
-pub use command::{Command, StoredJson};
+pub use command::{Command, StoredJson, Undo};
 pub use config::{Clock, EngineConfig, EngineObserver, SystemClock};
 pub use decider::{decide, Input, Outcome, Rejection, Reply};
 pub use definition::{Definition, Registry, StepDefinition};
 pub use error::{EngineError, ErrorClass, Inconsistency};
+pub use filter::{member_of, CommandFilter, FilterError};
 pub use record::{Action, Entry, Kind, Record, Status};
 /// The log's own types an adapter meets: its figures, its observer and a failing write.
 pub use sagalog_storage::{FsyncPolicy, LogObserver, LogStats, WriteFailure};

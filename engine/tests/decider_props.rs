@@ -1,6 +1,7 @@
 //! Properties of the decider over random definitions and random input sequences:
-//! every state reached is legal; compensations run exactly for the completed
-//! compensable steps, last first; nothing is issued after a terminal status; folding
+//! every state reached is legal; compensations run exactly for the compensable steps
+//! that completed or timed out on their last attempt, last first (a timed-out one
+//! first); nothing is issued after a terminal status; folding
 //! the emitted records from scratch gives the live state; snapshot plus replay equals a
 //! full replay.
 
@@ -257,11 +258,18 @@ proptest! {
             prop_assert_eq!(end, log.len() - 1, "records after the terminal one");
         }
 
-        // Compensations: first issues are for succeeded compensable steps, last first.
+        // Compensations: first issues are for the compensable steps that succeeded or
+        // timed out on their last attempt (their effect is unknown), last first.
         let succeeded: BTreeSet<u16> = log.iter().filter_map(|r| match r.kind {
             Kind::StepSucceeded { step, .. } => Some(step),
             _ => None,
         }).collect();
+        let timed_out: BTreeSet<u16> = log.iter().filter_map(|r| match r.kind {
+            Kind::StepTimedOut { step, action: Action::Execute, retry_at_ms: None, .. } => Some(step),
+            _ => None,
+        }).collect();
+        let owed: BTreeSet<u16> = succeeded.union(&timed_out).copied()
+            .filter(|s| definition.steps[usize::from(*s)].compensable).collect();
         let compensations: Vec<u16> = log.iter().filter_map(|r| match r.kind {
             Kind::CommandIssued { step, action: Action::Compensate, attempt: 1, .. } => Some(step),
             _ => None,
@@ -269,15 +277,26 @@ proptest! {
         prop_assert!(compensations.windows(2).all(|w| w[0] > w[1]),
             "compensations not last-first: {compensations:?}");
         for step in &compensations {
-            prop_assert!(succeeded.contains(step) && definition.steps[usize::from(*step)].compensable);
+            prop_assert!(owed.contains(step), "step {} compensated, owed {:?}", step, owed);
+        }
+        // A compensable step that timed out on its last attempt is compensated first.
+        for (i, r) in log.iter().enumerate() {
+            if let Kind::StepTimedOut { step, action: Action::Execute, retry_at_ms: None, .. } = r.kind {
+                if definition.steps[usize::from(step)].compensable {
+                    let next = log[i + 1..].iter().find_map(|r| match r.kind {
+                        Kind::CommandIssued { step, action, .. } => Some((step, action)),
+                        _ => None,
+                    });
+                    prop_assert_eq!(next, Some((step, Action::Compensate)),
+                        "a timed-out step is compensated first");
+                }
+            }
         }
         if matches!(log.last().map(|r| &r.kind), Some(Kind::SagaCompensated)) {
             let compensated: BTreeSet<u16> = log.iter().filter_map(|r| match r.kind {
                 Kind::StepCompensated { step, .. } => Some(step),
                 _ => None,
             }).collect();
-            let owed: BTreeSet<u16> = succeeded.iter().copied()
-                .filter(|s| definition.steps[usize::from(*s)].compensable).collect();
             prop_assert_eq!(compensated, owed);
         }
 

@@ -286,19 +286,51 @@ fn a_timeout_counts_as_a_failed_attempt() {
         .reply("reserve_inventory", Outcome::Succeeded, 1)
         .unwrap_err();
     assert!(matches!(err, Rejection::Unexpected { .. }));
-    // Time out every attempt: the third timeout fails the saga, nothing to compensate.
+    // Time out every attempt: the third timeout fails the saga. The step may have
+    // taken effect, and it is compensable: it is compensated.
     for _ in 0..2 {
         saga.advance(MAX_BACKOFF_MS);
         saga.advance(30_000);
     }
-    assert_eq!(saga.status(), Status::Compensated);
+    assert_eq!(saga.status(), Status::Failed);
     assert!(saga
         .state
         .failure_reason
         .as_deref()
         .unwrap()
         .contains("timed out"));
-    assert_eq!(saga.commands().len(), 3);
+    assert_eq!(saga.commands().len(), 4);
+    assert_eq!(
+        saga.command(),
+        cmd("reserve_inventory", Action::Compensate, 1)
+    );
+    // While it is undone, the step shows as compensating.
+    assert_eq!(saga.state.steps[0].status.as_str(), "compensating");
+    saga.answer(Outcome::Compensated);
+    assert_eq!(saga.status(), Status::Compensated);
+}
+
+#[test]
+fn a_last_attempt_timeout_of_a_step_that_cannot_be_compensated_compensates_the_others_only() {
+    let mut saga = Saga::start();
+    saga.answer(Outcome::Succeeded);
+    saga.answer(Outcome::Succeeded);
+    // ship_order (not compensable, 5 attempts) times out on every attempt.
+    saga.advance(60_000);
+    for _ in 0..4 {
+        saga.advance(MAX_BACKOFF_MS);
+        saga.advance(60_000);
+    }
+    assert_eq!(saga.status(), Status::Failed);
+    assert_eq!(saga.state.steps[2].status.as_str(), "failed");
+    assert_eq!(saga.command(), cmd("charge_payment", Action::Compensate, 1));
+    saga.answer(Outcome::Compensated);
+    assert_eq!(
+        saga.command(),
+        cmd("reserve_inventory", Action::Compensate, 1)
+    );
+    saga.answer(Outcome::Compensated);
+    assert_eq!(saga.status(), Status::Compensated);
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use common::{answer, open, start, ManualClock};
 use sagalog_engine::{
-    Definition, Engine, EngineError, ListQuery, Outcome, Rejection, Reply, SagaView, StartRequest,
-    Status, StepStatus,
+    Definition, Engine, EngineError, Kind, ListQuery, Outcome, Rejection, Reply, SagaView,
+    StartRequest, Status, StepStatus,
 };
 
 fn reply(event_id: &str, step: &str, outcome: Outcome, attempt: u32) -> Reply {
@@ -586,10 +586,20 @@ async fn the_timer_thread_fires_timeouts_by_itself() {
         .unwrap();
     assert_eq!(started.saga.status, Status::Started);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Both attempts time out; the step may have taken effect, so it is compensated,
+    // and both attempts of its compensation time out too.
     loop {
         let saga = engine.get("q-1").unwrap();
-        if saga.status == Status::Compensated {
-            assert_eq!(saga.steps[0].attempts, 2, "both attempts timed out");
+        if saga.status == Status::CompensationFailed {
+            assert_eq!(saga.steps[0].attempts, 2, "both compensations timed out");
+            let timeouts = engine
+                .history("q-1")
+                .await
+                .unwrap()
+                .iter()
+                .filter(|item| matches!(item.record.kind, Kind::StepTimedOut { .. }))
+                .count();
+            assert_eq!(timeouts, 4);
             break;
         }
         assert!(

@@ -225,6 +225,8 @@ struct StepBody<'a> {
     name: &'a str,
     status: &'static str,
     attempts: u32,
+    /// The data it succeeded with (null until it did).
+    result: Option<StoredJson<'a>>,
 }
 
 pub fn saga(view: &SagaView) -> SagaBody<'_> {
@@ -241,6 +243,7 @@ pub fn saga(view: &SagaView) -> SagaBody<'_> {
                 name: &s.name,
                 status: s.status.as_str(),
                 attempts: s.attempts,
+                result: s.result.as_deref().map(StoredJson),
             })
             .collect(),
         created_at: rfc3339(view.created_at_ms),

@@ -2,13 +2,19 @@
 //! Kafka is configured. Fed by the log's tail subscription: a long poll waits on the
 //! writer's publication of new records, never on a timer.
 //!
-//! `next_after` is the offset of the last record looked at (command or not), so a
-//! participant passing it back never rescans records that hold no command. A call looks
-//! at most [`MAX_SCANNED_RECORDS`] records, then answers with what it found.
+//! `next_after` is the offset of the last record looked at (command or not, wanted by
+//! the call's filter or not), so a participant passing it back never rescans records
+//! that hold none of its commands. A call looks at most [`MAX_SCANNED_RECORDS`] records,
+//! then answers with what it found; a long poll's wakes read only the records appended
+//! since the last one.
+//!
+//! The filter: `topic` (repeatable) keeps the commands to those topics; `members=K` and
+//! `member=I` keep the sagas of member `I` of `K` (a hash of the saga id, as Kafka's
+//! default partitioner). `after=latest` starts at the log's end.
 
 use std::time::Duration;
 
-use sagalog_engine::{Engine, Shutdown};
+use sagalog_engine::{CommandFilter, Engine, Shutdown};
 
 use crate::error::ApiError;
 use crate::query::{parse_limit, parse_u64, DEFAULT_LIMIT};
@@ -23,43 +29,76 @@ const READ_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxQuery {
-    /// Commands after this offset; from the log's start when `None`.
-    pub after: Option<u64>,
+    pub after: After,
     pub limit: usize,
     pub wait_ms: u64,
+    pub filter: CommandFilter,
+}
+
+/// Where a call starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// From the log's start (`after` omitted).
+    Start,
+    /// After this offset (`next_after` of the previous call).
+    Offset(u64),
+    /// From the log's end: what is appended from now on (`after=latest`).
+    Latest,
 }
 
 impl OutboxQuery {
     pub fn parse(query: &str, max_wait_ms: u64) -> Result<OutboxQuery, ApiError> {
         let mut out = OutboxQuery {
-            after: None,
+            after: After::Start,
             limit: DEFAULT_LIMIT,
             wait_ms: 0,
+            filter: CommandFilter::all(),
         };
+        let bad = |message: String| ApiError::bad_request("invalid_request", message);
+        let (mut topics, mut members, mut member) = (Vec::new(), None, None);
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match key.as_ref() {
-                "after" => out.after = Some(parse_u64("after", &value)?),
+                "after" if value == "latest" => out.after = After::Latest,
+                "after" => out.after = After::Offset(parse_u64("after", &value)?),
                 "limit" => out.limit = parse_limit(&value)?,
                 "wait_ms" => {
                     let wait_ms = parse_u64("wait_ms", &value)?;
                     if wait_ms > MAX_WAIT_MS {
-                        return Err(ApiError::bad_request(
-                            "invalid_request",
-                            format!("wait_ms: at most {MAX_WAIT_MS}"),
-                        ));
+                        return Err(bad(format!("wait_ms: at most {MAX_WAIT_MS}")));
                     }
                     out.wait_ms = wait_ms.min(max_wait_ms);
                 }
+                "topic" => topics.push(value.into_owned()),
+                "members" => members = Some(parse_u32("members", &value)?),
+                "member" => member = Some(parse_u32("member", &value)?),
                 other => {
-                    return Err(ApiError::bad_request(
-                        "invalid_request",
-                        format!("unknown query parameter {other:?}; known: after, limit, wait_ms"),
-                    ))
+                    return Err(bad(format!(
+                        "unknown query parameter {other:?}; known: after, limit, wait_ms, \
+                         topic, members, member"
+                    )))
                 }
             }
         }
+        let share = match (members, member) {
+            (None, None) => None,
+            (Some(members), Some(member)) => Some((members, member)),
+            _ => {
+                return Err(bad(
+                    "members and member go together: member I of K replicas is \
+                     members=K&member=I"
+                        .into(),
+                ))
+            }
+        };
+        out.filter = CommandFilter::new(topics, share).map_err(|e| bad(e.to_string()))?;
         Ok(out)
     }
+}
+
+fn parse_u32(name: &str, value: &str) -> Result<u32, ApiError> {
+    let n = parse_u64(name, value)?;
+    u32::try_from(n)
+        .map_err(|_| ApiError::bad_request("invalid_request", format!("{name}: {n} is too large")))
 }
 
 #[derive(serde::Serialize)]
@@ -74,8 +113,12 @@ pub async fn poll(
     query: &OutboxQuery,
     mut stopping: Shutdown,
 ) -> Result<Vec<u8>, ApiError> {
-    let (start, _) = engine.log_bounds();
-    let from = query.after.map_or(start, |after| after.saturating_add(1));
+    let (start, end) = engine.log_bounds();
+    let (from, mut next_after) = match query.after {
+        After::Start => (start, None),
+        After::Offset(after) => (after.saturating_add(1), Some(after)),
+        After::Latest => (end, end.checked_sub(1)),
+    };
     if from < start {
         // The commands in between are gone: say so rather than skip them silently.
         return Err(ApiError::new(
@@ -89,11 +132,10 @@ pub async fn poll(
             ),
         ));
     }
-    let mut feed = engine.command_feed(from);
+    let mut feed = engine.command_feed(from).filtered(query.filter.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms);
     let mut items = Vec::new();
     let mut scanned = 0;
-    let mut next_after = query.after;
     while items.len() < query.limit && scanned < MAX_SCANNED_RECORDS {
         if !feed.ready() && (!items.is_empty() || tokio::time::Instant::now() >= deadline) {
             break;

@@ -16,7 +16,8 @@ pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Longest base backoff: one hour (the doubling is capped at `MAX_BACKOFF_MS`).
 pub const MAX_BASE_BACKOFF_MS: u64 = 3600 * 1000;
 
-/// The definition loaded when no definitions directory is given.
+/// The example definition a server offers when it is given no definitions of its own
+/// (`EngineConfig::builtin_definitions`); one that sagas ran on stays known.
 pub const BUILTIN_ORDER_JSON: &str = r#"{
   "name": "order",
   "version": 1,
@@ -29,6 +30,11 @@ pub const BUILTIN_ORDER_JSON: &str = r#"{
      "timeout_ms": 60000, "max_attempts": 5, "backoff_ms": 500}
   ]
 }"#;
+
+/// The built-in `order` definition.
+pub fn builtin_order() -> Definition {
+    Definition::from_json(BUILTIN_ORDER_JSON).expect("the built-in is valid")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -194,6 +200,12 @@ pub enum RegistryError {
          register the change as a new version (running sagas keep theirs)"
     )]
     VersionConflict { name: String, version: u32 },
+    #[error(
+        "definition {name} version {version} is the built-in example, which sagas in this \
+         data directory ran on, and yours differs; give yours another version \
+         (the sagas keep the example's)"
+    )]
+    BuiltinConflict { name: String, version: u32 },
 }
 
 /// Every registered version of every definition. Versions are never replaced: a saga
@@ -207,9 +219,30 @@ impl Registry {
     /// A registry holding the built-in `order` definition.
     pub fn with_builtin() -> Registry {
         let mut registry = Registry::default();
-        let order = Definition::from_json(BUILTIN_ORDER_JSON).expect("the built-in is valid");
-        registry.register(order).expect("an empty registry");
         registry
+            .register(builtin_order())
+            .expect("an empty registry");
+        registry
+    }
+
+    /// Takes the built-in `order` definition out (a server given definitions of its own
+    /// does not offer it); whether it was there.
+    pub fn retire_builtin(&mut self) -> bool {
+        let builtin = builtin_order();
+        let Some(versions) = self.by_name.get_mut(&builtin.name) else {
+            return false;
+        };
+        if versions
+            .get(&builtin.version)
+            .is_none_or(|d| **d != builtin)
+        {
+            return false;
+        }
+        versions.remove(&builtin.version);
+        if versions.is_empty() {
+            self.by_name.remove(&builtin.name);
+        }
+        true
     }
 
     pub fn register(&mut self, definition: Definition) -> Result<Registered, RegistryError> {
@@ -217,6 +250,12 @@ impl Registry {
         let versions = self.by_name.entry(definition.name.clone()).or_default();
         match versions.get(&definition.version) {
             Some(existing) if **existing == definition => Ok(Registered::Unchanged),
+            Some(existing) if **existing == builtin_order() => {
+                Err(RegistryError::BuiltinConflict {
+                    name: definition.name,
+                    version: definition.version,
+                })
+            }
             Some(_) => Err(RegistryError::VersionConflict {
                 name: definition.name,
                 version: definition.version,
@@ -336,5 +375,25 @@ mod tests {
             }
         );
         assert_eq!(registry.all().len(), 2);
+    }
+
+    #[test]
+    fn the_builtin_retires_and_says_so_when_a_users_own_collides_with_it() {
+        let mut users = order();
+        users.steps.pop();
+        let mut registry = Registry::with_builtin();
+        assert_eq!(
+            registry.register(users.clone()).unwrap_err(),
+            RegistryError::BuiltinConflict {
+                name: "order".into(),
+                version: 1
+            }
+        );
+        assert!(registry.retire_builtin());
+        assert!(registry.is_empty() && !registry.retire_builtin());
+        assert_eq!(registry.register(users.clone()).unwrap(), Registered::New);
+        // A user's own order v1 is never retired.
+        assert!(!registry.retire_builtin());
+        assert_eq!(registry.get("order", 1).map(|d| &**d), Some(&users));
     }
 }

@@ -23,6 +23,9 @@ pub enum StepStatus {
     Compensating,
     Compensated,
     CompensationFailed,
+    /// The last attempt got no reply by its deadline: it failed for good, but its
+    /// effect is unknown, so a compensable step is compensated (shown as `failed`).
+    TimedOut,
 }
 
 impl StepStatus {
@@ -35,6 +38,7 @@ impl StepStatus {
             StepStatus::Compensating => "compensating",
             StepStatus::Compensated => "compensated",
             StepStatus::CompensationFailed => "compensation_failed",
+            StepStatus::TimedOut => "failed",
         }
     }
 }
@@ -110,6 +114,9 @@ pub struct SagaState {
     /// The W3C trace id (16 bytes; all zero when the start gave none that parses).
     pub trace_id: [u8; 16],
     pub request_hash: u64,
+    /// Bytes of `data` in the saga's `step_succeeded` records: what its commands carry
+    /// as `results`, held to a limit per saga.
+    pub results_bytes: u64,
 }
 
 /// A trace id's 32 hex digits as 16 bytes; `None` unless it is exactly that.
@@ -146,6 +153,7 @@ impl SagaState {
             failure_reason: None,
             trace_id: [0; 16],
             request_hash: 0,
+            results_bytes: 0,
         }
     }
 
@@ -159,14 +167,17 @@ impl SagaState {
             .map(|p| self.definition.steps[usize::from(p.step)].name.as_str())
     }
 
-    /// The completed compensable step to compensate next: the latest one still
-    /// `succeeded` (compensation runs last completed first).
+    /// The compensable step to compensate next: the latest one still `succeeded`, or
+    /// timed out on its last attempt (its effect is unknown; it is the latest, so it
+    /// goes first). Compensation runs last completed first.
     pub fn next_compensation(&self) -> Option<u16> {
         (0..self.steps.len())
             .rev()
             .find(|&i| {
-                self.steps[i].status == StepStatus::Succeeded
-                    && self.definition.steps[i].compensable
+                matches!(
+                    self.steps[i].status,
+                    StepStatus::Succeeded | StepStatus::TimedOut
+                ) && self.definition.steps[i].compensable
             })
             .map(|i| i as u16)
     }
@@ -263,9 +274,10 @@ fn apply_fields(state: &mut SagaState, record: &Record) {
                 },
             });
         }
-        Kind::StepSucceeded { step, .. } => {
+        Kind::StepSucceeded { step, data, .. } => {
             step_mut(state, *step).status = StepStatus::Succeeded;
             state.pending = None;
+            state.results_bytes += data.len() as u64;
         }
         Kind::StepCompensated { step, .. } => {
             step_mut(state, *step).status = StepStatus::Compensated;
@@ -279,7 +291,7 @@ fn apply_fields(state: &mut SagaState, record: &Record) {
             reason,
             ..
         } => {
-            failed_attempt(state, *step, *action, *attempt, *retry_at_ms);
+            failed_attempt(state, (*step, *action, *attempt), *retry_at_ms, false);
             state.failure_reason = Some(reason.as_str().into());
         }
         Kind::StepTimedOut {
@@ -288,7 +300,7 @@ fn apply_fields(state: &mut SagaState, record: &Record) {
             attempt,
             retry_at_ms,
         } => {
-            failed_attempt(state, *step, *action, *attempt, *retry_at_ms);
+            failed_attempt(state, (*step, *action, *attempt), *retry_at_ms, true);
             state.failure_reason = Some(
                 format!(
                     "{} of step {} timed out (attempt {attempt})",
@@ -342,12 +354,13 @@ fn step_mut(state: &mut SagaState, step: u16) -> &mut StepState {
     }
 }
 
+/// A failed attempt of `(step, action, attempt)`: the next one is due at `retry_at_ms`,
+/// or (`None`) the step gave up — `timed_out` when the last attempt got no reply.
 fn failed_attempt(
     state: &mut SagaState,
-    step: u16,
-    action: Action,
-    attempt: u32,
+    (step, action, attempt): (u16, Action, u32),
     retry_at_ms: Option<u64>,
+    timed_out: bool,
 ) {
     state.pending = retry_at_ms.map(|due_ms| Pending {
         step,
@@ -356,7 +369,11 @@ fn failed_attempt(
         wait: Wait::Retry { due_ms },
     });
     if retry_at_ms.is_none() && action == Action::Execute {
-        state.steps[usize::from(step)].status = StepStatus::Failed;
+        state.steps[usize::from(step)].status = if timed_out {
+            StepStatus::TimedOut
+        } else {
+            StepStatus::Failed
+        };
     }
 }
 
@@ -376,6 +393,7 @@ pub struct StoredSaga {
     pub failure_reason: Option<String>,
     pub trace_id: String,
     pub request_hash: u64,
+    pub results_bytes: u64,
 }
 
 impl From<&SagaState> for StoredSaga {
@@ -393,6 +411,7 @@ impl From<&SagaState> for StoredSaga {
             failure_reason: state.failure_reason.as_deref().map(str::to_string),
             trace_id: trace_id_hex(&state.trace_id),
             request_hash: state.request_hash,
+            results_bytes: state.results_bytes,
         }
     }
 }
@@ -416,6 +435,7 @@ impl StoredSaga {
             failure_reason: self.failure_reason.map(String::into_boxed_str),
             trace_id: parse_trace_id(&self.trace_id).unwrap_or_default(),
             request_hash: self.request_hash,
+            results_bytes: self.results_bytes,
         })
     }
 }

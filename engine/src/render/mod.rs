@@ -2,5 +2,7 @@
 //! the API returns it, and the JSON replies participants send.
 
 pub mod command;
+pub mod filter;
+pub mod results;
 pub mod view;
 pub mod wire;

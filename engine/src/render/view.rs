@@ -2,6 +2,7 @@
 
 use crate::model::record::Status;
 use crate::model::state::{SagaState, StepStatus};
+use crate::render::results::StepResults;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepView {
@@ -9,6 +10,8 @@ pub struct StepView {
     pub status: StepStatus,
     /// The number of the latest attempt of the step's current action.
     pub attempts: u32,
+    /// The data it succeeded with, as JSON text (`None` until it succeeded).
+    pub result: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +30,8 @@ pub struct SagaView {
     pub payload: String,
 }
 
-pub fn saga_view(state: &SagaState, payload: String) -> SagaView {
+/// The view of `state`, whose records hold `payload` and `results`.
+pub fn saga_view(state: &SagaState, payload: String, results: &StepResults) -> SagaView {
     SagaView {
         saga_id: state.saga_id.to_string(),
         saga_type: state.definition.name.clone(),
@@ -39,10 +43,12 @@ pub fn saga_view(state: &SagaState, payload: String) -> SagaView {
             .steps
             .iter()
             .zip(&state.steps)
-            .map(|(def, s)| StepView {
+            .enumerate()
+            .map(|(i, (def, s))| StepView {
                 name: def.name.clone(),
                 status: s.status,
                 attempts: s.attempt,
+                result: results.result(i as u16).map(str::to_string),
             })
             .collect(),
         created_at_ms: state.created_at_ms,

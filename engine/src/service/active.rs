@@ -102,13 +102,13 @@ impl ActiveSagas {
             .map(|slot| slot.state.definition.name.clone())
     }
 
-    /// A started saga in memory: its state and the offset of its first record.
+    /// A started saga in memory: its state and the offset of its last record.
     pub fn state(&self, saga_id: &str) -> Option<(SagaState, u64)> {
         let sagas = self.shard(saga_id).lock();
         sagas
             .get(saga_id)
             .filter(|slot| slot.state.status.is_some())
-            .map(|slot| (slot.state.clone(), slot.first_offset))
+            .map(|slot| (slot.state.clone(), slot.last_offset))
     }
 
     /// Where a started saga in memory has its records: (first, last) offset.

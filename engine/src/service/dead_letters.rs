@@ -9,6 +9,7 @@ use crate::history::decode_at;
 use crate::model::definition::Registry;
 use crate::model::record::Entry;
 use crate::render::command::{render, Command};
+use crate::render::filter::CommandFilter;
 use crate::service::indexing::Keys;
 
 /// A dead-lettered command.
@@ -60,7 +61,7 @@ pub(crate) fn list(
             .read_batch(command_offset, 1, 0)
             .map_err(EngineError::from)
         {
-            Ok(records) => match render(log, registry, &records) {
+            Ok(records) => match render(log, registry, &records, &CommandFilter::all()) {
                 Ok(mut commands) => commands.pop(),
                 Err(EngineError::Removed { .. }) => None,
                 Err(e) => return Err(e),

@@ -22,6 +22,7 @@ use crate::model::decider::{Input, Reply};
 use crate::model::definition::{Definition, Registered};
 use crate::model::record::{Entry, Status};
 use crate::render::command::Command;
+use crate::render::results::StepResults;
 use crate::render::view::{self, SagaView};
 use crate::service::active::ActiveSagas;
 use crate::service::background::{run_indexer, run_timer};
@@ -72,7 +73,10 @@ impl Engine {
             other => other?,
         }
         let watermark = index.watermark()?;
-        let restored = replay::restore(&log, &snapshots, config.shards, watermark)?;
+        let mut restored = replay::restore(&log, &snapshots, config.shards, watermark)?;
+        if !config.builtin_definitions {
+            retire_builtin(&mut restored);
+        }
         let log_start = log.start_offset();
         let inner = Arc::new(Inner {
             clock,
@@ -144,7 +148,8 @@ impl Engine {
     /// The commands among `records` (consecutive records read from [`Engine::log`]).
     #[doc(hidden)]
     pub fn commands(&self, records: &[LogRecord]) -> Result<Vec<Command>> {
-        crate::render::command::render(&self.inner.log, &self.inner.registry, records)
+        let all = crate::render::filter::CommandFilter::all();
+        crate::render::command::render(&self.inner.log, &self.inner.registry, records, &all)
     }
 
     /// The commands the log issues from offset `from` on (see [`CommandFeed`]).
@@ -204,7 +209,8 @@ impl Engine {
             None => inner.ids.random_uuid().simple().to_string(),
         };
         let payload = request.payload.to_string();
-        api::check_size("payload", payload.len(), inner.config.max_payload_bytes)?;
+        let limit = (inner.config.max_payload_bytes, "--max-payload-bytes");
+        api::check_size("payload", payload.len(), limit)?;
         let op = Op {
             input: Input::Start {
                 request_hash: request_hash(&definition.name, &payload),
@@ -219,14 +225,12 @@ impl Engine {
             Done::Appended {
                 state: Some(state), ..
             } => Ok(StartAnswer {
-                saga: view::saga_view(&state, payload),
+                // A new saga: no step has a result yet.
+                saga: view::saga_view(&state, payload, &StepResults::default()),
                 created: true,
             }),
-            Done::Existing {
-                state,
-                first_offset,
-            } => Ok(StartAnswer {
-                saga: inner.view(&state, first_offset)?,
+            Done::Existing { state, last_offset } => Ok(StartAnswer {
+                saga: inner.view(state, last_offset)?,
                 created: false,
             }),
             Done::Appended { state: None, .. } | Done::Unchanged { .. } | Done::Repeated(_) => {
@@ -236,7 +240,7 @@ impl Engine {
     }
 
     pub async fn reply(&self, saga_id: &str, reply: Reply) -> Result<ReplyAnswer> {
-        api::check_reply(&reply, self.inner.config.max_payload_bytes)?;
+        api::check_reply(&reply, self.inner.config.max_step_data_bytes)?;
         match self
             .inner
             .transact(saga_id, Input::Reply(reply).into())
@@ -493,21 +497,42 @@ impl Drop for Engine {
     }
 }
 
+/// Takes the built-in `order` definition out of what `restored` offers, unless sagas of
+/// this data directory ran on it (an `order` saga was ever started and no other `order`
+/// was registered in its place): reading them needs it.
+fn retire_builtin(restored: &mut replay::Restored) {
+    let builtin = crate::model::definition::builtin_order();
+    let started = restored
+        .projections
+        .counters
+        .by_type
+        .get(&builtin.name)
+        .map_or(0, |t| t.entered[Status::Started.index()]);
+    if started == 0 {
+        restored.registry.retire_builtin();
+    } else if restored
+        .registry
+        .get(&builtin.name, builtin.version)
+        .map(|d| &**d)
+        == Some(&builtin)
+    {
+        tracing::info!(
+            sagas = started,
+            "the built-in order definition stays known: sagas of this data directory ran on it"
+        );
+    }
+}
+
 fn view_of(inner: &Inner, done: Done) -> Result<SagaView> {
     match done {
         Done::Appended {
             state: Some(state),
-            first_offset,
+            offsets,
             ..
+        } => inner.view(state, offsets.end - 1),
+        Done::Unchanged { state, last_offset } | Done::Existing { state, last_offset } => {
+            inner.view(state, last_offset)
         }
-        | Done::Unchanged {
-            state,
-            first_offset,
-        }
-        | Done::Existing {
-            state,
-            first_offset,
-        } => inner.view(&state, first_offset),
         Done::Appended { state: None, .. } | Done::Repeated(_) => {
             unreachable!("operations with a view keep their state; only replies repeat")
         }

@@ -11,18 +11,21 @@ use sagalog_storage::{Keyspace, StorageError, Tail, WriteFailure};
 
 use crate::error::{EngineError, Result};
 use crate::render::command::Command;
+use crate::render::filter::CommandFilter;
 use crate::service::inner::Inner;
 
 /// The commands issued from a position on, in log order.
 pub struct CommandFeed {
     inner: Arc<Inner>,
     tail: Tail,
+    filter: CommandFilter,
 }
 
 /// What one read of a [`CommandFeed`] gives.
 #[derive(Debug, Default)]
 pub struct FeedBatch {
-    /// The commands among the records read (a record may issue none, or several).
+    /// The commands among the records read (a record may issue none, or several) that
+    /// the feed's filter wants.
     pub commands: Vec<Command>,
     /// How many records were read.
     pub records: usize,
@@ -33,7 +36,18 @@ pub struct FeedBatch {
 impl CommandFeed {
     pub(crate) fn new(inner: Arc<Inner>, from: u64) -> CommandFeed {
         let tail = inner.log.subscribe(from);
-        CommandFeed { inner, tail }
+        CommandFeed {
+            inner,
+            tail,
+            filter: CommandFilter::all(),
+        }
+    }
+
+    /// The feed of only the commands `filter` wants (the others are read past, and not
+    /// rendered).
+    pub fn filtered(mut self, filter: CommandFilter) -> CommandFeed {
+        self.filter = filter;
+        self
     }
 
     /// The offset of the next record the feed reads.
@@ -55,8 +69,12 @@ impl CommandFeed {
             Err(StorageError::Closed) => return Err(EngineError::Closed),
             Err(e) => return Err(e.into()),
         };
-        let commands =
-            crate::render::command::render(&self.inner.log, &self.inner.registry, &records)?;
+        let commands = crate::render::command::render(
+            &self.inner.log,
+            &self.inner.registry,
+            &records,
+            &self.filter,
+        )?;
         Ok(FeedBatch {
             commands,
             records: records.len(),

@@ -6,13 +6,29 @@ use std::sync::Arc;
 
 use crate::api::HistoryItem;
 use crate::error::{Inconsistency, Result};
-use crate::history::{read_saga_record, saga_history};
+use crate::history::saga_history;
 use crate::model::definition::Definition;
 use crate::model::record::{Kind, Record};
 use crate::model::state::{apply_mut, SagaState};
+use crate::render::results::StepResults;
 use crate::render::view::{self, SagaView};
 use crate::service::indexing::SagaMeta;
 use crate::service::inner::Inner;
+
+/// A saga read back from its records.
+pub(crate) struct Loaded {
+    pub state: SagaState,
+    pub last_offset: u64,
+    /// The start payload, as JSON text.
+    pub payload: String,
+    pub results: StepResults,
+}
+
+impl Loaded {
+    pub(crate) fn view(self) -> SagaView {
+        view::saga_view(&self.state, self.payload, &self.results)
+    }
+}
 
 impl Inner {
     /// What the index keeps of a finished saga that left memory.
@@ -31,26 +47,54 @@ impl Inner {
             .transpose()
     }
 
-    /// A finished saga that left memory, rebuilt from its records:
-    /// (state, offset of its first record, its start payload).
-    pub(crate) fn load_finished(
-        &self,
-        saga_id: &str,
-        meta: &SagaMeta,
-    ) -> Result<(SagaState, u64, String)> {
+    /// A finished saga that left memory, rebuilt from its records.
+    pub(crate) fn load_finished(&self, saga_id: &str, meta: &SagaMeta) -> Result<Loaded> {
         self.check_retained(saga_id, meta.first_offset)?;
+        self.load(saga_id, meta.last_offset, None)
+    }
+
+    /// A saga rebuilt from its records through `last_offset` — or, given its `state`
+    /// (as memory holds it), only what the state does not keep: the start payload and
+    /// the steps' results.
+    fn load(&self, saga_id: &str, last_offset: u64, state: Option<SagaState>) -> Result<Loaded> {
         let mut history =
-            saga_history(&self.log, saga_id, meta.last_offset).map_err(|e| e.for_saga(saga_id))?;
-        let definition = self.started_on(saga_id, &history)?;
-        let mut state = SagaState::new(saga_id, definition);
-        for (_, record) in &history {
-            apply_mut(&mut state, record);
-        }
-        let payload = match &mut history[0].1.kind {
-            Kind::SagaStarted { payload, .. } => std::mem::take(payload),
-            _ => unreachable!("checked above"),
+            saga_history(&self.log, saga_id, last_offset).map_err(|e| e.for_saga(saga_id))?;
+        // A state handed in is the fold of these records (the saga is in memory).
+        let state = match state {
+            Some(state) => state,
+            None => {
+                let mut state = SagaState::new(saga_id, self.started_on(saga_id, &history)?);
+                for (_, record) in &history {
+                    apply_mut(&mut state, record);
+                }
+                state
+            }
         };
-        Ok((state, meta.first_offset, payload))
+        let mut results = StepResults::default();
+        for (_, record) in &history {
+            results.note(&record.kind);
+        }
+        let first_offset = history.first().map_or(last_offset, |(offset, _)| *offset);
+        let payload = match history.first_mut().map(|(_, r)| r) {
+            Some(Record {
+                saga_id: id,
+                kind: Kind::SagaStarted { payload, .. },
+                ..
+            }) if **id == *saga_id => std::mem::take(payload),
+            _ => {
+                return Err(Inconsistency::WrongStart {
+                    saga_id: saga_id.to_string(),
+                    offset: first_offset,
+                }
+                .into())
+            }
+        };
+        Ok(Loaded {
+            state,
+            last_offset,
+            payload,
+            results,
+        })
     }
 
     /// The definition a saga's history (oldest first, as `saga_history` reads it)
@@ -91,33 +135,18 @@ impl Inner {
         }
     }
 
-    pub(crate) fn view(&self, state: &SagaState, first_offset: u64) -> Result<SagaView> {
-        let (_, started) =
-            read_saga_record(&self.log, first_offset).map_err(|e| e.for_saga(&state.saga_id))?;
-        let payload = match started.kind {
-            Kind::SagaStarted { payload, .. } if *started.saga_id == *state.saga_id => payload,
-            _ => {
-                return Err(Inconsistency::WrongStart {
-                    saga_id: state.saga_id.to_string(),
-                    offset: first_offset,
-                }
-                .into())
-            }
-        };
-        Ok(view::saga_view(state, payload))
+    /// The view of a saga in memory (`state`, whose records end at `last_offset`).
+    pub(crate) fn view(&self, state: SagaState, last_offset: u64) -> Result<SagaView> {
+        let saga_id = state.saga_id.clone();
+        Ok(self.load(&saga_id, last_offset, Some(state))?.view())
     }
 
     pub(crate) fn get_view(&self, saga_id: &str) -> Result<SagaView> {
-        let in_memory = self.sagas.state(saga_id);
-        if let Some((state, first_offset)) = in_memory {
-            return self.view(&state, first_offset);
+        if let Some((state, last_offset)) = self.sagas.state(saga_id) {
+            return self.view(state, last_offset);
         }
         match self.meta(saga_id)? {
-            // The records are read already: the payload is the first one's.
-            Some(meta) => {
-                let (state, _, payload) = self.load_finished(saga_id, &meta)?;
-                Ok(view::saga_view(&state, payload))
-            }
+            Some(meta) => Ok(self.load_finished(saga_id, &meta)?.view()),
             None => Err(self.not_found(saga_id)),
         }
     }

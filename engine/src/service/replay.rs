@@ -8,10 +8,12 @@
 //! Taking a snapshot is `capture`'s; the body it writes is defined here, beside
 //! the reader.
 //!
-//! Snapshot body, format 2 (bincode, inside the storage crate's checksummed file):
+//! Snapshot body, format 3 (bincode, inside the storage crate's checksummed file):
 //! `format u8 | offset u64 | definitions Vec<String> | counters | chunk*` where each
-//! chunk is a non-empty `Vec<SnapshotSaga>` and an empty one ends the body. Format 1
-//! (`format | offset | definitions | sagas | counters`) is still read.
+//! chunk is a non-empty `Vec<SnapshotSaga>` and an empty one ends the body. Older
+//! bodies are still read: format 2 is the same with sagas that do not count their
+//! results' bytes, format 1 (`format | offset | definitions | sagas | counters`) keeps
+//! them in one list.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -30,9 +32,11 @@ use crate::service::indexing::{Indexer, Keys};
 use crate::service::projection::{Counters, Projections};
 use crate::service::table::Slot;
 
-/// The snapshot body this build writes; it reads [`SNAPSHOT_FORMAT_V1`] too.
-pub(crate) const SNAPSHOT_FORMAT: u8 = 2;
+/// The snapshot body this build writes; it reads [`SNAPSHOT_FORMAT_V1`] and
+/// [`SNAPSHOT_FORMAT_V2`] too.
+pub(crate) const SNAPSHOT_FORMAT: u8 = 3;
 const SNAPSHOT_FORMAT_V1: u8 = 1;
+const SNAPSHOT_FORMAT_V2: u8 = 2;
 /// Sagas per chunk of a snapshot: also how many a capture copies per hold of a shard's
 /// lock.
 pub(crate) const SNAPSHOT_CHUNK_SAGAS: usize = 1024;
@@ -46,6 +50,59 @@ pub(crate) struct SnapshotSaga {
     first_offset: u64,
     last_offset: u64,
     events: u64,
+}
+
+/// A saga in a format 1 or 2 body: [`StoredSaga`] before it counted its results'
+/// bytes. Such a saga restores counting from zero: its earlier results do not count
+/// toward the per-saga limit (the limit did not exist when they were accepted).
+#[derive(Decode)]
+struct SnapshotSagaV2 {
+    saga: StoredSagaV2,
+    first_offset: u64,
+    last_offset: u64,
+    events: u64,
+}
+
+#[derive(Decode)]
+struct StoredSagaV2 {
+    saga_id: String,
+    saga_type: String,
+    definition_version: u32,
+    status: Option<crate::model::record::Status>,
+    seq: u32,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+    steps: Vec<crate::model::state::StepState>,
+    pending: Option<crate::model::state::Pending>,
+    failure_reason: Option<String>,
+    trace_id: String,
+    request_hash: u64,
+}
+
+impl From<SnapshotSagaV2> for SnapshotSaga {
+    fn from(old: SnapshotSagaV2) -> SnapshotSaga {
+        let s = old.saga;
+        SnapshotSaga {
+            saga: StoredSaga {
+                saga_id: s.saga_id,
+                saga_type: s.saga_type,
+                definition_version: s.definition_version,
+                status: s.status,
+                seq: s.seq,
+                created_at_ms: s.created_at_ms,
+                updated_at_ms: s.updated_at_ms,
+                steps: s.steps,
+                pending: s.pending,
+                failure_reason: s.failure_reason,
+                trace_id: s.trace_id,
+                request_hash: s.request_hash,
+                results_bytes: 0,
+            },
+            first_offset: old.first_offset,
+            last_offset: old.last_offset,
+            events: old.events,
+        }
+    }
 }
 
 impl SnapshotSaga {
@@ -286,9 +343,20 @@ fn decode_snapshot(
     }
     let counters = match format {
         SNAPSHOT_FORMAT_V1 => {
-            let sagas: Vec<SnapshotSaga> = decode(reader, &bad)?;
-            restore_sagas(&restored, sagas, &bad)?;
+            let sagas: Vec<SnapshotSagaV2> = decode(reader, &bad)?;
+            restore_sagas(&restored, sagas.into_iter().map(Into::into), &bad)?;
             decode(reader, &bad)?
+        }
+        SNAPSHOT_FORMAT_V2 => {
+            let counters: Counters = decode(reader, &bad)?;
+            loop {
+                let chunk: Vec<SnapshotSagaV2> = decode(reader, &bad)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                restore_sagas(&restored, chunk.into_iter().map(Into::into), &bad)?;
+            }
+            counters
         }
         SNAPSHOT_FORMAT => {
             let counters: Counters = decode(reader, &bad)?;
@@ -319,7 +387,7 @@ fn decode<T: Decode<()>>(
 /// Puts snapshot sagas into the restored shards, on their definitions.
 fn restore_sagas(
     restored: &Restored,
-    sagas: Vec<SnapshotSaga>,
+    sagas: impl IntoIterator<Item = SnapshotSaga>,
     bad: &impl Fn(String) -> EngineError,
 ) -> Result<()> {
     for SnapshotSaga {

@@ -76,13 +76,13 @@ pub(crate) enum Done {
     Appended {
         status: Status,
         state: Option<SagaState>,
-        first_offset: u64,
         offsets: Range<u64>,
     },
-    /// Nothing to append (a tick with nothing due); the saga is `state`.
-    Unchanged { state: SagaState, first_offset: u64 },
+    /// Nothing to append (a tick with nothing due); the saga is `state`, its records
+    /// end at `last_offset`.
+    Unchanged { state: SagaState, last_offset: u64 },
     /// A repeated start of an existing saga with the same body.
-    Existing { state: SagaState, first_offset: u64 },
+    Existing { state: SagaState, last_offset: u64 },
     /// A reply whose `event_id` was answered before.
     Repeated(EventAnswer),
 }
@@ -227,7 +227,6 @@ impl Inner {
             Done::Appended {
                 status: slot.state.status.expect("started"),
                 state: pending.want_state.then(|| slot.state.clone()),
-                first_offset: slot.first_offset,
                 offsets,
             }
         };
@@ -289,7 +288,7 @@ impl Inner {
             return same_start(&slot.state, definition, request_hash).map(|()| {
                 Step::Done(Done::Existing {
                     state: slot.state.clone(),
-                    first_offset: slot.first_offset,
+                    last_offset: slot.last_offset,
                 })
             });
         }
@@ -310,10 +309,19 @@ impl Inner {
             }
         }
         let (records, after) = decide_and_apply(&slot.state, op.input.clone(), now_ms)?;
+        let limit = self.config.max_saga_data_bytes;
+        if after.results_bytes > slot.state.results_bytes && after.results_bytes > limit as u64 {
+            return Err(EngineError::TooLarge {
+                field: "the saga's results with this reply's data",
+                bytes: usize::try_from(after.results_bytes).unwrap_or(usize::MAX),
+                limit,
+                option: "--max-saga-data-bytes",
+            });
+        }
         if records.is_empty() {
             return Ok(Step::Done(Done::Unchanged {
                 state: after,
-                first_offset: slot.first_offset,
+                last_offset: slot.last_offset,
             }));
         }
         slot.busy = true;
@@ -426,10 +434,10 @@ impl Inner {
             .into()
         };
         if let Some((definition, request_hash)) = op.start() {
-            let (state, first_offset, _) = self.load_finished(saga_id, meta)?;
-            return same_start(&state, definition, request_hash).map(|()| Done::Existing {
-                state,
-                first_offset,
+            let loaded = self.load_finished(saga_id, meta)?;
+            return same_start(&loaded.state, definition, request_hash).map(|()| Done::Existing {
+                state: loaded.state,
+                last_offset: loaded.last_offset,
             });
         }
         match &op.input {
@@ -438,10 +446,10 @@ impl Inner {
                 None => Err(finished()),
             },
             Input::Tick => {
-                let (state, first_offset, _) = self.load_finished(saga_id, meta)?;
+                let loaded = self.load_finished(saga_id, meta)?;
                 Ok(Done::Unchanged {
-                    state,
-                    first_offset,
+                    state: loaded.state,
+                    last_offset: loaded.last_offset,
                 })
             }
             _ => Err(finished()),
