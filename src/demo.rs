@@ -2,11 +2,12 @@
 //! the built-in `order` definition, in-process, so a new user sees sagas complete,
 //! retry, compensate and need an operator within seconds.
 //!
-//! The participants read the same feed as `GET /api/v1/outbox` (the engine's command
-//! feed) and reply through the engine, as an HTTP participant would. They answer only
-//! the sagas the demo started (ids `demo-…`): an `order` saga a user starts beside it
-//! (the README's tour) waits for its own replies. Every few seconds a line sums up what
-//! the sagas did so far. Each saga's fate is a hash of its id, so it is the same on
+//! The participants are what a participant service would run: the client crate's
+//! [`Participant`], one per step topic, reading `GET /api/v1/outbox` from this server and
+//! replying over HTTP, with the reservation's and the charge's ids as their `data` (a
+//! refund names the charge it undoes). They answer only the sagas the demo started (ids
+//! `demo-…`): an `order` saga a user starts beside it (the README's tour) waits for its
+//! own replies. Every few seconds a line sums up what the sagas did so far. Each saga's fate is a hash of its id, so it is the same on
 //! every run:
 //! - 10 % fail `charge_payment` on every attempt → `reserve_inventory` is compensated;
 //! - 4 % fail `ship_order` for good → both earlier steps are compensated, last first;
@@ -18,19 +19,24 @@ use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
+use sagalog_client::{Action, Command, Handled, Participant};
 use sagalog_engine::throttle::Throttle;
-use sagalog_engine::{Action, Command, Engine, Outcome, Reply, Shutdown, StartRequest, Status};
-use tokio::sync::Semaphore;
+use sagalog_engine::{Engine, Shutdown, StartRequest, Status};
+use serde_json::json;
 use tokio::task::JoinHandle;
 
 /// Sagas the demo customer starts per second.
 const STARTS_PER_SECOND: u64 = 5;
-/// Replies being prepared at once; the participants wait for room beyond it.
-const MAX_REPLIES_IN_FLIGHT: usize = 256;
-/// Records one read of the tail takes.
-const TAIL_BATCH: usize = 512;
-/// Bytes of records one read of the tail takes at most.
-const TAIL_BYTES: usize = 4 << 20;
+/// Commands each participant handles at once.
+const CONCURRENCY: usize = 64;
+/// The topics of the built-in `order` definition, and the service on each.
+const SERVICES: [(&str, &str); 3] = [
+    ("inventory", "inventory.commands"),
+    ("payment", "payment.commands"),
+    ("shipping", "shipping.commands"),
+];
 /// How often the demo logs its summary line.
 const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 /// The id prefix of the sagas the demo starts, and the only ones its participants answer.
@@ -49,13 +55,36 @@ impl Demo {
     }
 }
 
-pub fn spawn(engine: Arc<Engine>, stopping: Shutdown) -> Demo {
-    let customer = tokio::spawn(customer(engine.clone(), stopping.clone()));
-    let participants = tokio::spawn(participants(engine.clone(), stopping.clone()));
-    let summary = tokio::spawn(summary(engine, stopping));
-    Demo {
-        tasks: vec![customer, participants, summary],
+/// Starts the demo beside the server listening on `server`.
+pub fn spawn(engine: Arc<Engine>, server: SocketAddr, stopping: Shutdown) -> Demo {
+    let mut tasks = vec![
+        tokio::spawn(customer(engine.clone(), stopping.clone())),
+        tokio::spawn(summary(engine, stopping.clone())),
+    ];
+    // A server on every address (0.0.0.0) is reached on loopback.
+    let server = match server.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), server.port())
+        }
+        ip if ip.is_unspecified() => {
+            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), server.port())
+        }
+        _ => server,
+    };
+    let client = sagalog_client::Client::new(server);
+    for (service, topic) in SERVICES {
+        let participant = Participant::new(client.clone(), service, topic)
+            .from_latest()
+            .concurrency(CONCURRENCY);
+        let mut stopping = stopping.clone();
+        tasks.push(tokio::spawn(async move {
+            let stop = async move { stopping.wait().await };
+            if let Err(e) = participant.run(answer, stop).await {
+                tracing::warn!(service, error = %e, "demo: a participant stopped");
+            }
+        }));
     }
+    Demo { tasks }
 }
 
 /// Fair dice from a name: the same name always rolls the same number in 0..100.
@@ -99,37 +128,6 @@ async fn customer(engine: Arc<Engine>, mut stopping: Shutdown) {
     }
 }
 
-async fn participants(engine: Arc<Engine>, mut stopping: Shutdown) {
-    let mut feed = engine.command_feed(engine.log_bounds().1);
-    let room = Arc::new(Semaphore::new(MAX_REPLIES_IN_FLIGHT));
-    loop {
-        let batch = tokio::select! {
-            batch = feed.next(TAIL_BATCH, TAIL_BYTES) => batch,
-            () = stopping.wait() => return,
-        };
-        let commands = match batch {
-            Ok(batch) => batch.commands,
-            Err(e) => {
-                tracing::warn!(error = %e, "demo: reading commands failed; participants stop");
-                return;
-            }
-        };
-        for command in commands
-            .into_iter()
-            .filter(|c| c.saga_id.starts_with(DEMO_PREFIX))
-        {
-            let Ok(permit) = room.clone().acquire_owned().await else {
-                return;
-            };
-            let engine = engine.clone();
-            tokio::spawn(async move {
-                answer(&engine, command).await;
-                drop(permit);
-            });
-        }
-    }
-}
-
 /// Logs what the sagas did so far, every [`SUMMARY_EVERY`], so the terminal shows sagas
 /// completing and not only the failures.
 async fn summary(engine: Arc<Engine>, mut stopping: Shutdown) {
@@ -153,8 +151,8 @@ async fn summary(engine: Arc<Engine>, mut stopping: Shutdown) {
     }
 }
 
-/// What the participant for `command` replies, and after how long.
-fn decide(command: &Command) -> (Outcome, Duration) {
+/// What the participant for `command` does, and after how long: whether it succeeds.
+fn decide(command: &Command) -> (bool, Duration) {
     let saga = command.saga_id.as_str();
     let step = command.step.as_str();
     let attempt = command.attempt.to_string();
@@ -165,48 +163,38 @@ fn decide(command: &Command) -> (Outcome, Duration) {
         Duration::from_millis(20 + roll(&[saga, step, "delay"]))
     };
     let fate = roll(&[saga, "fate"]);
-    let outcome = match command.action {
+    let done = match command.action {
         Action::Execute => {
             let doomed = (step == "charge_payment" && fate < 10)
                 || (step == "ship_order" && (10..14).contains(&fate));
             let flaky = command.attempt == 1 && roll(&[saga, step, "flaky"]) < 15;
-            if doomed || flaky {
-                Outcome::Failed
-            } else {
-                Outcome::Succeeded
-            }
+            !(doomed || flaky)
         }
-        Action::Compensate => {
-            let stuck = step == "charge_payment" && (10..12).contains(&fate);
-            if stuck {
-                Outcome::CompensationFailed
-            } else {
-                Outcome::Compensated
-            }
-        }
+        Action::Compensate => !(step == "charge_payment" && (10..12).contains(&fate)),
     };
-    (outcome, delay)
+    (done, delay)
 }
 
-async fn answer(engine: &Engine, command: Command) {
-    let (outcome, delay) = decide(&command);
+/// The demo participants' handler: the sagas the demo started get their fate's reply,
+/// with the ids later steps and refunds use; others are left to whoever runs them.
+async fn answer(command: Command) -> Handled {
+    if !command.saga_id.starts_with(DEMO_PREFIX) {
+        return Handled::Skip;
+    }
+    let (done, delay) = decide(&command);
     tokio::time::sleep(delay).await;
-    let reason = match outcome {
-        Outcome::Failed => "demo participant: declined",
-        Outcome::CompensationFailed => "demo participant: refund service unreachable",
-        _ => "",
-    };
-    let reply = Reply {
-        event_id: format!("demo-reply/{}", command.event_id),
-        step: command.step.clone(),
-        outcome,
-        attempt: command.attempt,
-        data: String::new(),
-        reason: reason.into(),
-    };
-    if let Err(e) = engine.reply(&command.saga_id, reply).await {
-        // A slow reply may arrive after the step timed out and moved on: the engine
-        // rejects it, as it would a real participant's.
-        tracing::debug!(saga_id = %command.saga_id, error = %e, "demo: reply not taken");
+    let saga = &command.saga_id;
+    match (command.action, done) {
+        (Action::Execute, true) => Handled::Done(Some(match command.step.as_str() {
+            "reserve_inventory" => json!({"reservation_id": format!("res-{saga}")}),
+            "charge_payment" => json!({"charge_id": format!("ch-{saga}")}),
+            _ => json!({"tracking": format!("tr-{saga}")}),
+        })),
+        (Action::Execute, false) => Handled::Failed("demo participant: declined".into()),
+        // A refund names the charge it undoes (the compensate command's `result`).
+        (Action::Compensate, true) => Handled::Done(Some(json!({"undid": command.result}))),
+        (Action::Compensate, false) => {
+            Handled::Failed("demo participant: refund service unreachable".into())
+        }
     }
 }

@@ -96,6 +96,10 @@ fn run(serve: Serve) -> Result<(), ServeError> {
         snapshot_every_records: serve.snapshot_every_records,
         max_active_sagas: serve.max_active_sagas,
         max_payload_bytes: serve.max_payload_bytes,
+        max_step_data_bytes: serve.max_step_data_bytes,
+        max_saga_data_bytes: serve.max_saga_data_bytes,
+        // A server given its own definitions does not offer the example one.
+        builtin_definitions: serve.definitions.is_none(),
         max_list_bytes: serve.max_list_bytes,
         max_definition_versions: serve.max_definition_versions,
         observer: Some(metrics.clone()),
@@ -164,7 +168,7 @@ async fn serve_until_signal(
     let tasks = Tasks {
         demo: serve
             .demo
-            .then(|| demo::spawn(engine.clone(), stopping.clone())),
+            .then(|| demo::spawn(engine.clone(), address, stopping.clone())),
         disk: start_disk_watch(serve, &engine, &metrics, &app.readiness, &stopping),
         retention: serve.log_retention.map(|min_age| {
             let hold = kafka.as_ref().map(|(relay, _)| relay.position_reader());

@@ -12,9 +12,12 @@
 //! `--sagalog PATH`) on a free loopback port with a temporary data directory and the
 //! default fsync `always`. Workers on `--connections` keep-alive connections start
 //! sagas (at most `--in-flight` unfinished at once, paced by `--rate` when given) and
-//! send the participants' replies; one more connection long-polls the outbox for the
-//! commands. `--fail-percent` of the sagas fail `charge_payment` on every attempt and
-//! are compensated, the rest complete.
+//! send the participants' replies; the outbox is long-polled for the commands through
+//! the client crate (`sagalog-client`), by one reader of every topic or, with
+//! `--split-topics`, one reader per participant service reading only its own topic.
+//! `--fail-percent` of the sagas fail `charge_payment` on every attempt and are
+//! compensated, the rest complete. `--data-bytes` puts that much `data` in each success
+//! reply, which every later command of the saga carries back as `results`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hyper::{Method, StatusCode};
 use sagalog_benches::process::Server;
+use sagalog_client::{After, Command, OutboxQuery};
 use sagalog_http::client::Client;
 use serde::Deserialize;
 use tokio::sync::{Notify, Semaphore};
@@ -55,7 +59,21 @@ struct Args {
     /// Give up (and report what finished) after this many seconds
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
+    /// Bytes of `data` in each success reply (later commands carry it as `results`)
+    #[arg(long, default_value_t = 0)]
+    data_bytes: usize,
+    /// Read the outbox as the three participant services would: one reader per step
+    /// topic (`topic=`), instead of one reader of every topic
+    #[arg(long)]
+    split_topics: bool,
 }
+
+/// The step topics of the built-in `order` definition.
+const TOPICS: [&str; 3] = [
+    "inventory.commands",
+    "payment.commands",
+    "shipping.commands",
+];
 
 /// Counts shared by the workers.
 struct Tally {
@@ -84,22 +102,6 @@ impl Tally {
     }
 }
 
-/// The fields of an outbox command a participant needs.
-#[derive(Deserialize)]
-struct OutboxCommand {
-    event_id: String,
-    saga_id: String,
-    step: String,
-    action: String,
-    attempt: u32,
-}
-
-#[derive(Deserialize)]
-struct OutboxPage {
-    items: Vec<OutboxCommand>,
-    next_after: Option<u64>,
-}
-
 /// The one field of a reply's answer the participants look at.
 #[derive(Deserialize)]
 struct ReplyAnswer<'a> {
@@ -110,11 +112,13 @@ struct ReplyAnswer<'a> {
 struct Shared {
     run: String,
     fail_percent: u64,
+    /// The `data` of each success reply, as JSON (empty: none).
+    data: String,
     tally: Tally,
     /// One permit per saga that may be unfinished; a finished saga gives its back.
     room: Arc<Semaphore>,
     starts: flume::Receiver<u64>,
-    commands: flume::Receiver<OutboxCommand>,
+    commands: flume::Receiver<Command>,
 }
 
 fn main() -> Result<(), String> {
@@ -148,12 +152,14 @@ fn main() -> Result<(), String> {
         (None, None) => unreachable!("a server is started when no target is given"),
     };
     println!(
-        "driving {} order sagas against {addr}: {} connections, at most {} in flight, rate {}, {}% failing at charge_payment",
+        "driving {} order sagas against {addr}: {} connections, at most {} in flight, rate {}, {}% failing at charge_payment, {} bytes of data per step, {}",
         args.sagas,
         args.connections,
         args.in_flight,
         args.rate.map_or("unlimited".into(), |r| format!("{r}/s")),
-        args.fail_percent
+        args.fail_percent,
+        args.data_bytes,
+        if args.split_topics { "one outbox reader per topic" } else { "one outbox reader" }
     );
     let report = runtime.block_on(drive(addr, &args))?;
     println!("{report}");
@@ -178,6 +184,11 @@ async fn drive(addr: std::net::SocketAddr, args: &Args) -> Result<String, String
     let shared = Arc::new(Shared {
         run: format!("load-{stamp}"),
         fail_percent: args.fail_percent,
+        data: match args.data_bytes {
+            0 => String::new(),
+            // `{"pad":"…"}` is 10 bytes around the padding.
+            n => format!(r#"{{"pad":"{}"}}"#, "x".repeat(n.saturating_sub(10))),
+        },
         tally: Tally {
             sagas: args.sagas,
             requests: AtomicU64::new(0),
@@ -196,7 +207,20 @@ async fn drive(addr: std::net::SocketAddr, args: &Args) -> Result<String, String
         workers.push(tokio::spawn(worker(client, shared.clone())));
     }
     let started = Instant::now();
-    let poller = tokio::spawn(poll_outbox(control, head, shared.run.clone(), commands_tx));
+    let readers: Vec<Vec<String>> = if args.split_topics {
+        TOPICS.iter().map(|t| vec![t.to_string()]).collect()
+    } else {
+        vec![Vec::new()]
+    };
+    let pollers: Vec<_> = readers
+        .into_iter()
+        .map(|topics| {
+            let client = sagalog_client::Client::new(addr);
+            let (run, commands) = (shared.run.clone(), commands_tx.clone());
+            tokio::spawn(poll_outbox(client, topics, head, run, commands))
+        })
+        .collect();
+    drop(commands_tx);
     let feeder = tokio::spawn(feed(starts_tx, shared.room.clone(), args.sagas, args.rate));
     let limit = Duration::from_secs(args.timeout_s);
     let timed_out = args.sagas > 0
@@ -204,9 +228,13 @@ async fn drive(addr: std::net::SocketAddr, args: &Args) -> Result<String, String
             .await
             .is_err();
     let elapsed = started.elapsed();
-    poller.abort();
+    for poller in &pollers {
+        poller.abort();
+    }
     feeder.abort();
-    let _ = poller.await;
+    for poller in pollers {
+        let _ = poller.await;
+    }
     let _ = feeder.await;
     // The channels are closed now: each worker ends and hands back its latencies.
     let mut latencies_us = Vec::new();
@@ -251,26 +279,31 @@ async fn feed(starts: flume::Sender<u64>, room: Arc<Semaphore>, sagas: u64, rate
     }
 }
 
-/// Long-polls the outbox from `head` and queues this run's commands for the workers.
+/// Long-polls the outbox (`topics`, or every topic) from `head` and queues this run's
+/// commands for the workers.
 async fn poll_outbox(
-    mut client: Client,
+    client: sagalog_client::Client,
+    topics: Vec<String>,
     head: u64,
     run: String,
-    commands: flume::Sender<OutboxCommand>,
+    commands: flume::Sender<Command>,
 ) -> Result<(), String> {
-    let mut after = head.checked_sub(1);
+    let mut after = head.checked_sub(1).map_or(After::Start, After::Offset);
     loop {
-        let path = match after {
-            Some(after) => format!("/api/v1/outbox?after={after}&limit=1000&wait_ms=1000"),
-            None => "/api/v1/outbox?limit=1000&wait_ms=1000".to_string(),
+        let query = OutboxQuery {
+            topics: topics.clone(),
+            after,
+            limit: Some(1000),
+            wait_ms: 1000,
+            share: None,
         };
-        let page = client.get(&path).await.map_err(|e| e.to_string())?;
-        if page.status != StatusCode::OK {
-            return Err(format!("outbox: {} {}", page.status, page.text()));
+        let page = client
+            .outbox(&query)
+            .await
+            .map_err(|e| format!("outbox: {e}"))?;
+        if let Some(next) = page.next_after {
+            after = After::Offset(next);
         }
-        let page: OutboxPage = serde_json::from_slice(&page.body)
-            .map_err(|e| format!("outbox: {e}: {}", page.text()))?;
-        after = page.next_after.or(after);
         for command in page.items {
             if command.saga_id.starts_with(&run) && commands.send_async(command).await.is_err() {
                 return Ok(());
@@ -348,7 +381,7 @@ async fn worker(mut client: Client, shared: Arc<Shared>) -> Vec<u32> {
 
 /// The participant's reply to `command`: `charge_payment` fails for the doomed share of
 /// sagas (every attempt), compensations succeed, everything else succeeds.
-fn reply_to(command: &OutboxCommand, shared: &Shared) -> (String, String) {
+fn reply_to(command: &Command, shared: &Shared) -> (String, String) {
     let n: u64 = command
         .saga_id
         .rsplit('-')
@@ -356,20 +389,20 @@ fn reply_to(command: &OutboxCommand, shared: &Shared) -> (String, String) {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     let doomed = n % 100 < shared.fail_percent;
-    let outcome = match (command.action.as_str(), command.step.as_str()) {
-        ("compensate", _) => "compensated",
+    let outcome = match (command.action, command.step.as_str()) {
+        (sagalog_client::Action::Compensate, _) => "compensated",
         (_, "charge_payment") if doomed => "failed",
         _ => "succeeded",
     };
-    let reason = if outcome == "failed" {
-        "card declined"
-    } else {
-        ""
+    let extra = match outcome {
+        "failed" => r#","reason":"card declined""#.to_string(),
+        "succeeded" if !shared.data.is_empty() => format!(r#","data":{}"#, shared.data),
+        _ => String::new(),
     };
     (
         format!("/api/v1/sagas/{}/events", command.saga_id),
         format!(
-            r#"{{"event_id":"{}/reply","step":"{}","outcome":"{outcome}","attempt":{},"reason":"{reason}"}}"#,
+            r#"{{"event_id":"{}/reply","step":"{}","outcome":"{outcome}","attempt":{}{extra}}}"#,
             command.event_id, command.step, command.attempt
         ),
     )

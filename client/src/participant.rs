@@ -1,0 +1,420 @@
+//! The participant loop: follow one topic on the outbox, handle each command once,
+//! reply, remember the position.
+//!
+//! Delivery is at least once, so the runner drops a command whose `event_id` it handled
+//! recently (a bounded set), and replies carry an `event_id` made from the command's, so
+//! a command handled again after a restart replies with the same id and gets the first
+//! answer. The position (the outbox's `next_after`) is stored only once every command
+//! before it was replied to, atomically (a new file renamed over the old), so a crash
+//! repeats work rather than skip it.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use crate::types::{Action, After, Command, OutboxQuery, Outcome, Reply};
+use crate::{Client, Error};
+
+/// What a handler made of a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handled {
+    /// Done (`succeeded`, or `compensated` for a compensation), with data (a JSON
+    /// object): a success's is what later steps get in `results`; a compensation's is
+    /// kept in the saga's history.
+    Done(Option<Value>),
+    /// Could not do it (`failed`, or `compensation_failed`), with why; the saga retries
+    /// per its definition.
+    Failed(String),
+    /// Not this participant's to answer (another service shares the topic): no reply.
+    Skip,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Commands handed to the handler.
+    pub handled: u64,
+    /// Deliveries dropped as duplicates.
+    pub duplicates: u64,
+    /// Replies the server refused as not fitting the saga (`409`: a stale attempt, a
+    /// finished saga); the saga had moved on.
+    pub stale: u64,
+    /// Commands the handler left alone ([`Handled::Skip`]).
+    pub skipped: u64,
+}
+
+/// Recent `event_id`s handled, at most `capacity` of them.
+struct Seen {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl Seen {
+    fn new(capacity: usize) -> Seen {
+        Seen {
+            ids: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Notes `id`; false when it was seen already.
+    fn first(&mut self, id: &str) -> bool {
+        if self.ids.contains(id) {
+            return false;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        self.ids.insert(id.to_string());
+        self.order.push_back(id.to_string());
+        true
+    }
+}
+
+/// One participant service's loop over its topic. Build it with [`Participant::new`],
+/// set what differs from the defaults, then [`Participant::run`].
+pub struct Participant {
+    client: Client,
+    service: String,
+    topic: String,
+    share: Option<(u32, u32)>,
+    position_file: Option<PathBuf>,
+    from_latest: bool,
+    concurrency: usize,
+    wait: Duration,
+    max_backoff: Duration,
+    seen_capacity: usize,
+}
+
+impl Participant {
+    /// The participant `service` (its name goes into its replies' `event_id`s) for the
+    /// commands to `topic`.
+    pub fn new(client: Client, service: &str, topic: &str) -> Participant {
+        Participant {
+            client,
+            service: service.to_string(),
+            topic: topic.to_string(),
+            share: None,
+            position_file: None,
+            from_latest: false,
+            concurrency: 16,
+            wait: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
+            seen_capacity: 100_000,
+        }
+    }
+
+    /// This replica is member `member` of `members` sharing the topic: it gets the
+    /// commands of its share of the sagas (each saga's always to the same member).
+    pub fn member(mut self, member: u32, members: u32) -> Participant {
+        self.share = Some((members, member));
+        self
+    }
+
+    /// Keep the position in this file: a restart resumes there. Without one, a run
+    /// starts from the log's start (or the end, with [`Participant::from_latest`]).
+    pub fn position_file(mut self, path: impl AsRef<Path>) -> Participant {
+        self.position_file = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// With no stored position, start at the end of the log: only commands issued from
+    /// now on.
+    pub fn from_latest(mut self) -> Participant {
+        self.from_latest = true;
+        self
+    }
+
+    /// Commands handled at once (of different sagas: a saga has one command at a
+    /// time). Default 16.
+    pub fn concurrency(mut self, n: usize) -> Participant {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long one long poll waits for a command (at most 30 s). Default 10 s.
+    pub fn poll_wait(mut self, wait: Duration) -> Participant {
+        self.wait = wait.min(Duration::from_secs(30));
+        self
+    }
+
+    /// How many recent `event_id`s are remembered to drop duplicates. Default 100,000.
+    pub fn remember(mut self, event_ids: usize) -> Participant {
+        self.seen_capacity = event_ids;
+        self
+    }
+
+    /// Runs until `stop` completes (the command being handled is finished and replied
+    /// to, and the position stored), or an error that retrying cannot cure (the
+    /// position file cannot be written, a request the server refuses as malformed).
+    pub async fn run<H, F>(self, handler: H, stop: impl Future<Output = ()>) -> Result<Stats, Error>
+    where
+        H: Fn(Command) -> F + Send + Sync + 'static,
+        F: Future<Output = Handled> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let mut stop = pin!(stop);
+        let mut after = match self.load_position()? {
+            Some(after) => After::Offset(after),
+            None if self.from_latest => After::Latest,
+            None => After::Start,
+        };
+        let mut seen = Seen::new(self.seen_capacity);
+        let mut stats = Stats::default();
+        let mut backoff = Backoff::new(self.max_backoff);
+        loop {
+            let query = OutboxQuery {
+                topics: vec![self.topic.clone()],
+                after,
+                limit: Some((self.concurrency * 4).min(1000) as u32),
+                wait_ms: self.wait.as_millis() as u64,
+                share: self.share,
+            };
+            let page = tokio::select! {
+                page = self.client.outbox(&query) => page,
+                () = &mut stop => return Ok(stats),
+            };
+            let page = match page {
+                Ok(page) => page,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "reading the outbox; trying again");
+                    tokio::select! {
+                        () = backoff.wait(&e) => continue,
+                        () = &mut stop => return Ok(stats),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            backoff.reset();
+            let fresh: Vec<Command> = page
+                .items
+                .into_iter()
+                .filter(|c| {
+                    let first = seen.first(&c.event_id);
+                    stats.duplicates += u64::from(!first);
+                    first
+                })
+                .collect();
+            // Once started, a page is finished: its replies go out before a stop.
+            self.handle_page(&handler, fresh, &mut stats).await?;
+            if let Some(next) = page.next_after {
+                if After::Offset(next) != after {
+                    self.store_position(next)?;
+                    after = After::Offset(next);
+                }
+            }
+            if futures_ready(&mut stop) {
+                return Ok(stats);
+            }
+        }
+    }
+
+    /// Handles the commands of one page, `concurrency` at a time, and replies to each.
+    async fn handle_page<H, F>(
+        &self,
+        handler: &Arc<H>,
+        commands: Vec<Command>,
+        stats: &mut Stats,
+    ) -> Result<(), Error>
+    where
+        H: Fn(Command) -> F + Send + Sync + 'static,
+        F: Future<Output = Handled> + Send + 'static,
+    {
+        let mut running = JoinSet::new();
+        let mut commands = commands.into_iter();
+        loop {
+            while running.len() < self.concurrency {
+                let Some(command) = commands.next() else {
+                    break;
+                };
+                let (handler, client) = (handler.clone(), self.client.clone());
+                let (service, max_backoff) = (self.service.clone(), self.max_backoff);
+                running.spawn(async move {
+                    let handled = handler(command.clone()).await;
+                    send_reply(&client, &service, &command, handled, max_backoff).await
+                });
+            }
+            let Some(done) = running.join_next().await else {
+                return Ok(());
+            };
+            stats.handled += 1;
+            match done {
+                Ok(Ok(Sent::Accepted)) => {}
+                Ok(Ok(Sent::Stale)) => stats.stale += 1,
+                Ok(Ok(Sent::Skipped)) => stats.skipped += 1,
+                Ok(Err(e)) => return Err(e),
+                Err(panicked) => {
+                    return Err(Error::Transport(format!("a handler panicked: {panicked}")))
+                }
+            }
+        }
+    }
+
+    fn load_position(&self) -> Result<Option<u64>, Error> {
+        let Some(path) = &self.position_file else {
+            return Ok(None);
+        };
+        let failed = |source| Error::Position {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => text.trim().parse().map(Some).map_err(|e| {
+                failed(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{text:?} is not an offset: {e}"),
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(failed(e)),
+        }
+    }
+
+    /// Stores `after` durably: a new file, synced, renamed over the old.
+    fn store_position(&self, after: u64) -> Result<(), Error> {
+        let Some(path) = &self.position_file else {
+            return Ok(());
+        };
+        let failed = |source| Error::Position {
+            path: path.clone(),
+            source,
+        };
+        let new = path.with_extension("new");
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&new)?;
+            std::io::Write::write_all(&mut file, after.to_string().as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&new, path)?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(failed)
+    }
+}
+
+/// Whether `stop` has completed, without waiting for it.
+fn futures_ready(stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    stop.as_mut().poll(&mut cx).is_ready()
+}
+
+enum Sent {
+    Accepted,
+    /// The saga did not want it any more (`409`).
+    Stale,
+    /// The handler left it alone.
+    Skipped,
+}
+
+/// Replies to `command` with what its handler made of it, retrying while the server is
+/// busy or away.
+async fn send_reply(
+    client: &Client,
+    service: &str,
+    command: &Command,
+    handled: Handled,
+    max_backoff: Duration,
+) -> Result<Sent, Error> {
+    let (outcome, data, reason) = match (command.action, handled) {
+        (_, Handled::Skip) => return Ok(Sent::Skipped),
+        (Action::Execute, Handled::Done(data)) => (Outcome::Succeeded, data, None),
+        (Action::Execute, Handled::Failed(why)) => (Outcome::Failed, None, Some(why)),
+        (Action::Compensate, Handled::Done(data)) => (Outcome::Compensated, data, None),
+        (Action::Compensate, Handled::Failed(why)) => {
+            (Outcome::CompensationFailed, None, Some(why))
+        }
+    };
+    let reply = Reply {
+        data,
+        reason,
+        ..Reply::to(command, service, outcome)
+    };
+    let mut backoff = Backoff::new(max_backoff);
+    loop {
+        match client.reply(&command.saga_id, &reply).await {
+            Ok(_) => return Ok(Sent::Accepted),
+            Err(e) if e.status() == Some(409) => {
+                tracing::info!(saga_id = %command.saga_id, event_id = %command.event_id, error = %e,
+                    "the saga no longer waits for this reply");
+                return Ok(Sent::Stale);
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(saga_id = %command.saga_id, error = %e, "replying; trying again");
+                backoff.wait(&e).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Waits between tries: doubling from 100 ms up to a cap, or what `Retry-After` says.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: Backoff::FIRST,
+            max: max.max(Backoff::FIRST),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = Backoff::FIRST;
+    }
+
+    async fn wait(&mut self, error: &Error) {
+        let asked = match error {
+            Error::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        let wait = asked.unwrap_or(self.next).min(self.max);
+        self.next = (self.next * 2).min(self.max);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_drops_repeats_and_forgets_the_oldest_past_its_bound() {
+        let mut seen = Seen::new(2);
+        assert!(seen.first("a"));
+        assert!(!seen.first("a"));
+        assert!(seen.first("b"));
+        assert!(seen.first("c"));
+        assert!(seen.first("a"), "a was forgotten");
+        assert_eq!(seen.order.len(), 2);
+    }
+
+    #[test]
+    fn the_position_survives_in_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = Client::new("127.0.0.1:9".parse().unwrap());
+        let p = Participant::new(client, "svc", "t").position_file(dir.path().join("pos"));
+        assert_eq!(p.load_position().unwrap(), None);
+        p.store_position(41).unwrap();
+        assert_eq!(p.load_position().unwrap(), Some(41));
+        std::fs::write(dir.path().join("pos"), "x").unwrap();
+        assert!(matches!(p.load_position(), Err(Error::Position { .. })));
+    }
+}
