@@ -377,3 +377,68 @@ async fn a_broker_that_cannot_be_reached_is_waited_for_without_flooding_the_log(
         "the outage is logged:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_crates_participants_run_sagas_from_their_kafka_topics() {
+    use sagalog_client::{Client, Handled, Participant, StartSaga};
+
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &["--kafka-brokers", &tansu.brokers()]);
+    let client = Client::new(server.addr);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut runs = Vec::new();
+    for (service, topic) in [
+        ("inventory", "inventory.commands"),
+        ("payment", "payment.commands"),
+        ("shipping", "shipping.commands"),
+    ] {
+        let mut stop = stop_rx.clone();
+        let participant = Participant::new(client.clone(), service, topic);
+        runs.push(tokio::spawn(participant.run_kafka(
+            tansu.brokers(),
+            move |c| async move {
+                // Each step sees the data of the ones before it, over Kafka too.
+                let before = c.results.len();
+                let expected = ["reserve_inventory", "charge_payment", "ship_order"]
+                    .iter()
+                    .position(|s| *s == c.step)
+                    .unwrap();
+                assert_eq!(before, expected, "{c:?}");
+                Handled::Done(Some(json!({ "by": service })))
+            },
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    for i in 0..5 {
+        let start = StartSaga {
+            saga_type: "order".into(),
+            saga_id: Some(format!("kp-{i}")),
+            payload: json!({}),
+        };
+        client.start(&start).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for i in 0..5 {
+        loop {
+            let saga = client.get(&format!("kp-{i}")).await.unwrap();
+            if saga.status == "COMPLETED" {
+                assert_eq!(
+                    saga.step("charge_payment").unwrap().result,
+                    Some(json!({"by": "payment"}))
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "{saga:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    stop_tx.send(true).unwrap();
+    for run in runs {
+        let stats = run.await.unwrap().expect("a participant stops cleanly");
+        assert_eq!((stats.handled, stats.stale), (5, 0), "{stats:?}");
+    }
+}

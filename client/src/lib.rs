@@ -7,7 +7,9 @@
 //! of `k` replicas when it shares the topic), calls your handler once per command,
 //! replies with the command's step and attempt, drops duplicate deliveries by
 //! `event_id`, backs off while the server is busy (`503`), keeps its position in a file
-//! you name, and stops when you say.
+//! you name, and stops when you say. With the `kafka` feature,
+//! [`Participant::run_kafka`] reads the step's Kafka topic instead, in a consumer
+//! group named after the service (so replicas split its partitions).
 //!
 //! ```no_run
 //! use sagalog_client::{Client, Handled, Participant};
@@ -46,6 +48,8 @@
 //! ```
 
 mod http;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod participant;
 mod types;
 
@@ -91,6 +95,9 @@ pub enum Error {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// Setting up the Kafka consumer failed (feature `kafka`).
+    #[error("Kafka: {0}")]
+    Kafka(String),
 }
 
 impl Error {
@@ -118,7 +125,7 @@ impl Error {
         match self {
             Error::Api { status, .. } => *status == 503 || *status == 429,
             Error::Connect { .. } | Error::Transport(_) | Error::Timeout(_) => true,
-            Error::Decode(_) | Error::Position { .. } => false,
+            Error::Decode(_) | Error::Position { .. } | Error::Kafka(_) => false,
         }
     }
 }

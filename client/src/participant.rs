@@ -50,14 +50,14 @@ pub struct Stats {
 }
 
 /// Recent `event_id`s handled, at most `capacity` of them.
-struct Seen {
+pub(crate) struct Seen {
     ids: HashSet<String>,
     order: VecDeque<String>,
     capacity: usize,
 }
 
 impl Seen {
-    fn new(capacity: usize) -> Seen {
+    pub(crate) fn new(capacity: usize) -> Seen {
         Seen {
             ids: HashSet::new(),
             order: VecDeque::new(),
@@ -66,7 +66,7 @@ impl Seen {
     }
 
     /// Notes `id`; false when it was seen already.
-    fn first(&mut self, id: &str) -> bool {
+    pub(crate) fn first(&mut self, id: &str) -> bool {
         if self.ids.contains(id) {
             return false;
         }
@@ -84,16 +84,16 @@ impl Seen {
 /// One participant service's loop over its topic. Build it with [`Participant::new`],
 /// set what differs from the defaults, then [`Participant::run`].
 pub struct Participant {
-    client: Client,
-    service: String,
-    topic: String,
+    pub(crate) client: Client,
+    pub(crate) service: String,
+    pub(crate) topic: String,
     share: Option<(u32, u32)>,
     position_file: Option<PathBuf>,
     from_latest: bool,
     concurrency: usize,
     wait: Duration,
-    max_backoff: Duration,
-    seen_capacity: usize,
+    pub(crate) max_backoff: Duration,
+    pub(crate) seen_capacity: usize,
 }
 
 impl Participant {
@@ -305,13 +305,13 @@ impl Participant {
 }
 
 /// Whether `stop` has completed, without waiting for it.
-fn futures_ready(stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+pub(crate) fn futures_ready(stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     stop.as_mut().poll(&mut cx).is_ready()
 }
 
-enum Sent {
+pub(crate) enum Sent {
     Accepted,
     /// The saga did not want it any more (`409`).
     Stale,
@@ -321,7 +321,7 @@ enum Sent {
 
 /// Replies to `command` with what its handler made of it, retrying while the server is
 /// busy or away.
-async fn send_reply(
+pub(crate) async fn send_reply(
     client: &Client,
     service: &str,
     command: &Command,
@@ -361,7 +361,7 @@ async fn send_reply(
 }
 
 /// Waits between tries: doubling from 100 ms up to a cap, or what `Retry-After` says.
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
     max: Duration,
 }
@@ -369,18 +369,18 @@ struct Backoff {
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
 
-    fn new(max: Duration) -> Backoff {
+    pub(crate) fn new(max: Duration) -> Backoff {
         Backoff {
             next: Backoff::FIRST,
             max: max.max(Backoff::FIRST),
         }
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = Backoff::FIRST;
     }
 
-    async fn wait(&mut self, error: &Error) {
+    pub(crate) async fn wait(&mut self, error: &Error) {
         let asked = match error {
             Error::Api { retry_after, .. } => *retry_after,
             _ => None,
