@@ -98,8 +98,9 @@ fn run(serve: Serve) -> Result<(), ServeError> {
         max_payload_bytes: serve.max_payload_bytes,
         max_step_data_bytes: serve.max_step_data_bytes,
         max_saga_data_bytes: serve.max_saga_data_bytes,
-        // A server given its own definitions does not offer the example one.
-        builtin_definitions: serve.definitions.is_none(),
+        // A server given its own definitions does not offer the example one, unless
+        // the demo (whose sagas are `order`s) runs beside them.
+        builtin_definitions: serve.definitions.is_none() || serve.demo,
         max_list_bytes: serve.max_list_bytes,
         max_definition_versions: serve.max_definition_versions,
         observer: Some(metrics.clone()),

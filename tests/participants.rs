@@ -312,3 +312,62 @@ async fn the_client_crates_participants_run_sagas_to_their_end_and_resume_where_
     again_tx.send(true).unwrap();
     assert_eq!(run.await.unwrap().unwrap().handled, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_the_server_refuses_fails_the_step_and_the_participant_goes_on() {
+    use sagalog_client::{Client, Handled, Participant, StartSaga};
+
+    let root = tempfile::tempdir().unwrap();
+    let server = common::serve(&common::data_dir(&root), &["--max-step-data-bytes", "100"]);
+    let client = Client::new(server.addr);
+    client
+        .put_definition(&json!({"name": "big", "version": 1, "steps": [
+            {"name": "fill", "topic": "fill.commands", "compensable": false,
+             "timeout_ms": 30000, "max_attempts": 1, "backoff_ms": 10}]}))
+        .await
+        .unwrap();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(
+        Participant::new(client.clone(), "filler", "fill.commands")
+            .poll_wait(std::time::Duration::from_millis(200))
+            .run(
+                |c| async move {
+                    let size = c.payload["size"].as_u64().unwrap() as usize;
+                    Handled::Done(Some(json!({"pad": "x".repeat(size)})))
+                },
+                async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                },
+            ),
+    );
+    for (id, size) in [("too-big", 500), ("fits", 10)] {
+        let start = StartSaga {
+            saga_type: "big".into(),
+            saga_id: Some(id.into()),
+            payload: json!({ "size": size }),
+        };
+        client.start(&start).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (id, status) in [("too-big", "COMPENSATED"), ("fits", "COMPLETED")] {
+        let saga = loop {
+            let saga = client.get(id).await.unwrap();
+            if saga.is_finished() {
+                break saga;
+            }
+            assert!(std::time::Instant::now() < deadline, "{saga:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(saga.status, status, "{saga:?}");
+    }
+    let failed = client.get("too-big").await.unwrap();
+    let reason = failed.failure_reason.unwrap_or_default();
+    assert!(reason.contains("--max-step-data-bytes"), "{reason}");
+    stop_tx.send(true).unwrap();
+    let stats = run.await.unwrap().unwrap();
+    assert_eq!(
+        (stats.handled, stats.refused, stats.stale),
+        (2, 0, 0),
+        "{stats:?}"
+    );
+}

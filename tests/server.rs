@@ -859,7 +859,7 @@ async fn a_users_own_order_replaces_the_built_in_unless_sagas_already_ran_on_it(
     let own = |version: u32| {
         json!({"name": "order", "version": version, "steps": [
             {"name": "pack", "topic": "packing.commands", "compensable": false,
-             "timeout_ms": 1000, "max_attempts": 1, "backoff_ms": 10}]})
+             "timeout_ms": 600000, "max_attempts": 1, "backoff_ms": 10}]})
     };
     std::fs::write(defs.join("order.json"), own(1).to_string()).unwrap();
     let defs_arg = defs.to_str().unwrap();
@@ -877,8 +877,23 @@ async fn a_users_own_order_replaces_the_built_in_unless_sagas_already_ran_on_it(
     )
     .await;
     assert_eq!(started.json()["current_step"], "pack", "{}", started.text());
+    let first = started.json()["saga_id"].as_str().unwrap().to_string();
+    let snapshot = post(&mut c, "/internal/v1/snapshots", json!({})).await;
+    assert_eq!(snapshot.status, StatusCode::CREATED, "{}", snapshot.text());
     drop(c);
     server.terminate().unwrap();
+    // It opens again on the user's order, from its snapshot and from its whole log.
+    for whole_log in [false, true] {
+        if whole_log {
+            std::fs::remove_dir_all(fresh.join("snapshots")).unwrap();
+        }
+        let server = common::serve(&fresh, &["--definitions", defs_arg]);
+        let mut c = common::client(&server).await;
+        let saga = get(&mut c, &format!("/api/v1/sagas/{first}")).await.json();
+        assert_eq!(saga["current_step"], "pack", "{saga}");
+        drop(c);
+        server.terminate().unwrap();
+    }
 
     // A data directory whose sagas ran on the example keeps it: the user's own v1 is
     // refused, saying what to do, and a v2 goes beside it.

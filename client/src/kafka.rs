@@ -13,7 +13,9 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
 
-use crate::participant::{futures_ready, send_reply, Backoff, Handled, Seen, Sent, Stats};
+use crate::participant::{
+    futures_ready, send_reply, Backoff, Handled, Seen, Sent, Stats, STOP_GRACE,
+};
 use crate::types::Command;
 use crate::{Error, Participant};
 
@@ -67,19 +69,29 @@ impl Participant {
             match message.payload().map(serde_json::from_slice::<Command>) {
                 Some(Ok(command)) if seen.first(&command.event_id) => {
                     stats.handled += 1;
-                    let handled = handler(command.clone()).await;
-                    let sent = send_reply(
-                        &self.client,
-                        &self.service,
-                        &command,
-                        handled,
-                        self.max_backoff,
-                    )
-                    .await?;
+                    let (client, service) = (&self.client, &self.service);
+                    let work = async {
+                        let handled = handler(command.clone()).await;
+                        send_reply(client, service, &command, handled, self.max_backoff).await
+                    };
+                    let mut work = pin!(work);
+                    // A stop lets the command finish, within the grace; past it the
+                    // offset is not committed, and the command comes again.
+                    let sent = tokio::select! {
+                        sent = &mut work => sent,
+                        () = &mut stop => match tokio::time::timeout(STOP_GRACE, work).await {
+                            Ok(_) => {
+                                commit(&consumer, &message);
+                                return Ok(stats);
+                            }
+                            Err(_) => return Ok(stats),
+                        },
+                    };
                     match sent {
                         Sent::Accepted => {}
                         Sent::Stale => stats.stale += 1,
                         Sent::Skipped => stats.skipped += 1,
+                        Sent::Refused => stats.refused += 1,
                     }
                 }
                 Some(Ok(_)) => stats.duplicates += 1,
@@ -89,12 +101,18 @@ impl Participant {
                     "skipping a message that is not a command"
                 ),
             }
-            if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
-                tracing::warn!(error = %e, "committing an offset failed; the command may come again (it is dropped by event_id)");
-            }
+            commit(&consumer, &message);
             if futures_ready(&mut stop) {
                 return Ok(stats);
             }
         }
+    }
+}
+
+/// Commits `message`'s offset (asynchronously: a failure means the command may come
+/// again, and is dropped by `event_id` or answered again, idempotently).
+fn commit(consumer: &StreamConsumer, message: &rdkafka::message::BorrowedMessage<'_>) {
+    if let Err(e) = consumer.commit_message(message, CommitMode::Async) {
+        tracing::warn!(error = %e, "committing an offset failed; the command may come again");
     }
 }

@@ -8,7 +8,7 @@
 //! before it was replied to, atomically (a new file renamed over the old), so a crash
 //! repeats work rather than skip it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
@@ -47,6 +47,23 @@ pub struct Stats {
     pub stale: u64,
     /// Commands the handler left alone ([`Handled::Skip`]).
     pub skipped: u64,
+    /// Replies the server refused as malformed or too large (`4xx` but `409`): logged,
+    /// and the runner goes on (the saga's timeout retries the step).
+    pub refused: u64,
+}
+
+/// How long a stop waits for the replies of a page being handled.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How handling a page ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Page {
+    /// Every command was handled and replied to.
+    Done,
+    /// The same, and a stop came meanwhile.
+    DoneStopping,
+    /// A stop cut it short: its position must not be stored.
+    Cut,
 }
 
 /// Recent `event_id`s handled, at most `capacity` of them.
@@ -205,56 +222,105 @@ impl Participant {
                     first
                 })
                 .collect();
-            // Once started, a page is finished: its replies go out before a stop.
-            self.handle_page(&handler, fresh, &mut stats).await?;
-            if let Some(next) = page.next_after {
-                if After::Offset(next) != after {
-                    self.store_position(next)?;
-                    after = After::Offset(next);
-                }
+            // A page is finished before a stop returns, unless its replies cannot go
+            // out within the grace: then its position is not stored, and it is read
+            // again next time.
+            let handled = self
+                .handle_page(&handler, fresh, &mut stats, &mut stop)
+                .await?;
+            if handled == Page::Cut {
+                return Ok(stats);
             }
-            if futures_ready(&mut stop) {
+            after = match page.next_after {
+                Some(next) if After::Offset(next) != after => {
+                    self.store_position(next)?;
+                    After::Offset(next)
+                }
+                // `latest` on an empty log: there is no offset to stand on yet, and
+                // what is appended next is at the start.
+                None if after == After::Latest => After::Start,
+                _ => after,
+            };
+            // (A stop seen while handling is done: it is not asked again.)
+            if handled == Page::DoneStopping || futures_ready(&mut stop) {
                 return Ok(stats);
             }
         }
     }
 
-    /// Handles the commands of one page, `concurrency` at a time, and replies to each.
+    /// Handles the commands of one page and replies to each: a saga's commands one after
+    /// another in log order (an attempt, the next one, then its compensation must not
+    /// run at once), `concurrency` sagas at a time. After `stop`, it waits for what is
+    /// running at most [`STOP_GRACE`] and starts nothing new.
     async fn handle_page<H, F>(
         &self,
         handler: &Arc<H>,
         commands: Vec<Command>,
         stats: &mut Stats,
-    ) -> Result<(), Error>
+        stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Page, Error>
     where
         H: Fn(Command) -> F + Send + Sync + 'static,
         F: Future<Output = Handled> + Send + 'static,
     {
+        let mut sagas: Vec<Vec<Command>> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for command in commands {
+            let at = *index.entry(command.saga_id.clone()).or_insert_with(|| {
+                sagas.push(Vec::new());
+                sagas.len() - 1
+            });
+            sagas[at].push(command);
+        }
         let mut running = JoinSet::new();
-        let mut commands = commands.into_iter();
+        let mut sagas = sagas.into_iter();
+        let mut grace: Option<tokio::time::Instant> = None;
         loop {
-            while running.len() < self.concurrency {
-                let Some(command) = commands.next() else {
+            while grace.is_none() && running.len() < self.concurrency {
+                let Some(commands) = sagas.next() else {
                     break;
                 };
                 let (handler, client) = (handler.clone(), self.client.clone());
                 let (service, max_backoff) = (self.service.clone(), self.max_backoff);
                 running.spawn(async move {
-                    let handled = handler(command.clone()).await;
-                    send_reply(&client, &service, &command, handled, max_backoff).await
+                    let mut sent = Vec::with_capacity(commands.len());
+                    for command in commands {
+                        let handled = handler(command.clone()).await;
+                        sent.push(
+                            send_reply(&client, &service, &command, handled, max_backoff).await,
+                        );
+                    }
+                    sent
                 });
             }
-            let Some(done) = running.join_next().await else {
-                return Ok(());
+            let done = tokio::select! {
+                done = running.join_next() => done,
+                () = stop.as_mut(), if grace.is_none() => {
+                    grace = Some(tokio::time::Instant::now() + STOP_GRACE);
+                    continue;
+                }
+                () = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)), if grace.is_some() => {
+                    tracing::warn!(running = running.len(), "stopping: replies still going out after the grace; this page is read again next time");
+                    running.abort_all();
+                    return Ok(Page::Cut);
+                }
             };
-            stats.handled += 1;
-            match done {
-                Ok(Ok(Sent::Accepted)) => {}
-                Ok(Ok(Sent::Stale)) => stats.stale += 1,
-                Ok(Ok(Sent::Skipped)) => stats.skipped += 1,
-                Ok(Err(e)) => return Err(e),
-                Err(panicked) => {
-                    return Err(Error::Transport(format!("a handler panicked: {panicked}")))
+            let Some(done) = done else {
+                return Ok(match grace {
+                    None => Page::Done,
+                    Some(_) if sagas.as_slice().is_empty() => Page::DoneStopping,
+                    Some(_) => Page::Cut,
+                });
+            };
+            let sent = done
+                .map_err(|panicked| Error::Transport(format!("a handler panicked: {panicked}")))?;
+            for sent in sent {
+                stats.handled += 1;
+                match sent {
+                    Sent::Accepted => {}
+                    Sent::Stale => stats.stale += 1,
+                    Sent::Skipped => stats.skipped += 1,
+                    Sent::Refused => stats.refused += 1,
                 }
             }
         }
@@ -317,19 +383,23 @@ pub(crate) enum Sent {
     Stale,
     /// The handler left it alone.
     Skipped,
+    /// The server refused the reply (a `4xx` other than `409`).
+    Refused,
 }
 
 /// Replies to `command` with what its handler made of it, retrying while the server is
-/// busy or away.
+/// busy or away. A success whose data the server refuses as too large (`413`) is
+/// reported as a failure instead, so the saga retries or compensates; any other refusal
+/// is logged and counted, and the runner goes on.
 pub(crate) async fn send_reply(
     client: &Client,
     service: &str,
     command: &Command,
     handled: Handled,
     max_backoff: Duration,
-) -> Result<Sent, Error> {
+) -> Sent {
     let (outcome, data, reason) = match (command.action, handled) {
-        (_, Handled::Skip) => return Ok(Sent::Skipped),
+        (_, Handled::Skip) => return Sent::Skipped,
         (Action::Execute, Handled::Done(data)) => (Outcome::Succeeded, data, None),
         (Action::Execute, Handled::Failed(why)) => (Outcome::Failed, None, Some(why)),
         (Action::Compensate, Handled::Done(data)) => (Outcome::Compensated, data, None),
@@ -337,7 +407,7 @@ pub(crate) async fn send_reply(
             (Outcome::CompensationFailed, None, Some(why))
         }
     };
-    let reply = Reply {
+    let mut reply = Reply {
         data,
         reason,
         ..Reply::to(command, service, outcome)
@@ -345,17 +415,32 @@ pub(crate) async fn send_reply(
     let mut backoff = Backoff::new(max_backoff);
     loop {
         match client.reply(&command.saga_id, &reply).await {
-            Ok(_) => return Ok(Sent::Accepted),
+            Ok(_) => return Sent::Accepted,
             Err(e) if e.status() == Some(409) => {
                 tracing::info!(saga_id = %command.saga_id, event_id = %command.event_id, error = %e,
                     "the saga no longer waits for this reply");
-                return Ok(Sent::Stale);
+                return Sent::Stale;
             }
             Err(e) if e.is_transient() => {
                 tracing::warn!(saga_id = %command.saga_id, error = %e, "replying; trying again");
                 backoff.wait(&e).await;
             }
-            Err(e) => return Err(e),
+            Err(e) if e.status() == Some(413) && reply.outcome == Outcome::Succeeded => {
+                tracing::warn!(saga_id = %command.saga_id, error = %e,
+                    "the server refused the step's data; reporting the step failed");
+                reply = Reply {
+                    event_id: format!("{}:too-large", reply.event_id),
+                    outcome: Outcome::Failed,
+                    data: None,
+                    reason: Some(format!("the step's data was refused: {e}")),
+                    ..reply
+                };
+            }
+            Err(e) => {
+                tracing::error!(saga_id = %command.saga_id, event_id = %command.event_id, error = %e,
+                    "the server refused the reply; going on without it");
+                return Sent::Refused;
+            }
         }
     }
 }

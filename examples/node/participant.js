@@ -202,6 +202,8 @@ async function main() {
     if (page.next_after !== null && page.next_after !== after) {
       after = page.next_after;
       storePosition(position, after);
+    } else if (page.next_after === null && after === "latest") {
+      after = null; // an empty log: what comes next is at its start
     }
   }
   console.log(`${opts.service}: stopped at ${after}`);

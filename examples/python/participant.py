@@ -197,6 +197,8 @@ def main():
         if page["next_after"] is not None and page["next_after"] != after:
             after = page["next_after"]
             store_position(position, after)
+        elif page["next_after"] is None and after == "latest":
+            after = None  # an empty log: what comes next is at its start
     print("%s: stopped at %s" % (args.service, after), flush=True)
 
 

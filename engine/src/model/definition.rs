@@ -225,6 +225,19 @@ impl Registry {
         registry
     }
 
+    /// Registers a definition the log or a snapshot holds. One that differs from the
+    /// built-in `order` at the built-in's version was registered while the built-in was
+    /// not offered: it takes the built-in's place.
+    pub fn restore(&mut self, definition: Definition) -> Result<Registered, RegistryError> {
+        match self.register(definition.clone()) {
+            Err(RegistryError::BuiltinConflict { .. }) => {
+                self.retire_builtin();
+                self.register(definition)
+            }
+            other => other,
+        }
+    }
+
     /// Takes the built-in `order` definition out (a server given definitions of its own
     /// does not offer it); whether it was there.
     pub fn retire_builtin(&mut self) -> bool {
@@ -395,5 +408,10 @@ mod tests {
         // A user's own order v1 is never retired.
         assert!(!registry.retire_builtin());
         assert_eq!(registry.get("order", 1).map(|d| &**d), Some(&users));
+        // Read back from a log (replay starts with the built-in), it takes its place.
+        let mut replayed = Registry::with_builtin();
+        assert_eq!(replayed.restore(users.clone()).unwrap(), Registered::New);
+        assert_eq!(replayed.get("order", 1).map(|d| &**d), Some(&users));
+        assert_eq!(replayed.len(), 1);
     }
 }

@@ -338,7 +338,7 @@ fn decode_snapshot(
         let definition = Definition::from_json(json).map_err(|e| bad(e.to_string()))?;
         restored
             .registry
-            .register(definition)
+            .restore(definition)
             .map_err(|e| bad(e.to_string()))?;
     }
     let counters = match format {
@@ -462,7 +462,7 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
                     offset: record.offset,
                     reason: e.to_string(),
                 })?;
-            restored.registry.register(definition)?;
+            restored.registry.restore(definition)?;
             return Ok(());
         }
         Entry::DeadLettered { .. } | Entry::DeadLetterReplayed { .. } => return Ok(()),
