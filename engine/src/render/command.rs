@@ -324,7 +324,7 @@ impl Feed<'_> {
         };
         if !self.filter.is_all() {
             // Is the step's topic wanted? Only the saga's start is read to know.
-            let (saga_type, version) = match self.started_on(offset, link) {
+            let (saga_type, version) = match self.started_on(&saga.saga_id, offset, link) {
                 Ok(started) => started,
                 Err(e @ EngineError::Removed { .. }) => {
                     skip(&e);
@@ -392,7 +392,7 @@ impl Feed<'_> {
     /// The definition (type, version) the saga of the record at `offset` (with `link`)
     /// started on, read from its start (found through the links: records appended
     /// together follow each other, so `Follows` goes back a few records at most).
-    fn started_on(&mut self, offset: u64, link: Link) -> Result<(String, u32)> {
+    fn started_on(&mut self, saga_id: &str, offset: u64, link: Link) -> Result<(String, u32)> {
         let (mut at, mut link) = (offset, link);
         let first = loop {
             match link {
@@ -407,7 +407,16 @@ impl Feed<'_> {
         if let Some(started) = self.starts.get(&first) {
             return Ok(started.clone());
         }
-        let started = match self.saga_record(first)?.1.kind {
+        let (_, start) = self.saga_record(first)?;
+        if start.saga_id != saga_id {
+            return Err(Inconsistency::ChainCrosses {
+                saga_id: saga_id.to_string(),
+                offset: first,
+                other: start.saga_id,
+            }
+            .into());
+        }
+        let started = match start.kind {
             Kind::SagaStarted {
                 saga_type,
                 definition_version,
