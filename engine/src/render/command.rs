@@ -253,6 +253,21 @@ impl Feed<'_> {
         }
     }
 
+    /// The record of saga `saga_id` at `offset` (found through one of its links): a
+    /// record of another saga there is a damaged chain.
+    fn record_of(&self, saga_id: &str, offset: u64) -> Result<(Link, Record)> {
+        let (link, record) = self.saga_record(offset)?;
+        if record.saga_id != saga_id {
+            return Err(Inconsistency::ChainCrosses {
+                saga_id: saga_id.to_string(),
+                offset,
+                other: record.saga_id,
+            }
+            .into());
+        }
+        Ok((link, record))
+    }
+
     /// What the saga's records before the one at `offset` (with `link`) say, read
     /// backwards to its start or to a command read before in this batch. Each step goes
     /// to a lower offset, so the walk ends (at most `offset` reads, on a damaged log).
@@ -281,15 +296,7 @@ impl Feed<'_> {
             if let Some(known) = self.read.get(&prev) {
                 break known.clone();
             }
-            let (prev_link, record) = self.saga_record(prev)?;
-            if record.saga_id != saga_id {
-                return Err(Inconsistency::ChainCrosses {
-                    saga_id: saga_id.to_string(),
-                    offset: prev,
-                    other: record.saga_id,
-                }
-                .into());
-            }
+            let (prev_link, record) = self.record_of(saga_id, prev)?;
             if prev_link == Link::Start {
                 break SoFar::start(record.kind).map_err(|other| Inconsistency::NotAStart {
                     offset: prev,
@@ -407,16 +414,7 @@ impl Feed<'_> {
         if let Some(started) = self.starts.get(&first) {
             return Ok(started.clone());
         }
-        let (_, start) = self.saga_record(first)?;
-        if start.saga_id != saga_id {
-            return Err(Inconsistency::ChainCrosses {
-                saga_id: saga_id.to_string(),
-                offset: first,
-                other: start.saga_id,
-            }
-            .into());
-        }
-        let started = match start.kind {
+        let started = match self.record_of(saga_id, first)?.1.kind {
             Kind::SagaStarted {
                 saga_type,
                 definition_version,
