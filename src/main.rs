@@ -92,6 +92,7 @@ fn run(serve: Serve) -> Result<(), ServeError> {
         .build()
         .doing(|| "starting the runtime".into())?;
     let metrics = Metrics::new();
+    metrics.set_cgroup_root(&serve.cgroup_root);
     let mut config = EngineConfig {
         snapshot_every_records: serve.snapshot_every_records,
         max_active_sagas: serve.max_active_sagas,
@@ -342,6 +343,10 @@ impl TopicObserver for RelayMetrics {
         self.0.outbox.topics_missing.set(missing.len() as i64);
         self.1.set("kafka topics", reason.map(str::to_string));
     }
+
+    fn topics_unchecked(&self, waiting: Option<&str>) {
+        self.1.note("kafka", waiting.map(str::to_string));
+    }
 }
 
 impl RelayObserver for RelayMetrics {
@@ -355,6 +360,19 @@ impl RelayObserver for RelayMetrics {
 
     fn failed(&self) {
         self.0.outbox.failed.inc();
+    }
+
+    fn first_attempt(&self, delivered: bool) {
+        let outcome = if delivered { "succeeded" } else { "failed" };
+        self.0
+            .outbox
+            .optimistic_send
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    fn batch(&self, commands: usize) {
+        self.0.outbox.publish_batch.observe(commands as f64);
     }
 
     fn retried(&self) {

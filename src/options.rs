@@ -141,6 +141,10 @@ pub struct ServeArgs {
     /// sagas in them are removed. `off` keeps everything [default: off]
     #[arg(long, env = "SAGALOG_LOG_RETENTION")]
     pub log_retention: Option<String>,
+    /// Where the cgroup filesystem is mounted, for the CPU and memory limits /metrics
+    /// exports (sagalog_cgroup_*) [default: /sys/fs/cgroup]
+    #[arg(long, env = "SAGALOG_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// The options with every default filled in.
@@ -178,6 +182,7 @@ pub struct Serve {
     pub reserve_bytes: u64,
     /// `None`: keep every segment.
     pub log_retention: Option<std::time::Duration>,
+    pub cgroup_root: PathBuf,
 }
 
 /// The largest `max_payload_bytes`: a start's record (payload, id, trace and the rest)
@@ -343,6 +348,7 @@ impl ServeArgs {
             fsync: self.fsync.or(file.fsync),
             snapshot_every_records: self.snapshot_every_records.or(file.snapshot_every_records),
             min_free_bytes: self.min_free_bytes.or(file.min_free_bytes),
+            cgroup_root: self.cgroup_root.or(file.cgroup_root),
             reserve_bytes: self.reserve_bytes.or(file.reserve_bytes),
             min_free_percent: self.min_free_percent.or(file.min_free_percent),
             segment_bytes: self.segment_bytes.or(file.segment_bytes),
@@ -443,6 +449,9 @@ impl ServeArgs {
             min_free_percent,
             reserve_bytes: self.reserve_bytes.unwrap_or(32 << 20),
             log_retention,
+            cgroup_root: self
+                .cgroup_root
+                .unwrap_or_else(|| sagalog_http::cgroup::DEFAULT_ROOT.into()),
         })
     }
 }

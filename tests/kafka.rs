@@ -67,6 +67,9 @@ async fn commands_reach_their_step_topics_and_the_outbox_metrics_count_them() {
     );
     let payment = consumer(&tansu, "payment.commands");
     assert_eq!(next_command(&payment).await["step"], "charge_payment");
+    // The broker answered the topic checks: /readyz has nothing to say.
+    let ready: Value = serde_json::from_slice(&get(&mut c, "/readyz").await.body).unwrap();
+    assert_eq!(ready, json!({"status": "ready"}));
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -75,6 +78,18 @@ async fn commands_reach_their_step_topics_and_the_outbox_metrics_count_them() {
         if published == ["outbox_published_events_total 2"] {
             let pending = common::samples(&metrics, &["outbox_pending_events_total"]);
             assert_eq!(pending, ["outbox_pending_events_total 0"]);
+            // Each command was a batch of its own, published at the first attempt.
+            let first = common::samples(&metrics, &["outbox_optimistic_send_total"]);
+            assert_eq!(
+                first,
+                [
+                    r#"outbox_optimistic_send_total{outcome="failed"} 0"#,
+                    r#"outbox_optimistic_send_total{outcome="succeeded"} 2"#
+                ],
+                "{metrics}"
+            );
+            let batches = common::samples(&metrics, &["outbox_publish_batch_size_count"]);
+            assert_eq!(batches, ["outbox_publish_batch_size_count 2"]);
             break;
         }
         assert!(Instant::now() < deadline, "published count: {published:?}");
@@ -343,6 +358,17 @@ async fn a_broker_that_cannot_be_reached_is_waited_for_without_flooding_the_log(
         &["--kafka-brokers", &format!("127.0.0.1:{port}")],
     );
     let mut c = common::client(&server).await;
+    // The server listens and is ready while the first topic check still waits for the
+    // broker (it runs inside the relay, not before the listener), and says so.
+    let ready = get(&mut c, "/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let notes: Value = serde_json::from_slice(&ready.body).unwrap();
+    assert!(
+        notes["notes"]["kafka"]
+            .as_str()
+            .is_some_and(|n| n.contains("waiting for the broker")),
+        "{notes}"
+    );
     // The API goes on; the command waits for the broker.
     let started = post(
         &mut c,

@@ -13,7 +13,7 @@ use common::{data_dir, get, serve};
 use yaml_rust2::{Yaml, YamlLoader};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-const PREFIXES: [&str; 3] = ["saga_", "outbox_", "sagalog_"];
+const PREFIXES: [&str; 4] = ["saga_", "outbox_", "sagalog_", "process_"];
 
 /// The alert rules: (alert name, expression, runbook_url).
 fn alerts() -> Vec<(String, String, String)> {
@@ -134,7 +134,12 @@ fn metric_names_are_found_in_promql_but_labels_are_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboards_alerts_and_runbooks_use_is_exported() {
     let root = tempfile::tempdir().unwrap();
-    let server = serve(&data_dir(&root), &["--demo"]);
+    // A cgroup with limits, so that the limit gauges (absent without one) are exported.
+    let cgroup = common::cgroup_with_limits(root.path());
+    let server = serve(
+        &data_dir(&root),
+        &["--demo", "--cgroup-root", cgroup.to_str().unwrap()],
+    );
     let mut c = common::client(&server).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     get(&mut c, "/api/v1/sagas?limit=1").await;
@@ -173,6 +178,47 @@ async fn every_metric_the_dashboards_alerts_and_runbooks_use_is_exported() {
         "the queries use {} names: {used:?}",
         used.len()
     );
+    // The names the outbox dashboard and its alerts added are among those used and
+    // exported; the limits carry the fixture's values.
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "sagalog_cgroup_cpu_limit_cores",
+        "sagalog_cgroup_memory_limit_bytes",
+        "outbox_optimistic_send_total",
+        "outbox_publish_batch_size_count",
+        "outbox_publish_batch_size_sum",
+    ] {
+        assert!(used.contains(name), "no query uses {name}");
+    }
+    assert!(exported.contains("process_open_fds"), "{metrics}");
+    assert_eq!(
+        common::gauge(&metrics, "sagalog_cgroup_cpu_limit_cores"),
+        2.0
+    );
+    assert_eq!(
+        common::gauge(&metrics, "sagalog_cgroup_memory_limit_bytes"),
+        1_073_741_824.0
+    );
+    assert!(common::gauge(&metrics, "process_resident_memory_bytes") > 1e6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_cgroup_limit_the_limit_gauges_are_absent() {
+    let root = tempfile::tempdir().unwrap();
+    // A cgroup v2 root that sets no limit ("max").
+    let cgroup = root.path().join("cgroup");
+    std::fs::create_dir_all(&cgroup).unwrap();
+    std::fs::write(cgroup.join("cpu.max"), "max 100000\n").unwrap();
+    std::fs::write(cgroup.join("memory.max"), "max\n").unwrap();
+    let server = serve(
+        &data_dir(&root),
+        &["--cgroup-root", cgroup.to_str().unwrap()],
+    );
+    let mut c = common::client(&server).await;
+    let metrics = get(&mut c, "/metrics").await.text();
+    assert!(!metrics.contains("sagalog_cgroup_"), "{metrics}");
+    assert!(metrics.contains("process_cpu_seconds_total"), "{metrics}");
 }
 
 /// GitHub's anchor for a heading: lower case, spaces to dashes, punctuation dropped.

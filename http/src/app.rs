@@ -69,26 +69,53 @@ pub struct App {
 
 /// Why parts of the server are not ready, by part; shared with whoever reports.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<parking_lot::RwLock<std::collections::BTreeMap<&'static str, String>>>);
+pub struct Readiness(Arc<parking_lot::RwLock<ReadinessParts>>);
+
+#[derive(Debug, Default)]
+struct ReadinessParts {
+    /// What keeps the server from being ready, by part.
+    problems: std::collections::BTreeMap<&'static str, String>,
+    /// What a ready server says about itself (waiting for a broker, delivery paused),
+    /// by part: shown on `/readyz`, never failing it.
+    notes: std::collections::BTreeMap<&'static str, String>,
+}
 
 impl Readiness {
     /// Sets (`Some`) or clears (`None`) the problem of `part`.
     pub fn set(&self, part: &'static str, problem: Option<String>) {
-        let mut problems = self.0.write();
-        match problem {
-            Some(problem) => problems.insert(part, problem),
-            None => problems.remove(part),
-        };
+        set_part(&mut self.0.write().problems, part, problem);
+    }
+
+    /// Sets (`Some`) or clears (`None`) the note of `part`.
+    pub fn note(&self, part: &'static str, note: Option<String>) {
+        set_part(&mut self.0.write().notes, part, note);
     }
 
     /// Every problem, as `part: problem`.
     pub fn problems(&self) -> Vec<String> {
         self.0
             .read()
+            .problems
             .iter()
             .map(|(part, problem)| format!("{part}: {problem}"))
             .collect()
     }
+
+    /// Every note, by part.
+    pub fn notes(&self) -> std::collections::BTreeMap<&'static str, String> {
+        self.0.read().notes.clone()
+    }
+}
+
+fn set_part(
+    parts: &mut std::collections::BTreeMap<&'static str, String>,
+    part: &'static str,
+    value: Option<String>,
+) {
+    match value {
+        Some(value) => parts.insert(part, value),
+        None => parts.remove(part),
+    };
 }
 
 pub type Body = Full<Bytes>;
@@ -583,7 +610,14 @@ impl App {
         if !problems.is_empty() {
             return Err(not_ready(problems.join("; ")));
         }
-        Ok(respond(StatusCode::OK, json!({"status": "ready"})))
+        let notes = self.readiness.notes();
+        if notes.is_empty() {
+            return Ok(respond(StatusCode::OK, json!({"status": "ready"})));
+        }
+        Ok(respond(
+            StatusCode::OK,
+            json!({"status": "ready", "notes": notes}),
+        ))
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`client`]: a small keep-alive client for tests and the load generator.
 
 pub mod app;
+pub mod cgroup;
 pub mod client;
 pub mod error;
 #[doc(hidden)]

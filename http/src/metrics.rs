@@ -27,6 +27,10 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 10.0,
 ];
+/// Buckets for commands per publish batch (the relay reads up to 1024 records at once).
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
 /// Buckets for saga and compensation durations, in seconds (10 ms to 1 day).
 const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0,
@@ -52,8 +56,52 @@ pub struct Metrics {
     pub disk_watermark: IntGauge,
     /// Refusals, connections and the log's health.
     pub service: ServiceMetrics,
+    /// The cgroup limits, read at each scrape and exported only where one is set.
+    limits: LimitMetrics,
     /// One scrape at a time: counters read from the engine move by their difference.
     scrape: Mutex<()>,
+}
+
+/// `sagalog_cgroup_cpu_limit_cores` and `sagalog_cgroup_memory_limit_bytes`: not in the
+/// registry, since each is exported only while its limit exists.
+struct LimitMetrics {
+    /// Where the cgroup filesystem is mounted.
+    root: Mutex<std::path::PathBuf>,
+    cpu_cores: Gauge,
+    memory_bytes: Gauge,
+}
+
+impl LimitMetrics {
+    fn new() -> LimitMetrics {
+        let gauge = |name: &str, help: &str| Gauge::new(name, help).expect("valid metric");
+        LimitMetrics {
+            root: Mutex::new(crate::cgroup::DEFAULT_ROOT.into()),
+            cpu_cores: gauge(
+                "sagalog_cgroup_cpu_limit_cores",
+                "The CPU limit of the process's cgroup (a pod's container limit), in cores; absent when there is none.",
+            ),
+            memory_bytes: gauge(
+                "sagalog_cgroup_memory_limit_bytes",
+                "The memory limit of the process's cgroup (a pod's container limit), in bytes; absent when there is none.",
+            ),
+        }
+    }
+
+    /// The families of the limits set now.
+    fn families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::core::Collector;
+        let limits = crate::cgroup::read(&self.root.lock());
+        let mut out = Vec::new();
+        if let Some(cores) = limits.cpu_cores {
+            self.cpu_cores.set(cores);
+            out.extend(self.cpu_cores.collect());
+        }
+        if let Some(bytes) = limits.memory_bytes {
+            self.memory_bytes.set(bytes as f64);
+            out.extend(self.memory_bytes.collect());
+        }
+        out
+    }
 }
 
 pub struct OutboxMetrics {
@@ -63,6 +111,10 @@ pub struct OutboxMetrics {
     pub dead_letter: IntCounter,
     pub publish_duration: Histogram,
     pub retry_attempts: IntCounter,
+    /// First publish attempts (the send right after the fsync) by outcome.
+    pub optimistic_send: IntCounterVec,
+    /// Commands handed to the producer per read of the log tail.
+    pub publish_batch: Histogram,
     pub consumer_lag: IntGauge,
     /// Topics the relay needs that the broker lacks (and could not create).
     pub topics_missing: IntGauge,
@@ -366,6 +418,16 @@ impl OutboxMetrics {
                 "outbox_retry_attempts_total",
                 "Publish attempts beyond the first.",
             ),
+            optimistic_send: m.counter_vec(
+                "outbox_optimistic_send_total",
+                "First publish attempts of commands, made as soon as their records are durable, by outcome (succeeded, failed); a failed one is retried.",
+                &["outcome"],
+            ),
+            publish_batch: m.histogram(
+                "outbox_publish_batch_size",
+                "Commands the relay handed to the producer per read of the log tail (the count of observations is the batches).",
+                BATCH_BUCKETS,
+            ),
             consumer_lag: m.gauge(
                 "saga_tracker_consumer_lag",
                 "Replies on the Kafka reply topic not yet consumed.",
@@ -381,6 +443,12 @@ impl OutboxMetrics {
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let r = Registry::new();
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        // process_max_fds and the rest, read from /proc at each scrape.
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("the process metrics are registered once");
         let m = Make(&r);
         Arc::new(Metrics {
             steps: StepMetrics::new(&m),
@@ -397,9 +465,15 @@ impl Metrics {
                 "Free bytes below which writes are refused (503) until space returns.",
             ),
             service: ServiceMetrics::new(&m),
+            limits: LimitMetrics::new(),
             scrape: Mutex::new(()),
             registry: r,
         })
+    }
+
+    /// Reads the cgroup limits under `root` instead of `/sys/fs/cgroup`.
+    pub fn set_cgroup_root(&self, root: impl Into<std::path::PathBuf>) {
+        *self.limits.root.lock() = root.into();
     }
 
     pub fn api_request(&self, endpoint: &str, method: &str, took: Duration) {
@@ -432,9 +506,11 @@ impl Metrics {
     pub fn render(&self, engine: &Engine, now_ms: u64) -> String {
         let _one_scrape = self.scrape.lock();
         self.refresh(engine, now_ms);
+        let mut families = self.registry.gather();
+        families.extend(self.limits.families());
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&families, &mut out)
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
@@ -514,6 +590,9 @@ impl Metrics {
             self.service
                 .connections_refused
                 .with_label_values(&[reason]);
+        }
+        for outcome in ["succeeded", "failed"] {
+            self.outbox.optimistic_send.with_label_values(&[outcome]);
         }
         for definition in engine.definitions() {
             let saga_type = definition.name.as_str();

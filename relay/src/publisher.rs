@@ -55,6 +55,11 @@ pub trait RelayObserver: topics::TopicObserver {
     fn published(&self, _append_to_ack: Duration) {}
     /// A delivery attempt failed.
     fn failed(&self) {}
+    /// A command's first attempt — sent as soon as its record was durable — ended,
+    /// delivered or not.
+    fn first_attempt(&self, _delivered: bool) {}
+    /// A read of the log tail handed `commands` (at least one) to the producer.
+    fn batch(&self, _commands: usize) {}
     /// A command is sent again after a failure.
     fn retried(&self) {}
     /// A command was dead-lettered.
@@ -116,8 +121,8 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Creates the missing topics (when configured to), then starts publishing from the
-    /// stored position.
+    /// Starts publishing from the stored position, and the watcher that creates the
+    /// missing topics (when configured to) beside it; neither waits for the broker.
     pub async fn start(
         engine: Arc<Engine>,
         config: RelayConfig,
@@ -125,7 +130,6 @@ impl Relay {
     ) -> Result<Relay> {
         // A missing topic does not stop the start: its commands wait, and the watcher
         // reports it (readiness, metric) until it exists.
-        let missing = topics::check_and_report(&engine, &config, &*observer, false).await;
         let producer = producer(&config)?;
         let cursor = position::cursor(&engine);
         let (stored, log_start) = (cursor.load()?, engine.log_bounds().0);
@@ -140,6 +144,7 @@ impl Relay {
         let start = stored.max(log_start);
         let position = Arc::new(AtomicU64::new(start));
         let (stop, stopping) = Shutdown::new();
+        let (first_check_done, first_check) = tokio::sync::oneshot::channel();
         let publisher = Publisher {
             engine,
             producer: parking_lot::Mutex::new(producer),
@@ -152,11 +157,11 @@ impl Relay {
             publisher.engine.clone(),
             publisher.config.clone(),
             publisher.observer.clone(),
-            missing,
+            first_check_done,
             stop.subscribe(),
         ));
         Ok(Relay {
-            task: tokio::spawn(publisher.run(start)),
+            task: tokio::spawn(publisher.run(start, first_check)),
             watcher,
             stop,
             position,
@@ -201,7 +206,15 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn run(self, start: u64) -> Result<()> {
+    /// Publishes from `start` once the first topic check has ended (`first_check`), so
+    /// that the first commands after a start do not race the creation of their topics;
+    /// a broker that does not answer delays them by that check's timeout at most.
+    async fn run(self, start: u64, first_check: tokio::sync::oneshot::Receiver<()>) -> Result<()> {
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            _ = first_check => {}
+            () = stopping.wait() => {}
+        }
         let engine = self.engine.clone();
         let cursor = position::cursor(&engine);
         let mut feed = engine.command_feed(start);
@@ -209,7 +222,6 @@ impl Publisher {
         let mut position = start;
         let mut stored = start;
         let mut store_tick = tokio::time::interval(self.config.position_interval);
-        let mut stopping = self.stopping.clone();
         tracing::info!(position, brokers = %self.config.brokers, "relay publishing");
         loop {
             tokio::select! {
@@ -234,6 +246,9 @@ impl Publisher {
                         Err(sagalog_engine::EngineError::Closed) => break,
                         Err(e) => return Err(e.into()),
                     };
+                    if !batch.commands.is_empty() {
+                        self.observer.batch(batch.commands.len());
+                    }
                     for command in batch.commands {
                         let delivery = self.send(&command);
                         window.push_back(InFlight { command, attempt: 1, delivery });
@@ -264,6 +279,9 @@ impl Publisher {
         while let Some(mut slot) = window.pop_front() {
             match tokio::time::timeout_at(deadline, &mut slot.delivery).await {
                 Ok(Outcome::Delivered) => {
+                    if slot.attempt == 1 {
+                        self.observer.first_attempt(true);
+                    }
                     self.observer.published(since_issue(&slot.command));
                     position = position_of(&window, read_to);
                 }
@@ -275,6 +293,9 @@ impl Publisher {
 
     /// Handles the oldest delivery's outcome.
     async fn settle(&self, mut slot: InFlight, outcome: Outcome) -> Result<Settled> {
+        if slot.attempt == 1 {
+            self.observer.first_attempt(outcome == Outcome::Delivered);
+        }
         let (reason, renew) = match outcome {
             Outcome::Delivered => {
                 self.observer.published(since_issue(&slot.command));

@@ -26,6 +26,9 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 pub trait TopicObserver: Send + Sync + 'static {
     /// The topics found missing (empty when all exist), and why, after each check.
     fn topics_missing(&self, _missing: &[String], _reason: Option<&str>) {}
+    /// Whether the broker has answered a topic check since the relay started: `Some`
+    /// with what the relay waits for until it has, `None` from the first answer on.
+    fn topics_unchecked(&self, _waiting: Option<&str>) {}
 }
 
 /// Longest the broker may take to answer a topic creation at start.
@@ -133,13 +136,14 @@ async fn check(engine: &Engine, config: &RelayConfig) -> Result<(Vec<String>, Op
 }
 
 /// Checks (creating what may be created), reports to `observer`, and logs a problem
-/// when it appears and when it clears; returns whether a topic is missing.
-pub async fn check_and_report(
+/// when it appears and when it clears; returns whether a topic is missing, or `None`
+/// when the broker could not be asked.
+async fn check_and_report(
     engine: &Engine,
     config: &RelayConfig,
     observer: &dyn TopicObserver,
     was_missing: bool,
-) -> bool {
+) -> Option<bool> {
     let (absent, reason) = match check(engine, config).await {
         Ok(found) => found,
         // A broker that cannot be reached says nothing about its topics: the relay
@@ -147,7 +151,7 @@ pub async fn check_and_report(
         // was, so a Kafka outage does not take the HTTP API out of service.
         Err(e) => {
             tracing::warn!(error = %e, "cannot ask the Kafka broker which topics exist");
-            return was_missing;
+            return None;
         }
     };
     observer.topics_missing(&absent, reason.as_deref());
@@ -159,29 +163,50 @@ pub async fn check_and_report(
         None if was_missing => tracing::info!("every Kafka topic exists again"),
         None => {}
     }
-    reason.is_some()
+    Some(reason.is_some())
 }
 
-/// After a first check by the caller: checks now and then until `stopping`.
+/// Checks the topics at once, then now and then until `stopping`; `first_done` is
+/// sent when the first check has ended, answered or not. It runs in the relay, so a
+/// broker that does not answer never holds up the server's start: until its first
+/// answer the observer hears what the relay waits for.
 pub async fn watch(
     engine: std::sync::Arc<Engine>,
     config: RelayConfig,
     observer: std::sync::Arc<dyn TopicObserver>,
-    mut was_missing: bool,
+    first_done: tokio::sync::oneshot::Sender<()>,
     mut stopping: Shutdown,
 ) {
+    let mut first_done = Some(first_done);
+    let waiting = format!(
+        "waiting for the broker ({}) to answer the first topic check; commands wait in the log",
+        config.brokers
+    );
+    observer.topics_unchecked(Some(&waiting));
+    let (mut answered, mut was_missing) = (false, false);
     loop {
-        let wait = if was_missing {
+        tokio::select! {
+            checked = check_and_report(&engine, &config, &*observer, was_missing) => {
+                if let Some(missing) = checked {
+                    was_missing = missing;
+                    if !answered {
+                        answered = true;
+                        observer.topics_unchecked(None);
+                    }
+                }
+                if let Some(done) = first_done.take() {
+                    let _ = done.send(());
+                }
+            }
+            () = stopping.wait() => return,
+        }
+        let wait = if was_missing || !answered {
             CHECK_MISSING_EVERY
         } else {
             CHECK_EVERY
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            () = stopping.wait() => return,
-        }
-        tokio::select! {
-            missing = check_and_report(&engine, &config, &*observer, was_missing) => was_missing = missing,
             () = stopping.wait() => return,
         }
     }
