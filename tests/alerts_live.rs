@@ -131,7 +131,12 @@ async fn webhook(listener: tokio::net::TcpListener, bodies: tokio::sync::mpsc::S
 async fn driven_failures_fire_saga_failure_spike_through_prometheus_to_the_chat_receiver() {
     let root = tempfile::tempdir().unwrap();
     let work = root.path();
-    let server = serve(&data_dir(&root), &[]);
+    // A cgroup with limits, so the CPU and memory panels' limit queries have series.
+    let cgroup = common::cgroup_with_limits(work);
+    let server = serve(
+        &data_dir(&root),
+        &["--cgroup-root", cgroup.to_str().unwrap()],
+    );
 
     // The chat receiver's webhook.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -255,7 +260,7 @@ async fn driven_failures_fire_saga_failure_spike_through_prometheus_to_the_chat_
         let start = post(
             &mut c,
             "/api/v1/sagas",
-            json!({"type": "spike", "saga_id": id}),
+            json!({"type": "spike", "saga_id": id, "payload": {"order_id": format!("ORD-{i}")}}),
         )
         .await;
         assert_eq!(start.status, 201, "{}", start.text());
@@ -315,6 +320,8 @@ async fn driven_failures_fire_saga_failure_spike_through_prometheus_to_the_chat_
 
     // Every dashboard query evaluates at this Prometheus, on sagalog's real series.
     dashboard_queries_evaluate(prom).await;
+    // And the recent-failures table, read from sagalog's API as its data source does.
+    recent_failures_are_listed(server.addr).await;
 
     // At Alertmanager, routed to the chat receiver (severity warning).
     let groups = wait_for(
@@ -385,6 +392,70 @@ async fn dashboard_queries_evaluate(prom: SocketAddr) {
         empty.is_empty(),
         "dashboard queries with no series: {empty:#?}"
     );
+}
+
+/// Sends every Infinity request of the dashboards to the server, as the data source
+/// does: each answers 200 with its rows under the root selector, every column resolves
+/// in every row, and together they list the 15 failed sagas with their order ids, the
+/// step that failed and when.
+async fn recent_failures_are_listed(server: SocketAddr) {
+    let requests = common::dashboard_api_requests();
+    assert!(!requests.is_empty(), "the tracker dashboard reads the API");
+    let mut c = Client::connect(server).await.unwrap();
+    let mut rows = Vec::new();
+    for request in &requests {
+        let answer = c.get(&request.path).await.unwrap();
+        assert_eq!(
+            answer.status,
+            200,
+            "{}: {}: {}",
+            request.place,
+            request.path,
+            answer.text()
+        );
+        let body: Value = serde_json::from_slice(&answer.body).unwrap();
+        let items = body[&request.root]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: no {:?} array in {body}", request.place, request.root));
+        for item in items {
+            let row: Vec<Value> = request
+                .columns
+                .iter()
+                .map(|path| path.split('.').fold(item, |v, key| &v[key]).clone())
+                .collect();
+            rows.push((request.columns.clone(), row));
+        }
+    }
+    let column = |columns: &[String], row: &[Value], name: &str| -> Value {
+        let at = columns
+            .iter()
+            .position(|c| c == name)
+            .unwrap_or_else(|| panic!("no column {name}"));
+        row[at].clone()
+    };
+    let mut orders: Vec<String> = rows
+        .iter()
+        .map(|(columns, row)| {
+            assert_eq!(
+                column(columns, row, "failed_step"),
+                "reserve_inventory",
+                "{row:?}"
+            );
+            assert!(column(columns, row, "failed_at").is_string(), "{row:?}");
+            assert!(
+                column(columns, row, "failure_reason").is_string(),
+                "{row:?}"
+            );
+            column(columns, row, "payload.order_id")
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    orders.sort();
+    let mut expected: Vec<String> = (0..15).map(|i| format!("ORD-{i}")).collect();
+    expected.sort();
+    assert_eq!(orders, expected, "the failed sagas, each once");
 }
 
 /// The path of Prometheus's instant query for `expr`.

@@ -218,6 +218,8 @@ pub struct SagaBody<'a> {
     failure_reason: Option<&'a str>,
     trace_id: &'a str,
     payload: StoredJson<'a>,
+    failed_step: Option<&'a str>,
+    failed_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -251,6 +253,8 @@ pub fn saga(view: &SagaView) -> SagaBody<'_> {
         failure_reason: view.failure_reason.as_deref(),
         trace_id: &view.trace_id,
         payload: StoredJson(&view.payload),
+        failed_step: view.failed_step.as_deref(),
+        failed_at: view.failed_at_ms.map(rfc3339),
     }
 }
 

@@ -1,6 +1,8 @@
 // Checks monitoring/dashboards/*.json (run by scripts/check-monitoring):
-//  - structure: unique uids and panel ids, the template variables, every target on the
-//    $datasource variable, every metric selector filtered by $namespace;
+//  - structure: unique uids and panel ids, the template variables, every Prometheus
+//    target on the $datasource variable, every metric selector filtered by $namespace;
+//    every Infinity target (a table read from sagalog's list API) on the $infinity
+//    variable, its request bounded by a status and a limit the API accepts;
 //  - writes .gen/dashboard_<name>.ts, each dashboard as a literal that `satisfies`
 //    SagalogDashboard (types.ts, from @grafana/schema), for `tsc` to type-check with
 //    excess-property checks (an unknown or misspelt key is an error);
@@ -31,6 +33,21 @@ const substitute = (expr) =>
     .replaceAll('$namespace', '.*')
     .replaceAll('$saga_type', '.*');
 
+const INFINITY = 'yesoreyeram-infinity-datasource';
+const STATUSES = ['STARTED', 'IN_PROGRESS', 'COMPLETED', 'FAILED', 'COMPENSATED', 'COMPENSATION_FAILED'];
+
+// An Infinity query of sagalog's list API: on the $infinity variable, a bounded list.
+function checkApiTarget(at, target, vars) {
+  if (target.datasource.uid !== '${infinity}') problem(at, 'an Infinity target not on ${infinity}');
+  if (!vars.includes('infinity')) problem(at, 'uses $infinity, which the dashboard does not define');
+  if (target.url !== '/api/v1/sagas') problem(at, `an Infinity target reads ${target.url}, not /api/v1/sagas`);
+  const params = Object.fromEntries((target.url_options?.params ?? []).map((p) => [p.key, p.value]));
+  if (!STATUSES.includes(params.status)) problem(at, `status ${params.status} is not a saga status`);
+  const limit = Number(params.limit);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 1000) problem(at, `limit ${params.limit} is not 1..1000`);
+  if (target.root_selector !== 'items') problem(at, 'the list API returns its sagas in `items`');
+}
+
 const files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
 if (files.length < 3) problem(dir, `expected the three dashboards, found ${files.length}`);
 for (const file of files) {
@@ -52,6 +69,10 @@ for (const file of files) {
     ids.add(panel.id);
     if (!panel.targets?.length) problem(at, 'no queries');
     for (const target of panel.targets ?? []) {
+      if (target.datasource?.type === INFINITY) {
+        checkApiTarget(at, target, vars);
+        continue;
+      }
       if (target.datasource?.uid !== '${datasource}') problem(at, 'a target not on ${datasource}');
       const expr = target.expr ?? '';
       if (expr.includes('$saga_type') && !vars.includes('saga_type')) {

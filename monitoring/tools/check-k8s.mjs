@@ -1,6 +1,12 @@
 // The Kubernetes side of sagalog (run by scripts/check-monitoring):
 //   node check-k8s.mjs --write-rule       writes k8s/prometheusrule.yaml from
 //                                         monitoring/alerts/sagalog.yaml
+//   node check-k8s.mjs --overlay BUILT.yaml checks `kubectl kustomize k8s/monitoring`
+//     output (the monitoring stack): the objects it must hold, resources and security
+//     of every container, the rules ConfigMap equal to the alert rules, Grafana's
+//     provisioning; writes .gen/builtin_monitoring.yaml (with the Secret template) for
+//     kubernetes-validate --strict, and .gen/prometheus/ (the configuration with its
+//     rule file) for `promtool check config`;
 //   node check-k8s.mjs BUILT.yaml         checks `kubectl kustomize k8s` output:
 //     - the PrometheusRule's groups equal monitoring/alerts/sagalog.yaml's;
 //     - the ServiceMonitor and PrometheusRule pass the prometheus-operator models'
@@ -39,6 +45,113 @@ if (process.argv[2] === '--write-rule') {
   );
   console.log(`wrote ${ruleOut}`);
   process.exit(0);
+}
+
+if (process.argv[2] === '--overlay') {
+  checkOverlay(process.argv[3]);
+  process.exit(0);
+}
+
+function checkOverlay(file) {
+  const problems = [];
+  const objects = parseAllDocuments(readFileSync(file, 'utf8')).map((d) => d.toJSON());
+  const byKey = new Map(objects.map((o) => [`${o.kind}/${o.metadata?.name}`, o]));
+  const find = (kind, prefix) => objects.find((o) => o.kind === kind && o.metadata.name.startsWith(prefix));
+  for (const want of [
+    'Namespace/monitoring',
+    'PersistentVolumeClaim/prometheus-data',
+    'Deployment/prometheus',
+    'Service/prometheus',
+    'PodDisruptionBudget/prometheus',
+    'Deployment/kube-state-metrics',
+    'Service/kube-state-metrics',
+    'PersistentVolumeClaim/grafana-data',
+    'Deployment/grafana',
+    'Service/grafana',
+    'Ingress/grafana',
+    'PodDisruptionBudget/grafana',
+    'ConfigMap/sagalog-rules',
+    'ConfigMap/sagalog-dashboard-sagas',
+    'ConfigMap/sagalog-dashboard-outbox',
+    'ConfigMap/sagalog-dashboard-tracker',
+  ]) {
+    if (!byKey.has(want)) problems.push(`the monitoring overlay has no ${want}`);
+  }
+  for (const o of objects) {
+    const namespaced = !['Namespace', 'ClusterRole', 'ClusterRoleBinding'].includes(o.kind);
+    if (namespaced && o.metadata.namespace !== 'monitoring') problems.push(`${o.kind}/${o.metadata.name}: not in namespace monitoring`);
+  }
+  for (const d of objects.filter((o) => o.kind === 'Deployment')) {
+    const pod = d.spec.template.spec;
+    const at = `Deployment/${d.metadata.name}`;
+    if (pod.securityContext?.runAsNonRoot !== true) problems.push(`${at}: not non-root`);
+    for (const c of pod.containers) {
+      if (!c.resources?.requests || !c.resources?.limits) problems.push(`${at}: ${c.name} has no requests and limits`);
+      if (c.securityContext?.readOnlyRootFilesystem !== true) problems.push(`${at}: ${c.name} has a writable root filesystem`);
+      if (!c.readinessProbe) problems.push(`${at}: ${c.name} has no readiness probe`);
+      if (!/:v?[0-9][^:/]*$/.test(c.image) || c.image.endsWith(':latest')) problems.push(`${at}: ${c.image} is not pinned`);
+    }
+    const pdb = byKey.get(`PodDisruptionBudget/${d.metadata.name}`);
+    if (d.metadata.name !== 'kube-state-metrics' && pdb?.spec.minAvailable !== 1) problems.push(`${at}: no PodDisruptionBudget with minAvailable 1`);
+  }
+  const rules = byKey.get('ConfigMap/sagalog-rules');
+  if (rules && !isDeepStrictEqual(parse(rules.data['sagalog.yaml']).groups, alertGroups)) {
+    problems.push('ConfigMap/sagalog-rules differs from monitoring/alerts/sagalog.yaml');
+  }
+  const grafana = byKey.get('Deployment/grafana')?.spec.template.spec;
+  if (grafana) {
+    const env = grafana.containers[0].env ?? [];
+    const password = env.find((e) => e.name === 'GF_SECURITY_ADMIN_PASSWORD');
+    if (password?.valueFrom?.secretKeyRef?.name !== 'grafana-admin') problems.push('Grafana: the admin password is not read from the Secret grafana-admin');
+    if (!env.some((e) => e.name === 'GF_INSTALL_PLUGINS' && /yesoreyeram-infinity-datasource \d+\.\d+\.\d+/.test(e.value))) {
+      problems.push('Grafana: the Infinity plugin is not installed at a pinned version');
+    }
+    const projected = grafana.volumes.find((v) => v.name === 'dashboards')?.projected?.sources.map((s) => s.configMap.name) ?? [];
+    for (const name of ['sagas', 'outbox', 'tracker']) {
+      if (!projected.includes(`sagalog-dashboard-${name}`)) problems.push(`Grafana does not mount the ${name} dashboard`);
+    }
+    const provisioning = find('ConfigMap', 'grafana-provisioning');
+    const claim = grafana.volumes.find((v) => v.name === 'data')?.persistentVolumeClaim?.claimName;
+    if (claim !== 'grafana-data') problems.push('Grafana: its data is not on the PersistentVolumeClaim grafana-data');
+    if (!provisioning) problems.push('no ConfigMap grafana-provisioning');
+    else {
+      if (grafana.volumes.find((v) => v.name === 'provisioning')?.configMap?.name !== provisioning.metadata.name) {
+        problems.push('Grafana does not mount the generated provisioning ConfigMap');
+      }
+      const sources = parse(provisioning.data['datasources.yaml']).datasources;
+      const types = sources.map((s) => s.type);
+      for (const type of ['prometheus', 'yesoreyeram-infinity-datasource']) {
+        if (!types.includes(type)) problems.push(`Grafana has no ${type} data source`);
+      }
+      const api = sources.find((s) => s.type === 'yesoreyeram-infinity-datasource');
+      if (api && !(api.jsonData?.allowedHosts ?? []).includes(api.url)) problems.push('the Infinity data source does not allow its own URL');
+      const providers = parse(provisioning.data['dashboards.yaml']).providers;
+      const mount = grafana.containers[0].volumeMounts.find((m) => m.name === 'dashboards')?.mountPath;
+      if (!providers.some((p) => p.options?.path === mount)) problems.push('no dashboard provider reads the mounted dashboards');
+    }
+  }
+  const config = find('ConfigMap', 'prometheus-config');
+  if (!config) problems.push('no ConfigMap prometheus-config');
+  else {
+    // The configuration with its rule file where this machine has it, for promtool.
+    const dir = join(here, '.gen', 'prometheus');
+    mkdirSync(join(dir, 'rules'), { recursive: true });
+    const text = config.data['prometheus.yml'];
+    if (!text.includes('/etc/prometheus/rules/sagalog.yaml')) problems.push('prometheus.yml does not load /etc/prometheus/rules/sagalog.yaml');
+    writeFileSync(join(dir, 'prometheus.yml'), text.replaceAll('/etc/prometheus/rules/', `${join(dir, 'rules')}/`));
+    if (rules) writeFileSync(join(dir, 'rules', 'sagalog.yaml'), rules.data['sagalog.yaml']);
+    const jobs = parse(text).scrape_configs.map((j) => j.job_name);
+    if (!jobs.includes('sagalog')) problems.push('prometheus.yml has no job "sagalog" (the alerts and dashboards look for it)');
+  }
+  const template = parse(readFileSync(join(repo, 'k8s', 'monitoring', 'grafana-admin.secret.template.yaml'), 'utf8'));
+  if (!String(template.stringData?.['admin-password']).startsWith('CHANGE-ME')) problems.push('the Secret template holds a password, not a placeholder');
+  if (objects.some((o) => o.kind === 'Secret')) problems.push('the overlay ships a Secret; it must come from the template, filled in');
+  writeFileSync(join(here, '.gen', 'builtin_monitoring.yaml'), [...objects, template].map((o) => stringify(o)).join('---\n'));
+  if (problems.length) {
+    console.error(problems.join('\n'));
+    process.exit(1);
+  }
+  console.log(`monitoring overlay: ${objects.length} objects built and checked (and the Secret template)`);
 }
 
 const problems = [];

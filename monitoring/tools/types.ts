@@ -18,6 +18,20 @@ export interface PromQuery extends DataQuery {
   interval?: string;
 }
 
+/** A query of the Infinity data source (yesoreyeram-infinity-datasource), as Grafana
+ * stores it: the subset sagalog's dashboards use, a JSON API read by URL through the
+ * backend parser into a table. Mirrors the plugin's query model. */
+export interface InfinityQuery extends DataQuery {
+  type: 'json';
+  source: 'url';
+  parser: 'backend';
+  format: 'table';
+  url: string;
+  url_options: { method: 'GET'; params: { key: string; value: string }[] };
+  root_selector: string;
+  columns: { selector: string; text: string; type: 'string' | 'number' | 'timestamp' }[];
+}
+
 /** What a type looks like in JSON: Grafana's string enums (ThresholdsMode, ...) become
  * the union of their values, so a JSON string literal can satisfy them; everything else
  * keeps its shape, optionality and excess-property checks. */
@@ -33,11 +47,11 @@ export type Json<T> = T extends string
 
 /** A panel of one plugin type, its options and custom field config typed by Grafana's
  * schema for that plugin (Partial: Grafana fills in the defaults), its targets Prometheus
- * queries. */
-type Typed<T extends string, O, C> = Omit<Panel<Partial<O>, Partial<C>>, 'type' | 'targets' | 'options'> & {
+ * queries (a table's may be Infinity queries of sagalog's API). */
+type Typed<T extends string, O, C, Q = PromQuery> = Omit<Panel<Partial<O>, Partial<C>>, 'type' | 'targets' | 'options'> & {
   type: T;
   options: Partial<O>;
-  targets: PromQuery[];
+  targets: Q[];
 };
 
 export type SagalogPanel = Json<
@@ -46,7 +60,7 @@ export type SagalogPanel = Json<
   | Typed<'stat', stat.Options, Record<string, never>>
   | Typed<'gauge', gauge.Options, Record<string, never>>
   | Typed<'piechart', piechart.Options, piechart.FieldConfig>
-  | Typed<'table', table.Options, table.FieldConfig>
+  | Typed<'table', table.Options, table.FieldConfig, PromQuery | InfinityQuery>
   | Typed<'heatmap', heatmap.Options, heatmap.FieldConfig>
 >;
 

@@ -138,6 +138,94 @@ pub fn status_gauge(metrics: &str) -> Value {
 
 /// Every PromQL expression of the dashboards (panel targets and template queries),
 /// named by where it is.
+const INFINITY: &str = "yesoreyeram-infinity-datasource";
+
+/// A request a dashboard's Infinity data source makes to sagalog's API.
+pub struct ApiRequest {
+    /// `dashboard panel "title" refId`.
+    pub place: String,
+    /// The path and query string, as the data source sends them.
+    pub path: String,
+    /// The JSON paths of its columns under the root selector (`payload.order_id`),
+    /// with the dashboard's variables at their defaults.
+    pub columns: Vec<String>,
+    pub root: String,
+}
+
+/// Every Infinity query of the dashboards, as the request it makes.
+pub fn dashboard_api_requests() -> Vec<ApiRequest> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring/dashboards");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let dashboard: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        // Textbox variables at their defaults.
+        let defaults: Vec<(String, String)> = dashboard["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["type"] == "textbox")
+            .map(|v| {
+                let name = v["name"].as_str().unwrap();
+                (
+                    format!("${{{name}}}"),
+                    v["query"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let fill = |text: &str| {
+            defaults
+                .iter()
+                .fold(text.to_string(), |t, (var, value)| t.replace(var, value))
+        };
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                if target["datasource"]["type"] != INFINITY {
+                    continue;
+                }
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                for param in target["url_options"]["params"].as_array().unwrap() {
+                    query.append_pair(
+                        param["key"].as_str().unwrap(),
+                        &fill(param["value"].as_str().unwrap()),
+                    );
+                }
+                out.push(ApiRequest {
+                    place: format!(
+                        "{file} panel {:?} {}",
+                        panel["title"].as_str().unwrap(),
+                        target["refId"].as_str().unwrap()
+                    ),
+                    path: format!("{}?{}", target["url"].as_str().unwrap(), query.finish()),
+                    columns: target["columns"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|c| fill(c["selector"].as_str().unwrap()))
+                        .collect(),
+                    root: target["root_selector"].as_str().unwrap().to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A cgroup (v2) filesystem as a pod with limits has it — 2 cores, 1 GiB — for
+/// `--cgroup-root`: this machine's own cgroup sets no limit, and making one needs
+/// privileges a test must not assume.
+pub fn cgroup_with_limits(dir: &Path) -> PathBuf {
+    let root = dir.join("cgroup");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("cpu.max"), "200000 100000\n").unwrap();
+    std::fs::write(root.join("memory.max"), "1073741824\n").unwrap();
+    root
+}
+
 pub fn dashboard_queries() -> Vec<(String, String)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring/dashboards");
     let mut out = Vec::new();
@@ -150,6 +238,10 @@ pub fn dashboard_queries() -> Vec<(String, String)> {
         let file = path.file_name().unwrap().to_string_lossy().to_string();
         for panel in dashboard["panels"].as_array().unwrap() {
             for target in panel["targets"].as_array().unwrap() {
+                // Infinity targets read sagalog's API (`dashboard_api_requests`).
+                if target["datasource"]["type"] == INFINITY {
+                    continue;
+                }
                 out.push((
                     format!("{file} panel {:?}", panel["title"].as_str().unwrap()),
                     target["expr"].as_str().unwrap().to_string(),

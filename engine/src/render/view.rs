@@ -28,10 +28,49 @@ pub struct SagaView {
     pub trace_id: String,
     /// The start payload, as JSON text.
     pub payload: String,
+    /// The step whose failure made the saga compensate (`None` when it never failed,
+    /// or an operator failed it).
+    pub failed_step: Option<String>,
+    /// When the saga entered FAILED, in unix ms (`None` when it never did).
+    pub failed_at_ms: Option<u64>,
 }
 
-/// The view of `state`, whose records hold `payload` and `results`.
-pub fn saga_view(state: &SagaState, payload: String, results: &StepResults) -> SagaView {
+/// When and where a saga failed, as its records say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Failure {
+    /// The step that failed for good; `None` for an operator's override to FAILED.
+    pub step: Option<u16>,
+    pub at_ms: u64,
+}
+
+impl Failure {
+    /// The failure a saga's next record records, if it records one.
+    pub fn of(record: &crate::model::record::Record) -> Option<Failure> {
+        use crate::model::record::Kind;
+        match &record.kind {
+            Kind::SagaFailed { step, .. } => Some(Failure {
+                step: Some(*step),
+                at_ms: record.at_ms,
+            }),
+            Kind::StatusOverridden {
+                to: Status::Failed, ..
+            } => Some(Failure {
+                step: None,
+                at_ms: record.at_ms,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The view of `state`, whose records hold `payload`, `results` and its latest
+/// `failure`.
+pub fn saga_view(
+    state: &SagaState,
+    payload: String,
+    results: &StepResults,
+    failure: Option<Failure>,
+) -> SagaView {
     SagaView {
         saga_id: state.saga_id.to_string(),
         saga_type: state.definition.name.clone(),
@@ -56,5 +95,10 @@ pub fn saga_view(state: &SagaState, payload: String, results: &StepResults) -> S
         failure_reason: state.failure_reason.as_deref().map(str::to_string),
         trace_id: crate::model::state::trace_id_hex(&state.trace_id),
         payload,
+        failed_step: failure
+            .and_then(|f| f.step)
+            .and_then(|step| state.definition.steps.get(usize::from(step)))
+            .map(|def| def.name.clone()),
+        failed_at_ms: failure.map(|f| f.at_ms),
     }
 }

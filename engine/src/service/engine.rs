@@ -226,7 +226,7 @@ impl Engine {
                 state: Some(state), ..
             } => Ok(StartAnswer {
                 // A new saga: no step has a result yet.
-                saga: view::saga_view(&state, payload, &StepResults::default()),
+                saga: view::saga_view(&state, payload, &StepResults::default(), None),
                 created: true,
             }),
             Done::Existing { state, last_offset } => Ok(StartAnswer {

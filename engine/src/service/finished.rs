@@ -22,11 +22,13 @@ pub(crate) struct Loaded {
     /// The start payload, as JSON text.
     pub payload: String,
     pub results: StepResults,
+    /// Its latest failure, if it failed.
+    pub failure: Option<view::Failure>,
 }
 
 impl Loaded {
     pub(crate) fn view(self) -> SagaView {
-        view::saga_view(&self.state, self.payload, &self.results)
+        view::saga_view(&self.state, self.payload, &self.results, self.failure)
     }
 }
 
@@ -71,8 +73,10 @@ impl Inner {
             }
         };
         let mut results = StepResults::default();
+        let mut failure = None;
         for (_, record) in &history {
             results.note(&record.kind);
+            failure = view::Failure::of(record).or(failure);
         }
         let first_offset = history.first().map_or(last_offset, |(offset, _)| *offset);
         let payload = match history.first_mut().map(|(_, r)| r) {
@@ -94,6 +98,7 @@ impl Inner {
             last_offset,
             payload,
             results,
+            failure,
         })
     }
 
