@@ -511,5 +511,17 @@ fn entry_json(offset: u64, entry: Entry) -> Value {
             command_offset,
         } => json!({"offset": offset, "kind": "dead_letter_replayed",
                     "dead_letter_offset": dead_letter_offset, "command_offset": command_offset}),
+        Entry::DeliveryPaused {
+            topics,
+            reason,
+            at_ms,
+        } => {
+            json!({"offset": offset, "kind": "delivery_paused", "at": sagalog_http::json::rfc3339(at_ms),
+                    "topics": topics, "all": topics.is_empty(), "reason": reason})
+        }
+        Entry::DeliveryResumed { topics, at_ms } => {
+            json!({"offset": offset, "kind": "delivery_resumed", "at": sagalog_http::json::rfc3339(at_ms),
+                   "topics": topics, "all": topics.is_empty()})
+        }
     }
 }

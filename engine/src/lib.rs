@@ -34,7 +34,7 @@ mod service;
 pub mod shutdown;
 pub mod throttle;
 
-pub use model::{decider, definition, record, state};
+pub use model::{decider, definition, delivery, record, state};
 pub use render::{command, filter, results, view, wire};
 
 pub use api::{
@@ -45,12 +45,14 @@ pub use command::{Command, StoredJson, Undo};
 pub use config::{Clock, EngineConfig, EngineObserver, SystemClock};
 pub use decider::{decide, Input, Outcome, Rejection, Reply};
 pub use definition::{Definition, Registry, StepDefinition};
+pub use delivery::Delivery;
 pub use error::{EngineError, ErrorClass, Inconsistency};
 pub use filter::{member_of, CommandFilter, FilterError};
 pub use record::{Action, Entry, Kind, Record, Status};
 /// The log's own types an adapter meets: its figures, its observer and a failing write.
 pub use sagalog_storage::{FsyncPolicy, LogObserver, LogStats, WriteFailure};
 pub use service::dead_letters::DeadLetter;
+pub use service::delivery::DeliveryChange;
 pub use service::engine::Engine;
 pub use service::feed::{CommandFeed, Cursor, FeedBatch, LogHealth};
 pub use service::projection::{Counters, TypeCounters};

@@ -3,5 +3,6 @@
 
 pub mod decider;
 pub mod definition;
+pub mod delivery;
 pub mod record;
 pub mod state;

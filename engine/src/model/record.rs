@@ -261,6 +261,18 @@ pub enum Entry {
         dead_letter_offset: u64,
         command_offset: u64,
     },
+    /// An operator paused the delivery of commands to `topics` (every topic when
+    /// empty): the relay and the outbox hold them in the log (see `model::delivery`).
+    DeliveryPaused {
+        topics: Vec<String>,
+        reason: String,
+        at_ms: u64,
+    },
+    /// An operator resumed delivery to `topics` (every topic when empty).
+    DeliveryResumed {
+        topics: Vec<String>,
+        at_ms: u64,
+    },
 }
 
 impl Entry {
@@ -271,6 +283,8 @@ impl Entry {
             Entry::DefinitionRegistered { .. } => "definition_registered",
             Entry::DeadLettered { .. } => "dead_lettered",
             Entry::DeadLetterReplayed { .. } => "dead_letter_replayed",
+            Entry::DeliveryPaused { .. } => "delivery_paused",
+            Entry::DeliveryResumed { .. } => "delivery_resumed",
         }
     }
 }

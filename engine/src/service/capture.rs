@@ -61,6 +61,7 @@ struct Cut {
     pub offset: u64,
     pub definitions: Vec<String>,
     pub counters: Counters,
+    pub delivery: crate::model::delivery::Delivery,
 }
 
 /// Takes the cut of snapshot `epoch` (the caller holds the gate exclusively).
@@ -75,6 +76,7 @@ fn cut(inner: &Inner, epoch: u32) -> Cut {
             .map(|d| d.to_json())
             .collect(),
         counters: inner.projections.lock().counters.clone(),
+        delivery: inner.delivery.borrow().clone(),
     };
     for shard in inner.sagas.shards() {
         shard.lock().begin_capture(epoch);
@@ -106,6 +108,7 @@ fn write_snapshot(inner: &Inner, cut: &Cut) -> Result<SnapshotInfo> {
     put(out, &cut.offset, dir)?;
     put(out, &cut.definitions, dir)?;
     put(out, &cut.counters, dir)?;
+    put(out, &cut.delivery, dir)?;
     for shard in inner.sagas.shards() {
         let untouched = shard.lock().untouched();
         for ids in untouched.chunks(SNAPSHOT_CHUNK_SAGAS) {

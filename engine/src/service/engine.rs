@@ -40,7 +40,7 @@ use crate::shutdown::Shutdown;
 
 /// The saga engine over one data directory.
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -102,6 +102,7 @@ impl Engine {
             retention: Mutex::default(),
             retained_from: AtomicU64::new(log_start),
             reserve_released,
+            delivery: tokio::sync::watch::Sender::new(restored.delivery),
             config,
         });
         let spawn = |name: &str, run: fn(Arc<Inner>)| {

@@ -19,6 +19,8 @@ pub struct CommandFeed {
     inner: Arc<Inner>,
     tail: Tail,
     filter: CommandFilter,
+    /// Stop at the first command whose topic is paused (the HTTP outbox).
+    holding: bool,
 }
 
 /// What one read of a [`CommandFeed`] gives.
@@ -31,6 +33,9 @@ pub struct FeedBatch {
     pub records: usize,
     /// The offset of the last record read.
     pub last_offset: Option<u64>,
+    /// A holding feed stopped before a command whose topic is paused: it reads from
+    /// that command again next time.
+    pub held: bool,
 }
 
 impl CommandFeed {
@@ -40,7 +45,17 @@ impl CommandFeed {
             inner,
             tail,
             filter: CommandFilter::all(),
+            holding: false,
         }
+    }
+
+    /// The feed that stops at the first command whose topic is paused, and hands it out
+    /// only once its topic is resumed (a reader with one cursor, the HTTP outbox, must
+    /// not move past it). The relay does not hold: it parks such commands itself so the
+    /// other topics go on.
+    pub fn holding(mut self) -> CommandFeed {
+        self.holding = true;
+        self
     }
 
     /// The feed of only the commands `filter` wants (the others are read past, and not
@@ -69,16 +84,33 @@ impl CommandFeed {
             Err(StorageError::Closed) => return Err(EngineError::Closed),
             Err(e) => return Err(e.into()),
         };
-        let commands = crate::render::command::render(
+        let mut commands = crate::render::command::render(
             &self.inner.log,
             &self.inner.registry,
             &records,
             &self.filter,
         )?;
+        let mut batch_end = records.last().map(|r| r.offset + 1);
+        let mut held = false;
+        if self.holding {
+            let delivery = self.inner.delivery.borrow();
+            if let Some(at) = commands.iter().position(|c| delivery.is_paused(&c.topic)) {
+                // Read again from the held command next time; what came before it is
+                // handed out.
+                let from = commands[at].feed_offset;
+                commands.truncate(at);
+                self.tail = self.inner.log.subscribe(from);
+                batch_end = Some(from);
+                held = true;
+            }
+        }
+        let first = records.first().map_or(0, |r| r.offset);
+        let read = batch_end.map_or(0, |end| end.saturating_sub(first)) as usize;
         Ok(FeedBatch {
             commands,
-            records: records.len(),
-            last_offset: records.last().map(|r| r.offset),
+            records: read,
+            last_offset: batch_end.filter(|&end| end > first).map(|end| end - 1),
+            held,
         })
     }
 }

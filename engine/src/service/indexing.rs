@@ -264,7 +264,10 @@ impl Indexer<'_> {
                 &dead_letter_offset.to_be_bytes(),
                 &record.offset.to_be_bytes(),
             ),
-            Entry::Saga { .. } | Entry::DefinitionRegistered { .. } => {}
+            Entry::Saga { .. }
+            | Entry::DefinitionRegistered { .. }
+            | Entry::DeliveryPaused { .. }
+            | Entry::DeliveryResumed { .. } => {}
         }
         Ok(())
     }

@@ -71,6 +71,9 @@ pub(crate) struct Inner {
     pub retained_from: AtomicU64,
     /// The reserve was released at open: the disk was full.
     pub reserve_released: bool,
+    /// What command delivery holds back; changes only once its entry is durable
+    /// (`delivery`), and is followed by the relay and the outbox.
+    pub delivery: tokio::sync::watch::Sender<crate::model::delivery::Delivery>,
 }
 
 impl Inner {

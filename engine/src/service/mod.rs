@@ -15,7 +15,8 @@
 //!   adapters read besides the API (commands, cursors, the log's health).
 //! - `indexing` (the sled layout and the indexer's batches), `bloom` (the filter of
 //!   finished ids), `projection` (status counts and per-type counters) and
-//!   `dead_letters` (commands the relay gave up on).
+//!   `dead_letters` (commands the relay gave up on); `delivery`: pausing and resuming
+//!   command delivery.
 //!
 //! Threads and runtimes: the API runs on the caller's tokio runtime; blocking work
 //! (listing, capturing a snapshot) goes to its blocking pool. The indexer and the timer
@@ -27,6 +28,7 @@ mod background;
 mod bloom;
 mod capture;
 pub(crate) mod dead_letters;
+pub(crate) mod delivery;
 mod effects;
 pub(crate) mod engine;
 pub(crate) mod feed;

@@ -8,12 +8,13 @@
 //! Taking a snapshot is `capture`'s; the body it writes is defined here, beside
 //! the reader.
 //!
-//! Snapshot body, format 3 (bincode, inside the storage crate's checksummed file):
-//! `format u8 | offset u64 | definitions Vec<String> | counters | chunk*` where each
-//! chunk is a non-empty `Vec<SnapshotSaga>` and an empty one ends the body. Older
-//! bodies are still read: format 2 is the same with sagas that do not count their
-//! results' bytes, format 1 (`format | offset | definitions | sagas | counters`) keeps
-//! them in one list.
+//! Snapshot body, format 4 (bincode, inside the storage crate's checksummed file):
+//! `format u8 | offset u64 | definitions Vec<String> | counters | delivery | chunk*`
+//! where `delivery` is what is paused and each chunk is a non-empty `Vec<SnapshotSaga>`
+//! and an empty one ends the body. Older bodies are still read: format 3 is the same
+//! without `delivery` (nothing paused), format 2 is format 3 with sagas that do not
+//! count their results' bytes, format 1 (`format | offset | definitions | sagas |
+//! counters`) keeps them in one list.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use sagalog_storage::{IndexStore, Log, SnapshotInfo, SnapshotStore, StorageError
 use crate::error::{EngineError, Inconsistency, Result};
 use crate::history::decode_at;
 use crate::model::definition::{Definition, Registry};
+use crate::model::delivery::{extend_after_resume, Delivery};
 use crate::model::record::{Entry, Kind, Record};
 use crate::model::state::{apply_mut, SagaState, StoredSaga};
 use crate::service::active::{shard_index, Shard, Summary};
@@ -32,11 +34,12 @@ use crate::service::indexing::{Indexer, Keys};
 use crate::service::projection::{Counters, Projections};
 use crate::service::table::Slot;
 
-/// The snapshot body this build writes; it reads [`SNAPSHOT_FORMAT_V1`] and
-/// [`SNAPSHOT_FORMAT_V2`] too.
-pub(crate) const SNAPSHOT_FORMAT: u8 = 3;
+/// The snapshot body this build writes; it reads [`SNAPSHOT_FORMAT_V1`],
+/// [`SNAPSHOT_FORMAT_V2`] and [`SNAPSHOT_FORMAT_V3`] too.
+pub(crate) const SNAPSHOT_FORMAT: u8 = 4;
 const SNAPSHOT_FORMAT_V1: u8 = 1;
 const SNAPSHOT_FORMAT_V2: u8 = 2;
+const SNAPSHOT_FORMAT_V3: u8 = 3;
 /// Sagas per chunk of a snapshot: also how many a capture copies per hold of a shard's
 /// lock.
 pub(crate) const SNAPSHOT_CHUNK_SAGAS: usize = 1024;
@@ -159,6 +162,8 @@ pub(crate) struct Restored {
     /// Records folded in after the snapshot.
     pub replayed: u64,
     pub snapshot_offset: u64,
+    /// What command delivery holds back (pauses and resumes folded in).
+    pub delivery: Delivery,
     /// Finished sagas kept in memory because the indexes do not hold them yet (they
     /// could not catch up on open), by the offset of their last record.
     pub unindexed: Vec<(u64, Arc<str>)>,
@@ -176,6 +181,7 @@ impl Restored {
             active: 0,
             replayed: 0,
             snapshot_offset: 0,
+            delivery: Delivery::default(),
             unindexed: Vec::new(),
             indexed_below: u64::MAX,
         }
@@ -358,8 +364,11 @@ fn decode_snapshot(
             }
             counters
         }
-        SNAPSHOT_FORMAT => {
+        SNAPSHOT_FORMAT_V3 | SNAPSHOT_FORMAT => {
             let counters: Counters = decode(reader, &bad)?;
+            if format == SNAPSHOT_FORMAT {
+                restored.delivery = decode(reader, &bad)?;
+            }
             loop {
                 let chunk: Vec<SnapshotSaga> = decode(reader, &bad)?;
                 if chunk.is_empty() {
@@ -466,6 +475,22 @@ fn fold(restored: &mut Restored, record: &sagalog_storage::LogRecord) -> Result<
             return Ok(());
         }
         Entry::DeadLettered { .. } | Entry::DeadLetterReplayed { .. } => return Ok(()),
+        Entry::DeliveryPaused { topics, .. } => {
+            restored.delivery.pause(&topics);
+            return Ok(());
+        }
+        Entry::DeliveryResumed { topics, at_ms } => {
+            let before = restored.delivery.clone();
+            restored.delivery.resume(&topics);
+            // As the live resume does: the sagas waiting on a resumed topic get their
+            // step's timeout again from the resume (timers are counted at the end).
+            for shard in restored.shards.iter() {
+                for slot in shard.lock().values_mut() {
+                    extend_after_resume(&mut slot.state, &before, &restored.delivery, at_ms);
+                }
+            }
+            return Ok(());
+        }
     };
     let Restored {
         registry,

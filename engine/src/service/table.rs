@@ -197,4 +197,22 @@ impl SagaTable {
     pub fn values(&self) -> impl Iterator<Item = &Slot> + '_ {
         self.table.iter().map(|slot| &**slot)
     }
+
+    /// Every saga, to change it; only while no capture is in progress (replay), since
+    /// a change must keep the capture's image first (see `get_mut`).
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Slot> + '_ {
+        assert!(
+            self.capture.is_none(),
+            "no capture while every saga is changed"
+        );
+        self.table.iter_mut().map(|slot| &mut **slot)
+    }
+
+    /// The ids of every saga.
+    pub fn ids(&self) -> Vec<std::sync::Arc<str>> {
+        self.table
+            .iter()
+            .map(|slot| slot.state.saga_id.clone())
+            .collect()
+    }
 }

@@ -308,6 +308,16 @@ impl Inner {
                 }
             }
         }
+        if matches!(op.input, Input::Tick)
+            && crate::model::delivery::is_held(&slot.state, &self.delivery.borrow())
+        {
+            // Its command is held back: its timeout does not fire while delivery is
+            // paused (the resume gives it the step's timeout again, and its timer).
+            return Ok(Step::Done(Done::Unchanged {
+                state: slot.state.clone(),
+                last_offset: slot.last_offset,
+            }));
+        }
         let (records, after) = decide_and_apply(&slot.state, op.input.clone(), now_ms)?;
         let limit = self.config.max_saga_data_bytes;
         if after.results_bytes > slot.state.results_bytes && after.results_bytes > limit as u64 {
