@@ -386,6 +386,10 @@ impl RelayObserver for RelayMetrics {
     fn pending(&self, records: u64) {
         self.0.outbox.pending.set(records as i64);
     }
+
+    fn held(&self, commands: usize) {
+        self.0.outbox.held.set(commands as i64);
+    }
 }
 
 impl ReplyObserver for RelayMetrics {

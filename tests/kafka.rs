@@ -285,8 +285,16 @@ async fn a_missing_topic_that_may_not_be_created_fails_readiness_and_holds_its_c
         ],
     );
     let mut c = common::client(&server).await;
-    // The server runs; readiness and the metric say what is missing.
-    let ready = get(&mut c, "/readyz").await;
+    // The server runs; once the relay's first check has answered (it runs beside the
+    // listener), readiness and the metric say what is missing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        let ready = get(&mut c, "/readyz").await;
+        if ready.status == 503 || Instant::now() > deadline {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let message = common::expect_error(&ready, 503, "not_ready");
     assert!(message.contains("inventory.commands"), "{message}");
     assert!(
@@ -379,11 +387,11 @@ async fn a_broker_that_cannot_be_reached_is_waited_for_without_flooding_the_log(
     assert_eq!(started.status, 201, "{}", started.text());
     tokio::time::sleep(Duration::from_secs(8)).await;
     let metrics = get(&mut c, "/metrics").await.text();
-    assert_eq!(
-        common::gauge(&metrics, "outbox_pending_events_total"),
-        1.0,
-        "{metrics}"
-    );
+    // The records past the relay's position: the saga's start and its command while
+    // the relay still waits for its first topic check to end (it times out after 10 s),
+    // the command alone once it has read them and holds the command.
+    let pending = common::gauge(&metrics, "outbox_pending_events_total");
+    assert!((1.0..=2.0).contains(&pending), "{metrics}");
     // Every client reports the outage several times a second; rdkafka's default
     // context logged each report (about 35 lines a second). Each kind of report is
     // logged once a minute now, and librdkafka's own connect failures back off.
@@ -467,4 +475,94 @@ async fn the_client_crates_participants_run_sagas_from_their_kafka_topics() {
         let stats = run.await.unwrap().expect("a participant stops cleanly");
         assert_eq!((stats.handled, stats.stale), (5, 0), "{stats:?}");
     }
+}
+
+/// Waits until the gauge `name` reads `value`, or panics after 30 s.
+async fn wait_for_gauge(c: &mut sagalog_http::client::Client, name: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = get(c, "/metrics").await.text();
+        if common::gauge(&metrics, name) == value {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} = {value}:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_holds_a_paused_topic_and_publishes_the_others() {
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(&root);
+    let server = serve(&dir, &["--kafka-brokers", &tansu.brokers()]);
+    let mut c = common::client(&server).await;
+    let audit = json!({"name": "audit", "version": 1, "steps": [
+        {"name": "record", "topic": "audit.commands", "compensable": false,
+         "timeout_ms": 60000, "max_attempts": 3, "backoff_ms": 100}]});
+    common::put_definition(&mut c, &audit).await;
+    let pause = json!({"topics": ["inventory.commands"], "reason": "drill"});
+    let paused = common::admin(
+        &mut c,
+        hyper::Method::POST,
+        "/internal/v1/pause",
+        Some(pause),
+    )
+    .await;
+    assert_eq!(paused.status, 200, "{}", paused.text());
+    for (saga_type, id) in [("order", "p-1"), ("audit", "a-1")] {
+        let started = post(
+            &mut c,
+            "/api/v1/sagas",
+            json!({"type": saga_type, "saga_id": id}),
+        )
+        .await;
+        assert_eq!(started.status, 201, "{}", started.text());
+    }
+    // The other topic's command goes out; the paused one's is held by the relay.
+    assert_eq!(
+        next_command(&consumer(&tansu, "audit.commands")).await["saga_id"],
+        "a-1"
+    );
+    wait_for_gauge(&mut c, "sagalog_delivery_held_commands", 1.0).await;
+    let inventory = consumer(&tansu, "inventory.commands");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), inventory.recv())
+            .await
+            .is_err(),
+        "nothing reaches a paused topic"
+    );
+
+    // Across a restart the relay reads it again and holds it again.
+    assert!(server.terminate().unwrap().success());
+    let server = serve(&dir, &["--kafka-brokers", &tansu.brokers()]);
+    let mut c = common::client(&server).await;
+    wait_for_gauge(&mut c, "sagalog_delivery_held_commands", 1.0).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), inventory.recv())
+            .await
+            .is_err(),
+        "still held after the restart"
+    );
+
+    // Resumed: it goes out once.
+    let resume = json!({"topics": ["inventory.commands"]});
+    let resumed = common::admin(
+        &mut c,
+        hyper::Method::POST,
+        "/internal/v1/resume",
+        Some(resume),
+    )
+    .await;
+    assert_eq!(resumed.status, 200, "{}", resumed.text());
+    assert_eq!(next_command(&inventory).await["saga_id"], "p-1");
+    wait_for_gauge(&mut c, "sagalog_delivery_held_commands", 0.0).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), inventory.recv())
+            .await
+            .is_err(),
+        "published once"
+    );
+    assert!(server.terminate().unwrap().success());
 }

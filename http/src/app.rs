@@ -231,6 +231,9 @@ impl App {
             Route::DeadLetters => self.dead_letters(&query),
             Route::ReplayDeadLetter => self.replay_dead_letter(&param).await,
             Route::Snapshot => self.snapshot().await,
+            Route::Delivery => Ok(self.delivery_response(None)),
+            Route::Pause => self.pause(&body).await,
+            Route::Resume => self.resume(&body).await,
             Route::Metrics => Ok(self.metrics_response()),
             Route::Healthz => Ok(respond(StatusCode::OK, json!({"status": "ok"}))),
             Route::Readyz => self.ready(),
@@ -272,6 +275,29 @@ impl App {
             StatusCode::ACCEPTED,
             json!({"dead_letter_offset": offset, "replay_offset": replay}),
         ))
+    }
+
+    async fn pause(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
+        let body: json::PauseBody = json::parse(body)?;
+        let topics = json::change_topics(body.topics)?;
+        let change = self.engine.pause_delivery(topics, body.reason).await?;
+        Ok(self.delivery_response(change.offset))
+    }
+
+    async fn resume(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
+        let body: json::ResumeBody = json::parse(body)?;
+        let topics = json::change_topics(body.topics)?;
+        let change = self.engine.resume_delivery(topics).await?;
+        Ok(self.delivery_response(change.offset))
+    }
+
+    /// What is paused now, and the offset of the entry that made it so (`null` when the
+    /// call changed nothing, or only reads).
+    fn delivery_response(&self, offset: Option<u64>) -> Response<Body> {
+        let topics = step_topics(&self.engine);
+        let mut body = json::delivery(&self.engine.delivery(), &topics);
+        body["offset"] = json!(offset);
+        respond(StatusCode::OK, body)
     }
 
     async fn snapshot(&self) -> Result<Response<Body>, ApiError> {
@@ -610,7 +636,12 @@ impl App {
         if !problems.is_empty() {
             return Err(not_ready(problems.join("; ")));
         }
-        let notes = self.readiness.notes();
+        let mut notes = self.readiness.notes();
+        let delivery = self.engine.delivery();
+        if !delivery.is_open() {
+            // Paused on purpose: the API, replies and reads go on, so the pod stays ready.
+            notes.insert("delivery", delivery.describe());
+        }
         if notes.is_empty() {
             return Ok(respond(StatusCode::OK, json!({"status": "ready"})));
         }
@@ -619,6 +650,15 @@ impl App {
             json!({"status": "ready", "notes": notes}),
         ))
     }
+}
+
+/// The step topics of the registered definitions.
+pub(crate) fn step_topics(engine: &Engine) -> std::collections::BTreeSet<String> {
+    engine
+        .definitions()
+        .iter()
+        .flat_map(|d| d.steps.iter().map(|s| s.topic.clone()))
+        .collect()
 }
 
 fn definition_json(definition: &Arc<Definition>) -> Value {

@@ -176,6 +176,57 @@ pub struct StartBody<'a> {
     pub payload: Option<&'a RawValue>,
 }
 
+/// `POST /internal/v1/pause`: the topics (every topic when absent) and why.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseBody {
+    #[serde(default)]
+    pub topics: Option<Vec<String>>,
+    pub reason: String,
+}
+
+/// `POST /internal/v1/resume`: the topics (every topic when absent).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeBody {
+    #[serde(default)]
+    pub topics: Option<Vec<String>>,
+}
+
+/// The topics of a pause or resume: absent is every topic; an empty list is refused, so
+/// that `[]` built by a script from an empty selection does not stop everything.
+pub fn change_topics(topics: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
+    match topics {
+        None => Ok(Vec::new()),
+        Some(topics) if topics.is_empty() => Err(ApiError::bad_request(
+            "invalid_request",
+            "topics: name at least one topic, or leave `topics` out for every topic",
+        )),
+        Some(topics) => Ok(topics),
+    }
+}
+
+/// What is paused, as `/internal/v1/pause` answers it; `topics` are the step topics
+/// of the registered definitions.
+pub fn delivery(
+    delivery: &sagalog_engine::Delivery,
+    topics: &std::collections::BTreeSet<String>,
+) -> Value {
+    let (paused, except): (Vec<&String>, Vec<&String>) = if delivery.all {
+        (Vec::new(), delivery.topics.iter().collect())
+    } else {
+        (delivery.topics.iter().collect(), Vec::new())
+    };
+    let paused_topics: Vec<&String> = topics.iter().filter(|t| delivery.is_paused(t)).collect();
+    serde_json::json!({
+        "all": delivery.all,
+        "topics": paused,
+        "except": except,
+        "paused_topics": paused_topics,
+        "summary": delivery.describe(),
+    })
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OverrideBody {

@@ -115,6 +115,8 @@ pub struct OutboxMetrics {
     pub optimistic_send: IntCounterVec,
     /// Commands handed to the producer per read of the log tail.
     pub publish_batch: Histogram,
+    /// Commands the relay read and holds back because their topic is paused.
+    pub held: IntGauge,
     pub consumer_lag: IntGauge,
     /// Topics the relay needs that the broker lacks (and could not create).
     pub topics_missing: IntGauge,
@@ -144,6 +146,8 @@ pub struct ServiceMetrics {
     pub body_timeouts: IntCounter,
     log_writable: IntGauge,
     log_heals: IntCounterVec,
+    /// 1 for each step topic whose commands are held back (delivery paused), else 0.
+    delivery_paused: IntGaugeVec,
 }
 
 impl ServiceMetrics {
@@ -172,6 +176,11 @@ impl ServiceMetrics {
                 "sagalog_log_heals_total",
                 "Attempts of a poisoned or read-only log to reopen itself for writing, by outcome (healed, failed).",
                 &["outcome"],
+            ),
+            delivery_paused: m.gauge_vec(
+                "sagalog_delivery_paused",
+                "1 for each step topic whose commands are held in the log because delivery is paused (POST /internal/v1/pause), else 0.",
+                &["topic"],
             ),
         }
     }
@@ -423,6 +432,10 @@ impl OutboxMetrics {
                 "First publish attempts of commands, made as soon as their records are durable, by outcome (succeeded, failed); a failed one is retried.",
                 &["outcome"],
             ),
+            held: m.gauge(
+                "sagalog_delivery_held_commands",
+                "Commands the Kafka relay has read and holds back because their topic's delivery is paused; they are published on its resume.",
+            ),
             publish_batch: m.histogram(
                 "outbox_publish_batch_size",
                 "Commands the relay handed to the producer per read of the log tail (the count of observations is the batches).",
@@ -573,6 +586,13 @@ impl Metrics {
             .snapshot_every
             .set(stats.snapshot_every_records as i64);
         raise(&self.store.replay_records, stats.replayed_records);
+        let delivery = engine.delivery();
+        for topic in crate::app::step_topics(engine) {
+            self.service
+                .delivery_paused
+                .with_label_values(&[topic.as_str()])
+                .set(i64::from(delivery.is_paused(&topic)));
+        }
     }
 }
 

@@ -11,6 +11,11 @@
 //! The filter: `topic` (repeatable) keeps the commands to those topics; `members=K` and
 //! `member=I` keep the sagas of member `I` of `K` (a hash of the saga id, as Kafka's
 //! default partitioner). `after=latest` starts at the log's end.
+//!
+//! A command whose topic is paused (`POST /internal/v1/pause`) is held: a call stops
+//! before it, `next_after` stays before it, and a long poll waits for the resume. A
+//! reader of one topic is held only by its own topic's pause; one reading several is
+//! held at the first paused command among them.
 
 use std::time::Duration;
 
@@ -132,7 +137,11 @@ pub async fn poll(
             ),
         ));
     }
-    let mut feed = engine.command_feed(from).filtered(query.filter.clone());
+    let mut feed = engine
+        .command_feed(from)
+        .filtered(query.filter.clone())
+        .holding();
+    let mut delivery = engine.delivery_changes();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms);
     let mut items = Vec::new();
     let mut scanned = 0;
@@ -141,6 +150,7 @@ pub async fn poll(
             break;
         }
         let want = (query.limit - items.len()).min(MAX_SCANNED_RECORDS - scanned);
+        delivery.mark_unchanged();
         let batch = tokio::select! {
             batch = feed.next(want, READ_BYTES) => batch?,
             _ = tokio::time::sleep_until(deadline) => break,
@@ -149,6 +159,19 @@ pub async fn poll(
         scanned += batch.records;
         next_after = batch.last_offset.or(next_after);
         items.extend(batch.commands);
+        if batch.held {
+            // The next command's topic is paused: nothing after it is handed out (the
+            // cursor cannot pass it). A long poll with nothing yet waits for a resume,
+            // not for appends, which would only find the same command held again.
+            if !items.is_empty() {
+                break;
+            }
+            tokio::select! {
+                changed = delivery.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+                () = stopping.wait() => break,
+            }
+        }
     }
     let page = Page {
         items: &items,

@@ -8,6 +8,7 @@
 //! - [`replies`]: the reply consumer — participants' replies from the reply topic,
 //!   through the same engine path as the HTTP API.
 //! - [`topics`]: makes sure the step, reply and dead-letter topics exist.
+//! - [`parked`]: commands read while their topic is paused, until its resume.
 //! - [`position`]: the relay's durable position beside the indexes.
 //! - [`logs`]: the clients' context, logging librdkafka's repeated errors once a minute.
 //!
@@ -16,6 +17,7 @@
 //! the same `event_id` for consumers to drop.
 
 pub mod logs;
+pub mod parked;
 pub mod position;
 pub mod publisher;
 pub mod replies;

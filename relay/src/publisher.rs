@@ -31,6 +31,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use sagalog_engine::{Command, Engine, Shutdown, Stop};
 use tokio::task::JoinHandle;
 
+use crate::parked::Parked;
 use crate::{position, topics, KafkaContext, RelayConfig, Result};
 
 /// Longest a dropped publisher waits to hand librdkafka's queue to the broker.
@@ -66,6 +67,8 @@ pub trait RelayObserver: topics::TopicObserver {
     fn dead_lettered(&self) {}
     /// Log records not yet past the relay (log head minus position).
     fn pending(&self, _records: u64) {}
+    /// Commands read and held back because their topic is paused.
+    fn held(&self, _commands: usize) {}
 }
 
 /// How one delivery ended.
@@ -211,14 +214,26 @@ impl Publisher {
     /// a broker that does not answer delays them by that check's timeout at most.
     async fn run(self, start: u64, first_check: tokio::sync::oneshot::Receiver<()>) -> Result<()> {
         let mut stopping = self.stopping.clone();
-        tokio::select! {
-            _ = first_check => {}
-            () = stopping.wait() => {}
+        let mut first_check = std::pin::pin!(first_check);
+        let mut waiting = tokio::time::interval(self.config.position_interval);
+        loop {
+            tokio::select! {
+                _ = &mut first_check => break,
+                () = stopping.wait() => break,
+                // What waits meanwhile shows in outbox_pending_events_total.
+                _ = waiting.tick() => self
+                    .observer
+                    .pending(self.engine.log_bounds().1.saturating_sub(start)),
+            }
         }
         let engine = self.engine.clone();
         let cursor = position::cursor(&engine);
         let mut feed = engine.command_feed(start);
         let mut window: VecDeque<InFlight> = VecDeque::new();
+        // Commands of paused topics, and whether some may go out now (a resume).
+        let mut delivery = engine.delivery_changes();
+        let mut parked = Parked::default();
+        let mut releasing = false;
         let mut position = start;
         let mut stored = start;
         let mut store_tick = tokio::time::interval(self.config.position_interval);
@@ -227,6 +242,12 @@ impl Publisher {
             tokio::select! {
                 biased;
                 () = stopping.wait() => break,
+                changed = delivery.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    releasing = parked.any_releasable(&delivery.borrow_and_update());
+                }
                 outcome = async { (&mut window.front_mut().expect("checked").delivery).await }, if !window.is_empty() => {
                     let slot = window.pop_front().expect("checked");
                     match self.settle(slot, outcome).await? {
@@ -237,23 +258,30 @@ impl Publisher {
                             }
                             window.push_front(slot);
                         }
-                        Settled::Done => position = position_of(&window, feed.position()),
+                        Settled::Done => {}
                     }
                 }
-                batch = feed.next(READ_RECORDS, READ_BYTES), if window.len() < self.config.max_in_flight => {
+                batch = feed.next(READ_RECORDS, READ_BYTES), if window.len() < self.config.max_in_flight && !parked.is_full() && !releasing => {
                     let batch = match batch {
                         Ok(batch) => batch,
                         Err(sagalog_engine::EngineError::Closed) => break,
                         Err(e) => return Err(e.into()),
                     };
-                    if !batch.commands.is_empty() {
-                        self.observer.batch(batch.commands.len());
-                    }
+                    let paused = delivery.borrow().clone();
+                    let mut sent = 0;
                     for command in batch.commands {
+                        if parked.must_park(&command, &paused) {
+                            releasing |= !paused.is_paused(&command.topic);
+                            parked.push(command);
+                            continue;
+                        }
                         let delivery = self.send(&command);
                         window.push_back(InFlight { command, attempt: 1, delivery });
+                        sent += 1;
                     }
-                    position = position_of(&window, feed.position());
+                    if sent > 0 {
+                        self.observer.batch(sent);
+                    }
                 }
                 _ = store_tick.tick() => {
                     if position != stored {
@@ -261,21 +289,48 @@ impl Publisher {
                         stored = position;
                     }
                     self.observer.pending(engine.log_bounds().1.saturating_sub(position));
+                    self.observer.held(parked.len());
                 }
             }
+            if releasing {
+                let room = self.config.max_in_flight.saturating_sub(window.len());
+                let paused = delivery.borrow().clone();
+                let released = parked.release(&paused, room);
+                if !released.is_empty() {
+                    tracing::info!(
+                        commands = released.len(),
+                        "publishing commands held while their topics were paused"
+                    );
+                    self.observer.batch(released.len());
+                }
+                for command in released {
+                    let delivery = self.send(&command);
+                    insert_in_order(
+                        &mut window,
+                        InFlight {
+                            command,
+                            attempt: 1,
+                            delivery,
+                        },
+                    );
+                }
+                releasing = parked.any_releasable(&paused);
+            }
+            position = position_of(&window, &parked, feed.position());
             self.position.store(position, Ordering::Release);
         }
-        let position = self.drain(window, position, feed.position()).await;
+        let position = self.drain(window, &parked, feed.position()).await;
         self.position.store(position, Ordering::Release);
         cursor.store_durably(position)?;
-        tracing::info!(position, "relay stopped");
+        tracing::info!(position, held = parked.len(), "relay stopped");
         Ok(())
     }
 
     /// Waits (bounded) for the deliveries in flight at a stop, so that a clean stop
     /// republishes nothing; returns the position they reach.
-    async fn drain(&self, mut window: VecDeque<InFlight>, mut position: u64, read_to: u64) -> u64 {
+    async fn drain(&self, mut window: VecDeque<InFlight>, parked: &Parked, read_to: u64) -> u64 {
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        let mut position = position_of(&window, parked, read_to);
         while let Some(mut slot) = window.pop_front() {
             match tokio::time::timeout_at(deadline, &mut slot.delivery).await {
                 Ok(Outcome::Delivered) => {
@@ -283,7 +338,7 @@ impl Publisher {
                         self.observer.first_attempt(true);
                     }
                     self.observer.published(since_issue(&slot.command));
-                    position = position_of(&window, read_to);
+                    position = position_of(&window, parked, read_to);
                 }
                 _ => break,
             }
@@ -421,12 +476,22 @@ impl Drop for Publisher {
     }
 }
 
-/// The relay's position given the commands still in flight: the oldest one's place
-/// in the feed, or — none in flight — past every record read (`read_to`).
-fn position_of(window: &VecDeque<InFlight>, read_to: u64) -> u64 {
-    window
-        .front()
-        .map_or(read_to, |oldest| oldest.command.feed_offset)
+/// The relay's position given the commands still in flight and those parked: the
+/// oldest one's place in the feed, or — none — past every record read (`read_to`).
+fn position_of(window: &VecDeque<InFlight>, parked: &Parked, read_to: u64) -> u64 {
+    let in_flight = window.front().map(|oldest| oldest.command.feed_offset);
+    [in_flight, parked.oldest()]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(read_to)
+}
+
+/// Adds a command released from the parked ones to the window, which stays in feed
+/// order (the position is read from its front).
+fn insert_in_order(window: &mut VecDeque<InFlight>, slot: InFlight) {
+    let at = window.partition_point(|s| s.command.feed_offset < slot.command.feed_offset);
+    window.insert(at, slot);
 }
 
 /// The idempotent producer (`acks=all`), its queue bounded by the in-flight limit.

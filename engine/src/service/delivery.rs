@@ -14,8 +14,8 @@ use crate::model::record::Entry;
 use crate::service::engine::Engine;
 use crate::service::inner::{task_failed, Inner};
 
-/// Longest reason a pause keeps, in bytes.
-pub const MAX_REASON_BYTES: usize = 1024;
+/// Longest reason a pause keeps, in characters.
+pub const MAX_REASON_CHARS: usize = 1024;
 
 /// What a pause or resume did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,10 +45,10 @@ impl Engine {
         reason: String,
     ) -> Result<DeliveryChange> {
         self.inner.check_topics(&topics)?;
-        if reason.len() > MAX_REASON_BYTES {
+        if reason.chars().count() > MAX_REASON_CHARS {
             return Err(invalid(
                 "reason",
-                format!("at most {MAX_REASON_BYTES} bytes"),
+                format!("at most {MAX_REASON_CHARS} characters"),
             ));
         }
         let inner = self.inner.clone();
