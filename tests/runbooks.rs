@@ -206,6 +206,8 @@ async fn every_runbook_step_runs_against_a_real_server() {
                 root.path().join("restored").display().to_string(),
             ),
             ("BEFORE", before.clone()),
+            // The step topic the emergency stop and the gradual recovery name.
+            ("TOPIC", "drill.charge".to_string()),
         ];
         env.extend(section_id.map(|v| ("ID", v)));
         if let Some(set) = run(block, &env) {
@@ -239,6 +241,14 @@ async fn every_runbook_step_runs_against_a_real_server() {
     }
     assert_eq!(compensated_by_hand, 1, "one stuck saga was overridden");
     assert!(root.path().join("backup/MANIFEST.json").exists());
+    let delivery = admin(&mut c, Method::GET, "/internal/v1/pause", None)
+        .await
+        .json();
+    assert_eq!(
+        delivery["paused_topics"],
+        json!([]),
+        "the gradual recovery resumed everything: {delivery}"
+    );
     let verify = common::sagalog(&[
         "verify",
         "--data-dir",
