@@ -67,6 +67,12 @@ fn kinds_in(engine: &Engine) -> BTreeSet<&'static str> {
             Entry::DeadLetterReplayed { .. } => {
                 kinds.insert("dead_letter_replayed");
             }
+            Entry::DeliveryPaused { .. } => {
+                kinds.insert("delivery_paused");
+            }
+            Entry::DeliveryResumed { .. } => {
+                kinds.insert("delivery_resumed");
+            }
         }
     }
     kinds
