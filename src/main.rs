@@ -254,7 +254,7 @@ async fn start_kafka(
     let relay = Relay::start(engine.clone(), config.clone(), observer.clone())
         .await
         .doing(|| format!("starting the Kafka relay ({brokers})"))?;
-    let replies = ReplyConsumer::start(engine.clone(), &config, observer)
+    let replies = ReplyConsumer::start(engine.clone(), &config, observer, relay.topics_checked())
         .doing(|| format!("starting the Kafka reply consumer ({brokers})"))?;
     Ok(Some((relay, replies)))
 }

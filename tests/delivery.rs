@@ -60,6 +60,7 @@ async fn a_paused_topic_is_held_in_the_log_while_the_api_goes_on() {
     common::expect_error(&denied, 401, "unauthorized");
     for (bad, says) in [
         (json!({"topics": [], "reason": "x"}), "at least one topic"),
+        (json!({"topics": null, "reason": "x"}), "topics"),
         (
             json!({"topics": ["inventory.comands"], "reason": "x"}),
             INVENTORY,

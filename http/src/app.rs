@@ -231,7 +231,7 @@ impl App {
             Route::DeadLetters => self.dead_letters(&query),
             Route::ReplayDeadLetter => self.replay_dead_letter(&param).await,
             Route::Snapshot => self.snapshot().await,
-            Route::Delivery => Ok(self.delivery_response(None)),
+            Route::Delivery => Ok(self.delivery_response(None, &self.engine.delivery())),
             Route::Pause => self.pause(&body).await,
             Route::Resume => self.resume(&body).await,
             Route::Metrics => Ok(self.metrics_response()),
@@ -281,21 +281,25 @@ impl App {
         let body: json::PauseBody = json::parse(body)?;
         let topics = json::change_topics(body.topics)?;
         let change = self.engine.pause_delivery(topics, body.reason).await?;
-        Ok(self.delivery_response(change.offset))
+        Ok(self.delivery_response(change.offset, &change.delivery))
     }
 
     async fn resume(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
         let body: json::ResumeBody = json::parse(body)?;
         let topics = json::change_topics(body.topics)?;
         let change = self.engine.resume_delivery(topics).await?;
-        Ok(self.delivery_response(change.offset))
+        Ok(self.delivery_response(change.offset, &change.delivery))
     }
 
-    /// What is paused now, and the offset of the entry that made it so (`null` when the
-    /// call changed nothing, or only reads).
-    fn delivery_response(&self, offset: Option<u64>) -> Response<Body> {
+    /// What is paused (as the call left it), and the offset of the entry that made it
+    /// so (`null` when the call changed nothing, or only reads).
+    fn delivery_response(
+        &self,
+        offset: Option<u64>,
+        delivery: &sagalog_engine::Delivery,
+    ) -> Response<Body> {
         let topics = step_topics(&self.engine);
-        let mut body = json::delivery(&self.engine.delivery(), &topics);
+        let mut body = json::delivery(delivery, &topics);
         body["offset"] = json!(offset);
         respond(StatusCode::OK, body)
     }

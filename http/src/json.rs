@@ -180,7 +180,7 @@ pub struct StartBody<'a> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PauseBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present_list")]
     pub topics: Option<Vec<String>>,
     pub reason: String,
 }
@@ -189,8 +189,16 @@ pub struct PauseBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResumeBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present_list")]
     pub topics: Option<Vec<String>>,
+}
+
+/// An optional list of strings: absent is `None`, `null` is refused (leave the field
+/// out to mean every topic).
+fn present_list<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    Vec::<String>::deserialize(deserializer).map(Some)
 }
 
 /// The topics of a pause or resume: absent is every topic; an empty list is refused, so

@@ -8,7 +8,7 @@
 //! stops reading the log until a resume makes room (every topic waits then, and
 //! `outbox_pending_events_total` shows it).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sagalog_engine::{Command, Delivery};
 
@@ -17,11 +17,14 @@ pub const MAX_PARKED: usize = 65_536;
 /// Bytes of parked commands (payloads and results, about) at most.
 pub const MAX_PARKED_BYTES: usize = 64 << 20;
 
+/// The parked commands by feed offset (so they come out in log order however they were
+/// parked: read from the log, or taken back from the producer after a failed attempt),
+/// and each topic's offsets, so that a resume takes its own without walking the rest.
 #[derive(Default)]
 pub struct Parked {
-    commands: VecDeque<Command>,
+    commands: BTreeMap<u64, Command>,
+    by_topic: HashMap<String, BTreeSet<u64>>,
     bytes: usize,
-    by_topic: HashMap<String, usize>,
 }
 
 /// About how much memory a command holds.
@@ -58,14 +61,21 @@ impl Parked {
     }
 
     pub fn push(&mut self, command: Command) {
+        let offset = command.feed_offset;
+        self.by_topic
+            .entry(command.topic.clone())
+            .or_default()
+            .insert(offset);
         self.bytes += approx_bytes(&command);
-        *self.by_topic.entry(command.topic.clone()).or_default() += 1;
-        self.commands.push_back(command);
+        if let Some(replaced) = self.commands.insert(offset, command) {
+            // The same feed record parked twice cannot happen; keep the count right.
+            self.bytes = self.bytes.saturating_sub(approx_bytes(&replaced));
+        }
     }
 
     /// The feed offset of the oldest parked command.
     pub fn oldest(&self) -> Option<u64> {
-        self.commands.front().map(|c| c.feed_offset)
+        self.commands.keys().next().copied()
     }
 
     /// Whether a parked command's topic is no longer paused.
@@ -74,29 +84,34 @@ impl Parked {
     }
 
     /// Takes out, oldest first, at most `room` commands whose topic `delivery` no longer
-    /// pauses; the others stay in their order.
+    /// pauses; the others stay. Costs the commands taken (and the topics), not the
+    /// commands parked.
     pub fn release(&mut self, delivery: &Delivery, room: usize) -> Vec<Command> {
-        if room == 0 || !self.any_releasable(delivery) {
+        if room == 0 {
             return Vec::new();
         }
-        let mut released = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.commands.len());
-        for command in self.commands.drain(..) {
-            if released.len() < room && !delivery.is_paused(&command.topic) {
-                released.push(command);
-            } else {
-                kept.push_back(command);
-            }
-        }
-        self.commands = kept;
-        for command in &released {
-            self.bytes = self.bytes.saturating_sub(approx_bytes(command));
-            if let Some(count) = self.by_topic.get_mut(&command.topic) {
-                *count -= 1;
-                if *count == 0 {
+        // The `room` oldest offsets of each open topic, then the `room` oldest of those.
+        let mut offsets: Vec<u64> = self
+            .by_topic
+            .iter()
+            .filter(|(topic, _)| !delivery.is_paused(topic))
+            .flat_map(|(_, offsets)| offsets.iter().take(room).copied())
+            .collect();
+        offsets.sort_unstable();
+        offsets.truncate(room);
+        let mut released = Vec::with_capacity(offsets.len());
+        for offset in offsets {
+            let Some(command) = self.commands.remove(&offset) else {
+                continue;
+            };
+            self.bytes = self.bytes.saturating_sub(approx_bytes(&command));
+            if let Some(topic) = self.by_topic.get_mut(&command.topic) {
+                topic.remove(&offset);
+                if topic.is_empty() {
                     self.by_topic.remove(&command.topic);
                 }
             }
+            released.push(command);
         }
         released
     }
@@ -159,5 +174,24 @@ mod tests {
         assert!(!parked.must_park(&command("a", 8), &paused));
         assert_eq!(parked.oldest(), Some(2));
         assert_eq!(parked.len(), 2);
+    }
+
+    #[test]
+    fn a_command_taken_back_from_the_producer_goes_in_its_place() {
+        let mut paused = Delivery::default();
+        paused.pause(&["a".to_string()]);
+        let mut parked = Parked::default();
+        parked.push(command("a", 9));
+        // An older command of the topic, whose attempt failed after the pause.
+        parked.push(command("a", 4));
+        assert_eq!(parked.oldest(), Some(4));
+        paused.resume(&[]);
+        let order: Vec<u64> = parked
+            .release(&paused, 10)
+            .iter()
+            .map(|c| c.offset)
+            .collect();
+        assert_eq!(order, [4, 9]);
+        assert!(parked.is_empty());
     }
 }

@@ -112,6 +112,9 @@ enum Settled {
     Retry(InFlight),
     /// Sent again on a new producer: everything behind it must be sent again too.
     Restarted(InFlight),
+    /// Its topic was paused since it was sent: park it rather than send it again (and,
+    /// with a new producer, send everything behind it again).
+    Park { slot: InFlight, restarted: bool },
 }
 
 /// A running relay; [`Relay::stop`] ends it and stores its position.
@@ -121,6 +124,8 @@ pub struct Relay {
     watcher: JoinHandle<()>,
     stop: Stop,
     position: Arc<AtomicU64>,
+    /// True once the first topic check has ended.
+    first_check: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Relay {
@@ -147,7 +152,7 @@ impl Relay {
         let start = stored.max(log_start);
         let position = Arc::new(AtomicU64::new(start));
         let (stop, stopping) = Shutdown::new();
-        let (first_check_done, first_check) = tokio::sync::oneshot::channel();
+        let (first_check_done, first_check) = tokio::sync::watch::channel(false);
         let publisher = Publisher {
             engine,
             producer: parking_lot::Mutex::new(producer),
@@ -164,11 +169,23 @@ impl Relay {
             stop.subscribe(),
         ));
         Ok(Relay {
-            task: tokio::spawn(publisher.run(start, first_check)),
+            task: tokio::spawn(publisher.run(start, first_check.clone())),
             watcher,
             stop,
             position,
+            first_check,
         })
+    }
+
+    /// Resolves once the first topic check has ended (the missing topics created, where
+    /// they may be), answered or not: the reply consumer subscribes after it, so that it
+    /// does not wait minutes for librdkafka to notice a topic created after it
+    /// subscribed.
+    pub fn topics_checked(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut checked = self.first_check.clone();
+        async move {
+            let _ = checked.wait_for(|done| *done).await;
+        }
     }
 
     /// The first log offset not yet published.
@@ -212,13 +229,18 @@ impl Publisher {
     /// Publishes from `start` once the first topic check has ended (`first_check`), so
     /// that the first commands after a start do not race the creation of their topics;
     /// a broker that does not answer delays them by that check's timeout at most.
-    async fn run(self, start: u64, first_check: tokio::sync::oneshot::Receiver<()>) -> Result<()> {
+    async fn run(
+        self,
+        start: u64,
+        mut first_check: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<()> {
         let mut stopping = self.stopping.clone();
-        let mut first_check = std::pin::pin!(first_check);
         let mut waiting = tokio::time::interval(self.config.position_interval);
+        let checked = first_check.wait_for(|done| *done);
+        let mut checked = std::pin::pin!(checked);
         loop {
             tokio::select! {
-                _ = &mut first_check => break,
+                _ = &mut checked => break,
                 () = stopping.wait() => break,
                 // What waits meanwhile shows in outbox_pending_events_total.
                 _ = waiting.tick() => self
@@ -253,10 +275,14 @@ impl Publisher {
                     match self.settle(slot, outcome).await? {
                         Settled::Retry(slot) => window.push_front(slot),
                         Settled::Restarted(slot) => {
-                            for later in window.iter_mut() {
-                                later.delivery = self.send(&later.command);
-                            }
+                            window = self.send_again(window, &mut parked);
                             window.push_front(slot);
+                        }
+                        Settled::Park { slot, restarted } => {
+                            parked.push(slot.command);
+                            if restarted {
+                                window = self.send_again(window, &mut parked);
+                            }
                         }
                         Settled::Done => {}
                     }
@@ -346,6 +372,22 @@ impl Publisher {
         position
     }
 
+    /// Sends the window again on a new producer, but for the commands whose topic is
+    /// paused now, which are parked instead.
+    fn send_again(&self, window: VecDeque<InFlight>, parked: &mut Parked) -> VecDeque<InFlight> {
+        let paused = self.engine.delivery();
+        let mut kept = VecDeque::with_capacity(window.len() + 1);
+        for mut later in window {
+            if paused.is_paused(&later.command.topic) {
+                parked.push(later.command);
+            } else {
+                later.delivery = self.send(&later.command);
+                kept.push_back(later);
+            }
+        }
+        kept
+    }
+
     /// Handles the oldest delivery's outcome.
     async fn settle(&self, mut slot: InFlight, outcome: Outcome) -> Result<Settled> {
         if slot.attempt == 1 {
@@ -405,6 +447,13 @@ impl Publisher {
         if renew != Renew::No {
             tracing::warn!("starting a new Kafka producer and sending everything in flight again");
             *self.producer.lock() = producer(&self.config)?;
+        }
+        if self.engine.delivery().is_paused(&slot.command.topic) {
+            // Paused since it was sent: held with the others until the resume.
+            return Ok(Settled::Park {
+                slot,
+                restarted: renew != Renew::No,
+            });
         }
         slot.attempt = slot.attempt.saturating_add(1);
         slot.delivery = self.send(&slot.command);

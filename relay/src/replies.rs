@@ -46,10 +46,15 @@ pub struct ReplyConsumer {
 }
 
 impl ReplyConsumer {
+    /// Subscribes to the reply topic once `ready` resolves (the relay's first topic
+    /// check, [`crate::Relay::topics_checked`], which creates the topic where it may:
+    /// librdkafka notices a topic created after its subscription only at its next
+    /// metadata refresh, minutes later), then consumes it.
     pub fn start(
         engine: Arc<Engine>,
         config: &RelayConfig,
         observer: Arc<dyn ReplyObserver>,
+        ready: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<ReplyConsumer> {
         let consumer: StreamConsumer<KafkaContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
@@ -57,9 +62,20 @@ impl ReplyConsumer {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .create_with_context(KafkaContext)?;
-        consumer.subscribe(&[config.reply_topic.as_str()])?;
         let (stop, stopping) = Shutdown::new();
-        let task = tokio::spawn(run(Arc::new(consumer), engine, observer, stopping));
+        let topic = config.reply_topic.clone();
+        let task = tokio::spawn(async move {
+            let mut waiting = stopping.clone();
+            tokio::select! {
+                () = ready => {}
+                () = waiting.wait() => return,
+            }
+            if let Err(e) = consumer.subscribe(&[topic.as_str()]) {
+                tracing::error!(topic, error = %e, "subscribing to the reply topic failed; replies over Kafka are not read");
+                return;
+            }
+            run(Arc::new(consumer), engine, observer, stopping).await;
+        });
         Ok(ReplyConsumer { task, stop })
     }
 

@@ -166,18 +166,17 @@ async fn check_and_report(
     Some(reason.is_some())
 }
 
-/// Checks the topics at once, then now and then until `stopping`; `first_done` is
-/// sent when the first check has ended, answered or not. It runs in the relay, so a
+/// Checks the topics at once, then now and then until `stopping`; `first_done` turns
+/// true when the first check has ended, answered or not. It runs in the relay, so a
 /// broker that does not answer never holds up the server's start: until its first
 /// answer the observer hears what the relay waits for.
 pub async fn watch(
     engine: std::sync::Arc<Engine>,
     config: RelayConfig,
     observer: std::sync::Arc<dyn TopicObserver>,
-    first_done: tokio::sync::oneshot::Sender<()>,
+    first_done: tokio::sync::watch::Sender<bool>,
     mut stopping: Shutdown,
 ) {
-    let mut first_done = Some(first_done);
     let waiting = format!(
         "waiting for the broker ({}) to answer the first topic check; commands wait in the log",
         config.brokers
@@ -194,9 +193,7 @@ pub async fn watch(
                         observer.topics_unchecked(None);
                     }
                 }
-                if let Some(done) = first_done.take() {
-                    let _ = done.send(());
-                }
+                first_done.send_replace(true);
             }
             () = stopping.wait() => return,
         }

@@ -395,8 +395,13 @@ async fn replies_on_kafka_drive_a_saga_to_completion_and_malformed_ones_are_skip
         .await
         .unwrap();
     let counts = Arc::new(Counts::default());
-    let replies =
-        sagalog_relay::ReplyConsumer::start(engine.clone(), &relay_config, counts.clone()).unwrap();
+    let replies = sagalog_relay::ReplyConsumer::start(
+        engine.clone(),
+        &relay_config,
+        counts.clone(),
+        relay.topics_checked(),
+    )
+    .unwrap();
     start_sagas(&engine, std::iter::once("r-1".to_string())).await;
 
     let producer: FutureProducer = ClientConfig::new()

@@ -31,7 +31,8 @@ pub struct SagaView {
     /// The step whose failure made the saga compensate (`None` when it never failed,
     /// or an operator failed it).
     pub failed_step: Option<String>,
-    /// When the saga entered FAILED, in unix ms (`None` when it never did).
+    /// When the saga failed — its step failed for good, or an operator set FAILED — in
+    /// unix ms (`None` when it never did; a retry of its compensation does not move it).
     pub failed_at_ms: Option<u64>,
 }
 
