@@ -33,6 +33,19 @@ async fn outbox(c: &mut sagalog_http::client::Client, query: &str) -> (Vec<Strin
     (ids, page["next_after"].clone())
 }
 
+/// An outbox long poll in a task of its own: its page, and how long it took.
+fn long_poll(
+    addr: std::net::SocketAddr,
+    query: &'static str,
+) -> tokio::task::JoinHandle<((Vec<String>, Value), Duration)> {
+    tokio::spawn(async move {
+        let mut c = sagalog_http::client::Client::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let page = outbox(&mut c, query).await;
+        (page, started.elapsed())
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_topic_is_held_in_the_log_while_the_api_goes_on() {
     let root = tempfile::tempdir().unwrap();
@@ -132,13 +145,7 @@ async fn a_paused_topic_is_held_in_the_log_while_the_api_goes_on() {
     assert!(items.is_empty());
 
     // A long poll waits for the resume (not for its whole wait_ms), then gets both.
-    let addr = server.addr;
-    let poll = tokio::spawn(async move {
-        let mut c = sagalog_http::client::Client::connect(addr).await.unwrap();
-        let started = Instant::now();
-        let page = outbox(&mut c, "topic=inventory.commands&wait_ms=20000").await;
-        (page, started.elapsed())
-    });
+    let poll = long_poll(server.addr, "topic=inventory.commands&wait_ms=20000");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!poll.is_finished(), "the long poll waits while paused");
 
@@ -157,13 +164,7 @@ async fn a_paused_topic_is_held_in_the_log_while_the_api_goes_on() {
     let (items, _) = outbox(&mut c, "topic=inventory.commands").await;
     assert!(items.is_empty());
 
-    let addr = server.addr;
-    let poll = tokio::spawn(async move {
-        let mut c = sagalog_http::client::Client::connect(addr).await.unwrap();
-        let started = Instant::now();
-        let page = outbox(&mut c, "topic=inventory.commands&wait_ms=20000").await;
-        (page, started.elapsed())
-    });
+    let poll = long_poll(server.addr, "topic=inventory.commands&wait_ms=20000");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let resumed = admin(
         &mut c,

@@ -198,7 +198,12 @@ pub struct ResumeBody {
 fn present_list<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Vec<String>>, D::Error> {
-    Vec::<String>::deserialize(deserializer).map(Some)
+    match Option::<Vec<String>>::deserialize(deserializer)? {
+        Some(list) => Ok(Some(list)),
+        None => Err(serde::de::Error::custom(
+            "topics: null is not a list of topics; leave the field out for every topic",
+        )),
+    }
 }
 
 /// The topics of a pause or resume: absent is every topic; an empty list is refused, so

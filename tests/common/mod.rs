@@ -140,6 +140,23 @@ pub fn status_gauge(metrics: &str) -> Value {
 /// named by where it is.
 const INFINITY: &str = "yesoreyeram-infinity-datasource";
 
+/// Every dashboard of `monitoring/dashboards`: its file name and its JSON.
+fn dashboards() -> Vec<(String, Value)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring/dashboards");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let dashboard = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            out.push((
+                path.file_name().unwrap().to_string_lossy().to_string(),
+                dashboard,
+            ));
+        }
+    }
+    out
+}
+
 /// A request a dashboard's Infinity data source makes to sagalog's API.
 pub struct ApiRequest {
     /// `dashboard panel "title" refId`.
@@ -154,15 +171,8 @@ pub struct ApiRequest {
 
 /// Every Infinity query of the dashboards, as the request it makes.
 pub fn dashboard_api_requests() -> Vec<ApiRequest> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring/dashboards");
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        let dashboard: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let file = path.file_name().unwrap().to_string_lossy().to_string();
+    for (file, dashboard) in dashboards() {
         // Textbox variables at their defaults.
         let defaults: Vec<(String, String)> = dashboard["templating"]["list"]
             .as_array()
@@ -227,15 +237,8 @@ pub fn cgroup_with_limits(dir: &Path) -> PathBuf {
 }
 
 pub fn dashboard_queries() -> Vec<(String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring/dashboards");
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        let dashboard: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let file = path.file_name().unwrap().to_string_lossy().to_string();
+    for (file, dashboard) in dashboards() {
         for panel in dashboard["panels"].as_array().unwrap() {
             for target in panel["targets"].as_array().unwrap() {
                 // Infinity targets read sagalog's API (`dashboard_api_requests`).
