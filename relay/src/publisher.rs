@@ -264,7 +264,10 @@ impl Publisher {
             tokio::select! {
                 biased;
                 () = stopping.wait() => break,
-                changed = delivery.changed() => {
+                // A change matters here only to parked commands (a resume releases
+                // them); new reads and retries look at the state themselves. Not
+                // polled otherwise: it would cost every turn of this loop.
+                changed = delivery.changed(), if !parked.is_empty() => {
                     if changed.is_err() {
                         break;
                     }

