@@ -272,6 +272,12 @@ impl Publisher {
                         break;
                     }
                     releasing = parked.any_releasable(&delivery.borrow_and_update());
+                    if releasing {
+                        tracing::info!(
+                            held = parked.len(),
+                            "delivery resumed: publishing the commands held for the resumed topics first"
+                        );
+                    }
                 }
                 outcome = async { (&mut window.front_mut().expect("checked").delivery).await }, if !window.is_empty() => {
                     let slot = window.pop_front().expect("checked");
@@ -326,10 +332,6 @@ impl Publisher {
                 let paused = delivery.borrow().clone();
                 let released = parked.release(&paused, room);
                 if !released.is_empty() {
-                    tracing::info!(
-                        commands = released.len(),
-                        "publishing commands held while their topics were paused"
-                    );
                     self.observer.batch(released.len());
                 }
                 for command in released {
