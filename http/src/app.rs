@@ -298,8 +298,7 @@ impl App {
         offset: Option<u64>,
         delivery: &sagalog_engine::Delivery,
     ) -> Response<Body> {
-        let topics = step_topics(&self.engine);
-        let mut body = json::delivery(delivery, &topics);
+        let mut body = json::delivery(delivery, &self.engine.step_topics());
         body["offset"] = json!(offset);
         respond(StatusCode::OK, body)
     }
@@ -654,15 +653,6 @@ impl App {
             json!({"status": "ready", "notes": notes}),
         ))
     }
-}
-
-/// The step topics of the registered definitions.
-pub(crate) fn step_topics(engine: &Engine) -> std::collections::BTreeSet<String> {
-    engine
-        .definitions()
-        .iter()
-        .flat_map(|d| d.steps.iter().map(|s| s.topic.clone()))
-        .collect()
 }
 
 fn definition_json(definition: &Arc<Definition>) -> Value {

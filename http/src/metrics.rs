@@ -587,7 +587,7 @@ impl Metrics {
             .set(stats.snapshot_every_records as i64);
         raise(&self.store.replay_records, stats.replayed_records);
         let delivery = engine.delivery();
-        for topic in crate::app::step_topics(engine) {
+        for topic in engine.step_topics() {
             self.service
                 .delivery_paused
                 .with_label_values(&[topic.as_str()])

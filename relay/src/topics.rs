@@ -37,11 +37,7 @@ pub const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Every step topic of every registered definition, the reply topic and the
 /// dead-letter topic.
 pub fn needed(engine: &Engine, config: &RelayConfig) -> BTreeSet<String> {
-    let mut topics: BTreeSet<String> = engine
-        .definitions()
-        .iter()
-        .flat_map(|d| d.steps.iter().map(|s| s.topic.clone()))
-        .collect();
+    let mut topics = engine.step_topics();
     topics.insert(config.reply_topic.clone());
     topics.insert(config.dead_letter_topic.clone());
     topics

@@ -307,6 +307,15 @@ impl Registry {
             .flat_map(|name| self.by_name[name].values().cloned())
             .collect()
     }
+
+    /// The topic of every step of every registered definition version.
+    pub fn step_topics(&self) -> std::collections::BTreeSet<String> {
+        self.by_name
+            .values()
+            .flat_map(|versions| versions.values())
+            .flat_map(|d| d.steps.iter().map(|s| s.topic.clone()))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,11 @@ impl Engine {
         self.inner.delivery.borrow().clone()
     }
 
+    /// The topic of every step of the registered definitions: what a pause may name.
+    pub fn step_topics(&self) -> std::collections::BTreeSet<String> {
+        self.inner.registry.read().step_topics()
+    }
+
     /// Follows what is paused (the relay and the outbox wait on it).
     pub fn delivery_changes(&self) -> tokio::sync::watch::Receiver<Delivery> {
         self.inner.delivery.subscribe()
@@ -78,13 +83,7 @@ impl Inner {
                 format!("at most {MAX_TOPICS_PER_CHANGE} topics at once"),
             ));
         }
-        let known: std::collections::BTreeSet<String> = self
-            .registry
-            .read()
-            .all()
-            .iter()
-            .flat_map(|d| d.steps.iter().map(|s| s.topic.clone()))
-            .collect();
+        let known = self.registry.read().step_topics();
         let mut seen = std::collections::BTreeSet::new();
         for topic in topics {
             if !seen.insert(topic) {
