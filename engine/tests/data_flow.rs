@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::{open, request, ManualClock};
 use sagalog_engine::decider::MAX_BACKOFF_MS;
-use sagalog_engine::{Engine, EngineConfig, ErrorClass, Outcome, Reply};
+use sagalog_engine::{Engine, EngineConfig, ErrorClass, Outcome};
 use serde_json::{json, Value};
 
 /// How the engine restarts halfway through the sagas.
@@ -52,22 +52,12 @@ async fn try_reply(
     let command = last_command(engine, saga_id);
     let step = command["step"].as_str().unwrap().to_string();
     let attempt = command["attempt"].as_u64().unwrap() as u32;
-    engine
-        .reply(
-            saga_id,
-            Reply {
-                event_id: format!("{saga_id}/{step}/{attempt}/{}", outcome.as_str()),
-                step,
-                outcome,
-                attempt,
-                data: if data.is_null() {
-                    String::new()
-                } else {
-                    data.to_string()
-                },
-                reason: String::new(),
-            },
-        )
+    let data = if data.is_null() {
+        String::new()
+    } else {
+        data.to_string()
+    };
+    common::reply_to(engine, saga_id, step, attempt, outcome, data)
         .await
         .map(|_| ())
 }

@@ -78,6 +78,21 @@ pub async fn answer(engine: &Engine, saga_id: &str, outcome: Outcome) -> ReplyAn
         .find(|s| s.name == step)
         .expect("current step is listed")
         .attempts;
+    reply_to(engine, saga_id, step, attempt, outcome, String::new())
+        .await
+        .expect("reply accepted")
+}
+
+/// Replies to attempt `attempt` of `step` with `outcome` and `data` (JSON text, empty
+/// for none), under an event id made of those.
+pub async fn reply_to(
+    engine: &Engine,
+    saga_id: &str,
+    step: String,
+    attempt: u32,
+    outcome: Outcome,
+    data: String,
+) -> Result<ReplyAnswer, sagalog_engine::EngineError> {
     engine
         .reply(
             saga_id,
@@ -86,10 +101,9 @@ pub async fn answer(engine: &Engine, saga_id: &str, outcome: Outcome) -> ReplyAn
                 step,
                 outcome,
                 attempt,
-                data: String::new(),
+                data,
                 reason: String::new(),
             },
         )
         .await
-        .expect("reply accepted")
 }
