@@ -63,6 +63,73 @@ pub struct ListQuery {
     pub to_ms: Option<u64>,
     pub limit: usize,
     pub cursor: Option<String>,
+    /// Only sagas whose id starts with this.
+    pub id_prefix: Option<String>,
+    /// Only sagas whose start payload has each of these fields (all must match).
+    pub payload: Vec<PayloadMatch>,
+}
+
+/// Most payload fields one list may match on.
+pub const MAX_PAYLOAD_FILTERS: usize = 4;
+/// Longest a payload field's path or value may be, in bytes.
+pub const MAX_PAYLOAD_FILTER_BYTES: usize = 256;
+
+/// `payload.a.b=value`: the field at `path` in the saga's start payload (objects by key,
+/// arrays by index) is the string `value`, or a number, boolean or null written as
+/// `value` in JSON (`payload.items=2` matches `{"items": 2}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadMatch {
+    pub path: Vec<String>,
+    pub value: String,
+}
+
+impl PayloadMatch {
+    /// From a query parameter's key after `payload.` and its value, checked.
+    pub fn parse(path: &str, value: &str) -> Result<PayloadMatch> {
+        if path.len() > MAX_PAYLOAD_FILTER_BYTES || value.len() > MAX_PAYLOAD_FILTER_BYTES {
+            return Err(invalid(
+                "payload",
+                format!("a payload field's path and value are at most {MAX_PAYLOAD_FILTER_BYTES} bytes each"),
+            ));
+        }
+        let path: Vec<String> = path.split('.').map(str::to_string).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(invalid(
+                "payload",
+                format!(
+                    "payload.{}: a field path is names joined by dots, none empty",
+                    path.join(".")
+                ),
+            ));
+        }
+        Ok(PayloadMatch {
+            path,
+            value: value.to_string(),
+        })
+    }
+
+    /// Whether `payload` (a start payload) holds this field with this value.
+    pub fn matches(&self, payload: &serde_json::Value) -> bool {
+        let mut at = payload;
+        for key in &self.path {
+            let next = match at {
+                serde_json::Value::Object(fields) => fields.get(key),
+                serde_json::Value::Array(items) => {
+                    key.parse::<usize>().ok().and_then(|i| items.get(i))
+                }
+                _ => None,
+            };
+            match next {
+                Some(next) => at = next,
+                None => return false,
+            }
+        }
+        match at {
+            serde_json::Value::String(s) => *s == self.value,
+            serde_json::Value::Object(_) | serde_json::Value::Array(_) => false,
+            scalar => scalar.to_string() == self.value,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

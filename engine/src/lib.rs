@@ -39,7 +39,7 @@ pub use render::{command, filter, results, view, wire};
 
 pub use api::{
     is_valid_saga_id, is_valid_trace_id, EngineStats, HistoryItem, ListPage, ListQuery,
-    ReplyAnswer, StartAnswer, StartRequest, MAX_LIST_LIMIT,
+    PayloadMatch, ReplyAnswer, StartAnswer, StartRequest, MAX_LIST_LIMIT, MAX_PAYLOAD_FILTERS,
 };
 pub use command::{Command, StoredJson, Undo};
 pub use config::{Clock, EngineConfig, EngineObserver, SystemClock};
@@ -51,7 +51,8 @@ pub use filter::{member_of, CommandFilter, FilterError};
 pub use record::{Action, Entry, Kind, Record, Status};
 /// The log's own types an adapter meets: its figures, its observer and a failing write.
 pub use sagalog_storage::{FsyncPolicy, LogObserver, LogStats, WriteFailure};
-pub use service::dead_letters::DeadLetter;
+pub use service::active::OldestActive;
+pub use service::dead_letters::{DeadLetter, DeadLetterCounts};
 pub use service::delivery::DeliveryChange;
 pub use service::engine::Engine;
 pub use service::feed::{CommandFeed, Cursor, FeedBatch, LogHealth};

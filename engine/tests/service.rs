@@ -1109,3 +1109,81 @@ async fn a_saga_failing_and_compensating_in_one_reply_counts_both_statuses_live_
     let engine = open(dir.path(), &clock);
     assert_eq!(engine.stats().counters, live, "replay counts the same");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_fields_and_id_prefixes_filter_active_and_finished_sagas_past_the_scan_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let config = sagalog_engine::EngineConfig {
+        list_scan_limit: 7,
+        ..common::config()
+    };
+    let engine =
+        sagalog_engine::Engine::open_with_clock(dir.path(), config, clock.clone()).unwrap();
+    // 60 sagas of two customers; every third finished (listed from the index), the
+    // rest active (listed from memory).
+    let mut of_acme = Vec::new();
+    for i in 0..60 {
+        clock.advance(1_000);
+        let id = format!("{}-{i:02}", if i % 4 == 0 { "vip" } else { "std" });
+        let customer = if i % 5 == 0 { "acme" } else { "other" };
+        let payload = serde_json::json!({"customer": {"name": customer}, "n": i, "tags": ["a", i]});
+        engine
+            .start(common::request("order", Some(&id), payload))
+            .await
+            .unwrap();
+        if i % 3 == 0 {
+            for _ in 0..3 {
+                answer(&engine, &id, Outcome::Succeeded).await;
+            }
+        }
+        if customer == "acme" {
+            of_acme.push(id);
+        }
+    }
+    engine.wait_indexed().await.unwrap();
+    let query = |payload: Vec<(&str, &str)>, id_prefix: Option<&str>| ListQuery {
+        limit: 3,
+        id_prefix: id_prefix.map(str::to_string),
+        payload: payload
+            .into_iter()
+            .map(|(path, value)| sagalog_engine::PayloadMatch::parse(path, value).unwrap())
+            .collect(),
+        ..ListQuery::default()
+    };
+    let ids = |sagas: Vec<SagaView>| sagas.into_iter().map(|s| s.saga_id).collect::<Vec<_>>();
+    let newest_first = |mut ids: Vec<String>| {
+        ids.reverse();
+        ids
+    };
+    // A nested field: every match once, newest first, across pages that stop at the
+    // scan bound (7 reads) before they are full.
+    let acme = ids(list_all(&engine, query(vec![("customer.name", "acme")], None)).await);
+    assert_eq!(acme, newest_first(of_acme.clone()));
+    // A number matches its JSON text; an array element by index; fields combine.
+    let n = ids(list_all(&engine, query(vec![("n", "45"), ("tags.1", "45")], None)).await);
+    assert_eq!(n, vec!["std-45".to_string()]);
+    assert!(ids(list_all(&engine, query(vec![("n", "\"45\"")], None)).await).is_empty());
+    assert!(ids(list_all(&engine, query(vec![("customer", "acme")], None)).await).is_empty());
+    // An id prefix, alone and with a payload field.
+    let vips: Vec<String> = (0..60)
+        .rev()
+        .filter(|i| i % 4 == 0)
+        .map(|i| format!("vip-{i:02}"))
+        .collect();
+    assert_eq!(
+        ids(list_all(&engine, query(vec![], Some("vip-"))).await),
+        vips
+    );
+    let acme_vips: Vec<String> = newest_first(of_acme)
+        .into_iter()
+        .filter(|id| id.starts_with("vip-"))
+        .collect();
+    assert_eq!(
+        ids(list_all(&engine, query(vec![("customer.name", "acme")], Some("vip"))).await),
+        acme_vips
+    );
+    // Bad fields are refused.
+    assert!(sagalog_engine::PayloadMatch::parse("a..b", "x").is_err());
+    assert!(sagalog_engine::PayloadMatch::parse(&"k".repeat(300), "x").is_err());
+}

@@ -15,6 +15,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
+use crate::model::record::Status;
 use crate::model::state::SagaState;
 use crate::service::projection::Place;
 use crate::service::table::{fnv1a, SagaTable};
@@ -134,6 +135,31 @@ impl ActiveSagas {
         }
     }
 
+    /// The active saga (not finished) updated least recently: the one waiting longest.
+    pub fn oldest_active(&self) -> Option<OldestActive> {
+        let mut oldest: Option<OldestActive> = None;
+        for shard in self.shards() {
+            for slot in shard.lock().values() {
+                let state = &slot.state;
+                let Some(status) = state.status.filter(|s| !s.is_terminal()) else {
+                    continue;
+                };
+                let older = oldest.as_ref().is_none_or(|o| {
+                    (state.updated_at_ms, &*state.saga_id) < (o.updated_at_ms, &*o.saga_id)
+                });
+                if older {
+                    oldest = Some(OldestActive {
+                        saga_id: state.saga_id.to_string(),
+                        saga_type: state.definition.name.clone(),
+                        status,
+                        updated_at_ms: state.updated_at_ms,
+                    });
+                }
+            }
+        }
+        oldest
+    }
+
     /// For each status that is not final, when its least recently updated saga was
     /// updated (unix ms), indexed by [`Status::index`](crate::model::record::Status::index).
     pub fn oldest_updated_ms(&self) -> [Option<u64>; 6] {
@@ -150,6 +176,15 @@ impl ActiveSagas {
         }
         oldest_updated_ms
     }
+}
+
+/// The active saga that has waited longest since its last record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OldestActive {
+    pub saga_id: String,
+    pub saga_type: String,
+    pub status: Status,
+    pub updated_at_ms: u64,
 }
 
 /// The parts of a saga the projections and timers track.

@@ -81,6 +81,38 @@ pub(crate) fn list(
     Ok(out)
 }
 
+/// How many dead letters there are, and how many of them were never replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeadLetterCounts {
+    pub total: u64,
+    pub waiting: u64,
+    /// True when the count stopped at its bound: there are more.
+    pub more: bool,
+}
+
+/// Counts the indexed dead letters, reading at most `bound` index entries (no log reads).
+pub(crate) fn count(
+    log: &Log,
+    index: &IndexStore,
+    keys: &Keys,
+    bound: usize,
+) -> Result<DeadLetterCounts> {
+    let from = log.start_offset().to_be_bytes();
+    let mut counts = DeadLetterCounts::default();
+    for entry in index.range(&keys.dead_letters, from.as_slice()..) {
+        if counts.total as usize == bound {
+            counts.more = true;
+            break;
+        }
+        let (_, value) = entry?;
+        counts.total += 1;
+        if value.len() != 8 {
+            counts.waiting += 1;
+        }
+    }
+    Ok(counts)
+}
+
 /// The dead letter at `offset`: saga id, command offset, reason.
 pub(crate) fn read(log: &Log, offset: u64) -> Result<(String, u64, String)> {
     let not_one = || EngineError::NoDeadLetter { offset };

@@ -24,9 +24,9 @@ use crate::model::record::{Entry, Status};
 use crate::render::command::Command;
 use crate::render::results::StepResults;
 use crate::render::view::{self, SagaView};
-use crate::service::active::ActiveSagas;
+use crate::service::active::{ActiveSagas, OldestActive};
 use crate::service::background::{run_indexer, run_timer};
-use crate::service::dead_letters::DeadLetter;
+use crate::service::dead_letters::{DeadLetter, DeadLetterCounts};
 use crate::service::feed::{CommandFeed, Cursor, LogHealth};
 use crate::service::indexing::Keys;
 use crate::service::inner::{task_failed, Ids, Inner, MAX_CONCURRENT_SCANS};
@@ -384,6 +384,18 @@ impl Engine {
             after,
             limit,
         )
+    }
+
+    /// How many dead letters there are (and not yet replayed), counting at most `bound`.
+    pub fn dead_letter_counts(&self, bound: usize) -> Result<DeadLetterCounts> {
+        let inner = &self.inner;
+        crate::service::dead_letters::count(&inner.log, &inner.index, &inner.keys, bound)
+    }
+
+    /// The active saga that has waited longest since its last record (a scan of the
+    /// sagas in memory, one shard's lock at a time).
+    pub fn oldest_active(&self) -> Option<OldestActive> {
+        self.inner.sagas.oldest_active()
     }
 
     /// Puts the dead-lettered command at `dead_letter_offset` back into the command

@@ -1,12 +1,13 @@
-//! Listing sagas newest first (by `updated_at`), filtered by status, type and date,
-//! paged by an opaque cursor. Active sagas are listed from memory; finished ones from
+//! Listing sagas newest first (by `updated_at`), filtered by status, type, date, id
+//! prefix and start-payload fields, paged by an opaque cursor. Active sagas are listed from memory; finished ones from
 //! the `finished` index (a finished saga may briefly be in both until the indexer
 //! lets it leave memory; it is listed once).
 //!
 //! Bounds: a page holds at most `limit` sagas and stops once its sagas' payloads and
 //! reasons pass `EngineConfig::max_list_bytes` (the next cursor goes on from the last
-//! one given); an index scan reads at most `list_scan_limit` entries; the sagas in
-//! memory are read in one pass, one shard's lock at a time. `Engine::list` runs it off
+//! one given); an index scan reads at most `list_scan_limit` entries, and a payload
+//! filter reads at most that many start records (each read counts as an entry); the
+//! sagas in memory are read in one pass, one shard's lock at a time. `Engine::list` runs it off
 //! the async runtime, a few at a time.
 
 use std::cmp::Reverse;
@@ -88,8 +89,7 @@ fn candidates(
         None => Status::ALL.to_vec(),
     };
     let mut scanned = 0usize;
-    let mut floor: Option<Position> = None;
-    let mut candidates = from_memory(inner, &statuses, window, query);
+    let (mut candidates, mut floor) = from_memory(inner, &statuses, window, query, &mut scanned)?;
     for &status in statuses.iter().filter(|s| s.is_terminal()) {
         let (found, reached) = from_index(inner, status, window, query, &mut scanned)?;
         candidates.extend(found);
@@ -154,40 +154,92 @@ fn listed_bytes(view: &crate::render::view::SagaView) -> usize {
         + FIXED_BYTES
 }
 
-fn type_matches(inner: &Inner, id: &str, want: Option<&str>) -> Result<bool> {
-    let Some(want) = want else { return Ok(true) };
-    if let Some(saga_type) = inner.sagas.saga_type(id) {
-        return Ok(saga_type == want);
+/// Whether the saga `id` matches the query's id prefix, type and payload fields. The
+/// type of a saga in memory is known; otherwise, and for payload fields, its first
+/// record is read (counted in `scanned`).
+fn matches(inner: &Inner, id: &str, query: &ListQuery, scanned: &mut usize) -> Result<bool> {
+    if !id_prefix_matches(id, query) {
+        return Ok(false);
     }
-    // A finished saga: its type is in its first record.
-    let Some(meta) = inner
-        .index
-        .get(&inner.keys.saga, id.as_bytes())?
-        .and_then(|value| SagaMeta::decode(&value))
-    else {
+    if query.payload.is_empty() {
+        let Some(want) = query.saga_type.as_deref() else {
+            return Ok(true);
+        };
+        if let Some(saga_type) = inner.sagas.saga_type(id) {
+            return Ok(saga_type == want);
+        }
+    }
+    *scanned += 1;
+    let Some((saga_type, payload)) = started(inner, id)? else {
         return Ok(false);
     };
-    match read_saga_record(&inner.log, meta.first_offset) {
-        Ok((_, record)) => match record.kind {
-            Kind::SagaStarted { saga_type, .. } => Ok(saga_type == want),
-            _ => Ok(false),
+    if query
+        .saga_type
+        .as_deref()
+        .is_some_and(|want| want != saga_type)
+    {
+        return Ok(false);
+    }
+    if query.payload.is_empty() {
+        return Ok(true);
+    }
+    // A payload that is not JSON cannot be: it was parsed when the saga started.
+    let payload: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
+    Ok(query.payload.iter().all(|field| field.matches(&payload)))
+}
+
+fn id_prefix_matches(id: &str, query: &ListQuery) -> bool {
+    query
+        .id_prefix
+        .as_deref()
+        .is_none_or(|prefix| id.starts_with(prefix))
+}
+
+/// The saga's type and start payload (JSON text), from its first record; `None` when
+/// it is gone (removed by retention, or never indexed).
+fn started(inner: &Inner, id: &str) -> Result<Option<(String, String)>> {
+    let first = match inner.sagas.offsets(id) {
+        Some((first, _)) => first,
+        None => match inner
+            .index
+            .get(&inner.keys.saga, id.as_bytes())?
+            .and_then(|value| SagaMeta::decode(&value))
+        {
+            Some(meta) => meta.first_offset,
+            None => return Ok(None),
         },
-        // Removed by retention: not listed.
-        Err(EngineError::Removed { .. }) => Ok(false),
+    };
+    match read_saga_record(&inner.log, first) {
+        Ok((_, record)) => match record.kind {
+            Kind::SagaStarted {
+                saga_type, payload, ..
+            } => Ok(Some((saga_type, payload))),
+            _ => Ok(None),
+        },
+        Err(EngineError::Removed { .. }) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
 /// The newest `query.limit` in-memory sagas of the `statuses` below the cursor: one
 /// pass over the sagas in memory, one shard's lock at a time, keeping the best ones in
-/// a bounded heap.
+/// a bounded heap. With payload fields to match, every saga the rest of the query
+/// keeps is a candidate, and their start records are read newest first until the page
+/// is full or the scan's bound is reached (then the position reached is the floor, as
+/// for an index scan).
 fn from_memory(
     inner: &Inner,
     statuses: &[Status],
     window: &Window,
     query: &ListQuery,
-) -> Vec<Position> {
+    scanned: &mut usize,
+) -> Result<(Vec<Position>, Option<Position>)> {
     let (cursor, from_ms, to_ms) = (window.cursor, window.from_ms, window.to_ms);
+    let keep = if query.payload.is_empty() {
+        query.limit
+    } else {
+        usize::MAX
+    };
     let mut best: BinaryHeap<Reverse<Position>> = BinaryHeap::with_capacity(query.limit + 1);
     for shard in inner.sagas.shards() {
         let sagas = shard.lock();
@@ -195,7 +247,7 @@ fn from_memory(
             let state = &slot.state;
             let at = state.updated_at_ms;
             let wanted = state.status.is_some_and(|s| statuses.contains(&s));
-            if !wanted || at < from_ms || at > to_ms {
+            if !wanted || at < from_ms || at > to_ms || !id_prefix_matches(&state.saga_id, query) {
                 continue;
             }
             if query
@@ -210,19 +262,36 @@ fn from_memory(
             if worse_than_cursor {
                 continue;
             }
-            let better = best.len() < query.limit
+            let better = best.len() < keep
                 || best
                     .peek()
                     .is_some_and(|Reverse((b_at, b_id))| (at, &*state.saga_id) > (*b_at, &**b_id));
             if better {
                 best.push(Reverse((at, state.saga_id.clone())));
-                if best.len() > query.limit {
+                if best.len() > keep {
                     best.pop();
                 }
             }
         }
     }
-    best.into_iter().map(|Reverse(p)| p).collect()
+    if query.payload.is_empty() {
+        return Ok((best.into_iter().map(|Reverse(p)| p).collect(), None));
+    }
+    // Newest first (the sorted order of `Reverse`s).
+    let mut found = Vec::new();
+    for Reverse(position) in best.into_sorted_vec() {
+        if matches(inner, &position.1, query, scanned)? {
+            found.push(position.clone());
+            if found.len() == query.limit {
+                break;
+            }
+        }
+        if *scanned >= inner.config.list_scan_limit {
+            // Everything down to this saga was decided; the next page goes on below it.
+            return Ok((found, Some(position)));
+        }
+    }
+    Ok((found, None))
 }
 
 /// The merge's state after reading a bucket: entries `pending` in a heap, of which
@@ -233,6 +302,7 @@ struct Decided<'a> {
     /// The last position taken off the heap.
     reached: &'a mut Position,
     found: &'a mut Vec<Position>,
+    scanned: &'a mut usize,
 }
 
 impl Decided<'_> {
@@ -245,7 +315,7 @@ impl Decided<'_> {
             }
             let position = self.pending.pop().expect("peeked");
             *self.reached = position.clone();
-            if type_matches(inner, &position.1, query.saga_type.as_deref())? {
+            if matches(inner, &position.1, query, self.scanned)? {
                 self.found.push(position);
                 if self.found.len() == query.limit {
                     return Ok(true);
@@ -306,7 +376,7 @@ fn from_index(
         for (at, id) in Bucket::decode(&value).ok_or_else(bad)?.entries {
             *scanned += 1;
             let position = (at, Arc::from(id.as_str()));
-            if at >= from_ms && position < below {
+            if at >= from_ms && position < below && id_prefix_matches(&position.1, query) {
                 pending.push(position);
             }
         }
@@ -320,6 +390,7 @@ fn from_index(
             next_newest,
             reached: &mut reached,
             found: &mut found,
+            scanned,
         };
         if decided.take(inner, query)? {
             return Ok((found, None));

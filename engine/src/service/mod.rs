@@ -23,7 +23,7 @@
 //! run on threads of their own (`background`); the log's writer and syncer are the
 //! storage crate's.
 
-mod active;
+pub(crate) mod active;
 mod background;
 mod bloom;
 mod capture;
