@@ -165,6 +165,7 @@ async fn serve_until_signal(
         clock: Arc::new(SystemClock) as Arc<dyn Clock>,
         stopping: stopping.clone(),
         readiness: Readiness::default(),
+        activity: Default::default(),
     });
     let kafka = start_kafka(serve, &engine, &metrics, &app.readiness).await?;
     let tasks = Tasks {
@@ -184,7 +185,12 @@ async fn serve_until_signal(
         probes: start_probes(serve, &app, &stopping).await?,
         kafka,
     };
-    tracing::info!(%address, demo = serve.demo, "listening");
+    let console = format!("http://{address}/console/");
+    tracing::info!(%address, demo = serve.demo, %console, "listening");
+    if serve.demo {
+        // The demo is for looking at: say where to look, beside the log lines.
+        eprintln!("sagalog demo: sagas are starting; watch them in the console at {console}");
+    }
     let shutdown = async move {
         wait_for_signal().await;
         tracing::info!("stop signal: finishing requests in flight");

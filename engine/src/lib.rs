@@ -40,6 +40,7 @@ pub use render::{command, filter, results, view, wire};
 pub use api::{
     is_valid_saga_id, is_valid_trace_id, EngineStats, HistoryItem, ListPage, ListQuery,
     PayloadMatch, ReplyAnswer, StartAnswer, StartRequest, MAX_LIST_LIMIT, MAX_PAYLOAD_FILTERS,
+    MAX_REASON_CHARS,
 };
 pub use command::{Command, StoredJson, Undo};
 pub use config::{Clock, EngineConfig, EngineObserver, SystemClock};

@@ -17,14 +17,18 @@ use serde_json::{json, Value};
 use sagalog_engine::definition::Registered;
 use sagalog_engine::throttle::Throttle;
 use sagalog_engine::wire::ReplyMessage;
-use sagalog_engine::{Clock, Definition, Engine, ListQuery, Shutdown, StartRequest, Status};
+use sagalog_engine::{Clock, Definition, Engine, Shutdown, StartRequest, Status};
 
+use crate::bulk::{self, BulkAction};
+use crate::console;
 use crate::error::ApiError;
 use crate::json;
 use crate::metrics::Metrics;
 use crate::outbox::{self, OutboxQuery};
+use crate::overview::{self, Activity};
 use crate::query::{
-    parse_definition_cursor, parse_limit, parse_u64, path_segment, saga_id, DEFAULT_LIMIT,
+    list_query, parse_definition_cursor, parse_limit, parse_u64, path_segment, saga_id,
+    DEFAULT_LIMIT,
 };
 use crate::routes::{route, Matched, Route};
 
@@ -65,6 +69,9 @@ pub struct App {
     /// Problems other parts report (the relay's missing topics): `/readyz` fails while
     /// there are any.
     pub readiness: Readiness,
+    /// The engine's running totals over the last minutes (`GET /api/v1/stats`), sampled
+    /// while [`crate::serve`] runs.
+    pub activity: Activity,
 }
 
 /// Why parts of the server are not ready, by part; shared with whoever reports.
@@ -170,6 +177,12 @@ impl App {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
+        if console::is_console(&path) {
+            let response = console::respond(&method, &path, request.headers());
+            self.metrics
+                .api_request(console::PREFIX, method.as_str(), started.elapsed());
+            return response;
+        }
         let (endpoint, result) = match route(&method, &path) {
             Ok(matched) => {
                 let pattern = matched.pattern;
@@ -223,11 +236,14 @@ impl App {
             Route::GetSaga => self.get_saga(&param),
             Route::History => self.history(&param).await,
             Route::ListSagas => self.list(&query).await,
+            Route::Stats => self.stats(),
             Route::Outbox => self.outbox(&query).await,
             Route::PutDefinition => self.put_definition(&param, &body).await,
             Route::ListDefinitions => self.list_definitions(&query),
             Route::OverrideStatus => self.override_status(&param, &body).await,
             Route::Retry => self.retry(&param).await,
+            Route::BulkRetry => self.bulk(BulkAction::retry(&body)?, &query).await,
+            Route::BulkOverride => self.bulk(BulkAction::override_status(&body)?, &query).await,
             Route::DeadLetters => self.dead_letters(&query),
             Route::ReplayDeadLetter => self.replay_dead_letter(&param).await,
             Route::Snapshot => self.snapshot().await,
@@ -266,6 +282,20 @@ impl App {
     async fn retry(&self, param: &str) -> Result<Response<Body>, ApiError> {
         let view = self.engine.retry(saga_id(param)?).await?;
         Ok(respond(StatusCode::ACCEPTED, json::saga(&view)))
+    }
+
+    async fn bulk(&self, action: BulkAction, query: &str) -> Result<Response<Body>, ApiError> {
+        let body = bulk::run(&self.engine, action, query, self.clock.now_ms()).await?;
+        Ok(respond(StatusCode::OK, body))
+    }
+
+    fn stats(&self) -> Result<Response<Body>, ApiError> {
+        let now_ms = self.clock.now_ms();
+        let required = self.config.admin_token.is_some();
+        let body = self.timed("stats", || {
+            overview::stats(&self.engine, &self.activity, now_ms, required)
+        })?;
+        Ok(respond(StatusCode::OK, body))
     }
 
     async fn replay_dead_letter(&self, param: &str) -> Result<Response<Body>, ApiError> {
@@ -466,31 +496,7 @@ impl App {
     }
 
     async fn list(&self, query: &str) -> Result<Response<Body>, ApiError> {
-        let mut list = ListQuery {
-            limit: DEFAULT_LIMIT,
-            ..ListQuery::default()
-        };
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            match key.as_ref() {
-                "status" => {
-                    list.status = Some(value.parse().map_err(|e: String| {
-                        ApiError::bad_request("invalid_request", format!("status: {e}"))
-                    })?)
-                }
-                "type" if !value.is_empty() => list.saga_type = Some(value.into_owned()),
-                "fromDate" => list.from_ms = Some(json::parse_rfc3339("fromDate", &value)?),
-                "toDate" => list.to_ms = Some(json::parse_rfc3339("toDate", &value)?),
-                "limit" => list.limit = parse_limit(&value)?,
-                "cursor" => list.cursor = Some(value.into_owned()),
-                "type" => {}
-                other => {
-                    return Err(ApiError::bad_request(
-                        "invalid_request",
-                        format!("unknown query parameter {other:?}; known: status, type, fromDate, toDate, limit, cursor"),
-                    ))
-                }
-            }
-        }
+        let list = list_query(query, DEFAULT_LIMIT)?;
         let started = Instant::now();
         let page = self.engine.list(&list).await;
         self.metrics.query("list", started.elapsed());

@@ -21,6 +21,7 @@ pub async fn app(dir: &Path) -> Arc<App> {
         clock: Arc::new(SystemClock) as Arc<dyn Clock>,
         stopping: Shutdown::new().1,
         readiness: Readiness::default(),
+        activity: Default::default(),
     });
     let start = br#"{"type": "order", "saga_id": "fuzz-1", "payload": {}}"#;
     app.start(start, None)

@@ -5,6 +5,9 @@
 //! - [`app`]: the handlers — limits and auth first, then one engine call each.
 //! - [`json`]: request bodies and the fixed response shapes.
 //! - [`outbox`]: the long-polled command feed, read from the engine's command feed.
+//! - [`overview`]: `GET /api/v1/stats`, the console's overview, and the sampled rates.
+//! - [`bulk`]: operator actions on every saga a list filter matches, a page at a time.
+//! - [`console`]: the operator console's embedded files and their security headers.
 //! - [`query`]: the validators of query strings and path parameters.
 //! - [`metrics`]: the Prometheus registry, fed by the engine's and log's observers and
 //!   by [`sagalog_engine::Engine::stats`] at each scrape.
@@ -13,14 +16,17 @@
 //! - [`client`]: a small keep-alive client for tests and the load generator.
 
 pub mod app;
+pub mod bulk;
 pub mod cgroup;
 pub mod client;
+pub mod console;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod json;
 pub mod metrics;
 pub mod outbox;
+pub mod overview;
 pub mod query;
 pub mod routes;
 pub mod server;

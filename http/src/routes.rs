@@ -13,11 +13,14 @@ pub enum Route {
     GetSaga,
     History,
     ListSagas,
+    Stats,
     Outbox,
     PutDefinition,
     ListDefinitions,
     OverrideStatus,
     Retry,
+    BulkRetry,
+    BulkOverride,
     DeadLetters,
     ReplayDeadLetter,
     Snapshot,
@@ -36,9 +39,18 @@ pub const ROUTES: &[(&str, &str, Route)] = &[
     ("GET", "/api/v1/sagas/{id}", Route::GetSaga),
     ("POST", "/api/v1/sagas/{id}/events", Route::Reply),
     ("GET", "/api/v1/sagas/{id}/history", Route::History),
+    ("GET", "/api/v1/stats", Route::Stats),
     ("GET", "/api/v1/outbox", Route::Outbox),
     ("GET", "/api/v1/definitions", Route::ListDefinitions),
     ("PUT", "/api/v1/definitions/{name}", Route::PutDefinition),
+    // Before `{id}/retry`, which the same path would match with the id `bulk` (a saga
+    // of that id is retried at `…/sagas/%62ulk/retry`: routes match the raw path).
+    ("POST", "/internal/v1/sagas/bulk/retry", Route::BulkRetry),
+    (
+        "POST",
+        "/internal/v1/sagas/bulk/override",
+        Route::BulkOverride,
+    ),
     (
         "PATCH",
         "/internal/v1/sagas/{id}/status",
@@ -116,7 +128,9 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Matched<'a>, ApiError
                     param,
                 });
             }
-            allowed.push(m);
+            if !allowed.contains(&m) {
+                allowed.push(m);
+            }
         }
     }
     if allowed.is_empty() {

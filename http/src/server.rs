@@ -83,6 +83,11 @@ pub async fn serve(
     let overflow = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
     let graceful = GracefulShutdown::new();
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let sampler = tokio::spawn(
+        app.activity
+            .clone()
+            .run(app.engine.clone(), app.clock.clone()),
+    );
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -119,6 +124,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    sampler.abort();
     drain(graceful, &in_flight).await;
     Ok(())
 }
