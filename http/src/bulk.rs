@@ -6,8 +6,10 @@
 //!   next page. A caller (the console) follows the cursor, which is its progress.
 //! - **Idempotent**: `toDate` is required and must not be in the future, so a request
 //!   picks the sagas as they were at that moment. Acting on a saga records something
-//!   new, which moves its `updated_at` past `toDate`: the same request repeated, or the
-//!   next page, never finds it again.
+//!   new, which moves its `updated_at` past `toDate`: no request with that `toDate` —
+//!   the next page, or any request repeated — finds it again. A repeated request acts
+//!   only on matching sagas not acted on yet, so a run repeated from any point still
+//!   acts on each saga once.
 //! - The actions run concurrently (they share the log's group commit), each exactly as
 //!   its single-saga route would; a saga the action does not fit (a retry of a
 //!   finished saga) is `rejected` with the error that route would give, the others go on.
