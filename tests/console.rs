@@ -117,7 +117,13 @@ async fn bulk_actions_page_through_a_filter_act_once_and_refuse_what_does_not_fi
         .await;
         drive(&mut c, &id, "COMPENSATION_FAILED").await;
     }
-    start(&mut c, "shop", "done-1", json!({"order_id": "ORD-done", "batch": 0})).await;
+    start(
+        &mut c,
+        "shop",
+        "done-1",
+        json!({"order_id": "ORD-done", "batch": 0}),
+    )
+    .await;
     drive(&mut c, "done-1", "COMPLETED").await;
 
     // Refused, changing nothing: no toDate, a future one, a limit over 100, a bad
@@ -364,8 +370,6 @@ fn tools() -> &'static Path {
 /// Sagas in every status, one whose payload and failure reason hold markup, 50
 /// COMPENSATION_FAILED sagas of their own type for the bulk retry, and a dead letter.
 async fn fixture(c: &mut Client) -> Value {
-    common::put_definition(c, &shop("shop")).await;
-    common::put_definition(c, &shop("bulkshop")).await;
     let statuses = [
         "STARTED",
         "IN_PROGRESS",
@@ -456,6 +460,13 @@ async fn the_console_works_in_headless_chromium() {
     let tansu = Tansu::start();
     let root = tempfile::tempdir().unwrap();
     let brokers = tansu.brokers();
+    // Registered at start, so that the relay's first topic check creates their topics.
+    let definitions = root.path().join("definitions");
+    std::fs::create_dir(&definitions).unwrap();
+    for name in ["shop", "bulkshop"] {
+        let file = definitions.join(format!("{name}.json"));
+        std::fs::write(file, shop(name).to_string()).unwrap();
+    }
     let server = common::serve(
         &common::data_dir(&root),
         &[
@@ -465,6 +476,8 @@ async fn the_console_works_in_headless_chromium() {
             &brokers,
             "--kafka-max-message-bytes",
             "4096",
+            "--definitions",
+            definitions.to_str().unwrap(),
         ],
     );
     let mut c = common::client(&server).await;
