@@ -127,7 +127,8 @@ impl PayloadMatch {
         match at {
             serde_json::Value::String(s) => *s == self.value,
             serde_json::Value::Object(_) | serde_json::Value::Array(_) => false,
-            scalar => scalar.to_string() == self.value,
+            scalar => serde_json::from_str::<serde_json::Value>(&self.value)
+                .is_ok_and(|written| written == *scalar),
         }
     }
 }

@@ -157,12 +157,8 @@ async fn retention_removes_only_finished_sagas_below_every_hold() {
     // new start, skipping the commands of the saga the cut went through.
     let listed = engine
         .list(&ListQuery {
-            status: None,
-            saga_type: None,
-            from_ms: None,
-            to_ms: None,
             limit: 1000,
-            cursor: None,
+            ..ListQuery::default()
         })
         .await
         .unwrap();
