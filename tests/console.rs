@@ -86,8 +86,11 @@ async fn drive(c: &mut Client, id: &str, status: &str) {
     assert_eq!(saga["status"], status, "{saga}");
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+/// Now, as a bulk action's `toDate`, once it is past (the server refuses the present).
+async fn moment() -> String {
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    now
 }
 
 async fn bulk(
@@ -128,7 +131,7 @@ async fn bulk_actions_page_through_a_filter_act_once_and_refuse_what_does_not_fi
 
     // Refused, changing nothing: no toDate, a future one, a limit over 100, a bad
     // body, no token.
-    let as_of = now_rfc3339();
+    let as_of = moment().await;
     let future =
         humantime::format_rfc3339_millis(std::time::SystemTime::now() + Duration::from_secs(3600));
     for (query, body, says) in [
@@ -140,7 +143,7 @@ async fn bulk_actions_page_through_a_filter_act_once_and_refuse_what_does_not_fi
         (
             format!("status=COMPENSATION_FAILED&toDate={future}"),
             json!({}),
-            "in the future",
+            "not in the past",
         ),
         (
             format!("toDate={as_of}&limit=101"),
@@ -228,9 +231,41 @@ async fn bulk_actions_page_through_a_filter_act_once_and_refuse_what_does_not_fi
         assert_eq!(retries, 1, "{id} retried once");
     }
 
+    // Two identical calls at once (a client retrying while its first call still runs,
+    // two operators): each saga is retried by one of them, the other skips it.
+    for i in 0..10 {
+        let id = format!("race-{i}");
+        start(&mut c, "shop", &id, json!({"order_id": id, "batch": 2})).await;
+        drive(&mut c, &id, "COMPENSATION_FAILED").await;
+    }
+    let query = format!("payload.batch=2&toDate={}", moment().await);
+    let mut other = common::client(&server).await;
+    let (first, second) = tokio::join!(
+        bulk(&mut c, "retry", &query, json!({})),
+        bulk(&mut other, "retry", &query, json!({}))
+    );
+    let mut retried_by = std::collections::BTreeMap::<String, usize>::new();
+    for answer in [first, second] {
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        for item in answer.json()["items"].as_array().unwrap() {
+            let outcome = item["outcome"].as_str().unwrap();
+            assert!(matches!(outcome, "retried" | "skipped"), "{item}");
+            if outcome == "retried" {
+                *retried_by
+                    .entry(item["saga_id"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(retried_by.len(), 10, "every saga retried: {retried_by:?}");
+    assert!(
+        retried_by.values().all(|n| *n == 1),
+        "none twice: {retried_by:?}"
+    );
+
     // Override the rest (batch 0) and a saga the override does not fit (COMPLETED):
     // rejected with the single route's error, the others overridden.
-    let as_of = now_rfc3339();
+    let as_of = moment().await;
     let answer = bulk(
         &mut c,
         "override",
@@ -541,6 +576,9 @@ async fn the_console_works_in_headless_chromium() {
         "bulk",
         "phone-overview",
         "phone-sagas",
+        "phone-saga",
+        "phone-bulk",
+        "phone-definitions",
     ] {
         let shot = screenshots.join(format!("{page}.png"));
         assert!(

@@ -55,6 +55,15 @@ pub struct HistoryItem {
     pub record: Record,
 }
 
+/// What an operator does to a saga ([`crate::Engine::operate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Re-issue the pending command with a fresh attempt budget.
+    Retry,
+    /// Set the status, with a reason that is recorded.
+    Override { to: Status, reason: String },
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub status: Option<Status>,
@@ -71,8 +80,12 @@ pub struct ListQuery {
 
 /// Most payload fields one list may match on.
 pub const MAX_PAYLOAD_FILTERS: usize = 4;
-/// Longest a payload field's path or value may be, in bytes.
-pub const MAX_PAYLOAD_FILTER_BYTES: usize = 256;
+/// Most names in a payload field's path (`a.b.c.d`), and the longest each may be, in
+/// characters.
+pub const MAX_PAYLOAD_PATH_NAMES: usize = 4;
+pub const MAX_PAYLOAD_NAME_CHARS: usize = 64;
+/// Longest a payload field's value may be, in characters.
+pub const MAX_PAYLOAD_VALUE_CHARS: usize = 256;
 
 /// `payload.a.b=value`: the field at `path` in the saga's start payload (objects by key,
 /// arrays by index) is the string `value`, or a number, boolean or null written as
@@ -86,24 +99,24 @@ pub struct PayloadMatch {
 impl PayloadMatch {
     /// From a query parameter's key after `payload.` and its value, checked.
     pub fn parse(path: &str, value: &str) -> Result<PayloadMatch> {
-        if path.len() > MAX_PAYLOAD_FILTER_BYTES || value.len() > MAX_PAYLOAD_FILTER_BYTES {
-            return Err(invalid(
-                "payload",
-                format!("a payload field's path and value are at most {MAX_PAYLOAD_FILTER_BYTES} bytes each"),
-            ));
-        }
-        let path: Vec<String> = path.split('.').map(str::to_string).collect();
-        if path.iter().any(String::is_empty) {
+        let names: Vec<String> = path.split('.').map(str::to_string).collect();
+        let fits = |name: &String| (1..=MAX_PAYLOAD_NAME_CHARS).contains(&name.chars().count());
+        if names.len() > MAX_PAYLOAD_PATH_NAMES || !names.iter().all(fits) {
             return Err(invalid(
                 "payload",
                 format!(
-                    "payload.{}: a field path is names joined by dots, none empty",
-                    path.join(".")
+                    "payload.{path}: a field path is 1 to {MAX_PAYLOAD_PATH_NAMES} names joined by dots, each 1 to {MAX_PAYLOAD_NAME_CHARS} characters"
                 ),
             ));
         }
+        if value.chars().count() > MAX_PAYLOAD_VALUE_CHARS {
+            return Err(invalid(
+                "payload",
+                format!("payload.{path}: a value is at most {MAX_PAYLOAD_VALUE_CHARS} characters"),
+            ));
+        }
         Ok(PayloadMatch {
-            path,
+            path: names,
             value: value.to_string(),
         })
     }

@@ -38,7 +38,7 @@ pub use model::{decider, definition, delivery, record, state};
 pub use render::{command, filter, results, view, wire};
 
 pub use api::{
-    is_valid_saga_id, is_valid_trace_id, EngineStats, HistoryItem, ListPage, ListQuery,
+    is_valid_saga_id, is_valid_trace_id, EngineStats, HistoryItem, ListPage, ListQuery, Operation,
     PayloadMatch, ReplyAnswer, StartAnswer, StartRequest, MAX_LIST_LIMIT, MAX_PAYLOAD_FILTERS,
     MAX_REASON_CHARS,
 };

@@ -1183,7 +1183,62 @@ async fn payload_fields_and_id_prefixes_filter_active_and_finished_sagas_past_th
         ids(list_all(&engine, query(vec![("customer.name", "acme")], Some("vip"))).await),
         acme_vips
     );
+    // A prefix no saga has: the index scan still stops at its bound (an empty page that
+    // goes on), and following it ends with nothing.
+    let first = engine.list(&query(vec![], Some("none-"))).await.unwrap();
+    assert!(
+        first.items.is_empty() && first.next_cursor.is_some(),
+        "{:?}",
+        first.next_cursor
+    );
+    assert!(list_all(&engine, query(vec![], Some("none-")))
+        .await
+        .is_empty());
+    // A number, boolean or null matches the JSON it is written as.
+    let n = ids(list_all(&engine, query(vec![("n", "45.0")], None)).await);
+    assert!(n.is_empty(), "45.0 is not the number 45 as written: {n:?}");
     // Bad fields are refused.
     assert!(sagalog_engine::PayloadMatch::parse("a..b", "x").is_err());
     assert!(sagalog_engine::PayloadMatch::parse(&"k".repeat(300), "x").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_for_the_saga_as_it_was_is_refused_once_it_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let engine = open(dir.path(), &clock);
+    start(&engine, "op-1").await;
+    let as_of = common::T0;
+    clock.advance(1_000);
+    answer(&engine, "op-1", Outcome::Succeeded).await;
+    // Updated after `as_of`: refused, nothing recorded.
+    let before = engine.history("op-1").await.unwrap().len();
+    let refused = engine
+        .operate("op-1", sagalog_engine::Operation::Retry, Some(as_of))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            EngineError::Rejected(Rejection::ChangedSince { .. })
+        ),
+        "{refused}"
+    );
+    assert_eq!(engine.history("op-1").await.unwrap().len(), before);
+    // Unchanged since a later moment (now past): done, and recorded now, after it.
+    let later = common::T0 + 1_000;
+    clock.advance(1);
+    let retried = engine
+        .operate("op-1", sagalog_engine::Operation::Retry, Some(later))
+        .await
+        .unwrap();
+    assert_eq!(
+        retried.steps[1].attempts, 2,
+        "the pending command re-issued"
+    );
+    // So the same call again finds it changed after that moment: refused.
+    let again = engine
+        .operate("op-1", sagalog_engine::Operation::Retry, Some(later))
+        .await;
+    assert!(again.is_err(), "a repeat acts once");
 }

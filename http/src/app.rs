@@ -236,7 +236,7 @@ impl App {
             Route::GetSaga => self.get_saga(&param),
             Route::History => self.history(&param).await,
             Route::ListSagas => self.list(&query).await,
-            Route::Stats => self.stats(),
+            Route::Stats => self.stats().await,
             Route::Outbox => self.outbox(&query).await,
             Route::PutDefinition => self.put_definition(&param, &body).await,
             Route::ListDefinitions => self.list_definitions(&query),
@@ -289,13 +289,25 @@ impl App {
         Ok(respond(StatusCode::OK, body))
     }
 
-    fn stats(&self) -> Result<Response<Body>, ApiError> {
+    /// Off the async runtime: it scans the sagas in memory and counts dead letters.
+    async fn stats(&self) -> Result<Response<Body>, ApiError> {
         let now_ms = self.clock.now_ms();
         let required = self.config.admin_token.is_some();
-        let body = self.timed("stats", || {
-            overview::stats(&self.engine, &self.activity, now_ms, required)
+        let (engine, activity) = (self.engine.clone(), self.activity.clone());
+        let started = Instant::now();
+        let body = tokio::task::spawn_blocking(move || {
+            overview::stats(&engine, &activity, now_ms, required)
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the overview's task failed: {e}"),
+            )
         })?;
-        Ok(respond(StatusCode::OK, body))
+        self.metrics.query("stats", started.elapsed());
+        Ok(respond(StatusCode::OK, body?))
     }
 
     async fn replay_dead_letter(&self, param: &str) -> Result<Response<Body>, ApiError> {

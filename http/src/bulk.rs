@@ -4,12 +4,15 @@
 //! - **Bounded**: one request acts on at most [`MAX_BULK_SAGAS`] sagas (its `limit`),
 //!   the sagas of one list page, and answers each saga's outcome and the cursor of the
 //!   next page. A caller (the console) follows the cursor, which is its progress.
-//! - **Idempotent**: `toDate` is required and must not be in the future, so a request
+//! - **Idempotent**: `toDate` is required and must be in the past, so a request
 //!   picks the sagas as they were at that moment. Acting on a saga records something
 //!   new, which moves its `updated_at` past `toDate`: no request with that `toDate` —
 //!   the next page, or any request repeated — finds it again. A repeated request acts
 //!   only on matching sagas not acted on yet, so a run repeated from any point still
 //!   acts on each saga once.
+//!   Each action also checks, under the saga's lock, that the saga is still as it was at
+//!   `toDate`: two calls running at once over the same sagas act on each once (the
+//!   other reports it `skipped`).
 //! - The actions run concurrently (they share the log's group commit), each exactly as
 //!   its single-saga route would; a saga the action does not fit (a retry of a
 //!   finished saga) is `rejected` with the error that route would give, the others go on.
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use sagalog_engine::{Engine, SagaView, Status, MAX_REASON_CHARS};
+use sagalog_engine::{Engine, EngineError, Operation, Rejection, Status, MAX_REASON_CHARS};
 
 use crate::error::ApiError;
 use crate::json::{self, rfc3339};
@@ -72,12 +75,13 @@ impl BulkAction {
         }
     }
 
-    async fn on(&self, engine: &Engine, saga_id: &str) -> sagalog_engine::error::Result<SagaView> {
+    fn operation(&self) -> Operation {
         match self {
-            BulkAction::Retry => engine.retry(saga_id).await,
-            BulkAction::Override { to, reason } => {
-                engine.override_status(saga_id, *to, reason.clone()).await
-            }
+            BulkAction::Retry => Operation::Retry,
+            BulkAction::Override { to, reason } => Operation::Override {
+                to: *to,
+                reason: reason.clone(),
+            },
         }
     }
 }
@@ -103,11 +107,11 @@ pub async fn run(
             "toDate: required for a bulk action — the moment whose sagas it acts on, so that a repeated request never acts twice",
         ));
     };
-    if as_of > now_ms {
+    if as_of >= now_ms {
         return Err(ApiError::bad_request(
             "invalid_request",
             format!(
-                "toDate: {} is in the future (the server's time is {}); a bulk action acts on sagas as they were at a moment already past",
+                "toDate: {} is not in the past (the server's time is {}); a bulk action acts on sagas as they were at a moment already past",
                 rfc3339(as_of),
                 rfc3339(now_ms)
             ),
@@ -118,7 +122,12 @@ pub async fn run(
     for (index, saga) in page.items.iter().enumerate() {
         let (engine, action, saga_id) = (engine.clone(), action.clone(), saga.saga_id.clone());
         tasks.spawn(async move {
-            let result = action.on(&engine, &saga_id).await;
+            // Only if unchanged since `as_of`, checked under the saga's lock: a saga
+            // that a call running at the same time (the same page twice) acted on is
+            // skipped, not acted on again.
+            let result = engine
+                .operate(&saga_id, action.operation(), Some(as_of))
+                .await;
             (index, saga_id, result)
         });
     }
@@ -135,6 +144,10 @@ pub async fn run(
             Ok(view) => json!({
                 "saga_id": saga_id, "outcome": action.done(),
                 "status": view.status.as_str(), "error": null,
+            }),
+            Err(EngineError::Rejected(Rejection::ChangedSince { .. })) => json!({
+                "saga_id": saga_id, "outcome": "skipped",
+                "status": page.items[index].status.as_str(), "error": null,
             }),
             Err(e) => {
                 let status = page.items[index].status.as_str();

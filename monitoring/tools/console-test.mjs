@@ -108,9 +108,12 @@ try {
     assert.equal(Number(shown.replace(/[^0-9]/g, '')), count, `${status} count`);
   }
   assert.match(await text('#counts [data-status="COMPLETED"] .share'), /%/);
-  await page.waitForSelector('#rates svg, svg#rates', WAIT);
-  assert.ok((await text('#oldest')).length > 0);
-  assert.match(await text('#dead-letter-count'), /1/);
+  // The chart has a point a bucket, for starts and for endings.
+  const points = await page.$$eval('svg#rates polyline', (lines) => lines.map((l) => l.getAttribute('points').trim().split(/\s+/).length));
+  assert.deepEqual(points, [stats.rates.buckets.length, stats.rates.buckets.length]);
+  assert.ok((await text('#oldest')).includes(stats.oldest_active.saga_id), 'the oldest active saga is named');
+  assert.equal(Number(await text('#dead-letter-count')), stats.dead_letters.total);
+  assert.equal(stats.dead_letters.total, 1);
   assert.match(await text('#log-head'), /[0-9]/);
   assert.ok((await text('#snapshot-age')).length > 0);
   await shot('overview');
@@ -163,8 +166,16 @@ try {
   assert.ok(secondPage.every((id) => !firstPage.includes(id)), 'the next page repeats none');
   assert.ok(await page.evaluate(() => location.hash.includes('cursor=') && location.hash.includes('limit=20')));
 
-  check('keyboard: Tab reaches the filter and Enter applies it');
+  check('keyboard: Tab goes through the filter in reading order, and Enter applies it');
   await open('#/sagas', 'sagas');
+  await page.focus('#filter [name="status"]');
+  const order = ['status'];
+  for (let i = 0; i < 30 && !order.includes('apply-filter'); i += 1) {
+    await page.keyboard.press('Tab');
+    const at = await page.evaluate(() => document.activeElement.name || document.activeElement.id);
+    if (order[order.length - 1] !== at) order.push(at);
+  }
+  assert.deepEqual(order, ['status', 'type', 'id_prefix', 'fromDate', 'toDate', 'payload_key', 'payload_value', 'apply-filter']);
   await page.focus('#filter [name="id_prefix"]');
   await page.keyboard.type('shop-0');
   await page.keyboard.press('Enter');
@@ -224,14 +235,17 @@ try {
   assert.match(await text('#confirm-call'), /PATCH \/internal\/v1\/sagas\/.*\/status[\s\S]*checked by hand/);
   await page.click('#confirm-cancel');
 
-  check('bulk: retry of 50 sagas reports 50 outcomes');
-  await open(`#/bulk?status=COMPENSATION_FAILED&type=${fixture.bulk_type}`, 'bulk');
+  check('bulk: retry of 50 sagas, 20 a call, reports 50 outcomes');
+  await open(`#/bulk?status=COMPENSATION_FAILED&type=${fixture.bulk_type}&limit=20`, 'bulk');
   await page.select('#bulk-action', 'retry');
   await page.click('#bulk-start');
   await confirm('POST /internal/v1/sagas/bulk/retry?');
   await page.waitForFunction(() => /50 processed/.test(document.querySelector('#bulk-summary')?.textContent ?? ''), { timeout: 30_000 });
   assert.equal(await rows('#bulk-results tr[data-saga-id][data-outcome="retried"]'), 50);
   assert.match(await text('#bulk-progress'), /50/);
+  const calls = requests.filter((url) => url.includes('/internal/v1/sagas/bulk/retry?'));
+  assert.equal(calls.length, 3, `three calls of at most 20: ${calls.join(' ')}`);
+  assert.equal(new Set(calls.map((url) => new URL(url).searchParams.get('toDate'))).size, 1, 'one toDate for the run');
   await shot('bulk');
 
   check('dead letters: listed and replayed');
@@ -255,7 +269,7 @@ try {
 
   check('a phone-sized window: no page wider than the screen');
   await page.setViewport({ width: 375, height: 740, isMobile: true, hasTouch: true });
-  for (const [hash, name] of [['#/overview', 'overview'], ['#/sagas', 'sagas']]) {
+  for (const [hash, name] of [['#/overview', 'overview'], ['#/sagas', 'sagas'], [`#/sagas/${fixture.completed}`, 'saga'], ['#/bulk', 'bulk'], ['#/definitions', 'definitions']]) {
     await open(hash, name);
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 1, `${name} is ${overflow}px wider than the window`);

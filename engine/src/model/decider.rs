@@ -108,6 +108,14 @@ pub enum Rejection {
     },
     #[error("saga {saga_id} ({status}) has no pending command to retry")]
     NothingToRetry { saga_id: String, status: Status },
+    /// An operation meant for the saga as it was at `as_of_ms` (a bulk action's moment)
+    /// found it changed since: not acted on (a repeated bulk call's saga, done already).
+    #[error("saga {saga_id} changed after the moment acted on (its last record at unix ms {updated_at_ms}, after {as_of_ms}): not acted on again")]
+    ChangedSince {
+        saga_id: String,
+        updated_at_ms: u64,
+        as_of_ms: u64,
+    },
     #[error(
         "saga {saga_id}: event_id {event_id:?} was answered at offset {offset} by another reply \
          (its step, outcome, attempt, data or reason differ): a repeated reply must be the \

@@ -12,8 +12,8 @@ use parking_lot::{Mutex, RwLock};
 use sagalog_storage::{DataDir, IndexStore, Log, LogRecord, LogStats, SnapshotInfo};
 
 use crate::api::{
-    self, invalid, EngineStats, HistoryItem, ListPage, ListQuery, ReplyAnswer, StartAnswer,
-    StartRequest,
+    self, invalid, EngineStats, HistoryItem, ListPage, ListQuery, Operation, ReplyAnswer,
+    StartAnswer, StartRequest,
 };
 use crate::config::{Clock, EngineConfig, SystemClock};
 use crate::error::{EngineError, Result};
@@ -220,6 +220,7 @@ impl Engine {
             },
             definition: Some(definition),
             fresh_id,
+            unchanged_since_ms: None,
         };
         match inner.transact(&saga_id, op).await? {
             // The payload is at hand: no need to read it back from the log.
@@ -274,17 +275,37 @@ impl Engine {
         to: Status,
         reason: String,
     ) -> Result<SagaView> {
-        api::check_reason(&reason)?;
-        let done = self
-            .inner
-            .transact(saga_id, Input::Override { to, reason }.into())
-            .await?;
-        view_of(&self.inner, done)
+        self.operate(saga_id, Operation::Override { to, reason }, None)
+            .await
     }
 
     /// An operator re-issues the saga's pending command with a fresh attempt budget.
     pub async fn retry(&self, saga_id: &str) -> Result<SagaView> {
-        let done = self.inner.transact(saga_id, Input::Retry.into()).await?;
+        self.operate(saga_id, Operation::Retry, None).await
+    }
+
+    /// An operator's `operation` on the saga; with `unchanged_since_ms`, only if the
+    /// saga's last record is from then or before (else [`crate::Rejection::ChangedSince`]),
+    /// checked under the saga's lock — so that a bulk action repeated, or run twice at
+    /// once, acts on each saga once.
+    pub async fn operate(
+        &self,
+        saga_id: &str,
+        operation: Operation,
+        unchanged_since_ms: Option<u64>,
+    ) -> Result<SagaView> {
+        let input = match operation {
+            Operation::Retry => Input::Retry,
+            Operation::Override { to, reason } => {
+                api::check_reason(&reason)?;
+                Input::Override { to, reason }
+            }
+        };
+        let op = Op {
+            unchanged_since_ms,
+            ..Op::from(input)
+        };
+        let done = self.inner.transact(saga_id, op).await?;
         view_of(&self.inner, done)
     }
 

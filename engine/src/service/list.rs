@@ -91,7 +91,15 @@ fn candidates(
     let mut scanned = 0usize;
     let (mut candidates, mut floor) = from_memory(inner, &statuses, window, query, &mut scanned)?;
     for &status in statuses.iter().filter(|s| s.is_terminal()) {
-        let (found, reached) = from_index(inner, status, window, query, &mut scanned)?;
+        let memory_floor = floor.clone();
+        let (found, reached) = from_index(
+            inner,
+            status,
+            window,
+            query,
+            memory_floor.as_ref(),
+            &mut scanned,
+        )?;
         candidates.extend(found);
         if let Some(reached) = reached {
             floor = floor.max(Some(reached));
@@ -235,10 +243,11 @@ fn from_memory(
     scanned: &mut usize,
 ) -> Result<(Vec<Position>, Option<Position>)> {
     let (cursor, from_ms, to_ms) = (window.cursor, window.from_ms, window.to_ms);
+    // With payload fields, at most `list_scan_limit` of them can be read.
     let keep = if query.payload.is_empty() {
         query.limit
     } else {
-        usize::MAX
+        inner.config.list_scan_limit.max(query.limit)
     };
     let mut best: BinaryHeap<Reverse<Position>> = BinaryHeap::with_capacity(query.limit + 1);
     for shard in inner.sagas.shards() {
@@ -339,6 +348,7 @@ fn from_index(
     status: Status,
     window: &Window,
     query: &ListQuery,
+    floor: Option<&Position>,
     scanned: &mut usize,
 ) -> Result<(Vec<Position>, Option<Position>)> {
     let from_ms = window.from_ms;
@@ -376,7 +386,10 @@ fn from_index(
         for (at, id) in Bucket::decode(&value).ok_or_else(bad)?.entries {
             *scanned += 1;
             let position = (at, Arc::from(id.as_str()));
-            if at >= from_ms && position < below && id_prefix_matches(&position.1, query) {
+            // Every entry goes through the heap, so that the position reached (and the
+            // bound) moves on even while none matches; `matches` checks the id prefix
+            // before it reads anything.
+            if at >= from_ms && position < below {
                 pending.push(position);
             }
         }
@@ -393,6 +406,11 @@ fn from_index(
             scanned,
         };
         if decided.take(inner, query)? {
+            return Ok((found, None));
+        }
+        // The page does not go below `floor` (where the scan of memory stopped): once the
+        // next bucket holds only entries below it, the rest is the next page's.
+        if floor.is_some_and(|floor| next_newest.is_some_and(|newest| newest < floor.0)) {
             return Ok((found, None));
         }
         // Stop at the bound only once something was decided, so the next page always

@@ -45,6 +45,9 @@ pub(crate) struct Op {
     pub definition: Option<Arc<Definition>>,
     /// The saga id was made here for this start: no finished saga can have it.
     pub fresh_id: bool,
+    /// Decide only if the saga's last record is from this unix ms or before (checked
+    /// under its lock): a bulk action's sagas as they were when it looked.
+    pub unchanged_since_ms: Option<u64>,
 }
 
 impl From<Input> for Op {
@@ -53,6 +56,7 @@ impl From<Input> for Op {
             input,
             definition: None,
             fresh_id: false,
+            unchanged_since_ms: None,
         }
     }
 }
@@ -283,6 +287,17 @@ impl Inner {
     ) -> Result<Step> {
         if slot.busy {
             return Ok(Step::Busy);
+        }
+        if let Some(as_of_ms) = op.unchanged_since_ms {
+            let updated_at_ms = slot.state.updated_at_ms;
+            if updated_at_ms > as_of_ms {
+                return Err(Rejection::ChangedSince {
+                    saga_id: slot.state.saga_id.to_string(),
+                    updated_at_ms,
+                    as_of_ms,
+                }
+                .into());
+            }
         }
         if let Some((definition, request_hash)) = op.start() {
             return same_start(&slot.state, definition, request_hash).map(|()| {

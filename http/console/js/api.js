@@ -138,6 +138,8 @@ function askToken(note) {
     const input = $('#token-input');
     $('#token-note').textContent = note;
     input.value = '';
+    input.setCustomValidity('');
+    input.oninput = () => input.setCustomValidity('');
     const cancelButton = $('#token-cancel');
     // Settles on OK or Cancel at once, and on Escape at the dialog's 'close' event.
     const settle = (token) => {
@@ -152,6 +154,12 @@ function askToken(note) {
       event.preventDefault();
       const token = input.value.trim();
       if (!token) return;
+      // Sent in a header: printable ASCII only (fetch refuses anything else).
+      if (!/^[\x21-\x7e]+$/.test(token)) {
+        input.setCustomValidity('An admin token is printable ASCII, without spaces.');
+        input.reportValidity();
+        return;
+      }
       setToken(token);
       settle(token);
     };

@@ -12,12 +12,14 @@ import { badge, fill, h, isAbort, plural, sagaLink } from './dom.js';
 import { confirmCall } from './confirm.js';
 import { filterFields, filterParams, formFilter, queryString, readFilter } from './filter.js';
 
-const PER_CALL = 100;
+const MAX_PER_CALL = 100; // the server's bound per call; `limit` in the hash sets fewer
 const MAX_CALLS = 100;
 const OVERRIDES = ['COMPLETED', 'COMPENSATED', 'FAILED'];
 
 export async function render(ctx) {
   const { signal } = ctx;
+  const asked = Number(ctx.params.get('limit'));
+  const perCall = Number.isInteger(asked) && asked >= 1 && asked <= MAX_PER_CALL ? asked : MAX_PER_CALL;
   const action = h('select', { id: 'bulk-action', name: 'action' },
     h('option', { value: 'retry' }, 'Retry the pending command'),
     h('option', { value: 'override' }, 'Override the status'));
@@ -59,8 +61,8 @@ export async function render(ctx) {
   ctx.body.append(
     h('div', { class: 'page-head' }, h('h1', null, 'Bulk actions')),
     h('p', { class: 'muted' },
-      `Acts on every saga the filter matches, ${PER_CALL} per call, until none is left. `
-      + `One run handles at most ${(PER_CALL * MAX_CALLS).toLocaleString('en')} sagas (${MAX_CALLS} calls); `
+      `Acts on every saga the filter matches, ${perCall} per call, until none is left. `
+      + `One run handles at most ${(perCall * MAX_CALLS).toLocaleString('en')} sagas (${MAX_CALLS} calls); `
       + '"Go on" resumes from there. The filter applies to the sagas as they were at "Updated until" '
       + '(the server\u2019s time at the start when left empty). Leaving this page stops the run.'),
     h('section', { class: 'card' }, form),
@@ -129,7 +131,7 @@ export async function render(ctx) {
     summary.textContent = {
       done: text,
       stopped: `${text}. Stopped before the end; "Go on" resumes.`,
-      bound: `${text}. Stopped at ${(PER_CALL * MAX_CALLS).toLocaleString('en')} sagas in this run; "Go on" resumes.`,
+      bound: `${text}. Stopped at ${(perCall * MAX_CALLS).toLocaleString('en')} sagas in this run; "Go on" resumes.`,
       error: `${text}. Stopped by the error above; "Go on" makes the failed call again.`,
     }[ended];
     progress.textContent = `${text} (${plural(calls, 'call')})`;
@@ -155,7 +157,9 @@ export async function render(ctx) {
   async function prepare() {
     const filter = formFilter(form);
     // Keep the filter in the hash for a reload, without rendering the page again.
-    history.replaceState(null, '', `#/bulk${queryString(filterParams(filter))}`);
+    const shown = filterParams(filter);
+    if (perCall !== MAX_PER_CALL) shown.set('limit', String(perCall));
+    history.replaceState(null, '', `#/bulk${queryString(shown)}`);
     const kind = action.value;
     const body = kind === 'override' ? { status: status.value, reason: reason.value.trim() } : {};
     if (kind === 'override' && !body.reason) {
@@ -176,7 +180,7 @@ export async function render(ctx) {
       }
     }
     const query = filterParams({ ...filter, toDate });
-    query.set('limit', String(PER_CALL));
+    query.set('limit', String(perCall));
     const url = `/internal/v1/sagas/bulk/${kind}?${query}`;
     const ok = await confirmCall({
       title: kind === 'retry' ? 'Retry these sagas' : 'Override these sagas',

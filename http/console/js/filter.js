@@ -14,13 +14,18 @@ const PAYLOAD = 'payload.';
 // {status, type, fromDate, toDate, id_prefix, payload_key, payload_value} from a query
 // (URLSearchParams); '' for each field not there. Only the first payload.* is taken.
 export function readFilter(params) {
-  const filter = { payload_key: '', payload_value: '' };
+  const filter = { payload_key: '', payload_value: '', payload_more: [] };
   for (const name of PLAIN) filter[name] = params.get(name) || '';
   for (const [key, value] of params) {
     if (key.startsWith(PAYLOAD) && key.length > PAYLOAD.length) {
-      filter.payload_key = key.slice(PAYLOAD.length);
-      filter.payload_value = value;
-      break;
+      if (!filter.payload_key) {
+        filter.payload_key = key.slice(PAYLOAD.length);
+        filter.payload_value = value;
+      } else {
+        // More payload fields than the form has rows (a shared link, the API's own
+        // query): kept, shown, and sent, so the filter never silently widens.
+        filter.payload_more.push([key.slice(PAYLOAD.length), value]);
+      }
     }
   }
   return filter;
@@ -31,6 +36,7 @@ export function filterParams(filter) {
   const params = new URLSearchParams();
   for (const name of PLAIN) if (filter[name]) params.set(name, filter[name]);
   if (filter.payload_key) params.set(PAYLOAD + filter.payload_key, filter.payload_value);
+  for (const [key, value] of filter.payload_more || []) params.append(PAYLOAD + key, value);
   return params;
 }
 
@@ -98,7 +104,17 @@ export function filterFields(prefix, filter) {
     h('div', { class: 'field pair' },
       field(id('payload_key'), 'Payload field', key),
       field(id('payload_value'), 'equals', value)),
+    more(id('payload_more'), filter.payload_more || []),
   ];
+}
+
+// The payload fields past the first, from the address: listed, and kept in a hidden
+// input so that the form sends them on.
+function more(id, fields) {
+  if (!fields.length) return null;
+  return h('div', { class: 'field more', id },
+    h('p', { class: 'hint' }, 'Also: ', fields.map(([k, v]) => `payload.${k} = ${v}`).join(', ')),
+    h('input', { type: 'hidden', name: 'payload_more', value: JSON.stringify(fields) }));
 }
 
 // The filter a form's fields hold now.
@@ -112,5 +128,7 @@ export function formFilter(form) {
     const input = form.elements[name];
     filter[name] = input.value && input.value === input.dataset.shown ? input.dataset.iso : fromLocal(input.value);
   }
+  const kept = form.elements.payload_more;
+  filter.payload_more = kept ? JSON.parse(kept.value) : [];
   return filter;
 }

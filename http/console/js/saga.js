@@ -12,7 +12,9 @@ const SHORT_JSON = 80;
 
 export async function render(ctx) {
   const { id, signal } = ctx;
-  const path = encodeURIComponent(id);
+  // The id as a path segment. `/internal/v1/sagas/bulk/retry` is the bulk action's
+  // route, so a saga named `bulk` is written `%62ulk` (the server decodes it back).
+  const path = id === 'bulk' ? '%62ulk' : encodeURIComponent(id);
   const hiddenKinds = new Set(); // kept across reloads after an action
 
   const actionError = h('p', { id: 'action-error', class: 'error', role: 'alert', hidden: true });
