@@ -376,6 +376,28 @@ async fn stats_and_list_filters_answer_what_the_console_shows() {
         ids(get(&mut c, "/api/v1/sagas?id_prefix=s-5").await.json()),
         ["s-5"]
     );
+    // A browser page of another origin cannot act through the operator's browser,
+    // even on a server without an admin token; the server's own pages can.
+    let retry = "/internal/v1/sagas/s-5/retry";
+    for (name, value) in [
+        ("origin", "http://evil.example"),
+        ("origin", "null"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let answer = c
+            .send(Method::POST, retry, &[(name, value)], None)
+            .await
+            .unwrap();
+        let message = common::expect_error(&answer, 403, "cross_origin");
+        assert!(message.contains("refused"), "{message}");
+    }
+    let saga = get(&mut c, "/api/v1/sagas/s-5").await.json();
+    assert_eq!(saga["status"], "COMPENSATION_FAILED", "nothing changed");
+    let own = format!("http://{}", server.addr);
+    let headers = [("origin", own.as_str()), ("sec-fetch-site", "same-origin")];
+    let answer = c.send(Method::POST, retry, &headers, None).await.unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.text());
+
     for (query, says) in [
         ("payload.=x", "payload"),
         ("payload.a..b=x", "dots"),

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use sagalog_engine::definition::Registered;
@@ -219,6 +219,9 @@ impl App {
         matched: Matched<'_>,
         request: Request<Incoming>,
     ) -> Result<Response<Body>, ApiError> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            same_origin(request.headers())?;
+        }
         if matched.needs_admin() {
             self.authorize(&request, matched.route)?;
         }
@@ -669,6 +672,38 @@ impl App {
         Ok(respond(
             StatusCode::OK,
             json!({"status": "ready", "notes": notes}),
+        ))
+    }
+}
+
+/// A write a browser sends from another origin is refused (`403 cross_origin`): a page
+/// elsewhere must not start, reply to, or act on sagas through an operator's browser
+/// (a server without an admin token takes any `/internal/` call). Browsers name the
+/// sending page's origin (`Origin`, and `Sec-Fetch-Site`); clients that are not
+/// browsers send neither and are not affected. The console, served by this server, is
+/// of the same origin.
+fn same_origin(headers: &hyper::HeaderMap) -> Result<(), ApiError> {
+    let refuse = |why: String| Err(ApiError::new(StatusCode::FORBIDDEN, "cross_origin", why));
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site").filter(|s| *s == "cross-site" || *s == "same-site")
+    {
+        return refuse(format!(
+            "a write from another site's page is refused (Sec-Fetch-Site: {site})"
+        ));
+    }
+    let Some(origin) = header("origin") else {
+        return Ok(());
+    };
+    let host = header("host").unwrap_or_default();
+    let ours = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|authority| !host.is_empty() && authority.eq_ignore_ascii_case(host));
+    if ours {
+        Ok(())
+    } else {
+        refuse(format!(
+            "a write from a page of {origin:?} is refused: only this server's own pages ({host}) may write through a browser"
         ))
     }
 }

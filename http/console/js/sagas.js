@@ -8,6 +8,7 @@ import { filterFields, filterParams, formFilter, queryString, readFilter } from 
 
 const PAGE_SIZE = 100; // the API's default limit; `limit` in the hash sets another
 const MAX_PAGE_SIZE = 1000; // the API's largest
+const FOLLOW_EMPTY_MS = 3000; // how long empty pages are followed before one is shown
 
 export async function render(ctx) {
   const filter = readFilter(ctx.params);
@@ -44,7 +45,14 @@ export async function render(ctx) {
   const query = filterParams(filter);
   query.set('limit', String(limit));
   if (cursor) query.set('cursor', cursor);
-  const page = await get(`/api/v1/sagas?${query}`, { signal: ctx.signal });
+  let page = await get(`/api/v1/sagas?${query}`, { signal: ctx.signal });
+  // A selective filter can meet pages that end empty at the server's scan bound: go on
+  // by itself past those, for a few seconds at most, before showing one.
+  const until = Date.now() + FOLLOW_EMPTY_MS;
+  while (!(page.items || []).length && page.next_cursor && Date.now() < until) {
+    query.set('cursor', page.next_cursor);
+    page = await get(`/api/v1/sagas?${query}`, { signal: ctx.signal });
+  }
   const items = page.items || [];
 
   const rows = items.map((s) => h('tr', { dataset: { sagaId: s.saga_id } },
