@@ -541,13 +541,7 @@ impl Metrics {
                 raise(&counter, by_type.entered[status.index()]);
             }
         }
-        let entered = |status: Status| -> u64 {
-            counters
-                .by_type
-                .values()
-                .map(|t| t.entered[status.index()])
-                .sum()
-        };
+        let entered = |status: Status| counters.entered(status);
         raise(&self.state.failed, entered(Status::Failed));
         raise(&self.state.compensated, entered(Status::Compensated));
         for status in Status::ALL {

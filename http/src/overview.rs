@@ -38,19 +38,12 @@ struct Totals {
 
 impl Totals {
     fn of(counters: &Counters, at_ms: u64) -> Totals {
-        let entered = |status: Status| -> u64 {
-            counters
-                .by_type
-                .values()
-                .map(|t| t.entered[status.index()])
-                .sum()
-        };
         Totals {
             at_ms,
-            started: entered(Status::Started),
+            started: counters.entered(Status::Started),
             completed: counters.status_counts[Status::Completed.index()],
             compensated: counters.status_counts[Status::Compensated.index()],
-            failed: entered(Status::Failed),
+            failed: counters.entered(Status::Failed),
         }
     }
 

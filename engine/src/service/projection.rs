@@ -38,6 +38,16 @@ pub struct Counters {
     pub last_failed_at_ms: u64,
 }
 
+impl Counters {
+    /// Sagas of every type that ever entered `status`.
+    pub fn entered(&self, status: Status) -> u64 {
+        self.by_type
+            .values()
+            .map(|t| t.entered[status.index()])
+            .sum()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Projections {
     pub counters: Counters,

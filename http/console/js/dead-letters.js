@@ -3,7 +3,7 @@
 // replay through #confirm. The page's position (`after`) lives in the hash.
 
 import { authed } from './api.js';
-import { fill, h, isAbort, sagaLink, table } from './dom.js';
+import { actThenReload, fill, h, sagaLink, table } from './dom.js';
 import { confirmCall } from './confirm.js';
 import { queryString } from './filter.js';
 
@@ -28,20 +28,7 @@ export async function render(ctx) {
       describe: () => ({ call: `POST ${url}` }),
     });
     if (!ok) return;
-    actionError.hidden = true;
-    ctx.loading();
-    try {
-      await authed('POST', url, { signal });
-    } catch (err) {
-      if (isAbort(err)) return;
-      actionError.textContent = err.message;
-      actionError.hidden = false;
-    }
-    try {
-      await load();
-    } catch (err) {
-      ctx.fail(err);
-    }
+    await actThenReload(ctx, () => authed('POST', url, { signal }), actionError, load);
   }
 
   async function load() {

@@ -3,7 +3,7 @@
 // and a form to register a version (PUT /api/v1/definitions/NAME, admin token).
 
 import { authed, get } from './api.js';
-import { duration, fill, h, isAbort, plural } from './dom.js';
+import { actThenReload, duration, fill, h, plural } from './dom.js';
 import { confirmCall } from './confirm.js';
 
 const PAGE_SIZE = 100;
@@ -108,22 +108,12 @@ function registerForm(ctx, reload) {
       describe: () => ({ call: `PUT ${url}\n${JSON.stringify(body)}` }),
     });
     if (!ok) return;
-    ctx.loading();
-    try {
+    await actThenReload(ctx, async () => {
       const answer = await authed('PUT', url, { body, signal: ctx.signal });
       done.textContent = answer.registered
         ? `Registered ${answer.name} version ${answer.version}.`
         : `${answer.name} version ${answer.version} was registered already, the same.`;
-    } catch (err) {
-      if (isAbort(err)) return;
-      note.textContent = err.message;
-      note.hidden = false;
-    }
-    try {
-      await reload();
-    } catch (err) {
-      ctx.fail(err);
-    }
+    }, note, reload);
   });
   return h('details', { class: 'card register' }, h('summary', null, 'Register a definition version'), form);
 }

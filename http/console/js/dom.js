@@ -146,3 +146,24 @@ export function table(attrs, headers, rows) {
 export function plural(n, word, many = `${word}s`) {
   return `${n} ${n === 1 ? word : many}`;
 }
+
+// An action of a page, then the page again: `call` runs (its error shown in
+// `errorEl`, a leaving page's abort ignored), and `reload` shows what it changed —
+// also after an error, since a call may have done part of its work. A failing reload
+// fails the page.
+export async function actThenReload(ctx, call, errorEl, reload) {
+  errorEl.hidden = true;
+  ctx.loading();
+  try {
+    await call();
+  } catch (err) {
+    if (isAbort(err)) return;
+    errorEl.textContent = err.message;
+    errorEl.hidden = false;
+  }
+  try {
+    await reload();
+  } catch (err) {
+    ctx.fail(err);
+  }
+}

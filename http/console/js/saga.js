@@ -3,7 +3,7 @@
 // command, and override the status with a reason. Both go through #confirm.
 
 import { authed, get } from './api.js';
-import { badge, duration, fill, h, isAbort, json, table, time } from './dom.js';
+import { actThenReload, badge, duration, fill, h, json, table, time } from './dom.js';
 import { confirmCall } from './confirm.js';
 
 const OVERRIDES = ['COMPLETED', 'COMPENSATED', 'FAILED'];
@@ -42,22 +42,7 @@ export async function render(ctx) {
   }
 
   // Runs an action's call, then shows the saga as it is now (or the call's error).
-  async function act(call) {
-    actionError.hidden = true;
-    ctx.loading();
-    try {
-      await call();
-    } catch (err) {
-      if (isAbort(err)) return;
-      actionError.textContent = err.message;
-      actionError.hidden = false;
-    }
-    try {
-      await load();
-    } catch (err) {
-      ctx.fail(err);
-    }
-  }
+  const act = (call) => actThenReload(ctx, call, actionError, load);
 
   retry.addEventListener('click', async () => {
     const url = `/internal/v1/sagas/${path}/retry`;
