@@ -298,7 +298,16 @@ impl App {
         let required = self.config.admin_token.is_some();
         let (engine, activity) = (self.engine.clone(), self.activity.clone());
         let started = Instant::now();
+        // A few at a time (anyone may ask): the others wait their turn.
+        let turn = overview::TURNS.acquire().await.map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "shutting down",
+            )
+        })?;
         let body = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             overview::stats(&engine, &activity, now_ms, required)
         })
         .await
@@ -678,28 +687,41 @@ impl App {
 
 /// A write a browser sends from another origin is refused (`403 cross_origin`): a page
 /// elsewhere must not start, reply to, or act on sagas through an operator's browser
-/// (a server without an admin token takes any `/internal/` call). Browsers name the
-/// sending page's origin (`Origin`, and `Sec-Fetch-Site`); clients that are not
+/// (a server without an admin token takes any `/internal/` call). Browsers say where
+/// the sending page is: `Sec-Fetch-Site` (decisive when present: `same-origin` and
+/// `none` pass, `same-site` and `cross-site` do not), else `Origin`, which must name
+/// the `Host` asked for (default ports aside) — a proxy that rewrites `Host` is then
+/// still right, since the browser's `Sec-Fetch-Site` decides. Clients that are not
 /// browsers send neither and are not affected. The console, served by this server, is
 /// of the same origin.
 fn same_origin(headers: &hyper::HeaderMap) -> Result<(), ApiError> {
     let refuse = |why: String| Err(ApiError::new(StatusCode::FORBIDDEN, "cross_origin", why));
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(site) = header("sec-fetch-site").filter(|s| *s == "cross-site" || *s == "same-site")
-    {
-        return refuse(format!(
-            "a write from another site's page is refused (Sec-Fetch-Site: {site})"
-        ));
+    match header("sec-fetch-site") {
+        Some("same-origin" | "none") => return Ok(()),
+        Some(site) => {
+            return refuse(format!(
+                "a write from another site's page is refused (Sec-Fetch-Site: {site})"
+            ))
+        }
+        None => {}
     }
     let Some(origin) = header("origin") else {
         return Ok(());
     };
     let host = header("host").unwrap_or_default();
-    let ours = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .is_some_and(|authority| !host.is_empty() && authority.eq_ignore_ascii_case(host));
-    if ours {
+    let authority = |scheme: &str, default_port: &str| {
+        origin
+            .strip_prefix(scheme)
+            .map(|a| a.strip_suffix(default_port).unwrap_or(a))
+    };
+    let host_without = |default_port: &str| host.strip_suffix(default_port).unwrap_or(host);
+    let ours = match (authority("http://", ":80"), authority("https://", ":443")) {
+        (Some(a), _) => a.eq_ignore_ascii_case(host_without(":80")),
+        (_, Some(a)) => a.eq_ignore_ascii_case(host_without(":443")),
+        _ => false,
+    };
+    if ours && !host.is_empty() {
         Ok(())
     } else {
         refuse(format!(

@@ -25,6 +25,8 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 pub const SAMPLES: usize = 31;
 /// Most dead-letter index entries one answer counts (past it, the count says "more").
 pub const DEAD_LETTER_COUNT_BOUND: usize = 100_000;
+/// Overviews computed at once (each scans the sagas in memory); the others wait.
+pub static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// The running totals at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

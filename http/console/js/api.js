@@ -154,7 +154,7 @@ function askToken(note) {
       event.preventDefault();
       const token = input.value.trim();
       if (!token) return;
-      // Sent in a header: printable ASCII only (fetch refuses anything else).
+      // Sent in a header: printable ASCII without spaces, as admin tokens are made.
       if (!/^[\x21-\x7e]+$/.test(token)) {
         input.setCustomValidity('An admin token is printable ASCII, without spaces.');
         input.reportValidity();

@@ -12,7 +12,8 @@ const PLAIN = ['status', 'type', 'fromDate', 'toDate', 'id_prefix'];
 const PAYLOAD = 'payload.';
 
 // {status, type, fromDate, toDate, id_prefix, payload_key, payload_value} from a query
-// (URLSearchParams); '' for each field not there. Only the first payload.* is taken.
+// (URLSearchParams); '' for each field not there. The first payload.* fills the form's
+// row; any others are kept in `payload_more`.
 export function readFilter(params) {
   const filter = { payload_key: '', payload_value: '', payload_more: [] };
   for (const name of PLAIN) filter[name] = params.get(name) || '';

@@ -12,7 +12,7 @@ const FOLLOW_EMPTY_MS = 3000; // how long empty pages are followed before one is
 
 export async function render(ctx) {
   const filter = readFilter(ctx.params);
-  const cursor = ctx.params.get('cursor');
+  let cursor = ctx.params.get('cursor');
   const asked = Number(ctx.params.get('limit'));
   const limit = Number.isInteger(asked) && asked >= 1 && asked <= MAX_PAGE_SIZE ? asked : PAGE_SIZE;
   const base = filterParams(filter);
@@ -50,9 +50,12 @@ export async function render(ctx) {
   // by itself past those, for a few seconds at most, before showing one.
   const until = Date.now() + FOLLOW_EMPTY_MS;
   while (!(page.items || []).length && page.next_cursor && Date.now() < until) {
-    query.set('cursor', page.next_cursor);
+    cursor = page.next_cursor;
+    query.set('cursor', cursor);
     page = await get(`/api/v1/sagas?${query}`, { signal: ctx.signal });
   }
+  // The page shown is the one reached: the address says so (a reload shows it again).
+  if (cursor && cursor !== ctx.params.get('cursor')) history.replaceState(null, '', hashFor(cursor));
   const items = page.items || [];
 
   const rows = items.map((s) => h('tr', { dataset: { sagaId: s.saga_id } },
