@@ -1241,4 +1241,45 @@ async fn an_operation_for_the_saga_as_it_was_is_refused_once_it_changed() {
         .operate("op-1", sagalog_engine::Operation::Retry, Some(later))
         .await;
     assert!(again.is_err(), "a repeat acts once");
+
+    // A saga that finished after the moment, and left memory: changed since, too
+    // (not merely finished), as a bulk call that raced another one reports it.
+    start(&engine, "op-2").await;
+    let before_finish = sagalog_engine::Clock::now_ms(&*clock);
+    clock.advance(1_000);
+    for _ in 0..3 {
+        answer(&engine, "op-2", Outcome::Succeeded).await;
+    }
+    engine.wait_indexed().await.unwrap();
+    // Opened again, the finished saga is read from the index, not memory.
+    drop(engine);
+    let engine = open(dir.path(), &clock);
+    let override_to = |to| sagalog_engine::Operation::Override {
+        to,
+        reason: "bulk".into(),
+    };
+    let late = engine
+        .operate(
+            "op-2",
+            override_to(Status::Compensated),
+            Some(before_finish),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(late, EngineError::Rejected(Rejection::ChangedSince { .. })),
+        "{late}"
+    );
+    let finished = engine
+        .operate(
+            "op-2",
+            override_to(Status::Compensated),
+            Some(sagalog_engine::Clock::now_ms(&*clock)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(finished, EngineError::Rejected(Rejection::Finished { .. })),
+        "{finished}"
+    );
 }

@@ -477,6 +477,19 @@ impl Inner {
                     last_offset: loaded.last_offset,
                 })
             }
+            // Changed since the moment the operation is for (a bulk call running at the
+            // same time finished it): skipped, as it would be in memory.
+            _ if op
+                .unchanged_since_ms
+                .is_some_and(|as_of| meta.updated_at_ms > as_of) =>
+            {
+                Err(Rejection::ChangedSince {
+                    saga_id: saga_id.to_string(),
+                    updated_at_ms: meta.updated_at_ms,
+                    as_of_ms: op.unchanged_since_ms.unwrap_or_default(),
+                }
+                .into())
+            }
             _ => Err(finished()),
         }
     }
