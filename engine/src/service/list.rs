@@ -1,14 +1,14 @@
 //! Listing sagas newest first (by `updated_at`), filtered by status, type, date, id
-//! prefix and start-payload fields, paged by an opaque cursor. Active sagas are listed from memory; finished ones from
-//! the `finished` index (a finished saga may briefly be in both until the indexer
-//! lets it leave memory; it is listed once).
+//! prefix and start-payload fields, paged by an opaque cursor. Active sagas are listed
+//! from memory; finished ones from the `finished` index (a finished saga may briefly be
+//! in both until the indexer lets it leave memory; it is listed once).
 //!
 //! Bounds: a page holds at most `limit` sagas and stops once its sagas' payloads and
 //! reasons pass `EngineConfig::max_list_bytes` (the next cursor goes on from the last
 //! one given); an index scan reads at most `list_scan_limit` entries, and a payload
 //! filter reads at most that many start records (each read counts as an entry); the
-//! sagas in memory are read in one pass, one shard's lock at a time. `Engine::list` runs it off
-//! the async runtime, a few at a time.
+//! sagas in memory are read in one pass, one shard's lock at a time. `Engine::list`
+//! runs it off the async runtime, a few at a time.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -231,10 +231,10 @@ fn started(inner: &Inner, id: &str) -> Result<Option<(String, String)>> {
 
 /// The newest `query.limit` in-memory sagas of the `statuses` below the cursor: one
 /// pass over the sagas in memory, one shard's lock at a time, keeping the best ones in
-/// a bounded heap. With payload fields to match, every saga the rest of the query
-/// keeps is a candidate, and their start records are read newest first until the page
-/// is full or the scan's bound is reached (then the position reached is the floor, as
-/// for an index scan).
+/// a bounded heap. With payload fields to match, the newest `list_scan_limit` sagas the
+/// rest of the query keeps are the candidates, and their start records are read newest
+/// first until the page is full or the scan's bound is reached (then the position
+/// reached is the floor, as for an index scan).
 fn from_memory(
     inner: &Inner,
     statuses: &[Status],
