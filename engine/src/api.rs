@@ -64,6 +64,17 @@ pub enum Operation {
     Override { to: Status, reason: String },
 }
 
+impl Operation {
+    /// Its own rules, whatever saga it is for (an override's reason is at most
+    /// [`MAX_REASON_CHARS`]): a bulk action checks them once, before any saga.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Operation::Retry => Ok(()),
+            Operation::Override { reason, .. } => check_reason(reason),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub status: Option<Status>,
@@ -161,6 +172,8 @@ pub struct EngineStats {
     /// Unix ms of the oldest `updated_at` among the active sagas in each status, if any
     /// (a scan of the sagas in memory).
     pub oldest_updated_ms: [Option<u64>; 6],
+    /// The active saga that has waited longest since its last record (the same scan).
+    pub oldest_active: Option<crate::service::active::OldestActive>,
     pub log_next_offset: u64,
     pub index_watermark: u64,
     pub snapshot_offset: u64,

@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 use sagalog_engine::definition::Registered;
 use sagalog_engine::throttle::Throttle;
 use sagalog_engine::wire::ReplyMessage;
-use sagalog_engine::{Clock, Definition, Engine, Shutdown, StartRequest, Status};
+use sagalog_engine::{Clock, Definition, Engine, Operation, Shutdown, StartRequest, Status};
 
-use crate::bulk::{self, BulkAction};
+use crate::bulk;
 use crate::console;
 use crate::error::ApiError;
 use crate::json;
@@ -245,8 +245,8 @@ impl App {
             Route::ListDefinitions => self.list_definitions(&query),
             Route::OverrideStatus => self.override_status(&param, &body).await,
             Route::Retry => self.retry(&param).await,
-            Route::BulkRetry => self.bulk(BulkAction::retry(&body)?, &query).await,
-            Route::BulkOverride => self.bulk(BulkAction::override_status(&body)?, &query).await,
+            Route::BulkRetry => self.bulk(bulk::retry(&body)?, &query).await,
+            Route::BulkOverride => self.bulk(bulk::override_status(&body)?, &query).await,
             Route::DeadLetters => self.dead_letters(&query),
             Route::ReplayDeadLetter => self.replay_dead_letter(&param).await,
             Route::Snapshot => self.snapshot().await,
@@ -287,8 +287,8 @@ impl App {
         Ok(respond(StatusCode::ACCEPTED, json::saga(&view)))
     }
 
-    async fn bulk(&self, action: BulkAction, query: &str) -> Result<Response<Body>, ApiError> {
-        let body = bulk::run(&self.engine, action, query, self.clock.now_ms()).await?;
+    async fn bulk(&self, operation: Operation, query: &str) -> Result<Response<Body>, ApiError> {
+        let body = bulk::run(&self.engine, operation, query, self.clock.now_ms()).await?;
         Ok(respond(StatusCode::OK, body))
     }
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use sagalog_engine::{Engine, EngineError, Operation, Rejection, Status, MAX_REASON_CHARS};
+use sagalog_engine::{Engine, EngineError, Operation, Rejection};
 
 use crate::error::ApiError;
 use crate::json::{self, rfc3339};
@@ -31,58 +31,40 @@ use crate::query::list_query;
 /// Most sagas one bulk request acts on (its `limit`, which is also the default).
 pub const MAX_BULK_SAGAS: usize = 100;
 
-#[derive(Debug, Clone)]
-pub enum BulkAction {
-    Retry,
-    Override { to: Status, reason: String },
-}
-
 /// A bulk retry's body: nothing (or `{}`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RetryBody {}
 
-impl BulkAction {
-    pub fn retry(body: &[u8]) -> Result<BulkAction, ApiError> {
-        if !body.iter().all(u8::is_ascii_whitespace) {
-            json::parse::<RetryBody>(body)?;
-        }
-        Ok(BulkAction::Retry)
+/// The operation of `POST …/bulk/retry` from its body.
+pub fn retry(body: &[u8]) -> Result<Operation, ApiError> {
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        json::parse::<RetryBody>(body)?;
     }
+    Ok(Operation::Retry)
+}
 
-    pub fn override_status(body: &[u8]) -> Result<BulkAction, ApiError> {
-        let body: json::OverrideBody = json::parse(body)?;
-        let to = body.status.parse().map_err(|e: String| {
-            ApiError::bad_request("invalid_request", format!("status: {e}"))
-        })?;
-        // Checked here too, so that a filter matching nothing refuses it as well.
-        if body.reason.chars().count() > MAX_REASON_CHARS {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                format!("reason: at most {MAX_REASON_CHARS} characters"),
-            ));
-        }
-        Ok(BulkAction::Override {
-            to,
-            reason: body.reason,
-        })
-    }
+/// The operation of `POST …/bulk/override` from its body, checked once for all sagas (so
+/// that a filter matching nothing refuses a bad one as well).
+pub fn override_status(body: &[u8]) -> Result<Operation, ApiError> {
+    let body: json::OverrideBody = json::parse(body)?;
+    let to = body
+        .status
+        .parse()
+        .map_err(|e: String| ApiError::bad_request("invalid_request", format!("status: {e}")))?;
+    let operation = Operation::Override {
+        to,
+        reason: body.reason,
+    };
+    operation.check()?;
+    Ok(operation)
+}
 
-    fn done(&self) -> &'static str {
-        match self {
-            BulkAction::Retry => "retried",
-            BulkAction::Override { .. } => "overridden",
-        }
-    }
-
-    fn operation(&self) -> Operation {
-        match self {
-            BulkAction::Retry => Operation::Retry,
-            BulkAction::Override { to, reason } => Operation::Override {
-                to: *to,
-                reason: reason.clone(),
-            },
-        }
+/// What a saga's outcome is called when `operation` was done to it.
+fn done(operation: &Operation) -> &'static str {
+    match operation {
+        Operation::Retry => "retried",
+        Operation::Override { .. } => "overridden",
     }
 }
 
@@ -90,7 +72,7 @@ impl BulkAction {
 /// body.
 pub async fn run(
     engine: &Arc<Engine>,
-    action: BulkAction,
+    operation: Operation,
     query: &str,
     now_ms: u64,
 ) -> Result<Value, ApiError> {
@@ -120,14 +102,13 @@ pub async fn run(
     let page = engine.list(&list).await?;
     let mut tasks = tokio::task::JoinSet::new();
     for (index, saga) in page.items.iter().enumerate() {
-        let (engine, action, saga_id) = (engine.clone(), action.clone(), saga.saga_id.clone());
+        let (engine, operation, saga_id) =
+            (engine.clone(), operation.clone(), saga.saga_id.clone());
         tasks.spawn(async move {
             // Only if unchanged since `as_of`, checked under the saga's lock: a saga
             // that a call running at the same time (the same page twice) acted on is
             // skipped, not acted on again.
-            let result = engine
-                .operate(&saga_id, action.operation(), Some(as_of))
-                .await;
+            let result = engine.operate(&saga_id, operation, Some(as_of)).await;
             (index, saga_id, result)
         });
     }
@@ -142,7 +123,7 @@ pub async fn run(
         })?;
         let outcome = match result {
             Ok(view) => json!({
-                "saga_id": saga_id, "outcome": action.done(),
+                "saga_id": saga_id, "outcome": done(&operation),
                 "status": view.status.as_str(), "error": null,
             }),
             Err(EngineError::Rejected(Rejection::ChangedSince { .. })) => json!({

@@ -72,7 +72,7 @@ pub struct Activity(Arc<Mutex<VecDeque<Totals>>>);
 impl Activity {
     /// Records the totals now.
     pub fn sample(&self, engine: &Engine, now_ms: u64) {
-        let totals = Totals::of(&engine.stats().counters, now_ms);
+        let totals = Totals::of(&engine.counters(), now_ms);
         let mut samples = self.0.lock();
         if samples.len() == SAMPLES {
             samples.pop_front();
@@ -129,7 +129,7 @@ pub fn stats(
         .filter(|s| !s.is_terminal())
         .map(|s| counters.status_counts[s.index()])
         .sum();
-    let oldest = engine.oldest_active().map(|o| {
+    let oldest = stats.oldest_active.as_ref().map(|o| {
         json!({
             "saga_id": o.saga_id,
             "type": o.saga_type,

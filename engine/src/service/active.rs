@@ -10,11 +10,13 @@
 //! crate's locks by the last-resort read under it (see `transaction`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
+use crate::model::definition::Definition;
 use crate::model::record::Status;
 use crate::model::state::SagaState;
 use crate::service::projection::Place;
@@ -135,46 +137,40 @@ impl ActiveSagas {
         }
     }
 
-    /// The active saga (not finished) updated least recently: the one waiting longest.
-    pub fn oldest_active(&self) -> Option<OldestActive> {
-        let mut oldest: Option<OldestActive> = None;
+    /// In one pass over the sagas in memory, one shard's lock at a time: for each status
+    /// that is not final, when its least recently updated saga was updated (unix ms),
+    /// indexed by [`Status::index`](crate::model::record::Status::index); and the active
+    /// saga updated least recently of all, the one waiting longest.
+    pub fn oldest(&self) -> ([Option<u64>; 6], Option<OldestActive>) {
+        let mut by_status: [Option<u64>; 6] = [None; 6];
+        let mut oldest: Option<(u64, Arc<str>, Arc<Definition>, Status)> = None;
         for shard in self.shards() {
             for slot in shard.lock().values() {
                 let state = &slot.state;
                 let Some(status) = state.status.filter(|s| !s.is_terminal()) else {
                     continue;
                 };
-                let older = oldest.as_ref().is_none_or(|o| {
-                    (state.updated_at_ms, &*state.saga_id) < (o.updated_at_ms, &*o.saga_id)
-                });
+                let at = state.updated_at_ms;
+                let of_status = &mut by_status[status.index()];
+                *of_status = Some(of_status.map_or(at, |o| o.min(at)));
+                let older = oldest
+                    .as_ref()
+                    .is_none_or(|(o_at, o_id, ..)| (at, &*state.saga_id) < (*o_at, &**o_id));
                 if older {
-                    oldest = Some(OldestActive {
-                        saga_id: state.saga_id.to_string(),
-                        saga_type: state.definition.name.clone(),
-                        status,
-                        updated_at_ms: state.updated_at_ms,
-                    });
+                    let (id, definition) = (state.saga_id.clone(), state.definition.clone());
+                    oldest = Some((at, id, definition, status));
                 }
             }
         }
-        oldest
-    }
-
-    /// For each status that is not final, when its least recently updated saga was
-    /// updated (unix ms), indexed by [`Status::index`](crate::model::record::Status::index).
-    pub fn oldest_updated_ms(&self) -> [Option<u64>; 6] {
-        let mut oldest_updated_ms: [Option<u64>; 6] = [None; 6];
-        for shard in self.shards() {
-            for slot in shard.lock().values() {
-                if let Some(status) = slot.state.status.filter(|s| !s.is_terminal()) {
-                    let oldest = &mut oldest_updated_ms[status.index()];
-                    *oldest = Some(oldest.map_or(slot.state.updated_at_ms, |o| {
-                        o.min(slot.state.updated_at_ms)
-                    }));
-                }
-            }
-        }
-        oldest_updated_ms
+        let oldest = oldest.map(
+            |(updated_at_ms, saga_id, definition, status)| OldestActive {
+                saga_id: saga_id.to_string(),
+                saga_type: definition.name.clone(),
+                status,
+                updated_at_ms,
+            },
+        );
+        (by_status, oldest)
     }
 }
 

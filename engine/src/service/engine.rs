@@ -24,7 +24,7 @@ use crate::model::record::{Entry, Status};
 use crate::render::command::Command;
 use crate::render::results::StepResults;
 use crate::render::view::{self, SagaView};
-use crate::service::active::{ActiveSagas, OldestActive};
+use crate::service::active::ActiveSagas;
 use crate::service::background::{run_indexer, run_timer};
 use crate::service::dead_letters::{DeadLetter, DeadLetterCounts};
 use crate::service::feed::{CommandFeed, Cursor, LogHealth};
@@ -294,12 +294,10 @@ impl Engine {
         operation: Operation,
         unchanged_since_ms: Option<u64>,
     ) -> Result<SagaView> {
+        operation.check()?;
         let input = match operation {
             Operation::Retry => Input::Retry,
-            Operation::Override { to, reason } => {
-                api::check_reason(&reason)?;
-                Input::Override { to, reason }
-            }
+            Operation::Override { to, reason } => Input::Override { to, reason },
         };
         let op = Op {
             unchanged_since_ms,
@@ -413,12 +411,6 @@ impl Engine {
         crate::service::dead_letters::count(&inner.log, &inner.index, &inner.keys, bound)
     }
 
-    /// The active saga that has waited longest since its last record (a scan of the
-    /// sagas in memory, one shard's lock at a time).
-    pub fn oldest_active(&self) -> Option<OldestActive> {
-        self.inner.sagas.oldest_active()
-    }
-
     /// Puts the dead-lettered command at `dead_letter_offset` back into the command
     /// feed (the relay publishes it again); returns the replay entry's offset.
     pub async fn replay_dead_letter(&self, dead_letter_offset: u64) -> Result<u64> {
@@ -478,9 +470,15 @@ impl Engine {
         self.inner.reserve_released
     }
 
+    /// The status counts and per-type counters alone (no scan of the sagas).
+    pub fn counters(&self) -> crate::service::projection::Counters {
+        self.inner.projections.lock().counters.clone()
+    }
+
     pub fn stats(&self) -> EngineStats {
         let inner = &self.inner;
-        let counters = inner.projections.lock().counters.clone();
+        let counters = self.counters();
+        let (oldest_updated_ms, oldest_active) = inner.sagas.oldest();
         let mut active_by_status = [0; 6];
         for status in Status::ALL.into_iter().filter(|s| !s.is_terminal()) {
             active_by_status[status.index()] = counters.status_counts[status.index()] as usize;
@@ -488,7 +486,8 @@ impl Engine {
         EngineStats {
             counters,
             active_by_status,
-            oldest_updated_ms: inner.sagas.oldest_updated_ms(),
+            oldest_updated_ms,
+            oldest_active,
             log_next_offset: inner.log.next_offset(),
             index_watermark: inner.progress.watermark(),
             snapshot_offset: inner.snapshots.offset(),
