@@ -8,6 +8,7 @@ use sagalog_storage::{LogConfig, SharedFaults, SnapshotConfig};
 use crate::api::invalid;
 use crate::error::Result;
 use crate::model::record::{Action, Status};
+use crate::partitions::PartitionOf;
 
 /// Where the engine gets the time from (unix milliseconds). Tests drive a manual one.
 pub trait Clock: Send + Sync + 'static {
@@ -91,6 +92,9 @@ pub struct EngineConfig {
     /// snapshots are taken. The offline tools open the engine without it, since they
     /// must not change the log.
     pub timers: bool,
+    /// Which partition of how many this engine is (see [`crate::partitions`]): the saga
+    /// ids it makes land in it, and a start with an id of another partition is refused.
+    pub partition: crate::partitions::PartitionOf,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -115,6 +119,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("faults", &self.faults.is_some())
             .field("builtin_definitions", &self.builtin_definitions)
             .field("timers", &self.timers)
+            .field("partition", &self.partition)
             .finish()
     }
 }
@@ -141,6 +146,7 @@ impl Default for EngineConfig {
             faults: None,
             builtin_definitions: true,
             timers: true,
+            partition: crate::partitions::PartitionOf::SOLE,
         }
     }
 }
@@ -156,6 +162,13 @@ impl EngineConfig {
             return Err(invalid(
                 "config",
                 "shards, index_batch_records, timer_concurrency and list_scan_limit must be > 0",
+            ));
+        }
+        let PartitionOf { index, count } = self.partition;
+        if count == 0 || count > crate::partitions::MAX_PARTITIONS || index >= count {
+            return Err(invalid(
+                "config",
+                format!("partition {index} of {count} does not exist"),
             ));
         }
         Ok(())

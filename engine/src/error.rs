@@ -89,6 +89,17 @@ pub enum EngineError {
     Inconsistent(#[from] Inconsistency),
     #[error("the engine is shutting down")]
     Closed,
+    /// The data directory's partitions do not match what was asked for, or are damaged.
+    #[error("{0}")]
+    Partitions(String),
+    /// The saga id belongs to another partition than the engine asked to start it.
+    #[error("saga id {saga_id:?} belongs to partition {belongs} of {count}, not to partition {partition}")]
+    WrongPartition {
+        saga_id: String,
+        belongs: u32,
+        partition: u32,
+        count: u32,
+    },
     #[error("starting the {name} thread failed: {source}")]
     Thread {
         name: String,
@@ -123,6 +134,8 @@ impl EngineError {
             EngineError::Storage(_)
             | EngineError::Corrupt { .. }
             | EngineError::Inconsistent(_)
+            | EngineError::Partitions(_)
+            | EngineError::WrongPartition { .. }
             | EngineError::Thread { .. } => ErrorClass::Internal,
         }
     }

@@ -29,6 +29,7 @@ pub mod fuzzing;
 mod history;
 mod model;
 pub mod offline;
+pub mod partitions;
 mod render;
 mod service;
 pub mod shutdown;
@@ -49,6 +50,7 @@ pub use definition::{Definition, Registry, StepDefinition};
 pub use delivery::Delivery;
 pub use error::{EngineError, ErrorClass, Inconsistency};
 pub use filter::{member_of, CommandFilter, FilterError};
+pub use partitions::{partition_of, PartitionOf, Partitions, Routed};
 pub use record::{Action, Entry, Kind, Record, Status};
 /// The log's own types an adapter meets: its figures, its observer and a failing write.
 pub use sagalog_storage::{FsyncPolicy, LogObserver, LogStats, WriteFailure};

@@ -201,9 +201,14 @@ impl Engine {
                 name: request.saga_type.clone(),
             })?;
         let fresh_id = request.saga_id.is_none();
+        let partition = inner.config.partition;
         let saga_id = match request.saga_id {
-            Some(id) => api::check_saga_id(&id).map(|()| id)?,
-            None => inner.ids.random_uuid().to_string(),
+            Some(id) => {
+                api::check_saga_id(&id)?;
+                partition.check(&id)?;
+                id
+            }
+            None => partition.fresh_id(|| inner.ids.random_uuid()),
         };
         let trace_id = match request.trace_id {
             Some(t) => api::check_trace_id(&t).map(|()| t)?,

@@ -24,14 +24,14 @@ use crate::service::indexing::{
 };
 use crate::service::inner::Inner;
 
-type Position = (u64, Arc<str>);
+pub(crate) type Position = (u64, Arc<str>);
 
 /// `{updated_at_ms}_{saga_id}` (saga ids never contain `_`).
-fn encode_cursor(position: &Position) -> String {
+pub(crate) fn encode_cursor(position: &Position) -> String {
     format!("{}_{}", position.0, position.1)
 }
 
-fn parse_cursor(cursor: &str) -> Result<Position> {
+pub(crate) fn parse_cursor(cursor: &str) -> Result<Position> {
     let bad = || EngineError::InvalidRequest {
         field: "cursor",
         message: format!("{cursor:?} is not a cursor this server returned"),
@@ -154,7 +154,7 @@ fn page(
 }
 
 /// About how many bytes a saga takes in a page: its payload and reason, and the rest.
-fn listed_bytes(view: &crate::render::view::SagaView) -> usize {
+pub(crate) fn listed_bytes(view: &crate::render::view::SagaView) -> usize {
     const FIXED_BYTES: usize = 512;
     view.payload.len()
         + view.failure_reason.as_ref().map_or(0, String::len)

@@ -1,0 +1,607 @@
+//! Partitions: a deployment's sagas split into `P` partitions, each a whole [`Engine`]
+//! over its own directory (log, indexes, snapshots, relay position), so that a partition
+//! can be served, copied and later moved as one unit.
+//!
+//! - A saga belongs to partition `murmur2(saga_id) % P`, Kafka's default partitioner as
+//!   the Java client computes it ([`partition_of`]): a reply produced with key = saga id
+//!   lands on the matching partition of a reply topic with `P` partitions.
+//! - `P` is fixed when the data directory is made and recorded in it ([`settle`]); a
+//!   different value later is refused. One partition lives in the data directory itself
+//!   (the layout from before partitions, which therefore opens as partition 0 of 1);
+//!   with more, partition `p` lives in `partitions/NNNN/` and the count in
+//!   `partitions/count`.
+//! - [`Partitions`] holds the engines of the partitions one process owns, routes a saga's
+//!   calls to its partition's engine, and answers the calls that span partitions (lists
+//!   merged newest first, definitions registered in every partition, figures summed).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::api::{EngineStats, ListPage, ListQuery, StartAnswer, StartRequest};
+use crate::config::EngineConfig;
+use crate::error::{EngineError, Result};
+use crate::model::definition::{Definition, Registered};
+use crate::render::filter::member_of;
+use crate::render::view::SagaView;
+use crate::service::engine::Engine;
+use crate::service::projection::Counters;
+
+/// Most partitions a deployment may have (their directories are named by 4 digits).
+pub const MAX_PARTITIONS: u32 = 1024;
+/// Where a data directory of more than one partition records their count.
+const COUNT_FILE: &str = "partitions/count";
+/// Most ids tried for a fresh saga of one partition: each lands in it with chance
+/// `1/P`, so missing `64 × P` times in a row does not happen.
+const FRESH_ID_TRIES_PER_PARTITION: u32 = 64;
+
+/// The partition of `saga_id` among `count`: Kafka's murmur2 partitioner over the UTF-8
+/// id (`(murmur2 & 0x7fffffff) % count`).
+pub fn partition_of(saga_id: &str, count: u32) -> u32 {
+    member_of(saga_id, count)
+}
+
+/// Which partition of how many an engine is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOf {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl PartitionOf {
+    /// The only partition of a deployment that has one.
+    pub const SOLE: PartitionOf = PartitionOf { index: 0, count: 1 };
+
+    /// Refuses an id of another partition (a routing mistake must not split a saga).
+    pub fn check(&self, saga_id: &str) -> Result<()> {
+        let belongs = partition_of(saga_id, self.count);
+        if belongs == self.index {
+            return Ok(());
+        }
+        Err(EngineError::WrongPartition {
+            saga_id: saga_id.to_string(),
+            belongs,
+            partition: self.index,
+            count: self.count,
+        })
+    }
+
+    /// A new random id that belongs to this partition.
+    pub fn fresh_id(&self, mut random: impl FnMut() -> uuid::Uuid) -> String {
+        let tries = FRESH_ID_TRIES_PER_PARTITION * self.count;
+        for _ in 0..tries {
+            let id = random().to_string();
+            if partition_of(&id, self.count) == self.index {
+                return id;
+            }
+        }
+        // Past any real chance; still an id of this partition, and still unique.
+        let mut n = 0u64;
+        loop {
+            let id = format!("{}-{n}", random());
+            if partition_of(&id, self.count) == self.index {
+                return id;
+            }
+            n += 1;
+        }
+    }
+}
+
+/// How many partitions `dir` holds: `Some(1)` for a directory with a log of its own,
+/// the recorded count for a partitioned one, `None` for a new (or empty) directory.
+pub fn recorded(dir: &Path) -> Result<Option<u32>> {
+    let count_file = dir.join(COUNT_FILE);
+    match std::fs::read_to_string(&count_file) {
+        Ok(text) => {
+            let count = text
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_PARTITIONS).contains(n))
+                .ok_or_else(|| {
+                    EngineError::Partitions(format!(
+                        "{} holds {:?}, not a partition count in 1..={MAX_PARTITIONS}",
+                        count_file.display(),
+                        text.trim()
+                    ))
+                })?;
+            Ok(Some(count))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(dir.join("log").is_dir().then_some(1))
+        }
+        Err(e) => Err(EngineError::Partitions(format!(
+            "reading {}: {e}",
+            count_file.display()
+        ))),
+    }
+}
+
+/// The partition count of `dir`: the recorded one (which `requested`, when given, must
+/// equal), or for a new directory `requested` (default 1), recorded now.
+pub fn settle(dir: &Path, requested: Option<u32>) -> Result<u32> {
+    if let Some(n) = requested.filter(|n| !(1..=MAX_PARTITIONS).contains(n)) {
+        return Err(EngineError::Partitions(format!(
+            "--partitions {n}: the count must be in 1..={MAX_PARTITIONS}"
+        )));
+    }
+    match (recorded(dir)?, requested) {
+        (Some(recorded), Some(requested)) if recorded != requested => {
+            Err(EngineError::Partitions(format!(
+                "{} holds {recorded} partition{}, not {requested}: the partition count is \
+                 fixed when a data directory is made (a saga's partition depends on it); \
+                 leave --partitions out or give {recorded}",
+                dir.display(),
+                if recorded == 1 { "" } else { "s" },
+            )))
+        }
+        (Some(recorded), _) => Ok(recorded),
+        (None, requested) => {
+            let count = requested.unwrap_or(1);
+            if count > 1 {
+                write_count(dir, count)?;
+            }
+            Ok(count)
+        }
+    }
+}
+
+/// Records `count` in `dir/partitions/count`, durably (written aside, then renamed).
+fn write_count(dir: &Path, count: u32) -> Result<()> {
+    let failed = |what: &str, e: std::io::Error| {
+        EngineError::Partitions(format!("{what} {}: {e}", dir.join(COUNT_FILE).display()))
+    };
+    let parent = dir.join("partitions");
+    std::fs::create_dir_all(&parent).map_err(|e| failed("creating the folder of", e))?;
+    let aside = parent.join("count.new");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&aside)?;
+        writeln!(file, "{count}")?;
+        file.sync_all()?;
+        std::fs::rename(&aside, dir.join(COUNT_FILE))?;
+        std::fs::File::open(&parent)?.sync_all()
+    };
+    write().map_err(|e| failed("writing", e))
+}
+
+/// The directory of partition `p` of `count` under the data directory `dir`.
+pub fn partition_dir(dir: &Path, count: u32, p: u32) -> PathBuf {
+    if count == 1 {
+        dir.to_path_buf()
+    } else {
+        dir.join("partitions").join(format!("{p:04}"))
+    }
+}
+
+/// The engines of the partitions one process owns, by partition.
+pub struct Partitions {
+    count: u32,
+    /// Indexed by partition; `None` for another process's.
+    engines: Vec<Option<Arc<Engine>>>,
+    /// The partitions held here, ascending.
+    local: Vec<u32>,
+    /// Which local partition the next saga without an id goes to.
+    next_fresh: AtomicUsize,
+}
+
+impl Partitions {
+    /// Opens the partitions of `dir` (of `count`, see [`settle`]) that `owns` picks, each
+    /// with the configuration `config` gives it, at once on as many threads.
+    pub fn open(
+        dir: &Path,
+        count: u32,
+        owns: impl Fn(u32) -> bool,
+        config: impl Fn(u32) -> EngineConfig,
+    ) -> Result<Partitions> {
+        let local: Vec<u32> = (0..count).filter(|&p| owns(p)).collect();
+        if local.is_empty() {
+            return Err(EngineError::Partitions(format!(
+                "of {count} partitions this process owns none"
+            )));
+        }
+        let configs: Vec<(u32, EngineConfig)> = local
+            .iter()
+            .map(|&p| {
+                let mut c = config(p);
+                c.partition = PartitionOf { index: p, count };
+                (p, c)
+            })
+            .collect();
+        let opened: Vec<(u32, Result<Engine>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = configs
+                .into_iter()
+                .map(|(p, config)| {
+                    let path = partition_dir(dir, count, p);
+                    scope.spawn(move || (p, Engine::open(&path, config)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("opening a partition does not panic"))
+                .collect()
+        });
+        let mut engines: Vec<Option<Arc<Engine>>> = (0..count).map(|_| None).collect();
+        for (p, engine) in opened {
+            let engine = engine.map_err(|e| match count {
+                1 => e,
+                _ => EngineError::Partitions(format!(
+                    "partition {p} ({}): {e}",
+                    partition_dir(dir, count, p).display()
+                )),
+            })?;
+            engines[p as usize] = Some(Arc::new(engine));
+        }
+        Ok(Partitions {
+            count,
+            engines,
+            local,
+            next_fresh: AtomicUsize::new(0),
+        })
+    }
+
+    /// One engine as the only partition (tests, tools).
+    pub fn single(engine: Arc<Engine>) -> Partitions {
+        Partitions {
+            count: 1,
+            engines: vec![Some(engine)],
+            local: vec![0],
+            next_fresh: AtomicUsize::new(0),
+        }
+    }
+
+    /// `P`: the partitions of the deployment, local or not.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The partition `saga_id` belongs to.
+    pub fn of(&self, saga_id: &str) -> u32 {
+        partition_of(saga_id, self.count)
+    }
+
+    /// The engine of partition `p`, when this process holds it.
+    pub fn get(&self, p: u32) -> Option<&Arc<Engine>> {
+        self.engines.get(p as usize).and_then(Option::as_ref)
+    }
+
+    /// The engine of `saga_id`'s partition, or the partition when another process holds it.
+    pub fn owner(&self, saga_id: &str) -> std::result::Result<&Arc<Engine>, u32> {
+        let p = self.of(saga_id);
+        self.get(p).ok_or(p)
+    }
+
+    /// The partitions held here with their engines, ascending.
+    pub fn local(&self) -> impl Iterator<Item = (u32, &Arc<Engine>)> + '_ {
+        self.local
+            .iter()
+            .map(|&p| (p, self.get(p).expect("a local partition has its engine")))
+    }
+
+    /// The lowest partition held here: what every partition has alike (definitions,
+    /// the delivery pause) is read from it.
+    pub fn first(&self) -> &Arc<Engine> {
+        self.get(self.local[0])
+            .expect("a process holds a partition")
+    }
+
+    /// The local partition a saga started without an id goes to: each in turn.
+    pub fn for_fresh(&self) -> &Arc<Engine> {
+        let i = self.next_fresh.fetch_add(1, Ordering::Relaxed) % self.local.len();
+        self.get(self.local[i])
+            .expect("a local partition has its engine")
+    }
+
+    /// Starts a saga in its partition (with an id), or in one of the local partitions
+    /// (without: it gets an id of that partition). `Err(Some(p))`: partition `p` of the
+    /// id is held elsewhere.
+    pub async fn start(&self, request: StartRequest) -> Result<StartAnswer, Routed> {
+        let engine = match &request.saga_id {
+            Some(id) => self.owner(id).map_err(Routed::Elsewhere)?,
+            None => self.for_fresh(),
+        };
+        engine.start(request).await.map_err(Routed::Engine)
+    }
+
+    /// Registers `definition` in every local partition's log (each is idempotent, so a
+    /// registration that failed half-way is finished by repeating it): `New` when any
+    /// partition lacked it.
+    pub async fn register_definition(&self, definition: Definition) -> Result<Registered> {
+        let mut registered = Registered::Unchanged;
+        for (_, engine) in self.local() {
+            if let Registered::New = engine.register_definition(definition.clone()).await? {
+                registered = Registered::New;
+            }
+        }
+        Ok(registered)
+    }
+
+    /// Registers in every local partition the definitions another one has (a
+    /// registration a crash cut short): run at open, before serving.
+    pub async fn align_definitions(&self) -> Result<usize> {
+        let mut seen: Vec<Arc<Definition>> = Vec::new();
+        for (_, engine) in self.local() {
+            for definition in engine.definitions() {
+                if !seen.iter().any(|d| **d == *definition) {
+                    seen.push(definition);
+                }
+            }
+        }
+        // Versions in order, so each partition's registry takes them as the first did.
+        seen.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        let mut added = 0;
+        for (_, engine) in self.local() {
+            let have = engine.definitions();
+            for definition in &seen {
+                if !have.iter().any(|d| **d == **definition) {
+                    engine.register_definition((**definition).clone()).await?;
+                    added += 1;
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// The definitions (alike in every partition).
+    pub fn definitions(&self) -> Vec<Arc<Definition>> {
+        self.first().definitions()
+    }
+
+    /// A page of sagas of every local partition, newest first (see [`merge_pages`]).
+    pub async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        if self.local.len() == 1 {
+            return self.first().list(query).await;
+        }
+        let mut pages = Vec::with_capacity(self.local.len());
+        for (_, engine) in self.local() {
+            pages.push(engine.list(query).await?);
+        }
+        merge_pages(pages, query.limit, max_list_bytes(self.first()))
+    }
+
+    /// The sagas' counters, every local partition together.
+    pub fn counters(&self) -> Counters {
+        let mut total = Counters::default();
+        for (_, engine) in self.local() {
+            add_counters(&mut total, &engine.counters());
+        }
+        total
+    }
+
+    /// The figures of every local partition together: counts summed, the oldest saga
+    /// the oldest of all, offsets summed (a figure per partition is in
+    /// [`Engine::stats`]).
+    pub fn stats(&self) -> EngineStats {
+        let mut partitions = self.local().map(|(_, e)| e.stats());
+        let mut total = partitions.next().expect("a process holds a partition");
+        for stats in partitions {
+            add_counters(&mut total.counters, &stats.counters);
+            for i in 0..6 {
+                total.active_by_status[i] += stats.active_by_status[i];
+                total.oldest_updated_ms[i] =
+                    match (total.oldest_updated_ms[i], stats.oldest_updated_ms[i]) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+            }
+            if let Some(oldest) = stats.oldest_active {
+                let older = total
+                    .oldest_active
+                    .as_ref()
+                    .is_none_or(|o| oldest.updated_at_ms < o.updated_at_ms);
+                if older {
+                    total.oldest_active = Some(oldest);
+                }
+            }
+            total.log_next_offset += stats.log_next_offset;
+            total.index_watermark += stats.index_watermark;
+            total.snapshot_offset += stats.snapshot_offset;
+            total.snapshot_at_ms = total.snapshot_at_ms.min(stats.snapshot_at_ms);
+            total.replayed_records += stats.replayed_records;
+        }
+        total
+    }
+}
+
+/// Why a call for a saga did not get an engine's answer.
+#[derive(Debug)]
+pub enum Routed {
+    /// The saga's partition is held by another process.
+    Elsewhere(u32),
+    Engine(EngineError),
+}
+
+impl From<EngineError> for Routed {
+    fn from(e: EngineError) -> Routed {
+        Routed::Engine(e)
+    }
+}
+
+fn max_list_bytes(engine: &Engine) -> usize {
+    engine.inner.config.max_list_bytes
+}
+
+fn add_counters(total: &mut Counters, more: &Counters) {
+    for i in 0..6 {
+        total.status_counts[i] += more.status_counts[i];
+    }
+    for (saga_type, counters) in &more.by_type {
+        let into = total.by_type.entry(saga_type.clone()).or_default();
+        for i in 0..6 {
+            into.entered[i] += counters.entered[i];
+        }
+    }
+    total.last_failed_at_ms = total.last_failed_at_ms.max(more.last_failed_at_ms);
+}
+
+/// One page newest first out of pages of the same query from several partitions, so
+/// that following `next_cursor` lists every saga once, with no gap.
+///
+/// Each page holds every saga of its partition from the query's cursor down to its own
+/// `next_cursor` (its last saga, or the floor where its scan stopped), or all the rest
+/// when it has none. Below the highest of those stops some partition has not been read,
+/// so the page keeps only what lies at or above it; at most `limit` sagas and about
+/// `max_bytes`, its cursor then going on from its last saga.
+pub fn merge_pages(pages: Vec<ListPage>, limit: usize, max_bytes: usize) -> Result<ListPage> {
+    use crate::service::list::{encode_cursor, listed_bytes, parse_cursor, Position};
+    let mut stop: Option<Position> = None;
+    for page in &pages {
+        if let Some(cursor) = &page.next_cursor {
+            stop = stop.max(Some(parse_cursor(cursor)?));
+        }
+    }
+    let position = |v: &SagaView| -> Position { (v.updated_at_ms, Arc::from(v.saga_id.as_str())) };
+    let mut items: Vec<SagaView> = pages
+        .into_iter()
+        .flat_map(|p| p.items)
+        .filter(|v| stop.as_ref().is_none_or(|s| position(v) >= *s))
+        .collect();
+    items.sort_by_key(|v| std::cmp::Reverse(position(v)));
+    let mut bytes = 0;
+    let mut keep = 0;
+    for view in &items {
+        bytes += listed_bytes(view);
+        if keep == limit || (bytes > max_bytes && keep > 0) {
+            break;
+        }
+        keep += 1;
+    }
+    let cut = keep < items.len();
+    items.truncate(keep);
+    let next_cursor = if cut {
+        items.last().map(|v| encode_cursor(&position(v)))
+    } else {
+        stop.as_ref().map(encode_cursor)
+    };
+    Ok(ListPage { items, next_cursor })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_follow_kafkas_murmur2_partitioner() {
+        // What the Java client's `Utils.toPositive(Utils.murmur2(key)) % n` gives: its
+        // murmur2 test values, made positive, modulo the partition count.
+        let cases: [(&str, i32); 4] = [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("abc", 479_470_107),
+        ];
+        for (id, hash) in cases {
+            for count in [1u32, 2, 3, 4, 6, 7, 12, 1024] {
+                let want = ((hash & 0x7fff_ffff) as u32) % count;
+                assert_eq!(partition_of(id, count), want, "{id} of {count}");
+            }
+        }
+    }
+
+    #[test]
+    fn fresh_ids_land_in_their_partition_and_foreign_ids_are_refused() {
+        let ids = crate::service::inner::Ids::default();
+        for index in 0..6 {
+            let partition = PartitionOf { index, count: 6 };
+            for _ in 0..50 {
+                let id = partition.fresh_id(|| ids.random_uuid());
+                assert_eq!(partition_of(&id, 6), index);
+                assert!(partition.check(&id).is_ok());
+                let other = PartitionOf {
+                    index: (index + 1) % 6,
+                    count: 6,
+                };
+                assert!(matches!(
+                    other.check(&id),
+                    Err(EngineError::WrongPartition { belongs, .. }) if belongs == index
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn the_count_is_recorded_once_and_a_change_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("fresh");
+        assert_eq!(recorded(&fresh).unwrap(), None);
+        assert_eq!(settle(&fresh, Some(4)).unwrap(), 4);
+        assert_eq!(recorded(&fresh).unwrap(), Some(4));
+        assert_eq!(settle(&fresh, None).unwrap(), 4);
+        assert_eq!(settle(&fresh, Some(4)).unwrap(), 4);
+        let e = settle(&fresh, Some(2)).unwrap_err().to_string();
+        assert!(e.contains("holds 4 partitions, not 2"), "{e}");
+        // A directory with a log of its own is one partition, the layout from before.
+        let single = dir.path().join("single");
+        std::fs::create_dir_all(single.join("log")).unwrap();
+        assert_eq!(settle(&single, None).unwrap(), 1);
+        let e = settle(&single, Some(3)).unwrap_err().to_string();
+        assert!(e.contains("holds 1 partition, not 3"), "{e}");
+        assert_eq!(partition_dir(&single, 1, 0), single);
+        assert_eq!(
+            partition_dir(&fresh, 4, 3),
+            fresh.join("partitions").join("0003")
+        );
+        for bad in [0, MAX_PARTITIONS + 1] {
+            assert!(settle(&dir.path().join("bad"), Some(bad)).is_err());
+        }
+        std::fs::write(fresh.join(COUNT_FILE), "many\n").unwrap();
+        assert!(recorded(&fresh).is_err());
+    }
+
+    fn view(id: &str, at: u64) -> SagaView {
+        SagaView {
+            saga_id: id.into(),
+            saga_type: "t".into(),
+            definition_version: 1,
+            status: crate::Status::Completed,
+            current_step: None,
+            steps: Vec::new(),
+            created_at_ms: at,
+            updated_at_ms: at,
+            failure_reason: None,
+            trace_id: String::new(),
+            payload: "{}".into(),
+            failed_step: None,
+            failed_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn merged_pages_keep_the_order_and_stop_where_a_partition_stopped() {
+        // Partition A gave 3 of more (down to 70); B stopped its scan at the floor 60
+        // with one saga; C is exhausted.
+        let a = ListPage {
+            items: vec![view("a1", 90), view("a2", 80), view("a3", 70)],
+            next_cursor: Some("70_a3".into()),
+        };
+        let b = ListPage {
+            items: vec![view("b1", 85)],
+            next_cursor: Some("60_floor".into()),
+        };
+        let c = ListPage {
+            items: vec![view("c1", 95), view("c2", 65), view("c3", 10)],
+            next_cursor: None,
+        };
+        let page = merge_pages(vec![a.clone(), b.clone(), c.clone()], 10, usize::MAX).unwrap();
+        let ids: Vec<&str> = page.items.iter().map(|v| v.saga_id.as_str()).collect();
+        // Below 70, A was not read: c2 and c3 wait for the next page.
+        assert_eq!(ids, ["c1", "a1", "b1", "a2", "a3"]);
+        assert_eq!(page.next_cursor.as_deref(), Some("70_a3"));
+        // A limit cuts the page at its last saga.
+        let page = merge_pages(vec![a, b, c], 2, usize::MAX).unwrap();
+        let ids: Vec<&str> = page.items.iter().map(|v| v.saga_id.as_str()).collect();
+        assert_eq!(ids, ["c1", "a1"]);
+        assert_eq!(page.next_cursor.as_deref(), Some("90_a1"));
+        // Every partition exhausted: the last page.
+        let page = merge_pages(
+            vec![ListPage {
+                items: vec![view("x", 5)],
+                next_cursor: None,
+            }],
+            10,
+            usize::MAX,
+        )
+        .unwrap();
+        assert_eq!(page.next_cursor, None);
+    }
+}
