@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 
 use sagalog_client::{Action, Command, Handled, Participant};
 use sagalog_engine::throttle::Throttle;
-use sagalog_engine::{Engine, Shutdown, StartRequest, Status};
+use sagalog_engine::{Partitions, Shutdown, StartRequest, Status};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
@@ -56,10 +56,10 @@ impl Demo {
 }
 
 /// Starts the demo beside the server listening on `server`.
-pub fn spawn(engine: Arc<Engine>, server: SocketAddr, stopping: Shutdown) -> Demo {
+pub fn spawn(partitions: Arc<Partitions>, server: SocketAddr, stopping: Shutdown) -> Demo {
     let mut tasks = vec![
-        tokio::spawn(customer(engine.clone(), stopping.clone())),
-        tokio::spawn(summary(engine, stopping.clone())),
+        tokio::spawn(customer(partitions.clone(), stopping.clone())),
+        tokio::spawn(summary(partitions, stopping.clone())),
     ];
     // A server on every address (0.0.0.0) is reached on loopback.
     let server = match server.ip() {
@@ -94,7 +94,7 @@ fn roll(parts: &[&str]) -> u64 {
     hasher.finish() % 100
 }
 
-async fn customer(engine: Arc<Engine>, mut stopping: Shutdown) {
+async fn customer(partitions: Arc<Partitions>, mut stopping: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / STARTS_PER_SECOND));
     // A different prefix on each run, so a restart over the same data directory starts
     // new sagas rather than repeating the last run's ids.
@@ -119,7 +119,7 @@ async fn customer(engine: Arc<Engine>, mut stopping: Shutdown) {
             }),
             trace_id: None,
         };
-        if let Err(e) = engine.start(request).await {
+        if let Err(e) = partitions.start(request).await {
             // A full disk refuses every start: say so once a minute.
             if let Some(held_back) = failures.admit("start", std::time::Instant::now()) {
                 tracing::warn!(error = %e, held_back, "demo: starting a saga failed");
@@ -130,7 +130,7 @@ async fn customer(engine: Arc<Engine>, mut stopping: Shutdown) {
 
 /// Logs what the sagas did so far, every [`SUMMARY_EVERY`], so the terminal shows sagas
 /// completing and not only the failures.
-async fn summary(engine: Arc<Engine>, mut stopping: Shutdown) {
+async fn summary(partitions: Arc<Partitions>, mut stopping: Shutdown) {
     let mut tick = tokio::time::interval(SUMMARY_EVERY);
     tick.tick().await;
     loop {
@@ -138,7 +138,7 @@ async fn summary(engine: Arc<Engine>, mut stopping: Shutdown) {
             _ = tick.tick() => {}
             () = stopping.wait() => return,
         }
-        let counts = engine.stats().counters.status_counts;
+        let counts = partitions.counters().status_counts;
         let count = |status: Status| counts[status.index()];
         tracing::info!(
             completed = count(Status::Completed),

@@ -17,20 +17,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sagalog_engine::{Engine, Shutdown};
+use sagalog_engine::{Partitions, Shutdown};
 use sagalog_http::{Metrics, Readiness};
 use sagalog_storage::Reserve;
 
 use crate::options::Serve;
 
-/// The reserve for the filesystem of `dir`: `configured` bytes, at most 1% of the
-/// filesystem (a small volume keeps a small one) but never below [`MIN_RESERVE_BYTES`],
-/// what opening the index store needs.
-pub fn reserve_bytes(dir: &Path, configured: u64) -> u64 {
-    match sagalog_storage::disk_space(dir) {
+/// The reserve of each of `partitions` on the filesystem of `dir`: `configured` bytes
+/// together, at most 1% of the filesystem (a small volume keeps a small one), but never
+/// below [`MIN_RESERVE_BYTES`] each, what opening an index store needs (0 keeps none).
+pub fn reserve_bytes(dir: &Path, configured: u64, partitions: u32) -> u64 {
+    let total = match sagalog_storage::disk_space(dir) {
         Ok((_, total)) => configured.min((total / 100).max(MIN_RESERVE_BYTES)),
         Err(_) => configured,
+    };
+    if total == 0 {
+        return 0;
     }
+    (total / u64::from(partitions.max(1))).max(MIN_RESERVE_BYTES)
 }
 
 /// The least reserve that lets the index store open (sled writes a log segment of
@@ -41,8 +45,9 @@ pub struct DiskWatch {
     dir: PathBuf,
     min_free_bytes: u64,
     min_free_percent: u8,
-    reserve: Reserve,
-    /// The engine released the reserve to open, and it is not kept again yet.
+    /// One in each partition's directory.
+    reserves: Vec<Reserve>,
+    /// An engine released its reserve to open, and they are not all kept again yet.
     reserve_released: AtomicBool,
 }
 
@@ -53,20 +58,27 @@ impl DiskWatch {
     /// leaves when it is written.
     const FULL_BYTES: u64 = 8 << 20;
 
-    pub fn new(serve: &Serve, engine: &Engine) -> DiskWatch {
+    pub fn new(serve: &Serve, partitions: &Partitions) -> DiskWatch {
+        let count = partitions.count();
+        let bytes = reserve_bytes(&serve.data_dir, serve.reserve_bytes, count);
+        let dir = |p| sagalog_engine::partitions::partition_dir(&serve.data_dir, count, p);
         DiskWatch {
             dir: serve.data_dir.clone(),
             min_free_bytes: serve.min_free_bytes,
             min_free_percent: serve.min_free_percent,
-            reserve: Reserve::new(
-                &serve.data_dir,
-                reserve_bytes(&serve.data_dir, serve.reserve_bytes),
+            reserves: partitions
+                .local()
+                .map(|(p, _)| Reserve::new(&dir(p), bytes))
+                .collect(),
+            reserve_released: AtomicBool::new(
+                partitions
+                    .local()
+                    .any(|(_, engine)| engine.reserve_released_at_open()),
             ),
-            reserve_released: AtomicBool::new(engine.reserve_released_at_open()),
         }
     }
 
-    pub fn check(&self, engine: &Engine, metrics: &Metrics, readiness: &Readiness) {
+    pub fn check(&self, partitions: &Partitions, metrics: &Metrics, readiness: &Readiness) {
         let (free, total) = match sagalog_storage::disk_space(&self.dir) {
             Ok(space) => space,
             Err(e) => {
@@ -92,10 +104,12 @@ impl DiskWatch {
         } else {
             self.reserve_missing(free)
         };
-        engine.set_refusing(refusing);
-        let full = engine
-            .log_health()
-            .write_failure
+        for (_, engine) in partitions.local() {
+            engine.set_refusing(refusing.clone());
+        }
+        let full = partitions
+            .local()
+            .find_map(|(_, engine)| engine.log_health().write_failure)
             .filter(|failure| failure.disk_full && free < Self::FULL_BYTES)
             .map(|failure| {
                 format!(
@@ -109,13 +123,16 @@ impl DiskWatch {
     /// Keeps the reserve when there is room; why writes are refused while it was
     /// released at open and cannot be kept yet.
     fn reserve_missing(&self, free: u64) -> Option<String> {
-        let kept = match self.reserve.keep(Self::FULL_BYTES) {
-            Ok(kept) => kept,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not write the data directory's reserve");
-                false
-            }
-        };
+        let mut kept = true;
+        for reserve in &self.reserves {
+            kept &= match reserve.keep(Self::FULL_BYTES) {
+                Ok(kept) => kept,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not write the data directory's reserve");
+                    false
+                }
+            };
+        }
         if kept {
             if self.reserve_released.swap(false, Ordering::AcqRel) {
                 tracing::info!("the data directory's reserve is kept again: writes are taken");
@@ -127,14 +144,14 @@ impl DiskWatch {
                 "the disk was full when the server started and has {free} bytes free, too \
                  few to keep the reserve of {} bytes (--reserve-bytes) with room to spare: \
                  free some space",
-                self.reserve.bytes()
+                self.reserves.first().map_or(0, Reserve::bytes)
             )
         })
     }
 
     pub async fn run(
         self: Arc<Self>,
-        engine: Arc<Engine>,
+        partitions: Arc<Partitions>,
         metrics: Arc<Metrics>,
         readiness: Readiness,
         mut stopping: Shutdown,
@@ -145,14 +162,15 @@ impl DiskWatch {
                 () = stopping.wait() => return,
             }
             // Writing the reserve takes a moment: off the runtime.
-            let (watch, engine, metrics, readiness) = (
+            let (watch, partitions, metrics, readiness) = (
                 self.clone(),
-                engine.clone(),
+                partitions.clone(),
                 metrics.clone(),
                 readiness.clone(),
             );
-            let _ = tokio::task::spawn_blocking(move || watch.check(&engine, &metrics, &readiness))
-                .await;
+            let _ =
+                tokio::task::spawn_blocking(move || watch.check(&partitions, &metrics, &readiness))
+                    .await;
         }
     }
 }

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use sagalog_engine::{Clock, Definition, Engine, EngineConfig, Shutdown, SystemClock};
+use sagalog_engine::{Clock, Definition, Engine, EngineConfig, Partitions, Shutdown, SystemClock};
 use sagalog_http::{ApiConfig, App, Metrics, Readiness};
 use sagalog_relay::{
     Relay, RelayConfig, RelayObserver, ReplyConsumer, ReplyObserver, TopicObserver,
@@ -112,26 +112,31 @@ fn run(serve: Serve) -> Result<(), ServeError> {
     config.log.observer = Some(metrics.clone());
     std::fs::create_dir_all(&serve.data_dir)
         .doing(|| format!("creating {}", serve.data_dir.display()))?;
-    config.reserve_bytes = disk::reserve_bytes(&serve.data_dir, serve.reserve_bytes);
+    let count = sagalog_engine::partitions::settle(&serve.data_dir, serve.partitions)
+        .doing(|| format!("opening {}", serve.data_dir.display()))?;
+    // The limits a whole server has are shared out among its partitions.
+    config.reserve_bytes = disk::reserve_bytes(&serve.data_dir, serve.reserve_bytes, count);
+    config.max_active_sagas = serve.max_active_sagas.div_ceil(count as usize);
     let started = std::time::Instant::now();
-    let engine = Arc::new(
-        Engine::open(&serve.data_dir, config)
+    let partitions = Arc::new(
+        Partitions::open(&serve.data_dir, count, |_| true, |_| config.clone())
             .doing(|| format!("opening {}", serve.data_dir.display()))?,
     );
-    let stats = engine.stats();
+    let stats = partitions.stats();
     tracing::info!(
         data_dir = %serve.data_dir.display(),
+        partitions = count,
         replayed_records = stats.replayed_records,
         head = stats.log_next_offset,
         took_ms = started.elapsed().as_millis() as u64,
         "engine open"
     );
-    let result = runtime.block_on(serve_until_signal(&serve, engine.clone(), metrics));
+    let result = runtime.block_on(serve_until_signal(&serve, partitions.clone(), metrics));
     drop(runtime);
-    // The log acknowledged every write after its fsync; closing joins the engine's
+    // The log acknowledged every write after its fsync; closing joins the engines'
     // threads (indexer, timer) so the indexes are flushed too.
-    match Arc::try_unwrap(engine) {
-        Ok(engine) => drop(engine),
+    match Arc::try_unwrap(partitions) {
+        Ok(partitions) => drop(partitions),
         Err(_) => tracing::warn!("the engine is still referenced at exit"),
     }
     tracing::info!("stopped");
@@ -140,11 +145,22 @@ fn run(serve: Serve) -> Result<(), ServeError> {
 
 async fn serve_until_signal(
     serve: &Serve,
-    engine: Arc<Engine>,
+    partitions: Arc<Partitions>,
     metrics: Arc<Metrics>,
 ) -> Result<(), ServeError> {
+    // A registration that a stop cut short reached some partitions only: finish it.
+    let aligned = partitions
+        .align_definitions()
+        .await
+        .doing(|| "registering definitions in every partition".into())?;
+    if aligned > 0 {
+        tracing::info!(
+            registrations = aligned,
+            "definitions some partitions lacked are registered in them"
+        );
+    }
     if let Some(dir) = &serve.definitions {
-        load_definitions(&engine, dir).await?;
+        load_definitions(&partitions, dir).await?;
     }
     let listening = || format!("listening on {}", serve.listen);
     let listener = tokio::net::TcpListener::bind(serve.listen)
@@ -153,7 +169,7 @@ async fn serve_until_signal(
     let address = listener.local_addr().doing(listening)?;
     let (stop, stopping) = Shutdown::new();
     let app = Arc::new(App {
-        engine: engine.clone(),
+        partitions: partitions.clone(),
         metrics: metrics.clone(),
         config: ApiConfig {
             admin_token: serve.admin_token.clone(),
@@ -167,20 +183,28 @@ async fn serve_until_signal(
         readiness: Readiness::default(),
         activity: Default::default(),
     });
-    let kafka = start_kafka(serve, &engine, &metrics, &app.readiness).await?;
+    let kafka = start_kafka(serve, &partitions, &metrics, &app.readiness).await?;
     let tasks = Tasks {
         demo: serve
             .demo
-            .then(|| demo::spawn(engine.clone(), address, stopping.clone())),
-        disk: start_disk_watch(serve, &engine, &metrics, &app.readiness, &stopping),
-        retention: serve.log_retention.map(|min_age| {
-            let hold = kafka.as_ref().map(|(relay, _)| relay.position_reader());
-            tokio::spawn(run_retention(
-                engine.clone(),
-                min_age,
-                hold,
-                stopping.clone(),
-            ))
+            .then(|| demo::spawn(partitions.clone(), address, stopping.clone())),
+        disk: start_disk_watch(serve, &partitions, &metrics, &app.readiness, &stopping),
+        retention: serve.log_retention.map_or_else(Vec::new, |min_age| {
+            partitions
+                .local()
+                .enumerate()
+                .map(|(i, (_, engine))| {
+                    let hold = kafka
+                        .as_ref()
+                        .map(|(relays, _)| relays[i].position_reader());
+                    tokio::spawn(run_retention(
+                        engine.clone(),
+                        min_age,
+                        hold,
+                        stopping.clone(),
+                    ))
+                })
+                .collect()
         }),
         probes: start_probes(serve, &app, &stopping).await?,
         kafka,
@@ -211,9 +235,11 @@ async fn serve_until_signal(
 struct Tasks {
     probes: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     demo: Option<demo::Demo>,
-    retention: Option<tokio::task::JoinHandle<()>>,
+    /// One per partition.
+    retention: Vec<tokio::task::JoinHandle<()>>,
     disk: tokio::task::JoinHandle<()>,
-    kafka: Option<(Relay, ReplyConsumer)>,
+    /// A relay per partition, in the order of [`Partitions::local`].
+    kafka: Option<(Vec<Relay>, ReplyConsumer)>,
 }
 
 impl Tasks {
@@ -226,28 +252,31 @@ impl Tasks {
         if let Some(demo) = self.demo {
             demo.stop().await;
         }
-        if let Some(retention) = self.retention {
+        for retention in self.retention {
             let _ = retention.await;
         }
         let _ = self.disk.await;
-        if let Some((relay, replies)) = self.kafka {
+        if let Some((relays, replies)) = self.kafka {
             replies.stop().await;
-            relay
-                .stop()
-                .await
-                .doing(|| "stopping the Kafka relay".into())?;
+            for relay in relays {
+                relay
+                    .stop()
+                    .await
+                    .doing(|| "stopping the Kafka relay".into())?;
+            }
         }
         Ok(())
     }
 }
 
-/// The Kafka relay and reply consumer, when `--kafka-brokers` is given.
+/// The Kafka relays (one per partition) and the reply consumer, when `--kafka-brokers`
+/// is given.
 async fn start_kafka(
     serve: &Serve,
-    engine: &Arc<Engine>,
+    partitions: &Arc<Partitions>,
     metrics: &Arc<Metrics>,
     readiness: &Readiness,
-) -> Result<Option<(Relay, ReplyConsumer)>, ServeError> {
+) -> Result<Option<(Vec<Relay>, ReplyConsumer)>, ServeError> {
     let Some(brokers) = &serve.kafka_brokers else {
         return Ok(None);
     };
@@ -256,27 +285,37 @@ async fn start_kafka(
         max_message_bytes: serve.kafka_max_message_bytes,
         ..RelayConfig::new(brokers.clone())
     };
-    let observer = Arc::new(RelayMetrics(metrics.clone(), readiness.clone()));
-    let relay = Relay::start(engine.clone(), config.clone(), observer.clone())
-        .await
-        .doing(|| format!("starting the Kafka relay ({brokers})"))?;
-    let replies = ReplyConsumer::start(engine.clone(), &config, observer, relay.topics_checked())
-        .doing(|| format!("starting the Kafka reply consumer ({brokers})"))?;
-    Ok(Some((relay, replies)))
+    let mut relays = Vec::new();
+    for (p, engine) in partitions.local() {
+        let observer = Arc::new(RelayMetrics::new(metrics, readiness, p));
+        let relay = Relay::start(engine.clone(), config.clone(), observer)
+            .await
+            .doing(|| format!("starting the Kafka relay of partition {p} ({brokers})"))?;
+        relays.push(relay);
+    }
+    let observer = Arc::new(RelayMetrics::new(metrics, readiness, 0));
+    let replies = ReplyConsumer::start(
+        partitions.clone(),
+        &config,
+        observer,
+        relays[0].topics_checked(),
+    )
+    .doing(|| format!("starting the Kafka reply consumer ({brokers})"))?;
+    Ok(Some((relays, replies)))
 }
 
 /// Checks the disk once now, then every second in a task until the stop.
 fn start_disk_watch(
     serve: &Serve,
-    engine: &Arc<Engine>,
+    partitions: &Arc<Partitions>,
     metrics: &Arc<Metrics>,
     readiness: &Readiness,
     stopping: &Shutdown,
 ) -> tokio::task::JoinHandle<()> {
-    let disk = Arc::new(disk::DiskWatch::new(serve, engine));
-    disk.check(engine, metrics, readiness);
+    let disk = Arc::new(disk::DiskWatch::new(serve, partitions));
+    disk.check(partitions, metrics, readiness);
     tokio::spawn(disk.run(
-        engine.clone(),
+        partitions.clone(),
         metrics.clone(),
         readiness.clone(),
         stopping.clone(),
@@ -341,8 +380,14 @@ async fn run_retention(
 }
 
 /// The relay's and the reply consumer's reports, as the metrics of docs/server.md (and missing
-/// topics on `/readyz`).
-struct RelayMetrics(Arc<Metrics>, Readiness);
+/// topics on `/readyz`); a relay's figures are its partition's.
+struct RelayMetrics(Arc<Metrics>, Readiness, String);
+
+impl RelayMetrics {
+    fn new(metrics: &Arc<Metrics>, readiness: &Readiness, partition: u32) -> RelayMetrics {
+        RelayMetrics(metrics.clone(), readiness.clone(), partition.to_string())
+    }
+}
 
 impl TopicObserver for RelayMetrics {
     fn topics_missing(&self, missing: &[String], reason: Option<&str>) {
@@ -390,11 +435,19 @@ impl RelayObserver for RelayMetrics {
     }
 
     fn pending(&self, records: u64) {
-        self.0.outbox.pending.set(records as i64);
+        self.0
+            .outbox
+            .pending
+            .with_label_values(&[self.2.as_str()])
+            .set(records as i64);
     }
 
     fn held(&self, commands: usize) {
-        self.0.outbox.held.set(commands as i64);
+        self.0
+            .outbox
+            .held
+            .with_label_values(&[self.2.as_str()])
+            .set(commands as i64);
     }
 }
 
@@ -428,7 +481,7 @@ async fn wait_for_signal() {
 }
 
 /// Registers every `*.json` definition in `dir` (an unchanged one is a no-op).
-async fn load_definitions(engine: &Engine, dir: &Path) -> Result<(), ServeError> {
+async fn load_definitions(partitions: &Partitions, dir: &Path) -> Result<(), ServeError> {
     let entries = std::fs::read_dir(dir).doing(|| format!("definitions {}", dir.display()))?;
     let mut paths: Vec<_> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -443,7 +496,10 @@ async fn load_definitions(engine: &Engine, dir: &Path) -> Result<(), ServeError>
             source,
         })?;
         let (name, version) = (definition.name.clone(), definition.version);
-        engine.register_definition(definition).await.doing(named)?;
+        partitions
+            .register_definition(definition)
+            .await
+            .doing(named)?;
         tracing::info!(file = %path.display(), name, version, "definition loaded");
     }
     Ok(())

@@ -145,6 +145,12 @@ pub struct ServeArgs {
     /// exports (sagalog_cgroup_*) [default: /sys/fs/cgroup]
     #[arg(long, env = "SAGALOG_CGROUP_ROOT")]
     pub cgroup_root: Option<PathBuf>,
+    /// Partitions the sagas are split into, each with its own log, indexes and snapshots
+    /// (a saga's partition is Kafka's murmur2 of its id modulo this). Fixed when the data
+    /// directory is made; later it may be left out, or must be the same [default: what
+    /// the data directory holds, 1 for a new one]
+    #[arg(long, env = "SAGALOG_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub partitions: Option<u32>,
 }
 
 /// The options with every default filled in.
@@ -183,6 +189,8 @@ pub struct Serve {
     /// `None`: keep every segment.
     pub log_retention: Option<std::time::Duration>,
     pub cgroup_root: PathBuf,
+    /// `None`: as the data directory holds (1 for a new one).
+    pub partitions: Option<u32>,
 }
 
 /// The largest `max_payload_bytes`: a start's record (payload, id, trace and the rest)
@@ -353,6 +361,7 @@ impl ServeArgs {
             min_free_percent: self.min_free_percent.or(file.min_free_percent),
             segment_bytes: self.segment_bytes.or(file.segment_bytes),
             log_retention: self.log_retention.or(file.log_retention),
+            partitions: self.partitions.or(file.partitions),
         }
     }
 
@@ -452,6 +461,7 @@ impl ServeArgs {
             cgroup_root: self
                 .cgroup_root
                 .unwrap_or_else(|| sagalog_http::cgroup::DEFAULT_ROOT.into()),
+            partitions: self.partitions,
         })
     }
 }

@@ -185,6 +185,15 @@ pub struct EngineStats {
     pub replayed_records: u64,
 }
 
+/// A partition's newest snapshot and what its open replayed.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotFigures {
+    pub offset: u64,
+    /// Unix ms when it was written, 0 when there is none.
+    pub at_ms: u64,
+    pub replayed_records: u64,
+}
+
 /// 32 lowercase hex digits, not all zero: a W3C trace id.
 pub fn is_valid_trace_id(id: &str) -> bool {
     id.len() == 32

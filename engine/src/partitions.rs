@@ -18,12 +18,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use sagalog_storage::SnapshotInfo;
+
 use crate::api::{EngineStats, ListPage, ListQuery, StartAnswer, StartRequest};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::model::definition::{Definition, Registered};
 use crate::render::filter::member_of;
 use crate::render::view::SagaView;
+use crate::service::dead_letters::{DeadLetter, DeadLetterCounts};
+use crate::service::delivery::DeliveryChange;
 use crate::service::engine::Engine;
 use crate::service::projection::Counters;
 
@@ -403,12 +407,105 @@ impl Partitions {
     }
 }
 
+impl Partitions {
+    /// Pauses delivery in every local partition (each records it in its log; a pause
+    /// cut short is finished by repeating it): the first partition's change.
+    pub async fn pause_delivery(
+        &self,
+        topics: Vec<String>,
+        reason: String,
+    ) -> Result<DeliveryChange> {
+        let mut first = None;
+        for (_, engine) in self.local() {
+            let change = engine
+                .pause_delivery(topics.clone(), reason.clone())
+                .await?;
+            first.get_or_insert(change);
+        }
+        Ok(first.expect("a process holds a partition"))
+    }
+
+    /// Resumes delivery in every local partition, as [`Partitions::pause_delivery`].
+    pub async fn resume_delivery(&self, topics: Vec<String>) -> Result<DeliveryChange> {
+        let mut first = None;
+        for (_, engine) in self.local() {
+            let change = engine.resume_delivery(topics.clone()).await?;
+            first.get_or_insert(change);
+        }
+        Ok(first.expect("a process holds a partition"))
+    }
+
+    /// A snapshot of every local partition, one after the other.
+    pub async fn snapshot(&self) -> Result<Vec<(u32, SnapshotInfo)>> {
+        let mut taken = Vec::with_capacity(self.local.len());
+        for (p, engine) in self.local() {
+            taken.push((p, engine.snapshot().await?));
+        }
+        Ok(taken)
+    }
+
+    /// Dead letters by partition, then offset: at most `limit` after `after` (a
+    /// partition and an offset in it).
+    pub fn dead_letters(
+        &self,
+        after: Option<(u32, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(u32, DeadLetter)>> {
+        let mut out = Vec::new();
+        for (p, engine) in self.local() {
+            if out.len() == limit {
+                break;
+            }
+            let from = match after {
+                Some((after_p, _)) if p < after_p => continue,
+                Some((after_p, offset)) if p == after_p => Some(offset),
+                _ => None,
+            };
+            for letter in engine.dead_letters(from, limit - out.len())? {
+                out.push((p, letter));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Dead letters counted in every local partition, each reading at most `bound`
+    /// index entries.
+    pub fn dead_letter_counts(&self, bound: usize) -> Result<DeadLetterCounts> {
+        let mut total = DeadLetterCounts::default();
+        for (_, engine) in self.local() {
+            let counts = engine.dead_letter_counts(bound)?;
+            total.total += counts.total;
+            total.waiting += counts.waiting;
+            total.more |= counts.more;
+        }
+        Ok(total)
+    }
+
+    /// The log's bounds of every local partition together: their first offsets and
+    /// heads summed (the records they hold, when none was removed).
+    pub fn log_bounds(&self) -> (u64, u64) {
+        self.local().fold((0, 0), |(first, head), (_, engine)| {
+            let (f, h) = engine.log_bounds();
+            (first + f, head + h)
+        })
+    }
+}
+
 /// Why a call for a saga did not get an engine's answer.
 #[derive(Debug)]
 pub enum Routed {
     /// The saga's partition is held by another process.
     Elsewhere(u32),
     Engine(EngineError),
+}
+
+impl std::fmt::Display for Routed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Routed::Elsewhere(p) => write!(f, "partition {p} is held by another server"),
+            Routed::Engine(e) => e.fmt(f),
+        }
+    }
 }
 
 impl From<EngineError> for Routed {

@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 use sagalog_engine::definition::Registered;
 use sagalog_engine::throttle::Throttle;
 use sagalog_engine::wire::ReplyMessage;
-use sagalog_engine::{Clock, Definition, Engine, Operation, Shutdown, StartRequest, Status};
+use sagalog_engine::{
+    Clock, Definition, Engine, Operation, Partitions, Routed, Shutdown, StartRequest, Status,
+};
 
 use crate::bulk;
 use crate::console;
@@ -60,7 +62,8 @@ impl Default for ApiConfig {
 }
 
 pub struct App {
-    pub engine: Arc<Engine>,
+    /// The engines of the partitions this server holds.
+    pub partitions: Arc<Partitions>,
     pub metrics: Arc<Metrics>,
     pub config: ApiConfig,
     pub clock: Arc<dyn Clock>,
@@ -248,9 +251,12 @@ impl App {
             Route::BulkRetry => self.bulk(bulk::retry(&body)?, &query).await,
             Route::BulkOverride => self.bulk(bulk::override_status(&body)?, &query).await,
             Route::DeadLetters => self.dead_letters(&query),
-            Route::ReplayDeadLetter => self.replay_dead_letter(&param).await,
+            Route::ReplayDeadLetter => self.replay_dead_letter(&param, &query).await,
             Route::Snapshot => self.snapshot().await,
-            Route::Delivery => Ok(self.delivery_response(None, &self.engine.delivery())),
+            Route::Delivery => {
+                let delivery = self.partitions.first().delivery();
+                Ok(self.delivery_response(None, &delivery))
+            }
             Route::Pause => self.pause(&body).await,
             Route::Resume => self.resume(&body).await,
             Route::Metrics => Ok(self.metrics_response()),
@@ -262,13 +268,14 @@ impl App {
 
     fn get_saga(&self, param: &str) -> Result<Response<Body>, ApiError> {
         let id = saga_id(param)?;
-        let view = self.timed("get", || self.engine.get(id))?;
+        let engine = self.engine_of(id)?;
+        let view = self.timed("get", || engine.get(id))?;
         Ok(respond(StatusCode::OK, json::saga(&view)))
     }
 
     async fn outbox(&self, query: &str) -> Result<Response<Body>, ApiError> {
         let query = OutboxQuery::parse(query, self.config.max_outbox_wait_ms)?;
-        let page = outbox::poll(&self.engine, &query, self.stopping.clone()).await?;
+        let page = outbox::poll(&self.partitions, &query, self.stopping.clone()).await?;
         Ok(respond_bytes(StatusCode::OK, page))
     }
 
@@ -278,17 +285,21 @@ impl App {
         let to: Status = body.status.parse().map_err(|e: String| {
             ApiError::bad_request("invalid_request", format!("status: {e}"))
         })?;
-        let view = self.engine.override_status(id, to, body.reason).await?;
+        let view = self
+            .engine_of(id)?
+            .override_status(id, to, body.reason)
+            .await?;
         Ok(respond(StatusCode::OK, json::saga(&view)))
     }
 
     async fn retry(&self, param: &str) -> Result<Response<Body>, ApiError> {
-        let view = self.engine.retry(saga_id(param)?).await?;
+        let id = saga_id(param)?;
+        let view = self.engine_of(id)?.retry(id).await?;
         Ok(respond(StatusCode::ACCEPTED, json::saga(&view)))
     }
 
     async fn bulk(&self, operation: Operation, query: &str) -> Result<Response<Body>, ApiError> {
-        let body = bulk::run(&self.engine, operation, query, self.clock.now_ms()).await?;
+        let body = bulk::run(&self.partitions, operation, query, self.clock.now_ms()).await?;
         Ok(respond(StatusCode::OK, body))
     }
 
@@ -296,7 +307,7 @@ impl App {
     async fn stats(&self) -> Result<Response<Body>, ApiError> {
         let now_ms = self.clock.now_ms();
         let required = self.config.admin_token.is_some();
-        let (engine, activity) = (self.engine.clone(), self.activity.clone());
+        let (partitions, activity) = (self.partitions.clone(), self.activity.clone());
         let started = Instant::now();
         // A few at a time (anyone may ask): the others wait their turn.
         let turn = overview::TURNS.acquire().await.map_err(|_| {
@@ -308,7 +319,7 @@ impl App {
         })?;
         let body = tokio::task::spawn_blocking(move || {
             let _turn = turn;
-            overview::stats(&engine, &activity, now_ms, required)
+            overview::stats(&partitions, &activity, now_ms, required)
         })
         .await
         .map_err(|e| {
@@ -322,26 +333,61 @@ impl App {
         Ok(respond(StatusCode::OK, body?))
     }
 
-    async fn replay_dead_letter(&self, param: &str) -> Result<Response<Body>, ApiError> {
+    /// With more than one partition, the dead letter's partition is `?partition=N`.
+    async fn replay_dead_letter(
+        &self,
+        param: &str,
+        query: &str,
+    ) -> Result<Response<Body>, ApiError> {
         let offset = parse_u64("offset", param)?;
-        let replay = self.engine.replay_dead_letter(offset).await?;
+        let mut partition = None;
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "partition" => partition = Some(parse_u64("partition", &value)?),
+                other => {
+                    return Err(ApiError::bad_request(
+                        "invalid_request",
+                        format!("unknown query parameter {other:?}; known: partition"),
+                    ))
+                }
+            }
+        }
+        let count = self.partitions.count();
+        let partition = match partition {
+            Some(p) if p < u64::from(count) => p as u32,
+            Some(p) => {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("partition: {p} is not one of the {count} partitions"),
+                ))
+            }
+            None if count == 1 => 0,
+            None => return Err(ApiError::bad_request(
+                "invalid_request",
+                format!(
+                    "partition: required with {count} partitions (each dead letter names its own)"
+                ),
+            )),
+        };
+        let engine = self.partition(partition)?;
+        let replay = engine.replay_dead_letter(offset).await?;
         Ok(respond(
             StatusCode::ACCEPTED,
-            json!({"dead_letter_offset": offset, "replay_offset": replay}),
+            json!({"dead_letter_offset": offset, "replay_offset": replay, "partition": partition}),
         ))
     }
 
     async fn pause(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
         let body: json::PauseBody = json::parse(body)?;
         let topics = json::change_topics(body.topics)?;
-        let change = self.engine.pause_delivery(topics, body.reason).await?;
+        let change = self.partitions.pause_delivery(topics, body.reason).await?;
         Ok(self.delivery_response(change.offset, &change.delivery))
     }
 
     async fn resume(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
         let body: json::ResumeBody = json::parse(body)?;
         let topics = json::change_topics(body.topics)?;
-        let change = self.engine.resume_delivery(topics).await?;
+        let change = self.partitions.resume_delivery(topics).await?;
         Ok(self.delivery_response(change.offset, &change.delivery))
     }
 
@@ -352,17 +398,50 @@ impl App {
         offset: Option<u64>,
         delivery: &sagalog_engine::Delivery,
     ) -> Response<Body> {
-        let mut body = json::delivery(delivery, &self.engine.step_topics());
+        let mut body = json::delivery(delivery, &self.partitions.first().step_topics());
         body["offset"] = json!(offset);
         respond(StatusCode::OK, body)
     }
 
+    /// A snapshot of each partition held here: `offset` is the one partition's (null
+    /// with more), `partitions` each one's.
     async fn snapshot(&self) -> Result<Response<Body>, ApiError> {
-        let info = self.engine.snapshot().await?;
+        let taken = self.partitions.snapshot().await?;
+        let offset = match taken.as_slice() {
+            [(_, only)] if self.partitions.count() == 1 => Some(only.offset),
+            _ => None,
+        };
+        let bytes: u64 = taken.iter().map(|(_, info)| info.bytes).sum();
+        let partitions: Vec<Value> = taken
+            .iter()
+            .map(|(p, info)| json!({"partition": p, "offset": info.offset, "bytes": info.bytes}))
+            .collect();
         Ok(respond(
             StatusCode::CREATED,
-            json!({"offset": info.offset, "bytes": info.bytes}),
+            json!({"offset": offset, "bytes": bytes, "partitions": partitions}),
         ))
+    }
+
+    /// The engine of `saga_id`'s partition (`503` naming the partition when this server
+    /// does not hold it).
+    fn engine_of(&self, saga_id: &str) -> Result<&Arc<Engine>, ApiError> {
+        self.partitions.owner(saga_id).map_err(|p| self.not_held(p))
+    }
+
+    /// The engine of partition `p`.
+    fn partition(&self, p: u32) -> Result<&Arc<Engine>, ApiError> {
+        self.partitions.get(p).ok_or_else(|| self.not_held(p))
+    }
+
+    fn not_held(&self, p: u32) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "partition_unavailable",
+            format!(
+                "partition {p} of {} is not held by this server",
+                self.partitions.count()
+            ),
+        )
     }
 
     fn counted(&self, e: ApiError) -> ApiError {
@@ -433,7 +512,7 @@ impl App {
             None => json!({}),
         };
         let answer = self
-            .engine
+            .partitions
             .start(StartRequest {
                 saga_type: body.saga_type,
                 saga_id: body.saga_id,
@@ -441,7 +520,10 @@ impl App {
                 trace_id,
             })
             .await
-            .map_err(ApiError::from)?;
+            .map_err(|e| match e {
+                Routed::Elsewhere(p) => self.not_held(p),
+                Routed::Engine(e) => ApiError::from(e),
+            })?;
         let status = if answer.created {
             StatusCode::CREATED
         } else {
@@ -465,7 +547,7 @@ impl App {
         let step = body.step.clone();
         let outcome: sagalog_engine::Outcome = body.outcome.into();
         let reply = body.into_reply();
-        match self.engine.reply(id, reply).await {
+        match self.engine_of(id)?.reply(id, reply).await {
             Ok(answer) => {
                 if !answer.repeated {
                     self.metrics.event(&step, outcome.as_str());
@@ -494,7 +576,8 @@ impl App {
     async fn history(&self, id: &str) -> Result<Response<Body>, ApiError> {
         let id = saga_id(id)?;
         let started = Instant::now();
-        let items = self.engine.history(id).await;
+        let engine = self.engine_of(id)?;
+        let items = engine.history(id).await;
         self.metrics.query("history", started.elapsed());
         let items = items.map_err(ApiError::from)?;
         let definition = items.first().and_then(|first| match &first.record.kind {
@@ -502,8 +585,7 @@ impl App {
                 saga_type,
                 definition_version,
                 ..
-            } => self
-                .engine
+            } => engine
                 .definitions()
                 .into_iter()
                 .find(|d| &d.name == saga_type && d.version == *definition_version),
@@ -522,7 +604,7 @@ impl App {
     async fn list(&self, query: &str) -> Result<Response<Body>, ApiError> {
         let list = list_query(query, DEFAULT_LIMIT)?;
         let started = Instant::now();
-        let page = self.engine.list(&list).await;
+        let page = self.partitions.list(&list).await;
         self.metrics.query("list", started.elapsed());
         let page = page?;
         let page_body = json::SagaPage {
@@ -532,11 +614,15 @@ impl App {
         Ok(respond(StatusCode::OK, page_body))
     }
 
+    /// With one partition `after` is an offset; with more, `PARTITION.OFFSET` (the
+    /// `next_after` of the page before), dead letters going by partition, then offset.
     fn dead_letters(&self, query: &str) -> Result<Response<Body>, ApiError> {
+        let several = self.partitions.count() > 1;
         let (mut after, mut limit) = (None, DEFAULT_LIMIT);
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match key.as_ref() {
-                "after" => after = Some(parse_u64("after", &value)?),
+                "after" if several => after = Some(parse_dead_letter_after(&value)?),
+                "after" => after = Some((0, parse_u64("after", &value)?)),
                 "limit" => limit = parse_limit(&value)?,
                 other => {
                     return Err(ApiError::bad_request(
@@ -546,13 +632,21 @@ impl App {
                 }
             }
         }
-        let letters = self.timed("dead_letters", || self.engine.dead_letters(after, limit))?;
-        let next_after = letters.last().map(|d| d.offset).or(after);
+        let letters = self.timed("dead_letters", || {
+            self.partitions.dead_letters(after, limit)
+        })?;
+        let next_after = letters.last().map(|(p, d)| (*p, d.offset)).or(after);
+        let next_after = match next_after {
+            Some((p, offset)) if several => json!(format!("{p}.{offset}")),
+            Some((_, offset)) => json!(offset),
+            None => Value::Null,
+        };
         let items: Vec<Value> = letters
             .iter()
-            .map(|d| {
-                json!({"offset": d.offset, "saga_id": d.saga_id, "command_offset": d.command_offset,
-                       "reason": d.reason, "replayed_at_offset": d.replayed_at, "command": d.command})
+            .map(|(p, d)| {
+                json!({"offset": d.offset, "partition": p, "saga_id": d.saga_id,
+                       "command_offset": d.command_offset, "reason": d.reason,
+                       "replayed_at_offset": d.replayed_at, "command": d.command})
             })
             .collect();
         Ok(respond(
@@ -578,7 +672,7 @@ impl App {
                 }
             }
         }
-        let all = self.engine.definitions();
+        let all = self.partitions.definitions();
         let page: Vec<&Arc<Definition>> = all
             .iter()
             .filter(|d| name.as_ref().is_none_or(|n| *n == d.name))
@@ -633,7 +727,7 @@ impl App {
             ));
         }
         let registered = self
-            .engine
+            .partitions
             .register_definition(definition.clone())
             .await
             .map_err(ApiError::from)?;
@@ -643,7 +737,7 @@ impl App {
     }
 
     fn metrics_response(&self) -> Response<Body> {
-        let text = self.metrics.render(&self.engine, self.clock.now_ms());
+        let text = self.metrics.render(&self.partitions, self.clock.now_ms());
         let mut response = Response::new(Full::new(Bytes::from(text)));
         response.headers_mut().insert(
             CONTENT_TYPE,
@@ -658,19 +752,27 @@ impl App {
         if self.stopping.is_set() {
             return Err(not_ready("shutting down".into()));
         }
-        let health = self.engine.log_health();
-        if let Some(reason) = health.poisoned {
-            return Err(not_ready(format!("the log cannot be written: {reason}")));
-        }
-        if let Some(reason) = health.refusing {
-            return Err(not_ready(format!("the log refuses writes: {reason}")));
+        let several = self.partitions.count() > 1;
+        for (p, engine) in self.partitions.local() {
+            let log = if several {
+                format!("the log of partition {p}")
+            } else {
+                "the log".to_string()
+            };
+            let health = engine.log_health();
+            if let Some(reason) = health.poisoned {
+                return Err(not_ready(format!("{log} cannot be written: {reason}")));
+            }
+            if let Some(reason) = health.refusing {
+                return Err(not_ready(format!("{log} refuses writes: {reason}")));
+            }
         }
         let problems = self.readiness.problems();
         if !problems.is_empty() {
             return Err(not_ready(problems.join("; ")));
         }
         let mut notes = self.readiness.notes();
-        let delivery = self.engine.delivery();
+        let delivery = self.partitions.first().delivery();
         if !delivery.is_open() {
             // Paused on purpose: the API, replies and reads go on, so the pod stays ready.
             notes.insert("delivery", delivery.describe());
@@ -728,6 +830,21 @@ fn same_origin(headers: &hyper::HeaderMap) -> Result<(), ApiError> {
             "a write from a page of {origin:?} is refused: only this server's own pages ({host}) may write through a browser"
         ))
     }
+}
+
+/// A dead-letter cursor of a partitioned server: `PARTITION.OFFSET`.
+fn parse_dead_letter_after(value: &str) -> Result<(u32, u64), ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("after: {value:?} is not PARTITION.OFFSET (a next_after this server returned)"),
+        )
+    };
+    let (p, offset) = value.split_once('.').ok_or_else(bad)?;
+    Ok((
+        p.parse().map_err(|_| bad())?,
+        offset.parse().map_err(|_| bad())?,
+    ))
 }
 
 fn definition_json(definition: &Arc<Definition>) -> Value {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use sagalog_engine::{Engine, EngineError, Operation, Rejection};
+use sagalog_engine::{EngineError, Operation, Partitions, Rejection};
 
 use crate::error::ApiError;
 use crate::json::{self, rfc3339};
@@ -71,7 +71,7 @@ fn done(operation: &Operation) -> &'static str {
 /// Acts on one page of the sagas `query` (a list query string) matches; the answer's
 /// body.
 pub async fn run(
-    engine: &Arc<Engine>,
+    partitions: &Arc<Partitions>,
     operation: Operation,
     query: &str,
     now_ms: u64,
@@ -99,16 +99,21 @@ pub async fn run(
             ),
         ));
     }
-    let page = engine.list(&list).await?;
+    let page = partitions.list(&list).await?;
     let mut tasks = tokio::task::JoinSet::new();
     for (index, saga) in page.items.iter().enumerate() {
-        let (engine, operation, saga_id) =
-            (engine.clone(), operation.clone(), saga.saga_id.clone());
+        let (partitions, operation, saga_id) =
+            (partitions.clone(), operation.clone(), saga.saga_id.clone());
         tasks.spawn(async move {
             // Only if unchanged since `as_of`, checked under the saga's lock: a saga
             // that a call running at the same time (the same page twice) acted on is
             // skipped, not acted on again.
-            let result = engine.operate(&saga_id, operation, Some(as_of)).await;
+            let result = match partitions.owner(&saga_id) {
+                Ok(engine) => engine.operate(&saga_id, operation, Some(as_of)).await,
+                Err(p) => Err(EngineError::Partitions(format!(
+                    "partition {p} of this saga is not held by this server"
+                ))),
+            };
             (index, saga_id, result)
         });
     }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use sagalog_engine::{Clock, Engine, EngineConfig, Shutdown, SystemClock};
+use sagalog_engine::{Clock, Engine, EngineConfig, Partitions, Shutdown, SystemClock};
 
 use crate::app::{ApiConfig, App, Readiness};
 use crate::json;
@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 pub async fn app(dir: &Path) -> Arc<App> {
     let engine = Arc::new(Engine::open(dir, EngineConfig::default()).expect("a scratch engine"));
     let app = Arc::new(App {
-        engine,
+        partitions: Arc::new(Partitions::single(engine)),
         metrics: Metrics::new(),
         config: ApiConfig::default(),
         clock: Arc::new(SystemClock) as Arc<dyn Clock>,

@@ -20,9 +20,12 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use sagalog_engine::{Action, Engine, EngineObserver, LogObserver, Status};
+use sagalog_engine::{Action, Engine, EngineObserver, LogObserver, Partitions, Status};
 
 /// Buckets for request and storage latencies, in seconds (50 µs to 10 s).
+/// The label of a figure kept per partition.
+const PARTITION: &[&str] = &["partition"];
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 10.0,
@@ -105,7 +108,8 @@ impl LimitMetrics {
 }
 
 pub struct OutboxMetrics {
-    pub pending: IntGauge,
+    /// By `partition`.
+    pub pending: IntGaugeVec,
     pub published: IntCounter,
     pub failed: IntCounter,
     pub dead_letter: IntCounter,
@@ -116,7 +120,8 @@ pub struct OutboxMetrics {
     /// Commands handed to the producer per read of the log tail.
     pub publish_batch: Histogram,
     /// Commands the relay read and holds back because their topic is paused.
-    pub held: IntGauge,
+    /// By `partition`.
+    pub held: IntGaugeVec,
     pub consumer_lag: IntGauge,
     /// Topics the relay needs that the broker lacks (and could not create).
     pub topics_missing: IntGauge,
@@ -144,7 +149,7 @@ pub struct ServiceMetrics {
     pub connections_refused: IntCounterVec,
     /// Requests whose body did not arrive in time (`408`).
     pub body_timeouts: IntCounter,
-    log_writable: IntGauge,
+    log_writable: IntGaugeVec,
     log_heals: IntCounterVec,
     /// 1 for each step topic whose commands are held back (delivery paused), else 0.
     delivery_paused: IntGaugeVec,
@@ -168,9 +173,10 @@ impl ServiceMetrics {
                 "sagalog_http_body_timeouts_total",
                 "Requests answered 408 because their body did not arrive within the deadline or at the minimum rate.",
             ),
-            log_writable: m.gauge(
+            log_writable: m.gauge_vec(
                 "sagalog_log_writable",
                 "1 while the log takes writes; 0 while it is poisoned, read-only, refusing (disk watermark) or its writes fail.",
+                PARTITION,
             ),
             log_heals: m.counter_vec(
                 "sagalog_log_heals_total",
@@ -363,37 +369,45 @@ impl StateMetrics {
 }
 
 /// Read from the log and the snapshots at each scrape.
+/// Each by `partition`.
 struct StoreMetrics {
-    log_head: IntGauge,
-    log_bytes: IntGauge,
-    log_segments: IntGauge,
-    snapshot_offset: IntGauge,
-    snapshot_timestamp: Gauge,
+    log_head: IntGaugeVec,
+    log_bytes: IntGaugeVec,
+    log_segments: IntGaugeVec,
+    snapshot_offset: IntGaugeVec,
+    snapshot_timestamp: GaugeVec,
     snapshot_every: IntGauge,
-    replay_records: IntCounter,
+    replay_records: IntCounterVec,
 }
 
 impl StoreMetrics {
     fn new(m: &Make) -> StoreMetrics {
         StoreMetrics {
-            log_head: m.gauge("sagalog_log_head_offset", "The offset the next log record gets."),
-            log_bytes: m.gauge("sagalog_log_bytes", "Bytes held in log segments."),
-            log_segments: m.gauge("sagalog_log_segments", "Log segment files."),
-            snapshot_offset: m.gauge(
+            log_head: m.gauge_vec(
+                "sagalog_log_head_offset",
+                "The offset the next log record gets.",
+                PARTITION,
+            ),
+            log_bytes: m.gauge_vec("sagalog_log_bytes", "Bytes held in log segments.", PARTITION),
+            log_segments: m.gauge_vec("sagalog_log_segments", "Log segment files.", PARTITION),
+            snapshot_offset: m.gauge_vec(
                 "sagalog_snapshot_offset",
                 "Log offset of the newest snapshot (0 when none).",
+                PARTITION,
             ),
-            snapshot_timestamp: m.float_gauge(
+            snapshot_timestamp: m.float_gauge_vec(
                 "sagalog_snapshot_timestamp_seconds",
                 "Unix seconds when the newest snapshot was written (0 when none).",
+                PARTITION,
             ),
             snapshot_every: m.gauge(
                 "sagalog_snapshot_every_records",
                 "The snapshot interval in log records: a snapshot is due when the head is this far past the newest one.",
             ),
-            replay_records: m.counter(
+            replay_records: m.counter_vec(
                 "sagalog_replay_records_total",
                 "Log records replayed on start after the snapshot.",
+                PARTITION,
             ),
         }
     }
@@ -402,9 +416,10 @@ impl StoreMetrics {
 impl OutboxMetrics {
     fn new(m: &Make) -> OutboxMetrics {
         OutboxMetrics {
-            pending: m.gauge(
+            pending: m.gauge_vec(
                 "outbox_pending_events_total",
                 "Commands in the log the relay has not published yet (log head minus relay position).",
+                PARTITION,
             ),
             published: m.counter(
                 "outbox_published_events_total",
@@ -432,9 +447,10 @@ impl OutboxMetrics {
                 "First publish attempts of commands, made as soon as their records are durable, by outcome (succeeded, failed); a failed one is retried.",
                 &["outcome"],
             ),
-            held: m.gauge(
+            held: m.gauge_vec(
                 "sagalog_delivery_held_commands",
                 "Commands the Kafka relay has read and holds back because their topic's delivery is paused; they are published on its resume.",
+                PARTITION,
             ),
             publish_batch: m.histogram(
                 "outbox_publish_batch_size",
@@ -516,9 +532,9 @@ impl Metrics {
     }
 
     /// The text exposition, with the engine-derived values read now.
-    pub fn render(&self, engine: &Engine, now_ms: u64) -> String {
+    pub fn render(&self, partitions: &Partitions, now_ms: u64) -> String {
         let _one_scrape = self.scrape.lock();
-        self.refresh(engine, now_ms);
+        self.refresh(partitions, now_ms);
         let mut families = self.registry.gather();
         families.extend(self.limits.families());
         let mut out = Vec::with_capacity(16 * 1024);
@@ -528,9 +544,9 @@ impl Metrics {
         String::from_utf8(out).expect("the text format is UTF-8")
     }
 
-    fn refresh(&self, engine: &Engine, now_ms: u64) {
-        self.declare_series(engine);
-        let stats = engine.stats();
+    fn refresh(&self, partitions: &Partitions, now_ms: u64) {
+        self.declare_series(partitions.first());
+        let stats = partitions.stats();
         let counters = &stats.counters;
         for (saga_type, by_type) in &counters.by_type {
             for status in Status::ALL {
@@ -564,22 +580,46 @@ impl Metrics {
         self.state
             .last_failed
             .set(counters.last_failed_at_ms as f64 / 1000.0);
-        let log = engine.log_stats();
-        let failing = engine.log_health().write_failure.is_some();
-        self.service
-            .log_writable
-            .set(i64::from(log.writable && !failing));
-        self.store.log_head.set(log.next_offset as i64);
-        self.store.log_bytes.set(log.bytes as i64);
-        self.store.log_segments.set(log.segments as i64);
-        self.store.snapshot_offset.set(stats.snapshot_offset as i64);
-        self.store
-            .snapshot_timestamp
-            .set(stats.snapshot_at_ms as f64 / 1000.0);
         self.store
             .snapshot_every
             .set(stats.snapshot_every_records as i64);
-        raise(&self.store.replay_records, stats.replayed_records);
+        for (p, engine) in partitions.local() {
+            let partition = [p.to_string()];
+            let partition = [partition[0].as_str()];
+            let log = engine.log_stats();
+            let failing = engine.log_health().write_failure.is_some();
+            self.service
+                .log_writable
+                .with_label_values(&partition)
+                .set(i64::from(log.writable && !failing));
+            let store = &self.store;
+            store
+                .log_head
+                .with_label_values(&partition)
+                .set(log.next_offset as i64);
+            store
+                .log_bytes
+                .with_label_values(&partition)
+                .set(log.bytes as i64);
+            store
+                .log_segments
+                .with_label_values(&partition)
+                .set(log.segments as i64);
+            let snapshot = engine.snapshot_figures();
+            store
+                .snapshot_offset
+                .with_label_values(&partition)
+                .set(snapshot.offset as i64);
+            store
+                .snapshot_timestamp
+                .with_label_values(&partition)
+                .set(snapshot.at_ms as f64 / 1000.0);
+            raise(
+                &store.replay_records.with_label_values(&partition),
+                snapshot.replayed_records,
+            );
+        }
+        let engine = partitions.first();
         let delivery = engine.delivery();
         for topic in engine.step_topics() {
             self.service

@@ -19,7 +19,9 @@
 
 use std::time::Duration;
 
-use sagalog_engine::{CommandFilter, Engine, Shutdown};
+use std::sync::Arc;
+
+use sagalog_engine::{Command, CommandFilter, Engine, Partitions, Shutdown};
 
 use crate::error::ApiError;
 use crate::query::{parse_limit, parse_u64, DEFAULT_LIMIT};
@@ -41,7 +43,7 @@ pub struct OutboxQuery {
 }
 
 /// Where a call starts reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum After {
     /// From the log's start (`after` omitted).
     Start,
@@ -49,6 +51,32 @@ pub enum After {
     Offset(u64),
     /// From the log's end: what is appended from now on (`after=latest`).
     Latest,
+    /// With more than one partition: after a position in each (the `next_after` of the
+    /// call before), `c.` and each partition's offset or `n` (none yet), by `.`.
+    Cursor(Vec<Option<u64>>),
+}
+
+/// A partitioned outbox's cursor: after these offsets, by partition.
+fn encode_cursor(positions: &[Option<u64>]) -> String {
+    let mut out = String::from("c");
+    for position in positions {
+        out.push('.');
+        match position {
+            Some(offset) => out.push_str(&offset.to_string()),
+            None => out.push('n'),
+        }
+    }
+    out
+}
+
+fn parse_cursor(value: &str) -> Option<Vec<Option<u64>>> {
+    let rest = value.strip_prefix("c.")?;
+    rest.split('.')
+        .map(|part| match part {
+            "n" => Some(None),
+            offset => offset.parse().ok().map(Some),
+        })
+        .collect()
 }
 
 impl OutboxQuery {
@@ -64,6 +92,13 @@ impl OutboxQuery {
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match key.as_ref() {
                 "after" if value == "latest" => out.after = After::Latest,
+                "after" if value.starts_with("c.") => {
+                    out.after = After::Cursor(parse_cursor(&value).ok_or_else(|| {
+                        bad(format!(
+                            "after: {value:?} is not a cursor this server returned"
+                        ))
+                    })?)
+                }
                 "after" => out.after = After::Offset(parse_u64("after", &value)?),
                 "limit" => out.limit = parse_limit(&value)?,
                 "wait_ms" => {
@@ -107,22 +142,146 @@ fn parse_u32(name: &str, value: &str) -> Result<u32, ApiError> {
 }
 
 #[derive(serde::Serialize)]
-struct Page<'a> {
-    items: &'a [sagalog_engine::Command],
-    next_after: Option<u64>,
+struct Page<'a, A> {
+    items: &'a [Command],
+    next_after: A,
 }
 
-/// One outbox page: `{"items": [commands], "next_after": offset or null}`, as JSON.
+/// One outbox page: `{"items": [commands], "next_after": ...}`, as JSON. With one
+/// partition `next_after` is an offset (or null); with more, a cursor over every
+/// partition ([`After::Cursor`]): the commands of each partition come in its log order,
+/// one partition's after another's, and a long poll answers with the first partition
+/// that has some.
 pub async fn poll(
-    engine: &Engine,
+    partitions: &Partitions,
     query: &OutboxQuery,
-    mut stopping: Shutdown,
+    stopping: Shutdown,
 ) -> Result<Vec<u8>, ApiError> {
-    let (start, end) = engine.log_bounds();
-    let (from, mut next_after) = match query.after {
-        After::Start => (start, None),
-        After::Offset(after) => (after.saturating_add(1), Some(after)),
-        After::Latest => (end, end.checked_sub(1)),
+    let count = partitions.count() as usize;
+    let bad = |message: String| ApiError::bad_request("invalid_request", message);
+    if count == 1 {
+        let engine = partitions.first();
+        let (_, end) = engine.log_bounds();
+        let after = match &query.after {
+            After::Start => None,
+            After::Offset(after) => Some(*after),
+            After::Latest => end.checked_sub(1),
+            After::Cursor(_) => {
+                return Err(bad(
+                    "after: this server has one partition; after is an offset".into(),
+                ))
+            }
+        };
+        let (items, next_after) = poll_one(
+            engine.clone(),
+            after,
+            query.filter.clone(),
+            query.limit,
+            query.wait_ms,
+            stopping,
+        )
+        .await?;
+        let page = Page {
+            items: &items,
+            next_after,
+        };
+        return Ok(serde_json::to_vec(&page).expect("a page serializes"));
+    }
+    let mut positions: Vec<Option<u64>> = match &query.after {
+        After::Start => vec![None; count],
+        After::Latest => (0..count as u32)
+            .map(|p| partitions.get(p).and_then(|e| e.log_bounds().1.checked_sub(1)))
+            .collect(),
+        After::Cursor(positions) if positions.len() == count => positions.clone(),
+        After::Cursor(positions) => {
+            return Err(bad(format!(
+                "after: the cursor covers {} partitions, this server has {count}; it is not one this server returned",
+                positions.len()
+            )))
+        }
+        After::Offset(_) => {
+            return Err(bad(format!(
+                "after: with {count} partitions, after is the cursor a call's next_after gave (or latest), not an offset"
+            )))
+        }
+    };
+    // What every partition has now, one after the other, without waiting.
+    let mut items = Vec::new();
+    for (p, engine) in partitions.local() {
+        if items.len() == query.limit {
+            break;
+        }
+        let (found, next) = poll_one(
+            engine.clone(),
+            positions[p as usize],
+            query.filter.clone(),
+            query.limit - items.len(),
+            0,
+            stopping.clone(),
+        )
+        .await
+        .map_err(|e| in_partition(e, p))?;
+        positions[p as usize] = next;
+        items.extend(found);
+    }
+    if items.is_empty() && query.wait_ms > 0 {
+        // Nothing yet: wait on every partition at once, and answer with the first that
+        // finds some (the others' waits are dropped; their positions stay).
+        let mut waits = tokio::task::JoinSet::new();
+        for (p, engine) in partitions.local() {
+            let wait = poll_one(
+                engine.clone(),
+                positions[p as usize],
+                query.filter.clone(),
+                query.limit,
+                query.wait_ms,
+                stopping.clone(),
+            );
+            waits.spawn(async move { (p, wait.await) });
+        }
+        while let Some(joined) = waits.join_next().await {
+            let (p, result) = joined.map_err(|e| {
+                ApiError::new(
+                    hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("an outbox wait failed: {e}"),
+                )
+            })?;
+            let (found, next) = result.map_err(|e| in_partition(e, p))?;
+            positions[p as usize] = next;
+            if !found.is_empty() {
+                items = found;
+                break;
+            }
+        }
+    }
+    let page = Page {
+        items: &items,
+        next_after: encode_cursor(&positions),
+    };
+    Ok(serde_json::to_vec(&page).expect("a page serializes"))
+}
+
+/// Names the partition in an error of its log.
+fn in_partition(mut e: ApiError, p: u32) -> ApiError {
+    e.message = format!("partition {p}: {}", e.message);
+    e
+}
+
+/// The commands of one partition after `after` (from its log's start when `None`),
+/// waiting up to `wait_ms` for some; and the offset of the last record looked at.
+async fn poll_one(
+    engine: Arc<Engine>,
+    after: Option<u64>,
+    filter: CommandFilter,
+    limit: usize,
+    wait_ms: u64,
+    mut stopping: Shutdown,
+) -> Result<(Vec<Command>, Option<u64>), ApiError> {
+    let (start, _) = engine.log_bounds();
+    let (from, mut next_after) = match after {
+        None => (start, None),
+        Some(after) => (after.saturating_add(1), Some(after)),
     };
     if from < start {
         // The commands in between are gone: say so rather than skip them silently.
@@ -137,19 +296,16 @@ pub async fn poll(
             ),
         ));
     }
-    let mut feed = engine
-        .command_feed(from)
-        .filtered(query.filter.clone())
-        .holding();
+    let mut feed = engine.command_feed(from).filtered(filter).holding();
     let mut delivery = engine.delivery_changes();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let mut items = Vec::new();
     let mut scanned = 0;
-    while items.len() < query.limit && scanned < MAX_SCANNED_RECORDS {
+    while items.len() < limit && scanned < MAX_SCANNED_RECORDS {
         if !feed.ready() && (!items.is_empty() || tokio::time::Instant::now() >= deadline) {
             break;
         }
-        let want = (query.limit - items.len()).min(MAX_SCANNED_RECORDS - scanned);
+        let want = (limit - items.len()).min(MAX_SCANNED_RECORDS - scanned);
         delivery.mark_unchanged();
         let batch = tokio::select! {
             batch = feed.next(want, READ_BYTES) => batch?,
@@ -173,9 +329,24 @@ pub async fn poll(
             }
         }
     }
-    let page = Page {
-        items: &items,
-        next_after,
-    };
-    Ok(serde_json::to_vec(&page).expect("a page serializes"))
+    Ok((items, next_after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partitioned_cursor_reads_back_and_others_are_refused() {
+        let positions = vec![Some(12), None, Some(0), Some(99)];
+        let cursor = encode_cursor(&positions);
+        assert_eq!(cursor, "c.12.n.0.99");
+        assert_eq!(parse_cursor(&cursor), Some(positions));
+        for bad in ["c.", "c.x", "c.1..2", "12", "c.-1"] {
+            assert_eq!(parse_cursor(bad), None, "{bad}");
+        }
+        let query = OutboxQuery::parse("after=c.3.n", 1000).unwrap();
+        assert_eq!(query.after, After::Cursor(vec![Some(3), None]));
+        assert!(OutboxQuery::parse("after=c.3.q", 1000).is_err());
+    }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use sagalog_engine::{Counters, Engine, Status};
+use sagalog_engine::{Counters, Partitions, Status};
 
 use crate::json::rfc3339;
 
@@ -71,8 +71,8 @@ pub struct Activity(Arc<Mutex<VecDeque<Totals>>>);
 
 impl Activity {
     /// Records the totals now.
-    pub fn sample(&self, engine: &Engine, now_ms: u64) {
-        let totals = Totals::of(&engine.counters(), now_ms);
+    pub fn sample(&self, partitions: &Partitions, now_ms: u64) {
+        let totals = Totals::of(&partitions.counters(), now_ms);
         let mut samples = self.0.lock();
         if samples.len() == SAMPLES {
             samples.pop_front();
@@ -81,12 +81,12 @@ impl Activity {
     }
 
     /// Samples now and every [`SAMPLE_EVERY`] after (the server runs it while it serves).
-    pub async fn run(self, engine: Arc<Engine>, clock: Arc<dyn sagalog_engine::Clock>) {
+    pub async fn run(self, partitions: Arc<Partitions>, clock: Arc<dyn sagalog_engine::Clock>) {
         let mut every = tokio::time::interval(SAMPLE_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            self.sample(&engine, clock.now_ms());
+            self.sample(&partitions, clock.now_ms());
         }
     }
 
@@ -108,12 +108,12 @@ impl Activity {
 
 /// The body of `GET /api/v1/stats`.
 pub fn stats(
-    engine: &Engine,
+    partitions: &Partitions,
     activity: &Activity,
     now_ms: u64,
     admin_token_required: bool,
 ) -> sagalog_engine::error::Result<Value> {
-    let stats = engine.stats();
+    let stats = partitions.stats();
     let counters = &stats.counters;
     let statuses: serde_json::Map<String, Value> = Status::ALL
         .iter()
@@ -138,8 +138,9 @@ pub fn stats(
             "waiting_s": now_ms.saturating_sub(o.updated_at_ms) as f64 / 1000.0,
         })
     });
-    let dead = engine.dead_letter_counts(DEAD_LETTER_COUNT_BOUND)?;
-    let (first, head) = engine.log_bounds();
+    let dead = partitions.dead_letter_counts(DEAD_LETTER_COUNT_BOUND)?;
+    let (first, head) = partitions.log_bounds();
+    let engine = partitions.first();
     let snapshot_at = (stats.snapshot_at_ms > 0).then_some(stats.snapshot_at_ms);
     Ok(json!({
         "now": rfc3339(now_ms),
@@ -159,6 +160,7 @@ pub fn stats(
         },
         "delivery": crate::json::delivery(&engine.delivery(), &engine.step_topics()),
         "admin_token_required": admin_token_required,
+        "partitions": partitions.count(),
     }))
 }
 

@@ -86,7 +86,7 @@ pub async fn serve(
     let sampler = tokio::spawn(
         app.activity
             .clone()
-            .run(app.engine.clone(), app.clock.clone()),
+            .run(app.partitions.clone(), app.clock.clone()),
     );
     tokio::pin!(shutdown);
     loop {

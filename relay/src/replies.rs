@@ -12,7 +12,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use sagalog_engine::wire::ReplyMessage;
-use sagalog_engine::{is_valid_saga_id, Engine, ErrorClass, Shutdown, Stop};
+use sagalog_engine::{is_valid_saga_id, ErrorClass, Partitions, Shutdown, Stop};
 use tokio::task::JoinHandle;
 
 use crate::{KafkaContext, RelayConfig, Result};
@@ -51,7 +51,7 @@ impl ReplyConsumer {
     /// librdkafka notices a topic created after its subscription only at its next
     /// metadata refresh, minutes later), then consumes it.
     pub fn start(
-        engine: Arc<Engine>,
+        partitions: Arc<Partitions>,
         config: &RelayConfig,
         observer: Arc<dyn ReplyObserver>,
         ready: impl std::future::Future<Output = ()> + Send + 'static,
@@ -74,7 +74,7 @@ impl ReplyConsumer {
                 tracing::error!(topic, error = %e, "subscribing to the reply topic failed; replies over Kafka are not read");
                 return;
             }
-            run(Arc::new(consumer), engine, observer, stopping).await;
+            run(Arc::new(consumer), partitions, observer, stopping).await;
         });
         Ok(ReplyConsumer { task, stop })
     }
@@ -87,7 +87,7 @@ impl ReplyConsumer {
 
 async fn run(
     consumer: Arc<StreamConsumer<KafkaContext>>,
-    engine: Arc<Engine>,
+    partitions: Arc<Partitions>,
     observer: Arc<dyn ReplyObserver>,
     mut stopping: Shutdown,
 ) {
@@ -105,7 +105,7 @@ async fn run(
             }
             message = consumer.recv() => match message {
                 Ok(message) => {
-                    if !handle(&engine, observer.as_ref(), &message, &mut stopping).await {
+                    if !handle(&partitions, observer.as_ref(), &message, &mut stopping).await {
                         return;
                     }
                     if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
@@ -124,7 +124,7 @@ async fn run(
 /// Feeds one message to the engine; false when a stop came first (the message is then
 /// not committed, and is read again after a restart).
 async fn handle(
-    engine: &Engine,
+    partitions: &Partitions,
     observer: &dyn ReplyObserver,
     message: &BorrowedMessage<'_>,
     stopping: &mut Shutdown,
@@ -156,6 +156,14 @@ async fn handle(
         }
     };
     let reply = reply.into_reply();
+    let engine = match partitions.owner(&saga_id) {
+        Ok(engine) => engine,
+        Err(p) => {
+            observer.reply(&reply.step, "rejected");
+            tracing::warn!(message = %where_, saga_id, partition = p, "a reply for a partition this server does not hold");
+            return true;
+        }
+    };
     let mut wait = FIRST_REPLY_RETRY;
     loop {
         match engine.reply(&saga_id, reply.clone()).await {

@@ -480,6 +480,17 @@ impl Engine {
         self.inner.projections.lock().counters.clone()
     }
 
+    /// The newest snapshot and the replay at open, without the scan [`Engine::stats`]
+    /// makes.
+    pub fn snapshot_figures(&self) -> api::SnapshotFigures {
+        let inner = &self.inner;
+        api::SnapshotFigures {
+            offset: inner.snapshots.offset(),
+            at_ms: inner.snapshots.at_ms(),
+            replayed_records: inner.replayed,
+        }
+    }
+
     pub fn stats(&self) -> EngineStats {
         let inner = &self.inner;
         let counters = self.counters();
