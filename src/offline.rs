@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sagalog_engine::offline::{self, Progress};
+use sagalog_engine::partitions;
 use sagalog_engine::{Engine, EngineConfig, EngineError, Entry, HistoryItem, Inconsistency};
 use sagalog_storage::StorageError;
 use serde_json::{json, Value};
@@ -31,6 +32,9 @@ pub struct DirArgs {
     /// Print one JSON document instead of text (and no progress bars)
     #[arg(long, env = "SAGALOG_JSON")]
     pub json: bool,
+    /// Only this partition of a partitioned data directory [default: every partition]
+    #[arg(long, env = "SAGALOG_PARTITION")]
+    pub partition: Option<u32>,
 }
 
 impl DirArgs {
@@ -229,7 +233,7 @@ pub fn run(command: Offline) -> ExitCode {
         ..EngineConfig::default()
     };
     let bars = Bars::new(json);
-    match execute(&command, &dir, &config, &bars) {
+    match execute_partitions(&command, &dir, &config, &bars) {
         Ok(outcome) => {
             if json {
                 println!("{}", outcome.json);
@@ -246,6 +250,7 @@ pub fn run(command: Offline) -> ExitCode {
             let refused = matches!(
                 e,
                 EngineError::InvalidRequest { .. }
+                    | EngineError::Partitions(_)
                     | EngineError::Storage(StorageError::Locked { .. })
             );
             if json {
@@ -257,12 +262,85 @@ pub fn run(command: Offline) -> ExitCode {
     }
 }
 
-fn execute(
+/// Runs the command on each partition it is for: the data directory's own when it has
+/// one (printed as before), else every partition — or `--partition N` — each under its
+/// number, its problems counting for the whole.
+fn execute_partitions(
     command: &Offline,
     dir: &Path,
     config: &EngineConfig,
     bars: &Bars,
 ) -> Result<Outcome, EngineError> {
+    // What the command reads: a restore reads the backup.
+    let source = match command {
+        Offline::Restore(a) => a.from.as_path(),
+        _ => dir,
+    };
+    let count = partitions::recorded(source)?.unwrap_or(1);
+    let only = command.dir().partition;
+    if let Some(p) = only.filter(|&p| p >= count) {
+        return Err(EngineError::Partitions(format!(
+            "--partition {p}: {} holds {count} partition{} (0..{count})",
+            source.display(),
+            if count == 1 { "" } else { "s" }
+        )));
+    }
+    if count == 1 {
+        return execute(command, dir, config, bars, None);
+    }
+    match command {
+        // The copy records its count, as the data directory does.
+        Offline::Backup(a) => {
+            let empty = std::fs::read_dir(&a.out).map_or(true, |mut d| d.next().is_none());
+            if !empty {
+                return Err(EngineError::InvalidRequest {
+                    field: "out",
+                    message: format!(
+                        "{} is not empty; give a new or empty directory",
+                        a.out.display()
+                    ),
+                });
+            }
+            partitions::settle(&a.out, Some(count))?;
+        }
+        Offline::Restore(_) => {
+            partitions::settle(dir, Some(count))?;
+        }
+        _ => {}
+    }
+    let mut text = String::new();
+    let mut items = Vec::new();
+    let mut problems = false;
+    for p in (0..count).filter(|&p| only.is_none_or(|only| only == p)) {
+        let outcome = execute(command, dir, config, bars, Some((count, p)))
+            .map_err(|e| EngineError::Partitions(format!("partition {p}: {e}")))?;
+        text.push_str(&format!("partition {p}:\n"));
+        for line in outcome.text.lines() {
+            text.push_str(&format!("  {line}\n"));
+        }
+        problems |= outcome.problems;
+        items.push(json!({"partition": p, "result": outcome.json}));
+    }
+    Ok(Outcome {
+        text,
+        json: json!({"partitions": items}),
+        problems,
+    })
+}
+
+/// The command on the data directory `dir`, or on partition `p` of `count` in it.
+fn execute(
+    command: &Offline,
+    dir: &Path,
+    config: &EngineConfig,
+    bars: &Bars,
+    partition: Option<(u32, u32)>,
+) -> Result<Outcome, EngineError> {
+    let at = |dir: &Path| match partition {
+        Some((count, p)) => partitions::partition_dir(dir, count, p),
+        None => dir.to_path_buf(),
+    };
+    let dir = &at(dir);
     match command {
         Offline::Verify(_) => verify_outcome(dir, config, bars),
         Offline::Recover(_) => recover_outcome(dir, config, bars),
@@ -270,8 +348,8 @@ fn execute(
         Offline::Replay(a) => replay_outcome(a, dir, config, bars),
         Offline::Reindex(_) => reindex_outcome(dir, config, bars),
         Offline::Inspect(a) => inspect_outcome(a, dir, config),
-        Offline::Backup(a) => backup_outcome(a, dir, config, bars),
-        Offline::Restore(a) => restore_outcome(a, dir, config, bars),
+        Offline::Backup(a) => backup_outcome(&a.out, dir, config, bars, at(&a.out)),
+        Offline::Restore(a) => restore_outcome(&at(&a.from), dir, config, bars),
     }
 }
 
@@ -407,12 +485,13 @@ fn inspect_outcome(
 
 /// `backup`: a consistent copy.
 fn backup_outcome(
-    a: &BackupArgs,
+    named: &Path,
     dir: &Path,
     config: &EngineConfig,
     bars: &Bars,
+    out: PathBuf,
 ) -> Result<Outcome, EngineError> {
-    let manifest = offline::backup(dir, &a.out, config, bars)?;
+    let manifest = offline::backup(dir, &out, config, bars)?;
     Ok(Outcome {
         text: format!(
             "backup of the log below offset {} ({} segments, {} bytes, snapshot at {}) in {}\n",
@@ -422,7 +501,7 @@ fn backup_outcome(
             manifest
                 .snapshot_offset
                 .map_or_else(|| "none".to_string(), |o| o.to_string()),
-            a.out.display()
+            named.display()
         ),
         json: serde_json::to_value(&manifest).expect("serializes"),
         problems: false,
@@ -431,12 +510,12 @@ fn backup_outcome(
 
 /// `restore`: a backup put back, then verified.
 fn restore_outcome(
-    a: &RestoreArgs,
+    from: &Path,
     dir: &Path,
     config: &EngineConfig,
     bars: &Bars,
 ) -> Result<Outcome, EngineError> {
-    let report = offline::restore(&a.from, dir, config, bars)?;
+    let report = offline::restore(from, dir, config, bars)?;
     let text = format!(
         "restored the log below offset {} into {}; rebuilt the indexes from {} records\n",
         report.manifest.offset,

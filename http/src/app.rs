@@ -362,12 +362,14 @@ impl App {
                 ))
             }
             None if count == 1 => 0,
-            None => return Err(ApiError::bad_request(
-                "invalid_request",
-                format!(
+            None => {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!(
                     "partition: required with {count} partitions (each dead letter names its own)"
                 ),
-            )),
+                ))
+            }
         };
         let engine = self.partition(partition)?;
         let replay = engine.replay_dead_letter(offset).await?;

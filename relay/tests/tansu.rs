@@ -396,7 +396,7 @@ async fn replies_on_kafka_drive_a_saga_to_completion_and_malformed_ones_are_skip
         .unwrap();
     let counts = Arc::new(Counts::default());
     let replies = sagalog_relay::ReplyConsumer::start(
-        engine.clone(),
+        Arc::new(sagalog_engine::Partitions::single(engine.clone())),
         &relay_config,
         counts.clone(),
         relay.topics_checked(),
