@@ -321,9 +321,29 @@ fn execute_partitions(
         problems |= outcome.problems;
         items.push(json!({"partition": p, "result": outcome.json}));
     }
+    let mut json = json!({"partitions": items});
+    if let Offline::Replay(_) = command {
+        // The counts of the whole deployment, as the server's gauges show them.
+        let mut total = serde_json::Map::new();
+        for item in &items {
+            let counts = item["result"]["status_counts"]
+                .as_object()
+                .into_iter()
+                .flatten();
+            for (status, count) in counts {
+                let sum = total.get(status).and_then(Value::as_u64).unwrap_or(0);
+                total.insert(status.clone(), json!(sum + count.as_u64().unwrap_or(0)));
+            }
+        }
+        text.push_str("every partition:\n");
+        for (status, count) in &total {
+            text.push_str(&format!("  {status:<20} {count}\n"));
+        }
+        json["status_counts"] = Value::Object(total);
+    }
     Ok(Outcome {
         text,
-        json: json!({"partitions": items}),
+        json,
         problems,
     })
 }

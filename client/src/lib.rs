@@ -63,8 +63,8 @@ use serde_json::Value;
 
 pub use participant::{Handled, Participant, Stats};
 pub use types::{
-    Action, After, Command, HistoryItem, ListQuery, OutboxPage, OutboxQuery, Outcome, Reply,
-    ReplyAnswer, Saga, SagaPage, StartSaga, Step,
+    Action, After, Command, HistoryItem, ListQuery, OutboxPage, OutboxQuery, Outcome, Position,
+    Reply, ReplyAnswer, Saga, SagaPage, StartSaga, Step,
 };
 
 /// What went wrong talking to the server.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use crate::types::{Action, After, Command, OutboxQuery, Outcome, Reply};
+use crate::types::{Action, After, Command, OutboxQuery, Outcome, Position, Reply};
 use crate::{Client, Error};
 
 /// What a handler made of a command.
@@ -182,7 +182,7 @@ impl Participant {
         let handler = Arc::new(handler);
         let mut stop = pin!(stop);
         let mut after = match self.load_position()? {
-            Some(after) => After::Offset(after),
+            Some(after) => After::from(after),
             None if self.from_latest => After::Latest,
             None => After::Start,
         };
@@ -192,7 +192,7 @@ impl Participant {
         loop {
             let query = OutboxQuery {
                 topics: vec![self.topic.clone()],
-                after,
+                after: after.clone(),
                 limit: Some((self.concurrency * 4).min(1000) as u32),
                 wait_ms: self.wait.as_millis() as u64,
                 share: self.share,
@@ -232,9 +232,9 @@ impl Participant {
                 return Ok(stats);
             }
             after = match page.next_after {
-                Some(next) if After::Offset(next) != after => {
-                    self.store_position(next)?;
-                    After::Offset(next)
+                Some(next) if After::from(next.clone()) != after => {
+                    self.store_position(&next)?;
+                    After::from(next)
                 }
                 // `latest` on an empty log: there is no offset to stand on yet, and
                 // what is appended next is at the start.
@@ -326,7 +326,7 @@ impl Participant {
         }
     }
 
-    fn load_position(&self) -> Result<Option<u64>, Error> {
+    fn load_position(&self) -> Result<Option<Position>, Error> {
         let Some(path) = &self.position_file else {
             return Ok(None);
         };
@@ -335,19 +335,18 @@ impl Participant {
             source,
         };
         match std::fs::read_to_string(path) {
-            Ok(text) => text.trim().parse().map(Some).map_err(|e| {
-                failed(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{text:?} is not an offset: {e}"),
-                ))
-            }),
+            Ok(text) if text.trim().is_empty() => Err(failed(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the file is empty, not an outbox position",
+            ))),
+            Ok(text) => Ok(text.trim().parse().ok()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(failed(e)),
         }
     }
 
     /// Stores `after` durably: a new file, synced, renamed over the old.
-    fn store_position(&self, after: u64) -> Result<(), Error> {
+    fn store_position(&self, after: &Position) -> Result<(), Error> {
         let Some(path) = &self.position_file else {
             return Ok(());
         };
@@ -497,9 +496,13 @@ mod tests {
         let client = Client::new("127.0.0.1:9".parse().unwrap());
         let p = Participant::new(client, "svc", "t").position_file(dir.path().join("pos"));
         assert_eq!(p.load_position().unwrap(), None);
-        p.store_position(41).unwrap();
-        assert_eq!(p.load_position().unwrap(), Some(41));
-        std::fs::write(dir.path().join("pos"), "x").unwrap();
+        p.store_position(&Position::Offset(41)).unwrap();
+        assert_eq!(p.load_position().unwrap(), Some(Position::Offset(41)));
+        // A partitioned server's cursor is kept as the text it sent.
+        let cursor = Position::Cursor("c.12.n.7".into());
+        p.store_position(&cursor).unwrap();
+        assert_eq!(p.load_position().unwrap(), Some(cursor));
+        std::fs::write(dir.path().join("pos"), " \n").unwrap();
         assert!(matches!(p.load_position(), Err(Error::Position { .. })));
     }
 }

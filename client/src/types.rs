@@ -148,19 +148,60 @@ pub struct ReplyAnswer {
 pub struct OutboxPage {
     pub items: Vec<Command>,
     /// Pass back as `after`; past every record this call looked at.
-    pub next_after: Option<u64>,
+    pub next_after: Option<Position>,
+}
+
+/// A position in the outbox, as a page's `next_after` gives it: an offset on a server
+/// with one partition, an opaque cursor over every partition on a server with more.
+/// Its text (`Display`, `FromStr`) is what the server sends, for keeping in a file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(untagged)]
+pub enum Position {
+    Offset(u64),
+    Cursor(String),
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Offset(offset) => write!(f, "{offset}"),
+            Position::Cursor(cursor) => f.write_str(cursor),
+        }
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Position, Self::Err> {
+        Ok(match text.parse() {
+            Ok(offset) => Position::Offset(offset),
+            Err(_) => Position::Cursor(text.to_string()),
+        })
+    }
 }
 
 /// Where an outbox read starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum After {
     /// The start of the log.
     #[default]
     Start,
-    /// After this offset (a page's `next_after`).
+    /// After this offset (a page's `next_after` on a server with one partition).
     Offset(u64),
+    /// After a cursor a page's `next_after` gave (a server with more partitions).
+    Cursor(String),
     /// Only what is issued from now on.
     Latest,
+}
+
+impl From<Position> for After {
+    fn from(position: Position) -> After {
+        match position {
+            Position::Offset(offset) => After::Offset(offset),
+            Position::Cursor(cursor) => After::Cursor(cursor),
+        }
+    }
 }
 
 /// `GET /api/v1/outbox`.
@@ -183,10 +224,13 @@ impl OutboxQuery {
         for topic in &self.topics {
             q.append_pair("topic", topic);
         }
-        match self.after {
+        match &self.after {
             After::Start => {}
             After::Offset(after) => {
                 q.append_pair("after", &after.to_string());
+            }
+            After::Cursor(cursor) => {
+                q.append_pair("after", cursor);
             }
             After::Latest => {
                 q.append_pair("after", "latest");

@@ -116,7 +116,9 @@ class Payment {
 
 function loadPosition(path) {
   try {
-    return Number(fs.readFileSync(path, "utf8").trim());
+    // An offset, or the cursor a server with several partitions sends.
+    const text = fs.readFileSync(path, "utf8").trim();
+    return /^[0-9]+$/.test(text) ? Number(text) : text;
   } catch (e) {
     if (e.code === "ENOENT") return null;
     throw e;

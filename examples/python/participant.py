@@ -109,7 +109,9 @@ class Payment:
 def load_position(path):
     try:
         with open(path) as f:
-            return int(f.read().strip())
+            text = f.read().strip()
+            # An offset, or the cursor a server with several partitions sends.
+            return int(text) if text.isdigit() else text
     except FileNotFoundError:
         return None
 

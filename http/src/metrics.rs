@@ -586,6 +586,9 @@ impl Metrics {
         for (p, engine) in partitions.local() {
             let partition = [p.to_string()];
             let partition = [partition[0].as_str()];
+            // The relay's figures, from the first scrape (0 without Kafka).
+            self.outbox.pending.with_label_values(&partition);
+            self.outbox.held.with_label_values(&partition);
             let log = engine.log_stats();
             let failing = engine.log_health().write_failure.is_some();
             self.service

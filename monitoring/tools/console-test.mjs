@@ -253,7 +253,7 @@ try {
   const letter = `#dead-letters tr[data-offset="${fixture.dead_letter_offset}"]`;
   await page.waitForSelector(letter, WAIT);
   await page.click(`${letter} button.replay`);
-  await confirm(`POST /internal/v1/outbox/dead-letters/${fixture.dead_letter_offset}/replay`);
+  await confirm(`POST /internal/v1/outbox/dead-letters/${fixture.dead_letter_offset}/replay?partition=0`);
   await page.waitForFunction((sel) => {
     const row = document.querySelector(sel);
     return row && !row.querySelector('button.replay') && document.querySelector('#page').dataset.state === 'ready';

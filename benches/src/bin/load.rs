@@ -174,7 +174,7 @@ fn main() -> Result<(), String> {
 
 async fn drive(addr: std::net::SocketAddr, args: &Args) -> Result<String, String> {
     let mut control = Client::connect(addr).await.map_err(|e| e.to_string())?;
-    let head = log_head(&mut control).await?;
+    let head = outbox_end(&mut control).await?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -217,7 +217,7 @@ async fn drive(addr: std::net::SocketAddr, args: &Args) -> Result<String, String
         .map(|topics| {
             let client = sagalog_client::Client::new(addr);
             let (run, commands) = (shared.run.clone(), commands_tx.clone());
-            tokio::spawn(poll_outbox(client, topics, head, run, commands))
+            tokio::spawn(poll_outbox(client, topics, head.clone(), run, commands))
         })
         .collect();
     drop(commands_tx);
@@ -250,15 +250,19 @@ async fn drive(addr: std::net::SocketAddr, args: &Args) -> Result<String, String
     Ok(report)
 }
 
-/// The log head from `/metrics`, so the outbox is read from there on.
-async fn log_head(client: &mut Client) -> Result<u64, String> {
-    let metrics = client.get("/metrics").await.map_err(|e| e.to_string())?;
-    metrics
-        .text()
-        .lines()
-        .find_map(|line| line.strip_prefix("sagalog_log_head_offset "))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| "the server's /metrics has no sagalog_log_head_offset".to_string())
+/// Where the outbox ends now (its `next_after` from `latest`), so that it is read from
+/// there on: an offset, or a cursor over every partition of a partitioned server.
+async fn outbox_end(client: &mut Client) -> Result<After, String> {
+    let page = client
+        .get("/api/v1/outbox?after=latest&limit=1")
+        .await
+        .map_err(|e| e.to_string())?;
+    let page = page.json();
+    Ok(match &page["next_after"] {
+        serde_json::Value::Number(n) => n.as_u64().map_or(After::Start, After::Offset),
+        serde_json::Value::String(cursor) => After::Cursor(cursor.clone()),
+        _ => After::Start,
+    })
 }
 
 /// Hands out saga numbers, each once there is room for another unfinished saga.
@@ -284,15 +288,15 @@ async fn feed(starts: flume::Sender<u64>, room: Arc<Semaphore>, sagas: u64, rate
 async fn poll_outbox(
     client: sagalog_client::Client,
     topics: Vec<String>,
-    head: u64,
+    head: After,
     run: String,
     commands: flume::Sender<Command>,
 ) -> Result<(), String> {
-    let mut after = head.checked_sub(1).map_or(After::Start, After::Offset);
+    let mut after = head;
     loop {
         let query = OutboxQuery {
             topics: topics.clone(),
-            after,
+            after: after.clone(),
             limit: Some(1000),
             wait_ms: 1000,
             share: None,
@@ -302,7 +306,7 @@ async fn poll_outbox(
             .await
             .map_err(|e| format!("outbox: {e}"))?;
         if let Some(next) = page.next_after {
-            after = After::Offset(next);
+            after = After::from(next);
         }
         for command in page.items {
             if command.saga_id.starts_with(&run) && commands.send_async(command).await.is_err() {

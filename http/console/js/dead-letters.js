@@ -21,7 +21,7 @@ export async function render(ctx) {
     content);
 
   async function replay(letter) {
-    const url = `/internal/v1/outbox/dead-letters/${encodeURIComponent(letter.offset)}/replay`;
+    const url = `/internal/v1/outbox/dead-letters/${encodeURIComponent(letter.offset)}/replay?partition=${encodeURIComponent(letter.partition)}`;
     const ok = await confirmCall({
       title: `Replay dead letter ${letter.offset}`,
       okLabel: 'Replay',
