@@ -137,7 +137,10 @@ async fn four_partitions_serve_one_api_and_keep_their_count() {
     // Starts with an id and without; repeats.
     let mut sagas = BTreeSet::new();
     for n in 0..40 {
-        let body = json!({"type": "quad", "saga_id": format!("p-{n}"), "payload": {"n": n}});
+        // Payloads of different sizes: pages cut by size hold more or fewer sagas.
+        let pad = "x".repeat((n % 5) * 400);
+        let body =
+            json!({"type": "quad", "saga_id": format!("p-{n}"), "payload": {"n": n, "pad": pad}});
         let answer = post(&mut c, "/api/v1/sagas", body.clone()).await;
         assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
         sagas.insert(format!("p-{n}"));
@@ -152,7 +155,8 @@ async fn four_partitions_serve_one_api_and_keep_their_count() {
         assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
         sagas.insert(answer.json()["saga_id"].as_str().unwrap().to_string());
     }
-    let repeat = json!({"type": "quad", "saga_id": "p-3", "payload": {"n": 3}});
+    let pad = "x".repeat(3 * 400);
+    let repeat = json!({"type": "quad", "saga_id": "p-3", "payload": {"n": 3, "pad": pad}});
     assert_eq!(
         post(&mut c, "/api/v1/sagas", repeat).await.status,
         StatusCode::OK
@@ -220,10 +224,14 @@ async fn four_partitions_serve_one_api_and_keep_their_count() {
     .err()
     .expect("a changed partition count is refused");
     assert!(refused.contains("holds 4 partitions, not 2"), "{refused}");
-    let server = serve(&dir, &[]);
+    // Small pages by size: each partition's page ends early, and the merged page must
+    // stop where the earliest of them did, or sagas would be skipped.
+    let server = serve(&dir, &["--max-list-bytes", "2048"]);
     let mut c = common::client(&server).await;
     let metrics = get(&mut c, "/metrics").await.text();
     assert_eq!(status_gauge(&metrics), gauges, "the gauges after a restart");
+    let listed: BTreeSet<String> = list_all(&mut c, "").await.into_iter().collect();
+    assert_eq!(listed, sagas, "every saga listed once in pages cut by size");
     // Every partition knows the definition: fresh sagas go to each in turn.
     for n in 0..8 {
         let answer = post(
