@@ -116,7 +116,8 @@ fn run(serve: Serve) -> Result<(), ServeError> {
         .doing(|| format!("opening {}", serve.data_dir.display()))?;
     // The limits a whole server has are shared out among its partitions.
     config.reserve_bytes = disk::reserve_bytes(&serve.data_dir, serve.reserve_bytes, count);
-    config.max_active_sagas = serve.max_active_sagas.div_ceil(count as usize);
+    // Every partition counts its active sagas into one count, which the limit bounds.
+    config.active_sagas = Some(Arc::default());
     let started = std::time::Instant::now();
     let partitions = Arc::new(
         Partitions::open(&serve.data_dir, count, |_| true, |_| config.clone())
@@ -283,6 +284,7 @@ async fn start_kafka(
     let config = RelayConfig {
         create_topics: serve.kafka_create_topics,
         max_message_bytes: serve.kafka_max_message_bytes,
+        reply_topic_partitions: partitions.count() as i32,
         ..RelayConfig::new(brokers.clone())
     };
     let mut relays = Vec::new();

@@ -167,6 +167,30 @@ async fn four_partitions_serve_one_api_and_keep_their_count() {
         StatusCode::CONFLICT
     );
 
+    // Positions of one partition's kind are refused with a 400 saying which this
+    // server takes.
+    for path in [
+        "/api/v1/outbox?after=5",
+        "/api/v1/outbox?after=c.1.2",
+        "/internal/v1/outbox/dead-letters?after=5",
+    ] {
+        common::expect_error(&get(&mut c, path).await, 400, "invalid_request");
+    }
+    let replay = common::admin(
+        &mut c,
+        hyper::Method::POST,
+        "/internal/v1/outbox/dead-letters/1/replay",
+        None,
+    )
+    .await;
+    let message = common::expect_error(&replay, 400, "invalid_request");
+    assert!(
+        message.contains("partition: required with 4 partitions"),
+        "{message}"
+    );
+    let letters = get(&mut c, "/internal/v1/outbox/dead-letters?after=3.0").await;
+    assert_eq!(letters.status, StatusCode::OK, "{}", letters.text());
+
     participate(&mut c, &sagas).await;
 
     let listed: BTreeSet<String> = list_all(&mut c, "").await.into_iter().collect();
@@ -397,4 +421,18 @@ async fn a_single_log_directory_is_partition_zero_of_one() {
     assert_eq!(saga.status, StatusCode::OK);
     let outbox = get(&mut c, "/api/v1/outbox").await.json();
     assert!(outbox["next_after"].is_u64(), "{outbox}");
+    for path in [
+        "/api/v1/outbox?after=c.1",
+        "/internal/v1/outbox/dead-letters?after=0.1",
+    ] {
+        common::expect_error(&get(&mut c, path).await, 400, "invalid_request");
+    }
+    let replay = common::admin(
+        &mut c,
+        hyper::Method::POST,
+        "/internal/v1/outbox/dead-letters/1/replay?partition=1",
+        None,
+    )
+    .await;
+    common::expect_error(&replay, 400, "invalid_request");
 }

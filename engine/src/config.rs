@@ -95,6 +95,9 @@ pub struct EngineConfig {
     /// Which partition of how many this engine is (see [`crate::partitions`]): the saga
     /// ids it makes land in it, and a start with an id of another partition is refused.
     pub partition: crate::partitions::PartitionOf,
+    /// The count of active sagas, shared by the partitions of one process so that
+    /// `max_active_sagas` bounds them together; `None`: this engine's own.
+    pub active_sagas: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -120,6 +123,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("builtin_definitions", &self.builtin_definitions)
             .field("timers", &self.timers)
             .field("partition", &self.partition)
+            .field("active_sagas", &self.active_sagas)
             .finish()
     }
 }
@@ -147,6 +151,7 @@ impl Default for EngineConfig {
             builtin_definitions: true,
             timers: true,
             partition: crate::partitions::PartitionOf::SOLE,
+            active_sagas: None,
         }
     }
 }

@@ -69,6 +69,10 @@ pub struct RelayConfig {
     /// Create missing topics at start (`--kafka-create-topics`).
     pub create_topics: bool,
     pub topic_partitions: i32,
+    /// Partitions the reply topic is created with: the deployment's partition count,
+    /// so that a reply produced with key = saga id (Kafka's murmur2 partitioner) lands
+    /// on the partition of the reply topic numbered as its saga's.
+    pub reply_topic_partitions: i32,
     pub topic_replication: i32,
     /// How often the stored position is written when it moved.
     pub position_interval: Duration,
@@ -92,6 +96,7 @@ impl RelayConfig {
             reply_group: "sagalog".into(),
             create_topics: true,
             topic_partitions: 3,
+            reply_topic_partitions: 1,
             topic_replication: 1,
             position_interval: Duration::from_millis(100),
             linger: Duration::from_millis(2),

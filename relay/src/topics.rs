@@ -54,9 +54,14 @@ pub async fn ensure(
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|name| {
+            let partitions = if *name == config.reply_topic {
+                config.reply_topic_partitions
+            } else {
+                config.topic_partitions
+            };
             NewTopic::new(
                 name,
-                config.topic_partitions,
+                partitions,
                 TopicReplication::Fixed(config.topic_replication),
             )
         })

@@ -57,15 +57,24 @@ impl Shard {
 /// The shards and the count of active sagas.
 pub(crate) struct ActiveSagas {
     shards: Box<[Shard]>,
-    /// Sagas started and not yet in a final status (`max_active_sagas` bounds it).
-    active: AtomicUsize,
+    /// Sagas started and not yet in a final status (`max_active_sagas` bounds it): this
+    /// engine's, or those of every partition of the process when they share the count.
+    active: Arc<AtomicUsize>,
 }
 
 impl ActiveSagas {
-    pub fn new(shards: Box<[Shard]>, active: usize) -> ActiveSagas {
+    /// With `shared`, the count is that of several engines together, each adding its
+    /// own.
+    pub fn new(
+        shards: Box<[Shard]>,
+        active: usize,
+        shared: Option<Arc<AtomicUsize>>,
+    ) -> ActiveSagas {
+        let count = shared.unwrap_or_default();
+        count.fetch_add(active, Ordering::Relaxed);
         ActiveSagas {
             shards,
-            active: AtomicUsize::new(active),
+            active: count,
         }
     }
 

@@ -90,7 +90,11 @@ impl Engine {
                 restored.replayed,
             ),
             registry: RwLock::new(restored.registry),
-            sagas: ActiveSagas::new(restored.shards, restored.active),
+            sagas: ActiveSagas::new(
+                restored.shards,
+                restored.active,
+                config.active_sagas.clone(),
+            ),
             projections: Mutex::new(restored.projections),
             timers: Timers::new(restored.timers),
             progress: Progress::new(watermark, restored.unindexed, config.max_unindexed),
