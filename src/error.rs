@@ -24,6 +24,9 @@ pub enum ServeError {
         doing: String,
         source: Box<RelayError>,
     },
+    /// Options that do not fit the data directory.
+    #[error("{0}")]
+    Options(String),
     #[error("definition {}: {source}", path.display())]
     Definition {
         path: PathBuf,

@@ -119,9 +119,24 @@ fn run(serve: Serve) -> Result<(), ServeError> {
     // Every partition counts its active sagas into one count, which the limit bounds.
     config.active_sagas = Some(Arc::default());
     let started = std::time::Instant::now();
+    // With other pods, this one holds the partitions numbered as it is, modulo the pods.
+    let (node, nodes) = serve
+        .cluster
+        .as_ref()
+        .map_or((0, 1), |c| (c.node_id, c.nodes));
+    if nodes > count {
+        return Err(ServeError::Options(format!(
+            "--nodes {nodes} is more than the {count} partitions: every node must hold one"
+        )));
+    }
     let partitions = Arc::new(
-        Partitions::open(&serve.data_dir, count, |_| true, |_| config.clone())
-            .doing(|| format!("opening {}", serve.data_dir.display()))?,
+        Partitions::open(
+            &serve.data_dir,
+            count,
+            |p| p % nodes == node,
+            |_| config.clone(),
+        )
+        .doing(|| format!("opening {}", serve.data_dir.display()))?,
     );
     let stats = partitions.stats();
     tracing::info!(
@@ -171,6 +186,10 @@ async fn serve_until_signal(
     let (stop, stopping) = Shutdown::new();
     let app = Arc::new(App {
         partitions: partitions.clone(),
+        cluster: serve
+            .cluster
+            .clone()
+            .map(|c| Arc::new(sagalog_http::cluster::Cluster::new(c))),
         metrics: metrics.clone(),
         config: ApiConfig {
             admin_token: serve.admin_token.clone(),

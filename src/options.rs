@@ -151,6 +151,21 @@ pub struct ServeArgs {
     /// the data directory holds, 1 for a new one]
     #[arg(long, env = "SAGALOG_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub partitions: Option<u32>,
+    /// Pods of the deployment sharing the partitions: pod I holds partition p when
+    /// p % R == I, and forwards what is another pod's [default: 1]
+    #[arg(long, env = "SAGALOG_NODES", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub nodes: Option<u32>,
+    /// This pod's ordinal, 0 to --nodes minus 1 [default: the number at the end of the
+    /// host name, as a StatefulSet's pod `sagalog-2` has]
+    #[arg(long, env = "SAGALOG_NODE_ID")]
+    pub node_id: Option<u32>,
+    /// A pod's base URL, `{i}` standing for its ordinal
+    /// (`http://sagalog-{i}.sagalog-headless:8080`); needed with --nodes over 1
+    #[arg(long, env = "SAGALOG_PEER_URL_TEMPLATE")]
+    pub peer_url_template: Option<String>,
+    /// The secret the pods' requests to each other carry; needed with --nodes over 1
+    #[arg(long, env = "SAGALOG_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
 }
 
 /// The options with every default filled in.
@@ -191,6 +206,8 @@ pub struct Serve {
     pub cgroup_root: PathBuf,
     /// `None`: as the data directory holds (1 for a new one).
     pub partitions: Option<u32>,
+    /// The other pods, with `--nodes` over 1.
+    pub cluster: Option<sagalog_http::cluster::ClusterConfig>,
 }
 
 /// The largest `max_payload_bytes`: a start's record (payload, id, trace and the rest)
@@ -255,6 +272,86 @@ fn listen_in_file<'de, D: serde::Deserializer<'de>>(
 }
 
 /// `value`, else `default`; refused when 0.
+/// The pods, with `--nodes` over 1: this one's ordinal (by default from the host
+/// name), the peers' URL template and the secret, each checked.
+fn cluster(
+    nodes: Option<u32>,
+    node_id: Option<u32>,
+    template: Option<String>,
+    secret: Option<String>,
+) -> Result<Option<sagalog_http::cluster::ClusterConfig>, OptionsError> {
+    let nodes = nodes.unwrap_or(1);
+    if nodes == 0 || nodes > 1024 {
+        return Err(invalid("nodes", format!("{nodes} is not in 1..=1024")));
+    }
+    if nodes == 1 {
+        return match node_id {
+            Some(id) if id > 0 => Err(invalid(
+                "node_id",
+                format!("{id}: with one node (--nodes 1) the only node is 0"),
+            )),
+            _ => Ok(None),
+        };
+    }
+    let node_id = match node_id {
+        Some(id) => id,
+        None => ordinal_of_host().ok_or_else(|| {
+            invalid(
+                "node_id",
+                "not given, and the host name does not end in a number (as a StatefulSet's pod sagalog-2 does)",
+            )
+        })?,
+    };
+    if node_id >= nodes {
+        return Err(invalid(
+            "node_id",
+            format!("{node_id} is not a node of {nodes} (0 to {})", nodes - 1),
+        ));
+    }
+    let template = template.ok_or_else(|| {
+        invalid(
+            "peer_url_template",
+            "needed with --nodes over 1: how to reach pod {i}, e.g. http://sagalog-{i}.sagalog-headless:8080",
+        )
+    })?;
+    if !template.contains("{i}")
+        || !(template.starts_with("http://") || template.starts_with("https://"))
+    {
+        return Err(invalid(
+            "peer_url_template",
+            format!("{template:?} must be an http:// URL with {{i}} for the pod's ordinal"),
+        ));
+    }
+    let secret = secret.filter(|s| !s.is_empty()).ok_or_else(|| {
+        invalid(
+            "cluster_secret",
+            "needed with --nodes over 1: the pods' requests to each other carry it",
+        )
+    })?;
+    if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "cluster_secret",
+            "printable ASCII without spaces only (it travels in a header)",
+        ));
+    }
+    Ok(Some(sagalog_http::cluster::ClusterConfig {
+        node_id,
+        nodes,
+        peer_url_template: template,
+        secret,
+    }))
+}
+
+/// The number at the end of the host name (`sagalog-2` → 2).
+fn ordinal_of_host() -> Option<u32> {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())?;
+    let host = host.trim();
+    let digits = host.len() - host.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    host[host.len() - digits..].parse().ok()
+}
+
 fn positive<T: Default + PartialEq>(
     option: &'static str,
     value: Option<T>,
@@ -362,6 +459,10 @@ impl ServeArgs {
             segment_bytes: self.segment_bytes.or(file.segment_bytes),
             log_retention: self.log_retention.or(file.log_retention),
             partitions: self.partitions.or(file.partitions),
+            nodes: self.nodes.or(file.nodes),
+            node_id: self.node_id.or(file.node_id),
+            peer_url_template: self.peer_url_template.or(file.peer_url_template),
+            cluster_secret: self.cluster_secret.or(file.cluster_secret),
         }
     }
 
@@ -395,6 +496,12 @@ impl ServeArgs {
             Some(text) => parse_retention(text)?,
             None => None,
         };
+        let cluster = cluster(
+            self.nodes,
+            self.node_id,
+            self.peer_url_template.clone(),
+            self.cluster_secret.clone(),
+        )?;
         let segment_bytes = self.segment_bytes.unwrap_or(64 << 20);
         if segment_bytes < 4096 {
             return Err(invalid(
@@ -462,6 +569,7 @@ impl ServeArgs {
                 .cgroup_root
                 .unwrap_or_else(|| sagalog_http::cgroup::DEFAULT_ROOT.into()),
             partitions: self.partitions,
+            cluster,
         })
     }
 }

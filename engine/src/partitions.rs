@@ -346,6 +346,11 @@ impl Partitions {
         Ok(added)
     }
 
+    /// The most bytes of sagas one list page holds (`EngineConfig::max_list_bytes`).
+    pub fn max_list_bytes(&self) -> usize {
+        max_list_bytes(self.first())
+    }
+
     /// The definitions (alike in every partition).
     pub fn definitions(&self) -> Vec<Arc<Definition>> {
         self.first().definitions()
@@ -540,24 +545,47 @@ fn add_counters(total: &mut Counters, more: &Counters) {
 /// so the page keeps only what lies at or above it; at most `limit` sagas and about
 /// `max_bytes`, its cursor then going on from its last saga.
 pub fn merge_pages(pages: Vec<ListPage>, limit: usize, max_bytes: usize) -> Result<ListPage> {
-    use crate::service::list::{encode_cursor, listed_bytes, parse_cursor, Position};
-    let mut stop: Option<Position> = None;
-    for page in &pages {
-        if let Some(cursor) = &page.next_cursor {
-            stop = stop.max(Some(parse_cursor(cursor)?));
+    let pages = pages
+        .into_iter()
+        .map(|page| (page.items, page.next_cursor))
+        .collect();
+    let (items, next_cursor) = merge_by(
+        pages,
+        limit,
+        max_bytes,
+        |v: &SagaView| (v.updated_at_ms, v.saga_id.clone()),
+        crate::service::list::listed_bytes,
+    )?;
+    Ok(ListPage { items, next_cursor })
+}
+
+/// [`merge_pages`] over pages of anything with a list position (`updated_at` in unix
+/// ms, saga id) and a size: the pages of partitions, or of pods.
+pub fn merge_by<T>(
+    pages: Vec<(Vec<T>, Option<String>)>,
+    limit: usize,
+    max_bytes: usize,
+    position: impl Fn(&T) -> (u64, String),
+    size: impl Fn(&T) -> usize,
+) -> Result<(Vec<T>, Option<String>)> {
+    use crate::service::list::parse_cursor;
+    let mut stop: Option<(u64, String)> = None;
+    for (_, cursor) in &pages {
+        if let Some(cursor) = cursor {
+            let (at, id) = parse_cursor(cursor)?;
+            stop = stop.max(Some((at, id.to_string())));
         }
     }
-    let position = |v: &SagaView| -> Position { (v.updated_at_ms, Arc::from(v.saga_id.as_str())) };
-    let mut items: Vec<SagaView> = pages
+    let mut items: Vec<T> = pages
         .into_iter()
-        .flat_map(|p| p.items)
+        .flat_map(|(items, _)| items)
         .filter(|v| stop.as_ref().is_none_or(|s| position(v) >= *s))
         .collect();
     items.sort_by_key(|v| std::cmp::Reverse(position(v)));
     let mut bytes = 0;
     let mut keep = 0;
-    for view in &items {
-        bytes += listed_bytes(view);
+    for item in &items {
+        bytes += size(item);
         if keep == limit || (bytes > max_bytes && keep > 0) {
             break;
         }
@@ -565,12 +593,13 @@ pub fn merge_pages(pages: Vec<ListPage>, limit: usize, max_bytes: usize) -> Resu
     }
     let cut = keep < items.len();
     items.truncate(keep);
+    let encode = |(at, id): &(u64, String)| format!("{at}_{id}");
     let next_cursor = if cut {
-        items.last().map(|v| encode_cursor(&position(v)))
+        items.last().map(|v| encode(&position(v)))
     } else {
-        stop.as_ref().map(encode_cursor)
+        stop.as_ref().map(encode)
     };
-    Ok(ListPage { items, next_cursor })
+    Ok((items, next_cursor))
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ impl Default for ApiConfig {
 pub struct App {
     /// The engines of the partitions this server holds.
     pub partitions: Arc<Partitions>,
+    /// The other pods of the deployment, with `--nodes` over 1.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub metrics: Arc<Metrics>,
     pub config: ApiConfig,
     pub clock: Arc<dyn Clock>,
@@ -130,11 +132,20 @@ fn set_part(
 
 pub type Body = Full<Bytes>;
 
-fn respond(status: StatusCode, body: impl serde::Serialize) -> Response<Body> {
+pub(crate) fn respond(status: StatusCode, body: impl serde::Serialize) -> Response<Body> {
     respond_bytes(
         status,
         serde_json::to_vec(&body).expect("response bodies serialize"),
     )
+}
+
+/// The JSON body of a response made here (`Null` when it has none).
+pub(crate) async fn response_json(response: Response<Body>) -> Value {
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or_default()
 }
 
 /// A response with a JSON body already serialized.
@@ -235,7 +246,35 @@ impl App {
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(trace_id_of);
+        // With other pods: a request of a peer is answered from this pod's partitions;
+        // a client's goes to the saga's pod, or to every pod.
+        let mut from_peer = false;
+        let cluster = match &self.cluster {
+            Some(cluster) => match cluster.from_peer(request.headers()) {
+                Some(true) => {
+                    from_peer = true;
+                    None
+                }
+                Some(false) => {
+                    return Err(ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "the x-sagalog-peer header does not carry this cluster's secret",
+                    ))
+                }
+                None => Some((cluster.clone(), crate::fanout::Asked::of(&request, &query))),
+            },
+            None => None,
+        };
         let body = read_body(request, &self.config, self.stopping.clone()).await?;
+        if let Some((cluster, asked)) = cluster {
+            if let Some(answer) = self
+                .across_pods(&cluster, &asked, matched.route, &param, &body)
+                .await
+            {
+                return answer.map_err(|e| self.counted(e));
+            }
+        }
         let result = match matched.route {
             Route::StartSaga => self.start(&body, trace_id).await,
             Route::Reply => self.reply(&param, &body).await,
@@ -243,7 +282,7 @@ impl App {
             Route::History => self.history(&param).await,
             Route::ListSagas => self.list(&query).await,
             Route::Stats => self.stats().await,
-            Route::Outbox => self.outbox(&query).await,
+            Route::Outbox => self.outbox(&query, from_peer).await,
             Route::PutDefinition => self.put_definition(&param, &body).await,
             Route::ListDefinitions => self.list_definitions(&query),
             Route::OverrideStatus => self.override_status(&param, &body).await,
@@ -273,9 +312,9 @@ impl App {
         Ok(respond(StatusCode::OK, json::saga(&view)))
     }
 
-    async fn outbox(&self, query: &str) -> Result<Response<Body>, ApiError> {
+    async fn outbox(&self, query: &str, from_peer: bool) -> Result<Response<Body>, ApiError> {
         let query = OutboxQuery::parse(query, self.config.max_outbox_wait_ms)?;
-        let page = outbox::poll(&self.partitions, &query, self.stopping.clone()).await?;
+        let page = outbox::poll(&self.partitions, &query, self.stopping.clone(), from_peer).await?;
         Ok(respond_bytes(StatusCode::OK, page))
     }
 
@@ -379,14 +418,14 @@ impl App {
         ))
     }
 
-    async fn pause(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    pub(crate) async fn pause(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
         let body: json::PauseBody = json::parse(body)?;
         let topics = json::change_topics(body.topics)?;
         let change = self.partitions.pause_delivery(topics, body.reason).await?;
         Ok(self.delivery_response(change.offset, &change.delivery))
     }
 
-    async fn resume(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    pub(crate) async fn resume(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
         let body: json::ResumeBody = json::parse(body)?;
         let topics = json::change_topics(body.topics)?;
         let change = self.partitions.resume_delivery(topics).await?;
@@ -446,7 +485,7 @@ impl App {
         )
     }
 
-    fn counted(&self, e: ApiError) -> ApiError {
+    pub(crate) fn counted(&self, e: ApiError) -> ApiError {
         if e.storage {
             self.metrics.storage_error();
         }
@@ -618,7 +657,7 @@ impl App {
 
     /// With one partition `after` is an offset; with more, `PARTITION.OFFSET` (the
     /// `next_after` of the page before), dead letters going by partition, then offset.
-    fn dead_letters(&self, query: &str) -> Result<Response<Body>, ApiError> {
+    pub(crate) fn dead_letters(&self, query: &str) -> Result<Response<Body>, ApiError> {
         let several = self.partitions.count() > 1;
         let (mut after, mut limit) = (None, DEFAULT_LIMIT);
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -876,7 +915,7 @@ fn trace_id_of(traceparent: &str) -> Option<String> {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

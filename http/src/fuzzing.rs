@@ -16,6 +16,7 @@ pub async fn app(dir: &Path) -> Arc<App> {
     let engine = Arc::new(Engine::open(dir, EngineConfig::default()).expect("a scratch engine"));
     let app = Arc::new(App {
         partitions: Arc::new(Partitions::single(engine)),
+        cluster: None,
         metrics: Metrics::new(),
         config: ApiConfig::default(),
         clock: Arc::new(SystemClock) as Arc<dyn Clock>,

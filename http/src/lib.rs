@@ -14,13 +14,17 @@
 //! - [`server`]: the accept loop, connection limit and its overflow lane, the probe
 //!   listener, hyper's own answers in the JSON error shape, the graceful stop.
 //! - [`client`]: a small keep-alive client for tests and the load generator.
+//! - [`cluster`]: the pods of a deployment — forwarding to a saga's pod, asking every
+//!   pod, the peers' own client and secret.
 
 pub mod app;
 pub mod bulk;
 pub mod cgroup;
 pub mod client;
+pub mod cluster;
 pub mod console;
 pub mod error;
+mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod json;

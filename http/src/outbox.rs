@@ -57,7 +57,7 @@ pub enum After {
 }
 
 /// A partitioned outbox's cursor: after these offsets, by partition.
-fn encode_cursor(positions: &[Option<u64>]) -> String {
+pub fn encode_cursor(positions: &[Option<u64>]) -> String {
     let mut out = String::from("c");
     for position in positions {
         out.push('.');
@@ -69,7 +69,7 @@ fn encode_cursor(positions: &[Option<u64>]) -> String {
     out
 }
 
-fn parse_cursor(value: &str) -> Option<Vec<Option<u64>>> {
+pub fn parse_cursor(value: &str) -> Option<Vec<Option<u64>>> {
     let rest = value.strip_prefix("c.")?;
     rest.split('.')
         .map(|part| match part {
@@ -152,10 +152,14 @@ struct Page<'a, A> {
 /// partition ([`After::Cursor`]): the commands of each partition come in its log order,
 /// one partition's after another's, and a long poll answers with the first partition
 /// that has some.
+///
+/// `peer`: the call is a pod's of the same deployment, whose page also says where it
+/// started (`from_after`).
 pub async fn poll(
     partitions: &Partitions,
     query: &OutboxQuery,
     stopping: Shutdown,
+    peer: bool,
 ) -> Result<Vec<u8>, ApiError> {
     let count = partitions.count() as usize;
     let bad = |message: String| ApiError::bad_request("invalid_request", message);
@@ -187,24 +191,55 @@ pub async fn poll(
         };
         return Ok(serde_json::to_vec(&page).expect("a page serializes"));
     }
-    let mut positions: Vec<Option<u64>> = match &query.after {
-        After::Start => vec![None; count],
-        After::Latest => (0..count as u32)
-            .map(|p| partitions.get(p).and_then(|e| e.log_bounds().1.checked_sub(1)))
-            .collect(),
-        After::Cursor(positions) if positions.len() == count => positions.clone(),
-        After::Cursor(positions) => {
-            return Err(bad(format!(
-                "after: the cursor covers {} partitions, this server has {count}; it is not one this server returned",
-                positions.len()
-            )))
-        }
-        After::Offset(_) => {
-            return Err(bad(format!(
-                "after: with {count} partitions, after is the cursor a call's next_after gave (or latest), not an offset"
-            )))
-        }
+    let from = resolve(partitions, &query.after)?;
+    let (items, next) = poll_several(partitions, from.clone(), query, stopping).await?;
+    let page = SeveralPage {
+        items: &items,
+        next_after: encode_cursor(&next),
+        // Where the page started, for the pod that asked (it keeps these positions of
+        // a page it does not use).
+        from_after: peer.then(|| encode_cursor(&from)),
     };
+    Ok(serde_json::to_vec(&page).expect("a page serializes"))
+}
+
+#[derive(serde::Serialize)]
+struct SeveralPage<'a> {
+    items: &'a [Command],
+    next_after: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_after: Option<String>,
+}
+
+/// Where a call of a server with several partitions starts: a position in each
+/// (those of partitions held elsewhere as the cursor gave them, `None` otherwise).
+pub fn resolve(partitions: &Partitions, after: &After) -> Result<Vec<Option<u64>>, ApiError> {
+    let count = partitions.count() as usize;
+    let bad = |message: String| ApiError::bad_request("invalid_request", message);
+    match after {
+        After::Start => Ok(vec![None; count]),
+        After::Latest => Ok((0..count as u32)
+            .map(|p| partitions.get(p).and_then(|e| e.log_bounds().1.checked_sub(1)))
+            .collect()),
+        After::Cursor(positions) if positions.len() == count => Ok(positions.clone()),
+        After::Cursor(positions) => Err(bad(format!(
+            "after: the cursor covers {} partitions, this server has {count}; it is not one this server returned",
+            positions.len()
+        ))),
+        After::Offset(_) => Err(bad(format!(
+            "after: with {count} partitions, after is the cursor a call's next_after gave (or latest), not an offset"
+        ))),
+    }
+}
+
+/// The commands of the local partitions after `positions` (see [`poll`]), and the
+/// positions after them.
+pub async fn poll_several(
+    partitions: &Partitions,
+    mut positions: Vec<Option<u64>>,
+    query: &OutboxQuery,
+    stopping: Shutdown,
+) -> Result<(Vec<Command>, Vec<Option<u64>>), ApiError> {
     // What every partition has now, one after the other, without waiting.
     let mut items = Vec::new();
     for (p, engine) in partitions.local() {
@@ -255,11 +290,7 @@ pub async fn poll(
             }
         }
     }
-    let page = Page {
-        items: &items,
-        next_after: encode_cursor(&positions),
-    };
-    Ok(serde_json::to_vec(&page).expect("a page serializes"))
+    Ok((items, positions))
 }
 
 /// Names the partition in an error of its log.

@@ -24,10 +24,10 @@ use crate::service::indexing::{
 };
 use crate::service::inner::Inner;
 
-pub(crate) type Position = (u64, Arc<str>);
+type Position = (u64, Arc<str>);
 
 /// `{updated_at_ms}_{saga_id}` (saga ids never contain `_`).
-pub(crate) fn encode_cursor(position: &Position) -> String {
+fn encode_cursor(position: &Position) -> String {
     format!("{}_{}", position.0, position.1)
 }
 

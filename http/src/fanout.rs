@@ -1,0 +1,517 @@
+//! A client's request on a server with other pods (see [`crate::cluster`]): one for a
+//! saga of another pod's partition is forwarded there; a list is asked of every pod and
+//! merged; a definition and a delivery pause or resume are sent to every pod.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::app::{App, Body};
+use crate::cluster::{Cluster, PeerAnswer};
+use crate::error::ApiError;
+use crate::outbox::{self, OutboxQuery};
+use crate::query::{list_query, saga_id, DEFAULT_LIMIT};
+use crate::routes::Route;
+
+/// What a client asked, kept to ask a peer the same.
+pub struct Asked {
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    query: String,
+}
+
+impl Asked {
+    pub fn of(request: &Request<Incoming>, query: &str) -> Asked {
+        Asked {
+            method: request.method().clone(),
+            path_and_query: request.uri().path_and_query().map_or_else(
+                || request.uri().path().to_string(),
+                |p| p.as_str().to_string(),
+            ),
+            headers: request.headers().clone(),
+            query: query.to_string(),
+        }
+    }
+}
+
+/// A peer's outbox page: its commands, and its cursor after them and before.
+struct PeerPage {
+    items: Vec<Value>,
+    next: Vec<Option<u64>>,
+    from: Vec<Option<u64>>,
+}
+
+/// The `saga_id` a start's body names, if it names one (a body that does not parse is
+/// answered here, with the error it gets anywhere).
+fn start_id(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Start {
+        saga_id: Option<String>,
+    }
+    serde_json::from_slice::<Start>(body).ok()?.saga_id
+}
+
+impl App {
+    /// The answer when the request is for another pod or for every pod; `None` when
+    /// this pod answers it alone, as a server with no peers does.
+    pub(crate) async fn across_pods(
+        &self,
+        cluster: &Arc<Cluster>,
+        asked: &Asked,
+        route: Route,
+        param: &str,
+        body: &Bytes,
+    ) -> Option<Result<Response<Body>, ApiError>> {
+        match route {
+            Route::Reply
+            | Route::GetSaga
+            | Route::History
+            | Route::OverrideStatus
+            | Route::Retry => {
+                let id = saga_id(param).ok()?;
+                let p = self.partitions.owner(id).err()?;
+                Some(self.forward(cluster, p, asked, body).await)
+            }
+            Route::StartSaga => {
+                let id = start_id(body)?;
+                let p = self.partitions.owner(saga_id(&id).ok()?).err()?;
+                Some(self.forward(cluster, p, asked, body).await)
+            }
+            Route::ListSagas => Some(self.list_everywhere(cluster, asked).await),
+            Route::Outbox => Some(self.outbox_everywhere(cluster, asked).await),
+            Route::DeadLetters => Some(self.dead_letters_everywhere(cluster, asked).await),
+            Route::ReplayDeadLetter => {
+                let p = form_urlencoded::parse(asked.query.as_bytes())
+                    .find(|(k, _)| k == "partition")
+                    .and_then(|(_, v)| v.parse::<u32>().ok())
+                    .filter(|&p| p < self.partitions.count())?;
+                self.partitions.get(p).is_none().then_some(())?;
+                Some(self.forward(cluster, p, asked, body).await)
+            }
+            Route::PutDefinition | Route::Pause | Route::Resume => {
+                Some(self.everywhere(cluster, asked, route, param, body).await)
+            }
+            _ => None,
+        }
+    }
+
+    /// The request, sent to the pod of partition `p`; its answer as it came.
+    async fn forward(
+        &self,
+        cluster: &Cluster,
+        p: u32,
+        asked: &Asked,
+        body: &Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let what = format!("partition {p} of {}", self.partitions.count());
+        let answer = cluster
+            .send(
+                cluster.node_of(p),
+                asked.method.clone(),
+                &asked.path_and_query,
+                &asked.headers,
+                body.clone(),
+                Duration::ZERO,
+                &what,
+            )
+            .await?;
+        Ok(answer.into_response())
+    }
+
+    /// The same request of every peer at once, each answer by node.
+    async fn ask_peers(
+        &self,
+        cluster: &Arc<Cluster>,
+        asked: &Asked,
+        body: &Bytes,
+    ) -> Vec<(u32, Result<PeerAnswer, ApiError>)> {
+        let mut asks = tokio::task::JoinSet::new();
+        for node in cluster.peers() {
+            let (cluster, method, path) = (
+                cluster.clone(),
+                asked.method.clone(),
+                asked.path_and_query.clone(),
+            );
+            let (headers, body) = (asked.headers.clone(), body.clone());
+            asks.spawn(async move {
+                let what = format!("what node {node} holds");
+                let answer = cluster
+                    .send(node, method, &path, &headers, body, Duration::ZERO, &what)
+                    .await;
+                (node, answer)
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(joined) = asks.join_next().await {
+            if let Ok(answer) = joined {
+                answers.push(answer);
+            }
+        }
+        answers.sort_by_key(|(node, _)| *node);
+        answers
+    }
+
+    /// `GET /api/v1/sagas` of every pod, merged as the partitions of one pod are.
+    async fn list_everywhere(
+        &self,
+        cluster: &Arc<Cluster>,
+        asked: &Asked,
+    ) -> Result<Response<Body>, ApiError> {
+        let list = list_query(&asked.query, DEFAULT_LIMIT)?;
+        let empty = Bytes::new();
+        let (local, peers) = tokio::join!(
+            self.partitions.list(&list),
+            self.ask_peers(cluster, asked, &empty)
+        );
+        let local = local?;
+        let mut pages: Vec<(Vec<Value>, Option<String>)> = vec![(
+            local
+                .items
+                .iter()
+                .map(|v| json!(crate::json::saga(v)))
+                .collect(),
+            local.next_cursor,
+        )];
+        for (_, answer) in peers {
+            let answer = answer?;
+            if answer.status != StatusCode::OK {
+                return Ok(answer.into_response());
+            }
+            let page = answer.json().unwrap_or_default();
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            let cursor = page["next_cursor"].as_str().map(str::to_string);
+            pages.push((items, cursor));
+        }
+        let position = |item: &Value| {
+            let at = item["updated_at"]
+                .as_str()
+                .and_then(|t| crate::json::parse_rfc3339("updated_at", t).ok())
+                .unwrap_or(0);
+            (at, item["saga_id"].as_str().unwrap_or_default().to_string())
+        };
+        let (items, next_cursor) = sagalog_engine::partitions::merge_by(
+            pages,
+            list.limit,
+            self.partitions.max_list_bytes(),
+            position,
+            |item| item.to_string().len(),
+        )?;
+        Ok(crate::app::respond(
+            StatusCode::OK,
+            json!({"items": items, "next_cursor": next_cursor}),
+        ))
+    }
+
+    /// `GET /api/v1/outbox` of every pod: first what each has now (a page keeps whole
+    /// pods' answers up to `limit`; the others' partitions stay where they were), then,
+    /// with nothing and `wait_ms`, a wait on every pod, answered by the first that has
+    /// commands. A pod that does not answer is left out (its partitions' positions do
+    /// not move), so the other pods' commands still flow while one is down.
+    async fn outbox_everywhere(
+        &self,
+        cluster: &Arc<Cluster>,
+        asked: &Asked,
+    ) -> Result<Response<Body>, ApiError> {
+        let query = OutboxQuery::parse(&asked.query, self.config.max_outbox_wait_ms)?;
+        let from = outbox::resolve(&self.partitions, &query.after)?;
+        let count = self.partitions.count() as usize;
+        // Pass 1: now, everywhere.
+        let now = OutboxQuery {
+            wait_ms: 0,
+            ..query.clone()
+        };
+        let (local, peers) = tokio::join!(
+            outbox::poll_several(&self.partitions, from.clone(), &now, self.stopping.clone()),
+            self.outbox_of_peers(cluster, asked, None, 0)
+        );
+        let (local_items, local_next) = local?;
+        let mut positions = from.clone();
+        let mut items: Vec<Value> = Vec::new();
+        let mut take = |node: u32,
+                        found: Vec<Value>,
+                        next: &[Option<u64>],
+                        start: &[Option<u64>],
+                        items: &mut Vec<Value>| {
+            let kept = items.len() + found.len() <= query.limit;
+            for p in (0..count).filter(|&p| cluster.node_of(p as u32) == node) {
+                positions[p] = if kept { next[p] } else { start[p] };
+            }
+            if kept {
+                items.extend(found);
+            }
+        };
+        let local_found = local_items
+            .iter()
+            .map(|c| serde_json::to_value(c).expect("a command serializes"))
+            .collect();
+        take(
+            cluster.config.node_id,
+            local_found,
+            &local_next,
+            &from,
+            &mut items,
+        );
+        for (node, page) in &peers {
+            take(
+                *node,
+                page.items.clone(),
+                &page.next,
+                &page.from,
+                &mut items,
+            );
+        }
+        if items.is_empty() && query.wait_ms > 0 {
+            // Pass 2: wait everywhere from there; the first pod with commands answers.
+            let cursor = outbox::encode_cursor(&positions);
+            let waiting = OutboxQuery {
+                after: outbox::After::Cursor(positions.clone()),
+                ..query.clone()
+            };
+            let start = positions.clone();
+            let local = async {
+                let found =
+                    outbox::poll_several(&self.partitions, start, &waiting, self.stopping.clone())
+                        .await;
+                found.map(|(found, next)| {
+                    let found: Vec<Value> = found
+                        .iter()
+                        .map(|c| serde_json::to_value(c).expect("a command serializes"))
+                        .collect();
+                    (cluster.config.node_id, found, next)
+                })
+            };
+            let remote = async {
+                let pages = self
+                    .outbox_of_peers(cluster, asked, Some(&cursor), query.wait_ms)
+                    .await;
+                pages.into_iter().find(|(_, page)| !page.items.is_empty())
+            };
+            tokio::pin!(local, remote);
+            let winner = tokio::select! {
+                found = &mut local => Some(found?),
+                found = &mut remote => found.map(|(node, page)| (node, page.items, page.next)),
+            };
+            drop((local, remote));
+            if let Some((node, found, next)) = winner {
+                for p in (0..count).filter(|&p| cluster.node_of(p as u32) == node) {
+                    positions[p] = next[p];
+                }
+                items = found;
+            }
+        }
+        Ok(crate::app::respond(
+            StatusCode::OK,
+            json!({"items": items, "next_after": outbox::encode_cursor(&positions)}),
+        ))
+    }
+
+    /// Every peer's outbox page for the client's query (after `cursor` when given),
+    /// waiting at most `wait_ms`; the peers that answered, by node.
+    async fn outbox_of_peers(
+        &self,
+        cluster: &Arc<Cluster>,
+        asked: &Asked,
+        cursor: Option<&str>,
+        wait_ms: u64,
+    ) -> Vec<(u32, PeerPage)> {
+        let count = self.partitions.count() as usize;
+        let path_and_query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            for (key, value) in form_urlencoded::parse(asked.query.as_bytes()) {
+                match key.as_ref() {
+                    "wait_ms" => {}
+                    "after" if cursor.is_some() => {}
+                    _ => {
+                        query.append_pair(&key, &value);
+                    }
+                }
+            }
+            query.append_pair("wait_ms", &wait_ms.to_string());
+            if let Some(cursor) = cursor {
+                query.append_pair("after", cursor);
+            }
+            format!("/api/v1/outbox?{}", query.finish())
+        };
+        let again = Asked {
+            method: Method::GET,
+            path_and_query,
+            headers: asked.headers.clone(),
+            query: String::new(),
+        };
+        let answers = if wait_ms == 0 {
+            self.ask_peers(cluster, &again, &Bytes::new()).await
+        } else {
+            self.ask_peers_waiting(cluster, &again, Duration::from_millis(wait_ms))
+                .await
+        };
+        let mut pages = Vec::new();
+        for (node, answer) in answers {
+            let page = match answer {
+                Ok(answer) if answer.status == StatusCode::OK => answer.json(),
+                Ok(answer) => {
+                    tracing::warn!(node, status = %answer.status, body = %String::from_utf8_lossy(&answer.body), "a pod refused an outbox read");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(node, error = %e.message, "a pod's outbox is left out");
+                    None
+                }
+            };
+            let Some(page) = page else { continue };
+            let cursor = |field: &str| {
+                page[field]
+                    .as_str()
+                    .and_then(outbox::parse_cursor)
+                    .filter(|c| c.len() == count)
+            };
+            let (Some(next), Some(from)) = (cursor("next_after"), cursor("from_after")) else {
+                continue;
+            };
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            pages.push((node, PeerPage { items, next, from }));
+        }
+        pages
+    }
+
+    /// [`App::ask_peers`] for requests that may wait up to `wait` (long polls).
+    async fn ask_peers_waiting(
+        &self,
+        cluster: &Arc<Cluster>,
+        asked: &Asked,
+        wait: Duration,
+    ) -> Vec<(u32, Result<PeerAnswer, ApiError>)> {
+        let mut asks = tokio::task::JoinSet::new();
+        for node in cluster.peers() {
+            let (cluster, path, headers) = (
+                cluster.clone(),
+                asked.path_and_query.clone(),
+                asked.headers.clone(),
+            );
+            asks.spawn(async move {
+                let what = format!("what node {node} holds");
+                let answer = cluster
+                    .send(
+                        node,
+                        Method::GET,
+                        &path,
+                        &headers,
+                        Bytes::new(),
+                        wait,
+                        &what,
+                    )
+                    .await;
+                (node, answer)
+            });
+        }
+        // The first page with commands ends the wait; the others are dropped.
+        let mut answers = Vec::new();
+        while let Some(joined) = asks.join_next().await {
+            let Ok((node, answer)) = joined else { continue };
+            let found = matches!(&answer, Ok(a) if a.json().is_some_and(|page| {
+                page["items"].as_array().is_some_and(|items| !items.is_empty())
+            }));
+            answers.push((node, answer));
+            if found {
+                break;
+            }
+        }
+        answers
+    }
+
+    /// Dead letters of every pod, by partition then offset.
+    async fn dead_letters_everywhere(
+        &self,
+        cluster: &Arc<Cluster>,
+        asked: &Asked,
+    ) -> Result<Response<Body>, ApiError> {
+        let local = self.dead_letters(&asked.query)?;
+        let mut pages = vec![crate::app::response_json(local).await];
+        for (_, answer) in self.ask_peers(cluster, asked, &Bytes::new()).await {
+            let answer = answer?;
+            if answer.status != StatusCode::OK {
+                return Ok(answer.into_response());
+            }
+            pages.push(answer.json().unwrap_or_default());
+        }
+        let limit = form_urlencoded::parse(asked.query.as_bytes())
+            .find(|(k, _)| k == "limit")
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(DEFAULT_LIMIT);
+        let key = |item: &Value| (item["partition"].as_u64(), item["offset"].as_u64());
+        let mut items: Vec<Value> = pages
+            .iter()
+            .flat_map(|page| page["items"].as_array().cloned().unwrap_or_default())
+            .collect();
+        items.sort_by_key(key);
+        items.truncate(limit);
+        let next_after = match items.last() {
+            Some(last) => json!(format!("{}.{}", last["partition"], last["offset"])),
+            None => pages
+                .first()
+                .map(|page| page["next_after"].clone())
+                .unwrap_or(Value::Null),
+        };
+        Ok(crate::app::respond(
+            StatusCode::OK,
+            json!({"items": items, "next_after": next_after}),
+        ))
+    }
+
+    /// A definition, a pause or a resume: here first (its answer is the answer), then
+    /// on every peer. A peer that did not take it makes the answer `503
+    /// partially_applied`, naming it: the request is idempotent, repeat it.
+    async fn everywhere(
+        &self,
+        cluster: &Arc<Cluster>,
+        asked: &Asked,
+        route: Route,
+        param: &str,
+        body: &Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let local = match route {
+            Route::PutDefinition => self.put_definition(param, body).await?,
+            Route::Pause => self.pause(body).await?,
+            _ => self.resume(body).await?,
+        };
+        let mut failed = Vec::new();
+        let mut nodes =
+            vec![json!({"node": cluster.config.node_id, "status": local.status().as_u16()})];
+        for (node, answer) in self.ask_peers(cluster, asked, body).await {
+            match answer {
+                Ok(answer) if answer.status.is_success() => {
+                    nodes.push(json!({"node": node, "status": answer.status.as_u16()}));
+                }
+                Ok(answer) => failed.push(format!(
+                    "node {node} answered {}: {}",
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body)
+                )),
+                Err(e) => failed.push(e.message),
+            }
+        }
+        if !failed.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "partially_applied",
+                format!(
+                    "done on nodes {}; not on every node: {} — repeat the request (it changes nothing where it was done)",
+                    nodes
+                        .iter()
+                        .map(|n| n["node"].to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    failed.join("; ")
+                ),
+            ));
+        }
+        let status = local.status();
+        let mut out = crate::app::response_json(local).await;
+        out["nodes"] = Value::Array(nodes);
+        Ok(crate::app::respond(status, out))
+    }
+}
