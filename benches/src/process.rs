@@ -29,11 +29,21 @@ impl Server {
     /// Starts `binary serve --data-dir DIR --listen 127.0.0.1:0 --log-format json EXTRA…`
     /// with no admin token from the environment; returns once it listens.
     pub fn start(binary: &Path, data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
+        Server::start_on(binary, data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// [`Server::start`] listening on `listen`.
+    pub fn start_on(
+        binary: &Path,
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Result<Server, String> {
         let mut child = Command::new(binary)
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--listen", listen, "--log-format", "json"])
             .args(extra)
             .env_remove("SAGALOG_ADMIN_TOKEN")
             .stdout(Stdio::null())
