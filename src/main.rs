@@ -203,7 +203,7 @@ async fn serve_until_signal(
         readiness: Readiness::default(),
         activity: Default::default(),
     });
-    let kafka = start_kafka(serve, &partitions, &metrics, &app.readiness).await?;
+    let kafka = start_kafka(serve, &partitions, &metrics, &app).await?;
     let tasks = Tasks {
         demo: serve
             .demo
@@ -295,8 +295,9 @@ async fn start_kafka(
     serve: &Serve,
     partitions: &Arc<Partitions>,
     metrics: &Arc<Metrics>,
-    readiness: &Readiness,
+    app: &App,
 ) -> Result<Option<(Vec<Relay>, ReplyConsumer)>, ServeError> {
+    let readiness = &app.readiness;
     let Some(brokers) = &serve.kafka_brokers else {
         return Ok(None);
     };
@@ -315,11 +316,27 @@ async fn start_kafka(
         relays.push(relay);
     }
     let observer = Arc::new(RelayMetrics::new(metrics, readiness, 0));
+    let assignment = match &app.cluster {
+        Some(cluster) => sagalog_relay::Assignment {
+            node: cluster.config.node_id,
+            nodes: cluster.config.nodes,
+            forwarder: Some(Arc::new(ForwardReplies(
+                cluster.clone(),
+                partitions.count(),
+            ))),
+        },
+        None => sagalog_relay::Assignment {
+            node: 0,
+            nodes: 1,
+            forwarder: None,
+        },
+    };
     let replies = ReplyConsumer::start(
         partitions.clone(),
         &config,
         observer,
         relays[0].topics_checked(),
+        assignment,
     )
     .doing(|| format!("starting the Kafka reply consumer ({brokers})"))?;
     Ok(Some((relays, replies)))
@@ -483,6 +500,46 @@ impl ReplyObserver for RelayMetrics {
 
     fn lag(&self, messages: i64) {
         self.0.outbox.consumer_lag.set(messages);
+    }
+
+    fn forwarded(&self) {
+        self.0.outbox.replies_forwarded.inc();
+    }
+}
+
+/// Hands a reply of another pod's saga to that pod, over the pods' own client.
+struct ForwardReplies(Arc<sagalog_http::cluster::Cluster>, u32);
+
+impl sagalog_relay::ReplyForwarder for ForwardReplies {
+    fn forward(
+        &self,
+        partition: u32,
+        saga_id: String,
+        reply: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        let (cluster, count) = (self.0.clone(), self.1);
+        Box::pin(async move {
+            let what = format!("partition {partition} of {count}");
+            let answer = cluster
+                .post_json(
+                    cluster.node_of(partition),
+                    &format!("/api/v1/sagas/{saga_id}/events"),
+                    reply,
+                    &what,
+                )
+                .await
+                .map_err(|e| e.message)?;
+            // Its pod decided (a 4xx is a reply that does not fit: it is not tried
+            // again, as a local one is not); a 5xx is tried again.
+            if answer.status.is_server_error() {
+                return Err(format!(
+                    "its pod answered {}: {}",
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body)
+                ));
+            }
+            Ok(())
+        })
     }
 }
 

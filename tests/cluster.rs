@@ -8,96 +8,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::pods::{node_of, Pods, NODES, PARTITIONS};
 use common::{get, post};
 use hyper::StatusCode;
-use sagalog_benches::process::Server;
 use sagalog_http::client::Client;
 use serde_json::{json, Value};
-
-const NODES: u32 = 3;
-const PARTITIONS: u32 = 6;
-const SECRET: &str = "test-cluster-secret";
-
-/// A port free on each pod's loopback address.
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        let free =
-            (0..NODES).all(|i| std::net::TcpListener::bind(format!("127.0.{i}.1:{port}")).is_ok());
-        if free {
-            return port;
-        }
-    }
-    panic!("no port free on every loopback address");
-}
-
-struct Pods {
-    root: tempfile::TempDir,
-    port: u16,
-    servers: Vec<Option<Server>>,
-}
-
-impl Pods {
-    fn start() -> Pods {
-        let mut pods = Pods {
-            root: tempfile::tempdir().unwrap(),
-            port: free_port(),
-            servers: Vec::new(),
-        };
-        for i in 0..NODES {
-            let server = pods.start_pod(i);
-            pods.servers.push(Some(server));
-        }
-        pods
-    }
-
-    fn start_pod(&self, i: u32) -> Server {
-        let dir = self.root.path().join(format!("pod-{i}"));
-        let template = format!("http://127.0.{{i}}.1:{}", self.port);
-        let (node, listen) = (i.to_string(), format!("127.0.{i}.1:{}", self.port));
-        let partitions = PARTITIONS.to_string();
-        let nodes = NODES.to_string();
-        Server::start_on(
-            Path::new(env!("CARGO_BIN_EXE_sagalog")),
-            &dir,
-            &listen,
-            &[
-                "--partitions",
-                &partitions,
-                "--nodes",
-                &nodes,
-                "--node-id",
-                &node,
-                "--peer-url-template",
-                &template,
-                "--cluster-secret",
-                SECRET,
-            ],
-        )
-        .unwrap_or_else(|e| panic!("pod {i}: {e}"))
-    }
-
-    fn addr(&self, i: u32) -> SocketAddr {
-        format!("127.0.{i}.1:{}", self.port).parse().unwrap()
-    }
-
-    async fn client(&self, i: u32) -> Client {
-        Client::connect(self.addr(i)).await.unwrap()
-    }
-}
-
-/// The pod that holds `saga_id`.
-fn node_of(saga_id: &str) -> u32 {
-    sagalog_engine::partition_of(saga_id, PARTITIONS) % NODES
-}
 
 fn definition() -> Value {
     let step = |name: &str| {
@@ -146,7 +65,7 @@ async fn reply(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pods_share_six_partitions_behind_one_api() {
-    let mut pods = Pods::start();
+    let mut pods = Pods::start(&[]);
     let mut clients = Vec::new();
     for i in 0..NODES {
         clients.push(pods.client(i).await);

@@ -566,3 +566,110 @@ async fn the_relay_holds_a_paused_topic_and_publishes_the_others() {
     );
     assert!(server.terminate().unwrap().success());
 }
+
+/// Three pods, 6 partitions, with Kafka: the reply topic gets 6 partitions, each pod
+/// reads its own of them (assigned), and replies produced with the Java client's
+/// partitioner (murmur2) and with librdkafka's default (CRC32, which lands many on
+/// another pod's partition: forwarded there) all reach their sagas; every command
+/// reaches its step topic once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pods_read_their_partitions_of_the_reply_topic() {
+    use common::pods::{Pods, NODES};
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let pods = Pods::start(&["--kafka-brokers", &tansu.brokers()]);
+    let mut clients = Vec::new();
+    for i in 0..NODES {
+        clients.push(pods.client(i).await);
+    }
+    let step = |name: &str| {
+        json!({"name": name, "topic": format!("duo.{name}"), "compensable": true,
+               "timeout_ms": 3_600_000, "max_attempts": 1, "backoff_ms": 1000})
+    };
+    let definition = json!({"name": "duo", "version": 1, "steps": [step("hold"), step("pay")]});
+    common::put_definition(&mut clients[0], &definition).await;
+    let ids: Vec<String> = (0..24).map(|n| format!("k-{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let c = &mut clients[n % NODES as usize];
+        let answer = post(
+            c,
+            "/api/v1/sagas",
+            json!({"type": "duo", "saga_id": id, "payload": {}}),
+        )
+        .await;
+        assert_eq!(answer.status, 201, "{}", answer.text());
+    }
+
+    // Every saga's first command reaches its topic, once.
+    let holds = tansu.consumer_from_start("participant", &["duo.hold"], 3);
+    let mut seen: Vec<String> = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while seen.len() < ids.len() && Instant::now() < until {
+        let command = next_command(&holds).await;
+        seen.push(command["event_id"].as_str().unwrap().to_string());
+    }
+    // A little longer, for a copy that would come late.
+    while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(2), holds.recv()).await {
+        let command: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        seen.push(command["event_id"].as_str().unwrap().to_string());
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "every first command: {seen:?}");
+    assert_eq!(seen.len(), ids.len(), "each once: {seen:?}");
+
+    // The reply topic has 6 partitions; replies go to it with both partitioners.
+    let producer = |partitioner: &str| -> FutureProducer {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", tansu.brokers())
+            .set("partitioner", partitioner)
+            .create()
+            .unwrap()
+    };
+    let (java, librdkafka) = (producer("murmur2_random"), producer("consistent_random"));
+    let metadata = java
+        .client()
+        .fetch_metadata(Some("saga.replies"), Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(metadata.topics()[0].partitions().len(), 6);
+    for (n, id) in ids.iter().enumerate() {
+        let reply = json!({"saga_id": id, "event_id": format!("{id}/hold"), "step": "hold",
+                           "outcome": "succeeded", "attempt": 1})
+        .to_string();
+        let producer = if n % 2 == 0 { &java } else { &librdkafka };
+        producer
+            .send(
+                FutureRecord::to("saga.replies").key(id).payload(&reply),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let saga = get(&mut clients[1], &format!("/api/v1/sagas/{id}"))
+                .await
+                .json();
+            if saga["status"] == "IN_PROGRESS" {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{id}'s reply did not arrive: {saga}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut forwarded = 0.0;
+    for c in clients.iter_mut() {
+        let metrics = get(c, "/metrics").await.text();
+        forwarded += common::gauge(&metrics, "sagalog_replies_forwarded_total");
+    }
+    assert!(
+        forwarded > 0.0,
+        "CRC32-partitioned replies on other pods' partitions were forwarded"
+    );
+}

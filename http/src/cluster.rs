@@ -199,6 +199,30 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// `POST path` with a JSON `body` to pod `node` (see [`Cluster::send`]).
+    pub async fn post_json(
+        &self,
+        node: u32,
+        path: &str,
+        body: Vec<u8>,
+        what: &str,
+    ) -> Result<PeerAnswer, ApiError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.send(
+            node,
+            Method::POST,
+            path,
+            &headers,
+            body.into(),
+            Duration::ZERO,
+            what,
+        )
+        .await
+    }
+}
+
 /// An error with its causes, as one line (hyper's client errors say little alone).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();

@@ -123,6 +123,9 @@ pub struct OutboxMetrics {
     /// By `partition`.
     pub held: IntGaugeVec,
     pub consumer_lag: IntGauge,
+    /// Replies read from this pod's partitions of the reply topic for sagas of another
+    /// pod's partitions, and handed to that pod.
+    pub replies_forwarded: IntCounter,
     /// Topics the relay needs that the broker lacks (and could not create).
     pub topics_missing: IntGauge,
 }
@@ -456,6 +459,10 @@ impl OutboxMetrics {
                 "outbox_publish_batch_size",
                 "Commands the relay handed to the producer per read of the log tail (the count of observations is the batches).",
                 BATCH_BUCKETS,
+            ),
+            replies_forwarded: m.counter(
+                "sagalog_replies_forwarded_total",
+                "Replies read on this pod's partitions of the reply topic for sagas of another pod (a producer that hashes keys differently), handed to that pod.",
             ),
             consumer_lag: m.gauge(
                 "saga_tracker_consumer_lag",

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use logs::KafkaContext;
 pub use publisher::{Relay, RelayObserver};
-pub use replies::{ReplyConsumer, ReplyObserver};
+pub use replies::{Assignment, ReplyConsumer, ReplyForwarder, ReplyObserver};
 pub use topics::TopicObserver;
 
 #[derive(Debug, thiserror::Error)]

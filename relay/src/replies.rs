@@ -38,7 +38,37 @@ pub trait ReplyObserver: Send + Sync + 'static {
     fn invalid(&self) {}
     /// Messages on the reply topic not consumed yet.
     fn lag(&self, _messages: i64) {}
+    /// A reply for a saga of another pod's partition was sent to that pod.
+    fn forwarded(&self) {}
 }
+
+/// Sends a reply for a saga of another pod's partition to that pod (the reply topic's
+/// partition it came on is this pod's, but its producer hashed the key differently).
+pub trait ReplyForwarder: Send + Sync + 'static {
+    /// Hands `reply` (the message's JSON, without `saga_id`) to the pod of `saga_id`'s
+    /// partition `partition`; `Err` says why it could not (the pod does not answer),
+    /// and the message is tried again.
+    fn forward(
+        &self,
+        partition: u32,
+        saga_id: String,
+        reply: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+}
+
+/// Which pod of how many this consumer is: it is assigned the reply topic's
+/// partitions `k` with `k % nodes == node` (no group rebalance), and forwards what is
+/// not its own.
+pub struct Assignment {
+    pub node: u32,
+    pub nodes: u32,
+    pub forwarder: Option<Arc<dyn ReplyForwarder>>,
+}
+
+/// How long a metadata query for the reply topic's partitions may take, and the pause
+/// before it is asked again.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+const METADATA_RETRY: Duration = Duration::from_secs(2);
 
 pub struct ReplyConsumer {
     task: JoinHandle<()>,
@@ -55,6 +85,7 @@ impl ReplyConsumer {
         config: &RelayConfig,
         observer: Arc<dyn ReplyObserver>,
         ready: impl std::future::Future<Output = ()> + Send + 'static,
+        assignment: Assignment,
     ) -> Result<ReplyConsumer> {
         let consumer: StreamConsumer<KafkaContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
@@ -70,11 +101,12 @@ impl ReplyConsumer {
                 () = ready => {}
                 () = waiting.wait() => return,
             }
-            if let Err(e) = consumer.subscribe(&[topic.as_str()]) {
-                tracing::error!(topic, error = %e, "subscribing to the reply topic failed; replies over Kafka are not read");
+            let consumer = Arc::new(consumer);
+            if !assign(&consumer, &topic, &assignment, &mut waiting).await {
                 return;
             }
-            run(Arc::new(consumer), partitions, observer, stopping).await;
+            let forwarder = assignment.forwarder.clone();
+            run(consumer, partitions, observer, forwarder, stopping).await;
         });
         Ok(ReplyConsumer { task, stop })
     }
@@ -89,6 +121,7 @@ async fn run(
     consumer: Arc<StreamConsumer<KafkaContext>>,
     partitions: Arc<Partitions>,
     observer: Arc<dyn ReplyObserver>,
+    forwarder: Option<Arc<dyn ReplyForwarder>>,
     mut stopping: Shutdown,
 ) {
     let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
@@ -105,7 +138,8 @@ async fn run(
             }
             message = consumer.recv() => match message {
                 Ok(message) => {
-                    if !handle(&partitions, observer.as_ref(), &message, &mut stopping).await {
+                    let forwarder = forwarder.as_deref();
+                    if !handle(&partitions, observer.as_ref(), forwarder, &message, &mut stopping).await {
                         return;
                     }
                     if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
@@ -126,6 +160,7 @@ async fn run(
 async fn handle(
     partitions: &Partitions,
     observer: &dyn ReplyObserver,
+    forwarder: Option<&dyn ReplyForwarder>,
     message: &BorrowedMessage<'_>,
     stopping: &mut Shutdown,
 ) -> bool {
@@ -159,9 +194,12 @@ async fn handle(
     let engine = match partitions.owner(&saga_id) {
         Ok(engine) => engine,
         Err(p) => {
-            observer.reply(&reply.step, "rejected");
-            tracing::warn!(message = %where_, saga_id, partition = p, "a reply for a partition this server does not hold");
-            return true;
+            let Some(forwarder) = forwarder else {
+                observer.reply(&reply.step, "rejected");
+                tracing::warn!(message = %where_, saga_id, partition = p, "a reply for a partition this server does not hold");
+                return true;
+            };
+            return forward(forwarder, observer, message, p, &saga_id, &where_, stopping).await;
         }
     };
     let mut wait = FIRST_REPLY_RETRY;
@@ -186,6 +224,106 @@ async fn handle(
                 tracing::info!(message = %where_, saga_id, error = %e, "reply refused");
                 return true;
             }
+        }
+    }
+}
+
+/// Sends a reply of another pod's saga there, trying again (with a growing pause)
+/// while that pod does not answer; false when a stop came first.
+async fn forward(
+    forwarder: &dyn ReplyForwarder,
+    observer: &dyn ReplyObserver,
+    message: &BorrowedMessage<'_>,
+    partition: u32,
+    saga_id: &str,
+    where_: &str,
+    stopping: &mut Shutdown,
+) -> bool {
+    // The reply as the HTTP route takes it: without `saga_id`, which its path names.
+    let mut body: serde_json::Value = message
+        .payload()
+        .and_then(|bytes| serde_json::from_slice(bytes).ok())
+        .unwrap_or_default();
+    if let Some(fields) = body.as_object_mut() {
+        fields.remove("saga_id");
+    }
+    let body = body.to_string().into_bytes();
+    let mut wait = FIRST_REPLY_RETRY;
+    loop {
+        match forwarder
+            .forward(partition, saga_id.to_string(), body.clone())
+            .await
+        {
+            Ok(()) => {
+                observer.forwarded();
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(message = %where_, saga_id, partition, error = %e, "a reply for another pod's saga could not be handed to it; trying again");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stopping.wait() => return false,
+                }
+                wait = (wait * 2).min(MAX_RETRY_WAIT);
+            }
+        }
+    }
+}
+
+/// Assigns the consumer its partitions of the reply topic (those numbered as this pod,
+/// modulo the pods), asking the broker how many the topic has until it answers; false
+/// when a stop came first.
+async fn assign(
+    consumer: &Arc<StreamConsumer<KafkaContext>>,
+    topic: &str,
+    assignment: &Assignment,
+    stopping: &mut Shutdown,
+) -> bool {
+    loop {
+        let (asked, name) = (consumer.clone(), topic.to_string());
+        let count = tokio::task::spawn_blocking(move || {
+            let metadata = asked.fetch_metadata(Some(&name), METADATA_TIMEOUT)?;
+            let partitions = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == name)
+                .map_or(0, |t| t.partitions().len());
+            Ok::<usize, rdkafka::error::KafkaError>(partitions)
+        })
+        .await
+        .unwrap_or(Ok(0));
+        match count {
+            Ok(count) if count > 0 => {
+                let mut list = rdkafka::TopicPartitionList::new();
+                let nodes = assignment.nodes.max(1) as usize;
+                for k in (0..count).filter(|k| k % nodes == assignment.node as usize) {
+                    list.add_partition(topic, k as i32);
+                }
+                match consumer.assign(&list) {
+                    Ok(()) => {
+                        tracing::info!(
+                            topic,
+                            partitions = count,
+                            assigned = list.count(),
+                            "reading the reply topic"
+                        );
+                        return true;
+                    }
+                    Err(e) => {
+                        tracing::error!(topic, error = %e, "assigning the reply topic's partitions failed; trying again")
+                    }
+                }
+            }
+            Ok(_) => tracing::warn!(topic, "the reply topic has no partitions yet; asking again"),
+            Err(e) => crate::logs::kafka_problem(
+                "reply consumer",
+                &e,
+                "asking for the reply topic's partitions failed; trying again",
+            ),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(METADATA_RETRY) => {}
+            () = stopping.wait() => return false,
         }
     }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses its own share of these helpers
 
+pub mod pods;
+
 use std::path::{Path, PathBuf};
 
 use sagalog_benches::process::Server;
