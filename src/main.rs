@@ -525,10 +525,9 @@ impl sagalog_relay::ReplyForwarder for ForwardReplies {
                     cluster.node_of(partition),
                     &format!("/api/v1/sagas/{saga_id}/events"),
                     reply,
-                    &what,
                 )
                 .await
-                .map_err(|e| e.message)?;
+                .map_err(|e| sagalog_http::cluster::unavailable(e, &what).message)?;
             // Its pod decided (a 4xx is a reply that does not fit: it is not tried
             // again, as a local one is not); a 5xx is tried again.
             if answer.status.is_server_error() {

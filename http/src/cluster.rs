@@ -131,8 +131,8 @@ impl Cluster {
     /// Sends `method path_and_query` with `body` to pod `node`, with the client's
     /// `Authorization`, `Content-Type` and `traceparent` and the cluster secret; waits
     /// at most `extra_wait` more than [`REQUEST_TIMEOUT`]. A peer that cannot be reached
-    /// or does not answer in time is `503 partition_unavailable`, naming it and `what`
-    /// it was asked for.
+    /// or does not answer in time is `503 partition_unavailable`, naming it (see
+    /// [`unavailable`] for what the caller adds).
     pub async fn send(
         &self,
         node: u32,
@@ -141,14 +141,13 @@ impl Cluster {
         headers: &HeaderMap,
         body: Bytes,
         extra_wait: Duration,
-        what: &str,
     ) -> Result<PeerAnswer, ApiError> {
         let url = self.url_of(node);
         let down = |why: String| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "partition_unavailable",
-                format!("{what} is unavailable: node {node} ({url}), which holds it, does not answer: {why}"),
+                format!("node {node} ({url}), which holds it, does not answer: {why}"),
             )
         };
         let mut request = Request::builder()
@@ -206,7 +205,6 @@ impl Cluster {
         node: u32,
         path: &str,
         body: Vec<u8>,
-        what: &str,
     ) -> Result<PeerAnswer, ApiError> {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -217,10 +215,16 @@ impl Cluster {
             &headers,
             body.into(),
             Duration::ZERO,
-            what,
         )
         .await
     }
+}
+
+/// A peer's error, saying `what` of the deployment it makes unavailable (`partition 3
+/// of 6`).
+pub fn unavailable(mut e: ApiError, what: &str) -> ApiError {
+    e.message = format!("{what} is unavailable: {}", e.message);
+    e
 }
 
 /// An error with its causes, as one line (hyper's client errors say little alone).

@@ -11,7 +11,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::app::{App, Body};
-use crate::cluster::{Cluster, PeerAnswer};
+use crate::cluster::{unavailable, Cluster, PeerAnswer};
 use crate::error::ApiError;
 use crate::outbox::{self, OutboxQuery};
 use crate::query::{list_query, saga_id, DEFAULT_LIMIT};
@@ -117,9 +117,9 @@ impl App {
                 &asked.headers,
                 body.clone(),
                 Duration::ZERO,
-                &what,
             )
-            .await?;
+            .await
+            .map_err(|e| unavailable(e, &what))?;
         Ok(answer.into_response())
     }
 
@@ -141,8 +141,9 @@ impl App {
             asks.spawn(async move {
                 let what = format!("what node {node} holds");
                 let answer = cluster
-                    .send(node, method, &path, &headers, body, Duration::ZERO, &what)
-                    .await;
+                    .send(node, method, &path, &headers, body, Duration::ZERO)
+                    .await
+                    .map_err(|e| unavailable(e, &what));
                 (node, answer)
             });
         }
@@ -291,12 +292,10 @@ impl App {
                     .await;
                 pages.into_iter().find(|(_, page)| !page.items.is_empty())
             };
-            tokio::pin!(local, remote);
             let winner = tokio::select! {
-                found = &mut local => Some(found?),
-                found = &mut remote => found.map(|(node, page)| (node, page.items, page.next)),
+                found = local => Some(found?),
+                found = remote => found.map(|(node, page)| (node, page.items, page.next)),
             };
-            drop((local, remote));
             if let Some((node, found, next)) = winner {
                 for p in (0..count).filter(|&p| cluster.node_of(p as u32) == node) {
                     positions[p] = next[p];
@@ -395,16 +394,9 @@ impl App {
             asks.spawn(async move {
                 let what = format!("what node {node} holds");
                 let answer = cluster
-                    .send(
-                        node,
-                        Method::GET,
-                        &path,
-                        &headers,
-                        Bytes::new(),
-                        wait,
-                        &what,
-                    )
-                    .await;
+                    .send(node, Method::GET, &path, &headers, Bytes::new(), wait)
+                    .await
+                    .map_err(|e| unavailable(e, &what));
                 (node, answer)
             });
         }
