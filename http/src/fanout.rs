@@ -123,12 +123,15 @@ impl App {
         Ok(answer.into_response())
     }
 
-    /// The same request of every peer at once, each answer by node.
+    /// The same request of every peer at once, each answer by node. With `wait` (an
+    /// outbox long poll, which may take that much longer), the first answer with
+    /// commands ends it and the other requests are dropped.
     async fn ask_peers(
         &self,
         cluster: &Arc<Cluster>,
         asked: &Asked,
         body: &Bytes,
+        wait: Duration,
     ) -> Vec<(u32, Result<PeerAnswer, ApiError>)> {
         let mut asks = tokio::task::JoinSet::new();
         for node in cluster.peers() {
@@ -141,7 +144,7 @@ impl App {
             asks.spawn(async move {
                 let what = format!("what node {node} holds");
                 let answer = cluster
-                    .send(node, method, &path, &headers, body, Duration::ZERO)
+                    .send(node, method, &path, &headers, body, wait)
                     .await
                     .map_err(|e| unavailable(e, &what));
                 (node, answer)
@@ -149,8 +152,14 @@ impl App {
         }
         let mut answers = Vec::new();
         while let Some(joined) = asks.join_next().await {
-            if let Ok(answer) = joined {
-                answers.push(answer);
+            let Ok((node, answer)) = joined else { continue };
+            let found = !wait.is_zero()
+                && matches!(&answer, Ok(a) if a.json().is_some_and(|page| {
+                    page["items"].as_array().is_some_and(|items| !items.is_empty())
+                }));
+            answers.push((node, answer));
+            if found {
+                break;
             }
         }
         answers.sort_by_key(|(node, _)| *node);
@@ -167,7 +176,7 @@ impl App {
         let empty = Bytes::new();
         let (local, peers) = tokio::join!(
             self.partitions.list(&list),
-            self.ask_peers(cluster, asked, &empty)
+            self.ask_peers(cluster, asked, &empty, Duration::ZERO)
         );
         let local = local?;
         let mut pages: Vec<(Vec<Value>, Option<String>)> = vec![(
@@ -342,12 +351,14 @@ impl App {
             headers: asked.headers.clone(),
             query: String::new(),
         };
-        let answers = if wait_ms == 0 {
-            self.ask_peers(cluster, &again, &Bytes::new()).await
-        } else {
-            self.ask_peers_waiting(cluster, &again, Duration::from_millis(wait_ms))
-                .await
-        };
+        let answers = self
+            .ask_peers(
+                cluster,
+                &again,
+                &Bytes::new(),
+                Duration::from_millis(wait_ms),
+            )
+            .await;
         let mut pages = Vec::new();
         for (node, answer) in answers {
             let page = match answer {
@@ -377,44 +388,6 @@ impl App {
         pages
     }
 
-    /// [`App::ask_peers`] for requests that may wait up to `wait` (long polls).
-    async fn ask_peers_waiting(
-        &self,
-        cluster: &Arc<Cluster>,
-        asked: &Asked,
-        wait: Duration,
-    ) -> Vec<(u32, Result<PeerAnswer, ApiError>)> {
-        let mut asks = tokio::task::JoinSet::new();
-        for node in cluster.peers() {
-            let (cluster, path, headers) = (
-                cluster.clone(),
-                asked.path_and_query.clone(),
-                asked.headers.clone(),
-            );
-            asks.spawn(async move {
-                let what = format!("what node {node} holds");
-                let answer = cluster
-                    .send(node, Method::GET, &path, &headers, Bytes::new(), wait)
-                    .await
-                    .map_err(|e| unavailable(e, &what));
-                (node, answer)
-            });
-        }
-        // The first page with commands ends the wait; the others are dropped.
-        let mut answers = Vec::new();
-        while let Some(joined) = asks.join_next().await {
-            let Ok((node, answer)) = joined else { continue };
-            let found = matches!(&answer, Ok(a) if a.json().is_some_and(|page| {
-                page["items"].as_array().is_some_and(|items| !items.is_empty())
-            }));
-            answers.push((node, answer));
-            if found {
-                break;
-            }
-        }
-        answers
-    }
-
     /// Dead letters of every pod, by partition then offset.
     async fn dead_letters_everywhere(
         &self,
@@ -423,7 +396,10 @@ impl App {
     ) -> Result<Response<Body>, ApiError> {
         let local = self.dead_letters(&asked.query)?;
         let mut pages = vec![crate::app::response_json(local).await];
-        for (_, answer) in self.ask_peers(cluster, asked, &Bytes::new()).await {
+        for (_, answer) in self
+            .ask_peers(cluster, asked, &Bytes::new(), Duration::ZERO)
+            .await
+        {
             let answer = answer?;
             if answer.status != StatusCode::OK {
                 return Ok(answer.into_response());
@@ -473,7 +449,7 @@ impl App {
         let mut failed = Vec::new();
         let mut nodes =
             vec![json!({"node": cluster.config.node_id, "status": local.status().as_u16()})];
-        for (node, answer) in self.ask_peers(cluster, asked, body).await {
+        for (node, answer) in self.ask_peers(cluster, asked, body, Duration::ZERO).await {
             match answer {
                 Ok(answer) if answer.status.is_success() => {
                     nodes.push(json!({"node": node, "status": answer.status.as_u16()}));
