@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # sagalog's container image: build in the Rust image, run in Debian slim as a non-root
-# user with nothing but the binary and CA certificates (k8s/statefulset.yaml runs it
+# user with nothing but the binary and CA certificates (k8s/base/statefulset.yaml runs it
 # with a read-only root filesystem). Build from the repository's root:
 #   docker build -t ghcr.io/sagalog/sagalog:0.1.0 .
 

@@ -227,6 +227,10 @@ async fn serve_until_signal(
                 .collect()
         }),
         probes: start_probes(serve, &app, &stopping).await?,
+        peers: app
+            .cluster
+            .clone()
+            .map(|cluster| tokio::spawn(cluster.watch(metrics.clone(), stopping.clone()))),
         kafka,
     };
     let console = format!("http://{address}/console/");
@@ -254,6 +258,8 @@ async fn serve_until_signal(
 /// What runs beside the HTTP server until the stop.
 struct Tasks {
     probes: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The peers' health checks, with other pods.
+    peers: Option<tokio::task::JoinHandle<()>>,
     demo: Option<demo::Demo>,
     /// One per partition.
     retention: Vec<tokio::task::JoinHandle<()>>,
@@ -268,6 +274,9 @@ impl Tasks {
     async fn stop(self) -> Result<(), ServeError> {
         if let Some(probes) = self.probes {
             let _ = probes.await;
+        }
+        if let Some(peers) = self.peers {
+            let _ = peers.await;
         }
         if let Some(demo) = self.demo {
             demo.stop().await;

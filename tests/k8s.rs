@@ -15,7 +15,7 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_starts_on_the_shipped_configmap() {
     let root = tempfile::tempdir().unwrap();
-    let k8s = Path::new(REPO).join("k8s/config");
+    let k8s = Path::new(REPO).join("k8s/base/config");
     let config = k8s.join("sagalog.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     for key in [

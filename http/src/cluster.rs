@@ -220,6 +220,49 @@ impl Cluster {
     }
 }
 
+/// How often each peer's health is checked, for `sagalog_peer_up`.
+const WATCH_EVERY: Duration = Duration::from_secs(5);
+
+impl Cluster {
+    /// Checks every peer's `/healthz` now and every [`WATCH_EVERY`] until the stop,
+    /// setting `sagalog_peer_up{node}`.
+    pub async fn watch(
+        self: std::sync::Arc<Self>,
+        metrics: std::sync::Arc<crate::Metrics>,
+        mut stopping: sagalog_engine::Shutdown,
+    ) {
+        let mut every = tokio::time::interval(WATCH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = stopping.wait() => return,
+            }
+            for node in self.peers() {
+                let answer = self
+                    .send(
+                        node,
+                        Method::GET,
+                        "/healthz",
+                        &HeaderMap::new(),
+                        Bytes::new(),
+                        Duration::ZERO,
+                    )
+                    .await;
+                let up = matches!(&answer, Ok(a) if a.status == StatusCode::OK);
+                if !up {
+                    tracing::debug!(node, "a peer does not answer its health check");
+                }
+                metrics
+                    .service
+                    .peer_up
+                    .with_label_values(&[node.to_string().as_str()])
+                    .set(i64::from(up));
+            }
+        }
+    }
+}
+
 /// A peer's error, saying `what` of the deployment it makes unavailable (`partition 3
 /// of 6`).
 pub fn unavailable(mut e: ApiError, what: &str) -> ApiError {

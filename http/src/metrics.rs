@@ -156,6 +156,8 @@ pub struct ServiceMetrics {
     log_heals: IntCounterVec,
     /// 1 for each step topic whose commands are held back (delivery paused), else 0.
     delivery_paused: IntGaugeVec,
+    /// 1 for each other pod that answers its health check, else 0.
+    pub peer_up: IntGaugeVec,
 }
 
 impl ServiceMetrics {
@@ -185,6 +187,11 @@ impl ServiceMetrics {
                 "sagalog_log_heals_total",
                 "Attempts of a poisoned or read-only log to reopen itself for writing, by outcome (healed, failed).",
                 &["outcome"],
+            ),
+            peer_up: m.gauge_vec(
+                "sagalog_peer_up",
+                "With other pods (--nodes): 1 for each peer that answered its last health check (every 5 s), 0 while it does not; its partitions are unavailable then.",
+                &["node"],
             ),
             delivery_paused: m.gauge_vec(
                 "sagalog_delivery_paused",

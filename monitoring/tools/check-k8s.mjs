@@ -1,5 +1,5 @@
 // The Kubernetes side of sagalog (run by scripts/check-monitoring):
-//   node check-k8s.mjs --write-rule       writes k8s/prometheusrule.yaml from
+//   node check-k8s.mjs --write-rule       writes k8s/base/prometheusrule.yaml from
 //                                         monitoring/alerts/sagalog.yaml
 //   node check-k8s.mjs --overlay BUILT.yaml checks `kubectl kustomize k8s/monitoring`
 //     output (the monitoring stack): the objects it must hold, resources and security
@@ -26,7 +26,7 @@ import { ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitorin
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, '..', '..');
 const rulesFile = join(repo, 'monitoring', 'alerts', 'sagalog.yaml');
-const ruleOut = join(repo, 'k8s', 'prometheusrule.yaml');
+const ruleOut = join(repo, 'k8s', 'base', 'prometheusrule.yaml');
 const alertGroups = parse(readFileSync(rulesFile, 'utf8')).groups;
 
 if (process.argv[2] === '--write-rule') {
@@ -45,6 +45,50 @@ if (process.argv[2] === '--write-rule') {
   );
   console.log(`wrote ${ruleOut}`);
   process.exit(0);
+}
+
+if (process.argv[2] === '--cluster') {
+  checkCluster(process.argv[3]);
+  process.exit(0);
+}
+
+// The three-pod overlay (k8s/cluster): what sharing the partitions needs, and
+// .gen/builtin_cluster.yaml for kubernetes-validate --strict.
+function checkCluster(file) {
+  const objects = parseAllDocuments(readFileSync(file, 'utf8')).map((d) => d.toJSON());
+  const problems = [];
+  const find = (kind, name) => objects.find((o) => o.kind === kind && o.metadata?.name === name);
+  const sts = find('StatefulSet', 'sagalog');
+  const pdb = find('PodDisruptionBudget', 'sagalog');
+  const headless = find('Service', 'sagalog-headless');
+  const expect = (ok, what) => ok || problems.push(`k8s/cluster: ${what}`);
+  expect(sts && pdb && headless, 'a StatefulSet, a PodDisruptionBudget and the headless Service');
+  if (sts) {
+    const pod = sts.spec.template.spec;
+    const env = Object.fromEntries(pod.containers[0].env.map((e) => [e.name, e]));
+    const nodes = Number(env.SAGALOG_NODES?.value);
+    const partitions = Number(env.SAGALOG_PARTITIONS?.value);
+    expect(sts.spec.replicas === 3 && nodes === sts.spec.replicas, 'three replicas, and SAGALOG_NODES the same');
+    expect(partitions >= nodes && partitions <= 1024, 'SAGALOG_PARTITIONS at least the pods, at most 1024');
+    const template = env.SAGALOG_PEER_URL_TEMPLATE?.value ?? '';
+    expect(template.includes('{i}') && template.includes(`.${sts.spec.serviceName}.`), 'the peer URL template names the pods under the headless Service');
+    expect(env.SAGALOG_CLUSTER_SECRET?.valueFrom?.secretKeyRef, 'the cluster secret from a Secret');
+    expect(!env.SAGALOG_NODE_ID, 'the node id from the pod name, not fixed');
+    const anti = pod.affinity?.podAntiAffinity?.requiredDuringSchedulingIgnoredDuringExecution ?? [];
+    expect(anti.some((t) => t.topologyKey === 'kubernetes.io/hostname'), 'no two pods on one node (required anti-affinity)');
+    expect(sts.spec.podManagementPolicy === 'Parallel', 'pods started together');
+  }
+  if (pdb) expect(pdb.spec.maxUnavailable === 1 && pdb.spec.minAvailable === undefined, 'PDB maxUnavailable: 1');
+  if (headless) expect(headless.spec.clusterIP === 'None', 'the headless Service is headless');
+  if (problems.length) {
+    console.error(problems.join('\n'));
+    process.exit(1);
+  }
+  const gen = join(here, '.gen');
+  mkdirSync(gen, { recursive: true });
+  const builtin = objects.filter((o) => !['ServiceMonitor', 'PrometheusRule'].includes(o.kind));
+  writeFileSync(join(gen, 'builtin_cluster.yaml'), builtin.map((o) => stringify(o)).join('---\n'));
+  console.log(`cluster overlay: ${objects.length} objects built and checked`);
 }
 
 if (process.argv[2] === '--overlay') {
@@ -188,7 +232,7 @@ const rule = kinds.get('PrometheusRule/sagalog');
 if (!rule) problems.push('no PrometheusRule sagalog');
 else if (!isDeepStrictEqual(rule.spec.groups, alertGroups)) {
   problems.push(
-    'k8s/prometheusrule.yaml differs from monitoring/alerts/sagalog.yaml: run `node monitoring/tools/check-k8s.mjs --write-rule`',
+    'k8s/base/prometheusrule.yaml differs from monitoring/alerts/sagalog.yaml: run `node monitoring/tools/check-k8s.mjs --write-rule`',
   );
 }
 for (const want of [
