@@ -77,7 +77,7 @@ async fn commands_reach_their_step_topics_and_the_outbox_metrics_count_them() {
         let published = common::samples(&metrics, &["outbox_published_events_total"]);
         if published == ["outbox_published_events_total 2"] {
             let pending = common::samples(&metrics, &["outbox_pending_events_total"]);
-            assert_eq!(pending, ["outbox_pending_events_total 0"]);
+            assert_eq!(pending, [r#"outbox_pending_events_total{partition="0"} 0"#]);
             // Each command was a batch of its own, published at the first attempt.
             let first = common::samples(&metrics, &["outbox_optimistic_send_total"]);
             assert_eq!(

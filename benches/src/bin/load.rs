@@ -66,6 +66,16 @@ struct Args {
     /// topic (`topic=`), instead of one reader of every topic
     #[arg(long)]
     split_topics: bool,
+    /// Start only sagas of this pod's partitions (with --nodes and --partitions), so
+    /// that no start is forwarded to another pod
+    #[arg(long, requires_all = ["nodes", "partitions"])]
+    node: Option<u32>,
+    /// The pods of the deployment (see --node)
+    #[arg(long, requires = "node")]
+    nodes: Option<u32>,
+    /// The partitions of the deployment (see --node)
+    #[arg(long, requires = "node")]
+    partitions: Option<u32>,
 }
 
 /// The step topics of the built-in `order` definition.
@@ -119,6 +129,8 @@ struct Shared {
     room: Arc<Semaphore>,
     starts: flume::Receiver<u64>,
     commands: flume::Receiver<Command>,
+    /// `--node`, `--nodes`, `--partitions`: start only that pod's sagas.
+    owner: Option<(u32, u32, u32)>,
 }
 
 fn main() -> Result<(), String> {
@@ -182,7 +194,13 @@ async fn drive(addr: std::net::SocketAddr, args: &Args) -> Result<String, String
     let (commands_tx, commands) = flume::bounded(args.in_flight.max(1) * 4);
     let (starts_tx, starts) = flume::bounded(args.connections.max(1));
     let shared = Arc::new(Shared {
-        run: format!("load-{stamp}"),
+        // The process id too: generators started at once against one deployment.
+        run: format!("load-{stamp}-{}", std::process::id()),
+        owner: args
+            .node
+            .zip(args.nodes)
+            .zip(args.partitions)
+            .map(|((a, b), c)| (a, b, c)),
         fail_percent: args.fail_percent,
         data: match args.data_bytes {
             0 => String::new(),
@@ -341,8 +359,8 @@ async fn worker(mut client: Client, shared: Arc<Shared>) -> Vec<u32> {
             Err(n) => (
                 "/api/v1/sagas".to_string(),
                 format!(
-                    r#"{{"type":"order","saga_id":"{}-{n}","payload":{{"order":{n},"amount_cents":{}}}}}"#,
-                    shared.run,
+                    r#"{{"type":"order","saga_id":"{}","payload":{{"order":{n},"amount_cents":{}}}}}"#,
+                    saga_id(&shared, *n),
                     1000 + n % 9000
                 ),
             ),
@@ -385,6 +403,18 @@ async fn worker(mut client: Client, shared: Arc<Shared>) -> Vec<u32> {
 
 /// The participant's reply to `command`: `charge_payment` fails for the doomed share of
 /// sagas (every attempt), compensations succeed, everything else succeeds.
+/// Saga `n`'s id: `RUN-n`, or with `--node`, `RUN-kK-n` with the first `K` that puts
+/// it in one of that pod's partitions (the number stays last: replies read it).
+fn saga_id(shared: &Shared, n: u64) -> String {
+    let Some((node, nodes, partitions)) = shared.owner else {
+        return format!("{}-{n}", shared.run);
+    };
+    (0u32..)
+        .map(|k| format!("{}-k{k}-{n}", shared.run))
+        .find(|id| sagalog_engine::partition_of(id, partitions) % nodes == node)
+        .expect("some id lands in the pod's partitions")
+}
+
 fn reply_to(command: &Command, shared: &Shared) -> (String, String) {
     let n: u64 = command
         .saga_id
