@@ -60,7 +60,8 @@ impl DiskWatch {
 
     pub fn new(serve: &Serve, partitions: &Partitions) -> DiskWatch {
         let count = partitions.count();
-        let bytes = reserve_bytes(&serve.data_dir, serve.reserve_bytes, count);
+        let local = partitions.local().count() as u32;
+        let bytes = reserve_bytes(&serve.data_dir, serve.reserve_bytes, local);
         let dir = |p| sagalog_engine::partitions::partition_dir(&serve.data_dir, count, p);
         DiskWatch {
             dir: serve.data_dir.clone(),

@@ -115,15 +115,17 @@ fn run(serve: Serve) -> Result<(), ServeError> {
     let count = sagalog_engine::partitions::settle(&serve.data_dir, serve.partitions)
         .doing(|| format!("opening {}", serve.data_dir.display()))?;
     // The limits a whole server has are shared out among its partitions.
-    config.reserve_bytes = disk::reserve_bytes(&serve.data_dir, serve.reserve_bytes, count);
-    // Every partition counts its active sagas into one count, which the limit bounds.
-    config.active_sagas = Some(Arc::default());
-    let started = std::time::Instant::now();
-    // With other pods, this one holds the partitions numbered as it is, modulo the pods.
     let (node, nodes) = serve
         .cluster
         .as_ref()
         .map_or((0, 1), |c| (c.node_id, c.nodes));
+    // Shared out among the partitions this server holds.
+    let local = (0..count).filter(|p| p % nodes == node).count() as u32;
+    config.reserve_bytes = disk::reserve_bytes(&serve.data_dir, serve.reserve_bytes, local.max(1));
+    // Every partition counts its active sagas into one count, which the limit bounds.
+    config.active_sagas = Some(Arc::default());
+    let started = std::time::Instant::now();
+    // With other pods, this one holds the partitions numbered as it is, modulo the pods.
     if nodes > count {
         return Err(ServeError::Options(format!(
             "--nodes {nodes} is more than the {count} partitions: every node must hold one"
@@ -537,16 +539,34 @@ impl sagalog_relay::ReplyForwarder for ForwardReplies {
                 )
                 .await
                 .map_err(|e| sagalog_http::cluster::unavailable(e, &what).message)?;
-            // Its pod decided (a 4xx is a reply that does not fit: it is not tried
-            // again, as a local one is not); a 5xx is tried again.
-            if answer.status.is_server_error() {
-                return Err(format!(
-                    "its pod answered {}: {}",
-                    answer.status,
-                    String::from_utf8_lossy(&answer.body)
-                ));
+            // Taken, or refused by its pod's engine as a local reply would be (it is
+            // not tried again then); anything else — a wrong secret, a timeout, a pod
+            // that does not know the route yet, a 5xx — is tried again.
+            let code = answer
+                .json()
+                .and_then(|body| body["error"]["code"].as_str().map(str::to_string));
+            let refused = matches!(
+                code.as_deref(),
+                Some(
+                    "invalid_request"
+                        | "invalid_json"
+                        | "saga_not_found"
+                        | "not_found"
+                        | "conflict"
+                        | "event_id_conflict"
+                        | "payload_too_large"
+                        | "removed_by_retention"
+                )
+            ) && answer.status.is_client_error()
+                && answer.status.as_u16() != 408;
+            if answer.status.is_success() || refused {
+                return Ok(());
             }
-            Ok(())
+            Err(format!(
+                "its pod answered {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            ))
         })
     }
 }

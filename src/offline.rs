@@ -311,7 +311,18 @@ fn execute_partitions(
     let mut text = String::new();
     let mut items = Vec::new();
     let mut problems = false;
-    for p in (0..count).filter(|&p| only.is_none_or(|only| only == p)) {
+    // A pod's data directory holds its own partitions only: the others are not there.
+    let present = |p: u32| only.is_some() || partitions::partition_dir(source, count, p).is_dir();
+    let chosen: Vec<u32> = (0..count)
+        .filter(|&p| only.is_none_or(|only| only == p) && present(p))
+        .collect();
+    if chosen.is_empty() {
+        return Err(EngineError::Partitions(format!(
+            "{} records {count} partitions and holds none of them",
+            source.display()
+        )));
+    }
+    for p in chosen {
         let outcome = execute(command, dir, config, bars, Some((count, p)))
             .map_err(|e| EngineError::Partitions(format!("partition {p}: {e}")))?;
         text.push_str(&format!("partition {p}:\n"));

@@ -314,12 +314,12 @@ fn cluster(
             "needed with --nodes over 1: how to reach pod {i}, e.g. http://sagalog-{i}.sagalog-headless:8080",
         )
     })?;
-    if !template.contains("{i}")
-        || !(template.starts_with("http://") || template.starts_with("https://"))
-    {
+    if !template.contains("{i}") || !template.starts_with("http://") {
         return Err(invalid(
             "peer_url_template",
-            format!("{template:?} must be an http:// URL with {{i}} for the pod's ordinal"),
+            format!(
+                "{template:?} must be an http:// URL with {{i}} for the pod's ordinal (the pods talk plain HTTP inside the cluster)"
+            ),
         ));
     }
     let secret = secret.filter(|s| !s.is_empty()).ok_or_else(|| {

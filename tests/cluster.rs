@@ -63,6 +63,28 @@ async fn reply(
     post(c, &format!("/api/v1/sagas/{id}/events"), body).await
 }
 
+/// Waits (at most 15 s, three health checks) until `c`'s `sagalog_peer_up{node}` is
+/// `want`.
+async fn peer_up_becomes(c: &mut Client, node: &str, want: f64) {
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = get(c, "/metrics").await.text();
+        let sample = format!("sagalog_peer_up{{node=\"{node}\"}}");
+        let value = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&sample))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if value == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "sagalog_peer_up of node {node} is {value:?}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pods_share_six_partitions_behind_one_api() {
     let mut pods = Pods::start(&[]);
@@ -142,6 +164,13 @@ async fn three_pods_share_six_partitions_behind_one_api() {
         json!([]),
         "nothing after the cursor, through another pod"
     );
+
+    // Every pod sees its peers up.
+    for (i, c) in clients.iter_mut().enumerate() {
+        for peer in (0..NODES).filter(|&p| p != i as u32) {
+            peer_up_becomes(c, &peer.to_string(), 1.0).await;
+        }
+    }
 
     // Replies through the pod after the one that started it; a third of the sagas fail
     // their payment and are compensated.
@@ -265,6 +294,11 @@ async fn three_pods_share_six_partitions_behind_one_api() {
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.unwrap();
+    }
+    // The pods see it gone: sagalog_peer_up{node="2"} is 0 on each (the alert
+    // SagalogPartitionsUnreachable fires on it), within two health checks.
+    for c in clients.iter_mut().take(2) {
+        peer_up_becomes(c, "2", 0.0).await;
     }
     assert!(done.load(Ordering::Relaxed) > 10, "the load ran");
     assert_eq!(

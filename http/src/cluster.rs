@@ -34,8 +34,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle keep-alive connections kept per peer, and how long.
 const IDLE_PER_PEER: usize = 32;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Requests to peers in flight at once, all peers together; past it a request waits
-/// for a turn (bounded by its timeout).
+/// Requests to peers in flight at once, all peers together (and as many long polls
+/// besides); past it a request waits for a turn (bounded by its timeout).
 const MAX_IN_FLIGHT: usize = 512;
 /// Largest answer read from a peer (a list page is at most `--max-list-bytes`).
 const MAX_ANSWER_BYTES: usize = 64 << 20;
@@ -54,6 +54,9 @@ pub struct Cluster {
     pub config: ClusterConfig,
     client: Client<HttpConnector, Full<Bytes>>,
     turns: Semaphore,
+    /// Turns of the requests that may wait (outbox long polls): apart, so that they
+    /// never hold up a saga's forwarded request or a health check.
+    waiting_turns: Semaphore,
 }
 
 /// A peer's answer: its status, headers and body.
@@ -96,6 +99,7 @@ impl Cluster {
             config,
             client,
             turns: Semaphore::new(MAX_IN_FLIGHT),
+            waiting_turns: Semaphore::new(MAX_IN_FLIGHT),
         }
     }
 
@@ -169,8 +173,12 @@ impl Cluster {
             .body(Full::new(body))
             .map_err(|e| down(format!("the request cannot be built: {e}")))?;
         let exchange = async {
-            let _turn = self
-                .turns
+            let turns = if extra_wait.is_zero() {
+                &self.turns
+            } else {
+                &self.waiting_turns
+            };
+            let _turn = turns
                 .acquire()
                 .await
                 .map_err(|_| down("shutting down".into()))?;

@@ -39,6 +39,9 @@ impl Asked {
     }
 }
 
+/// Which pod's outbox page the next call takes first.
+static FIRST_PAGE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A peer's outbox page: its commands, and its cursor after them and before.
 struct PeerPage {
     items: Vec<Value>,
@@ -240,40 +243,43 @@ impl App {
             self.outbox_of_peers(cluster, asked, None, 0)
         );
         let (local_items, local_next) = local?;
+        if query.after == outbox::After::Latest && peers.len() + 1 < cluster.config.nodes as usize {
+            // Where a pod that did not answer ends is unknown: a cursor would have to
+            // start its partitions from their beginning.
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "partition_unavailable",
+                "after=latest needs every pod's log end, and a pod does not answer; retry",
+            ));
+        }
         let mut positions = from.clone();
         let mut items: Vec<Value> = Vec::new();
-        let mut take = |node: u32,
-                        found: Vec<Value>,
-                        next: &[Option<u64>],
-                        start: &[Option<u64>],
-                        items: &mut Vec<Value>| {
-            let kept = items.len() + found.len() <= query.limit;
-            for p in (0..count).filter(|&p| cluster.node_of(p as u32) == node) {
-                positions[p] = if kept { next[p] } else { start[p] };
-            }
-            if kept {
-                items.extend(found);
-            }
-        };
         let local_found = local_items
             .iter()
             .map(|c| serde_json::to_value(c).expect("a command serializes"))
             .collect();
-        take(
+        let mut pages = vec![(
             cluster.config.node_id,
-            local_found,
-            &local_next,
-            &from,
-            &mut items,
-        );
-        for (node, page) in &peers {
-            take(
-                *node,
-                page.items.clone(),
-                &page.next,
-                &page.from,
-                &mut items,
-            );
+            PeerPage {
+                items: local_found,
+                next: local_next,
+                from: from.clone(),
+            },
+        )];
+        pages.extend(peers);
+        // Whose page goes first turns from call to call, so that a pod with a backlog
+        // of its own does not keep the others' commands out of every page. A page is
+        // taken whole or not at all; a pod's partitions not taken stay where they were.
+        let first = FIRST_PAGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % pages.len();
+        pages.rotate_left(first);
+        for (node, page) in pages {
+            let kept = items.len() + page.items.len() <= query.limit;
+            for p in (0..count).filter(|&p| cluster.node_of(p as u32) == node) {
+                positions[p] = if kept { page.next[p] } else { page.from[p] };
+            }
+            if kept {
+                items.extend(page.items);
+            }
         }
         if items.is_empty() && query.wait_ms > 0 {
             // Pass 2: wait everywhere from there; the first pod with commands answers.
@@ -299,11 +305,15 @@ impl App {
                 let pages = self
                     .outbox_of_peers(cluster, asked, Some(&cursor), query.wait_ms)
                     .await;
-                pages.into_iter().find(|(_, page)| !page.items.is_empty())
+                match pages.into_iter().find(|(_, page)| !page.items.is_empty()) {
+                    Some(found) => found,
+                    // No peer has any (or none answers): the wait is the local one's.
+                    None => std::future::pending().await,
+                }
             };
             let winner = tokio::select! {
                 found = local => Some(found?),
-                found = remote => found.map(|(node, page)| (node, page.items, page.next)),
+                (node, page) = remote => Some((node, page.items, page.next)),
             };
             if let Some((node, found, next)) = winner {
                 for p in (0..count).filter(|&p| cluster.node_of(p as u32) == node) {
