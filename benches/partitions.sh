@@ -48,11 +48,13 @@ cores=$(nproc)
 pin() { # pin N OF COMMAND...: core share N of OF, when PIN=1
     local n=$1 of=$2
     shift 2
+    # exec: run in the background, the process is the job itself, so that a kill of
+    # its pid stops it (not a subshell that would leave it running).
     if [ "${PIN:-0}" = 1 ] && [ "$cores" -ge "$of" ]; then
         local per=$((cores / of))
-        taskset -c "$((n * per))-$((n * per + per - 1))" "$@"
+        exec taskset -c "$((n * per))-$((n * per + per - 1))" "$@"
     else
-        "$@"
+        exec "$@"
     fi
 }
 
@@ -68,10 +70,13 @@ wait_ready() { # wait_ready ADDR
 serve() { # serve SLOT OF DIR ADDR OPTIONS...
     local slot=$1 of=$2 dir=$3 addr=$4
     shift 4
-    pin "$slot" "$of" "$bin/sagalog" serve --data-dir "$dir" --listen "$addr" "$@" \
+    (pin "$slot" "$of" "$bin/sagalog" serve --data-dir "$dir" --listen "$addr" "$@") \
         >"$work/serve-$slot.log" 2>&1 &
-    pids+=($!)
+    local pid=$!
+    pids+=("$pid")
     wait_ready "$addr"
+    # Ready, and it is this server that answers (not one still on the address).
+    kill -0 "$pid" 2>/dev/null || { echo "the server on $addr exited:" >&2; cat "$work/serve-$slot.log" >&2; exit 1; }
 }
 
 stop_servers() {
@@ -83,8 +88,8 @@ stop_servers() {
 load() { # load SLOT OF ADDR EXTRA...: the report's two lines
     local slot=$1 of=$2 addr=$3
     shift 3
-    pin "$slot" "$of" "$bin/load" --target "$addr" --sagas "$sagas" --connections 64 \
-        --in-flight 2048 "$@"
+    (pin "$slot" "$of" "$bin/load" --target "$addr" --sagas "$sagas" --connections 64 \
+        --in-flight 2048 "$@")
 }
 
 one() { # one NAME PARTITIONS
