@@ -371,3 +371,60 @@ async fn data_the_server_refuses_fails_the_step_and_the_participant_goes_on() {
         "{stats:?}"
     );
 }
+
+/// Commands carry every earlier step's data: a page of them ends once it holds about
+/// 16 MiB (the server's page bound), and the next page goes on from its last command,
+/// with none skipped or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_commands_ends_by_size_and_the_next_goes_on() {
+    let root = tempfile::tempdir().unwrap();
+    let server = common::serve(&common::data_dir(&root), &[]);
+    let mut c = common::client(&server).await;
+    let data = json!({"pad": "x".repeat(60_000)});
+    let sagas = 320;
+    for n in 0..sagas {
+        let id = format!("big-{n}");
+        let started = post(
+            &mut c,
+            "/api/v1/sagas",
+            json!({"type": "order", "saga_id": id, "payload": {}}),
+        )
+        .await;
+        assert_eq!(started.status, 201, "{}", started.text());
+        let reply = json!({"event_id": format!("{id}/r"), "step": "reserve_inventory",
+                           "outcome": "succeeded", "attempt": 1, "data": data});
+        let answer = post(&mut c, &format!("/api/v1/sagas/{id}/events"), reply).await;
+        assert_eq!(answer.status, 202, "{}", answer.text());
+    }
+    // 320 payment commands of about 60 KB each: more than one page of 16 MiB.
+    let mut seen = BTreeSet::new();
+    let mut pages = 0;
+    let mut after: Option<u64> = None;
+    for _ in 0..20 {
+        let path = match after {
+            Some(after) => {
+                format!("/api/v1/outbox?topic=payment.commands&limit=1000&after={after}")
+            }
+            None => "/api/v1/outbox?topic=payment.commands&limit=1000".to_string(),
+        };
+        let page = get(&mut c, &path).await;
+        assert_eq!(page.status, 200);
+        assert!(
+            page.body.len() < 17 << 20,
+            "a page of {} bytes",
+            page.body.len()
+        );
+        let page = page.json();
+        let items = page["items"].as_array().unwrap();
+        if items.is_empty() {
+            break;
+        }
+        pages += 1;
+        for id in event_ids(items) {
+            assert!(seen.insert(id.clone()), "{id} twice");
+        }
+        after = page["next_after"].as_u64();
+    }
+    assert!(pages >= 2, "{pages} pages");
+    assert_eq!(seen.len(), sagas, "every payment command once");
+}

@@ -33,6 +33,21 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 pub const MAX_SCANNED_RECORDS: usize = 10_000;
 /// Most bytes one read of the tail takes.
 const READ_BYTES: usize = 4 << 20;
+/// About the most bytes of commands one page holds (their payloads and results, which
+/// a later command carries for every step before it); past it the page ends early, at
+/// its last command. A single larger command comes alone.
+pub const MAX_PAGE_BYTES: usize = 16 << 20;
+
+/// About how many bytes `command` takes in a page.
+fn command_bytes(command: &Command) -> usize {
+    const FIXED_BYTES: usize = 512;
+    let undone = command
+        .undo
+        .as_ref()
+        .and_then(|u| u.result.as_ref())
+        .map_or(0, |r| r.len());
+    FIXED_BYTES + command.payload.len() + command.results.bytes() + undone
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxQuery {
@@ -331,7 +346,7 @@ async fn poll_one(
     let mut delivery = engine.delivery_changes();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let mut items = Vec::new();
-    let mut scanned = 0;
+    let (mut scanned, mut bytes) = (0, 0);
     while items.len() < limit && scanned < MAX_SCANNED_RECORDS {
         if !feed.ready() && (!items.is_empty() || tokio::time::Instant::now() >= deadline) {
             break;
@@ -344,8 +359,23 @@ async fn poll_one(
             () = stopping.wait() => break,
         };
         scanned += batch.records;
+        let mut full = false;
+        for command in batch.commands {
+            let size = command_bytes(&command);
+            if !items.is_empty() && bytes + size > MAX_PAGE_BYTES {
+                full = true;
+                break;
+            }
+            bytes += size;
+            items.push(command);
+        }
+        if full {
+            // Full by size: the next page starts after the last command given (the
+            // records after it are read again).
+            next_after = items.last().map(|c| c.feed_offset).or(next_after);
+            break;
+        }
         next_after = batch.last_offset.or(next_after);
-        items.extend(batch.commands);
         if batch.held {
             // The next command's topic is paused: nothing after it is handed out (the
             // cursor cannot pass it). A long poll with nothing yet waits for a resume,
