@@ -323,23 +323,33 @@ impl Partitions {
     /// Registers in every local partition the definitions another one has (a
     /// registration a crash cut short): run at open, before serving.
     pub async fn align_definitions(&self) -> Result<usize> {
-        let mut seen: Vec<Arc<Definition>> = Vec::new();
+        // By name and version (the order each partition's registry took them in); two
+        // partitions with different contents under one version both stay, and the
+        // registration of the second is refused as it would be anywhere.
+        type Key = (String, u32);
+        let key = |d: &Definition| (d.name.clone(), d.version);
+        let mut seen: std::collections::BTreeMap<Key, Vec<Arc<Definition>>> = Default::default();
         for (_, engine) in self.local() {
             for definition in engine.definitions() {
-                if !seen.iter().any(|d| **d == *definition) {
-                    seen.push(definition);
+                let versions = seen.entry(key(&definition)).or_default();
+                if !versions.contains(&definition) {
+                    versions.push(definition);
                 }
             }
         }
-        // Versions in order, so each partition's registry takes them as the first did.
-        seen.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
         let mut added = 0;
         for (_, engine) in self.local() {
-            let have = engine.definitions();
-            for definition in &seen {
-                if !have.iter().any(|d| **d == **definition) {
-                    engine.register_definition((**definition).clone()).await?;
-                    added += 1;
+            let have: std::collections::BTreeMap<Key, Arc<Definition>> = engine
+                .definitions()
+                .into_iter()
+                .map(|d| (key(&d), d))
+                .collect();
+            for (k, versions) in &seen {
+                for definition in versions {
+                    if have.get(k) != Some(definition) {
+                        engine.register_definition((**definition).clone()).await?;
+                        added += 1;
+                    }
                 }
             }
         }
@@ -672,6 +682,41 @@ mod tests {
         }
         std::fs::write(fresh.join(COUNT_FILE), "many\n").unwrap();
         assert!(recorded(&fresh).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registration_that_reached_one_partition_is_finished_in_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = settle(dir.path(), Some(3)).unwrap();
+        let partitions =
+            Partitions::open(dir.path(), count, |_| true, |_| EngineConfig::default()).unwrap();
+        let mut definition = crate::model::definition::builtin_order();
+        definition.name = "half".into();
+        for version in [1, 2] {
+            definition.version = version;
+            partitions
+                .get(1)
+                .unwrap()
+                .register_definition(definition.clone())
+                .await
+                .unwrap();
+        }
+        let lacking = |p: u32| {
+            !partitions
+                .get(p)
+                .unwrap()
+                .definitions()
+                .iter()
+                .any(|d| d.name == "half" && d.version == 2)
+        };
+        assert!(lacking(0) && lacking(2) && !lacking(1));
+        assert_eq!(partitions.align_definitions().await.unwrap(), 4);
+        assert!((0..3).all(|p| !lacking(p)));
+        assert_eq!(
+            partitions.align_definitions().await.unwrap(),
+            0,
+            "nothing left to add"
+        );
     }
 
     fn view(id: &str, at: u64) -> SagaView {
