@@ -3,12 +3,15 @@
 //! second — about 35 lines a second with rdkafka's default context. [`KafkaContext`]
 //! logs each kind of error at most once per [`REPEAT_EVERY`], with the count held back
 //! since; the outage itself shows in the metrics (`outbox_pending_events_total`,
-//! `saga_kafka_consumer_lag`) and their alerts.
+//! `saga_kafka_consumer_lag`) and their alerts. librdkafka's own warnings and errors
+//! (a failed connection, a topic missing from its metadata) are throttled the same way,
+//! by facility.
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use sagalog_engine::throttle::Throttle;
@@ -50,14 +53,40 @@ fn is_unreachable(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-/// The context of every Kafka client sagalog makes: librdkafka's global errors go
-/// through the throttle; its log lines keep rdkafka's default mapping.
+/// The context of every Kafka client sagalog makes: librdkafka's global errors, and its
+/// log lines of warning level and above, go through the throttle.
 #[derive(Clone, Copy, Default)]
 pub struct KafkaContext;
 
 impl ClientContext for KafkaContext {
     fn error(&self, error: KafkaError, reason: &str) {
         kafka_problem("librdkafka", &error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let severe = match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => true,
+            RDKafkaLogLevel::Warning => false,
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}");
+                return;
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}");
+                return;
+            }
+        };
+        let Some(held_back) = THROTTLE.admit(&format!("log:{fac}"), Instant::now()) else {
+            return;
+        };
+        if severe {
+            tracing::error!(target: "librdkafka", held_back, "librdkafka: {fac} {message}");
+        } else {
+            tracing::warn!(target: "librdkafka", held_back, "librdkafka: {fac} {message}");
+        }
     }
 }
 
