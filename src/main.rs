@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use sagalog_engine::{Clock, Definition, Engine, EngineConfig, Partitions, Shutdown, SystemClock};
 use sagalog_http::{ApiConfig, App, Metrics, Readiness};
 use sagalog_relay::{
-    Relay, RelayConfig, RelayObserver, ReplyConsumer, ReplyObserver, TopicObserver,
+    Relay, RelayConfig, RelayObserver, ReplyConsumer, ReplyObserver, TopicObserver, TopicWatch,
 };
 
 use error::{Doing, ServeError};
@@ -218,7 +218,7 @@ async fn serve_until_signal(
                 .map(|(i, (_, engine))| {
                     let hold = kafka
                         .as_ref()
-                        .map(|(relays, _)| relays[i].position_reader());
+                        .map(|kafka| kafka.relays[i].position_reader());
                     tokio::spawn(run_retention(
                         engine.clone(),
                         min_age,
@@ -266,8 +266,7 @@ struct Tasks {
     /// One per partition.
     retention: Vec<tokio::task::JoinHandle<()>>,
     disk: tokio::task::JoinHandle<()>,
-    /// A relay per partition, in the order of [`Partitions::local`].
-    kafka: Option<(Vec<Relay>, ReplyConsumer)>,
+    kafka: Option<Kafka>,
 }
 
 impl Tasks {
@@ -287,27 +286,37 @@ impl Tasks {
             let _ = retention.await;
         }
         let _ = self.disk.await;
-        if let Some((relays, replies)) = self.kafka {
-            replies.stop().await;
-            for relay in relays {
+        if let Some(kafka) = self.kafka {
+            kafka.replies.stop().await;
+            for relay in kafka.relays {
                 relay
                     .stop()
                     .await
                     .doing(|| "stopping the Kafka relay".into())?;
             }
+            kafka.topics.stop().await;
         }
         Ok(())
     }
 }
 
-/// The Kafka relays (one per partition) and the reply consumer, when `--kafka-brokers`
-/// is given.
+/// What runs with `--kafka-brokers`.
+struct Kafka {
+    /// A relay per partition, in the order of [`Partitions::local`].
+    relays: Vec<Relay>,
+    replies: ReplyConsumer,
+    /// The one watcher of the topics they use.
+    topics: TopicWatch,
+}
+
+/// The Kafka relays (one per partition), the reply consumer and their topic watcher,
+/// when `--kafka-brokers` is given.
 async fn start_kafka(
     serve: &Serve,
     partitions: &Arc<Partitions>,
     metrics: &Arc<Metrics>,
     app: &App,
-) -> Result<Option<(Vec<Relay>, ReplyConsumer)>, ServeError> {
+) -> Result<Option<Kafka>, ServeError> {
     let readiness = &app.readiness;
     let Some(brokers) = &serve.kafka_brokers else {
         return Ok(None);
@@ -318,15 +327,17 @@ async fn start_kafka(
         reply_topic_partitions: partitions.count() as i32,
         ..RelayConfig::new(brokers.clone())
     };
+    let observer = Arc::new(RelayMetrics::new(metrics, readiness, 0));
+    let engines = partitions.local().map(|(_, e)| e.clone()).collect();
+    let topics = TopicWatch::start(engines, config.clone(), observer.clone());
     let mut relays = Vec::new();
     for (p, engine) in partitions.local() {
         let observer = Arc::new(RelayMetrics::new(metrics, readiness, p));
-        let relay = Relay::start(engine.clone(), config.clone(), observer)
+        let relay = Relay::start(engine.clone(), config.clone(), topics.topics(), observer)
             .await
             .doing(|| format!("starting the Kafka relay of partition {p} ({brokers})"))?;
         relays.push(relay);
     }
-    let observer = Arc::new(RelayMetrics::new(metrics, readiness, 0));
     let assignment = match &app.cluster {
         Some(cluster) => sagalog_relay::Assignment {
             node: cluster.config.node_id,
@@ -346,11 +357,15 @@ async fn start_kafka(
         partitions.clone(),
         &config,
         observer,
-        relays[0].topics_checked(),
+        topics.topics(),
         assignment,
     )
     .doing(|| format!("starting the Kafka reply consumer ({brokers})"))?;
-    Ok(Some((relays, replies)))
+    Ok(Some(Kafka {
+        relays,
+        replies,
+        topics,
+    }))
 }
 
 /// Checks the disk once now, then every second in a task until the stop.
@@ -441,6 +456,11 @@ impl RelayMetrics {
 impl TopicObserver for RelayMetrics {
     fn topics_missing(&self, missing: &[String], reason: Option<&str>) {
         self.0.outbox.topics_missing.set(missing.len() as i64);
+        // Missing and being created: a note; missing for good: not ready.
+        let creating = (reason.is_none() && !missing.is_empty()).then(|| {
+            format!("topics {missing:?} are missing; creating them (their commands wait)")
+        });
+        self.1.note("kafka_topics", creating);
         self.1.set("kafka topics", reason.map(str::to_string));
     }
 

@@ -7,7 +7,9 @@
 //!   stored position only over a contiguous prefix of acknowledged records.
 //! - [`replies`]: the reply consumer — participants' replies from the reply topic,
 //!   through the same engine path as the HTTP API.
-//! - [`topics`]: makes sure the step, reply and dead-letter topics exist.
+//! - [`topics`]: the process's one watcher of the step, reply and dead-letter topics:
+//!   creates what is missing and tells the clients when a topic came back after it
+//!   was gone, so that they start anew on it.
 //! - [`parked`]: commands read while their topic is paused, until its resume.
 //! - [`position`]: the relay's durable position beside the indexes.
 //! - [`logs`]: the clients' context, logging librdkafka's repeated errors once a minute.
@@ -28,7 +30,7 @@ use std::time::Duration;
 pub use logs::KafkaContext;
 pub use publisher::{Relay, RelayObserver};
 pub use replies::{Assignment, ReplyConsumer, ReplyForwarder, ReplyObserver};
-pub use topics::TopicObserver;
+pub use topics::{TopicObserver, TopicWatch, Topics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {

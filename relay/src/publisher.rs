@@ -10,11 +10,16 @@
 //!
 //! A failed delivery holds the window (later commands of the same saga never overtake
 //! it): a failure to reach the broker is retried with backoff without bound, so a
-//! broker that is down delays commands but skips none — every third attempt on a new
-//! producer, since one that knew a broker before it restarted may never recover; a command the broker refuses
+//! broker that is down delays commands but skips none; a command the broker refuses
 //! as such (too large, invalid) is retried up to [`RelayConfig::max_attempts`] and
 //! then dead-lettered — recorded in the log, copied to the dead-letter topic when the
 //! broker takes it — and publishing goes on with the next command.
+//!
+//! A new producer replaces the old one, and everything in the window is sent again on
+//! it in log order (as after a restart, from the position), when a topic came back
+//! ([`crate::topics`]: a broker that restarted without its state has also forgotten the
+//! producer's id, and librdkafka's idempotent producer retries with it until its
+//! messages time out), on a fatal error, and every third failed attempt at one command.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -32,6 +37,7 @@ use sagalog_engine::{Command, Engine, Shutdown, Stop};
 use tokio::task::JoinHandle;
 
 use crate::parked::Parked;
+use crate::topics::Topics;
 use crate::{position, topics, KafkaContext, RelayConfig, Result};
 
 /// Longest a dropped publisher waits to hand librdkafka's queue to the broker.
@@ -42,8 +48,6 @@ const READ_RECORDS: usize = 1024;
 const READ_BYTES: usize = 8 << 20;
 /// Longest a stop waits for the deliveries in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest a check that a topic exists may take while a command waits on it.
-const RECREATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A command that failed this many times in a row to reach the broker gets a new
 /// producer for its next attempt (and everything behind it is sent again).
 const RENEW_PRODUCER_AFTER: u32 = 3;
@@ -120,20 +124,19 @@ enum Settled {
 /// A running relay; [`Relay::stop`] ends it and stores its position.
 pub struct Relay {
     task: JoinHandle<Result<()>>,
-    /// Checks the topics now and then (see [`topics::watch`]).
-    watcher: JoinHandle<()>,
     stop: Stop,
     position: Arc<AtomicU64>,
-    /// True once the first topic check has ended.
-    first_check: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Relay {
-    /// Starts publishing from the stored position, and the watcher that creates the
-    /// missing topics (when configured to) beside it; neither waits for the broker.
+    /// Starts publishing from the stored position once the first check of `topics`
+    /// has ended (the topics created, where they may be), so that the first commands
+    /// after a start do not race the creation of their topics; it never waits for the
+    /// broker itself.
     pub async fn start(
         engine: Arc<Engine>,
         config: RelayConfig,
+        topics: Topics,
         observer: Arc<dyn RelayObserver>,
     ) -> Result<Relay> {
         // A missing topic does not stop the start: its commands wait, and the watcher
@@ -152,40 +155,20 @@ impl Relay {
         let start = stored.max(log_start);
         let position = Arc::new(AtomicU64::new(start));
         let (stop, stopping) = Shutdown::new();
-        let (first_check_done, first_check) = tokio::sync::watch::channel(false);
         let publisher = Publisher {
             engine,
             producer: parking_lot::Mutex::new(producer),
             config,
             observer,
+            topics,
             position: position.clone(),
             stopping,
         };
-        let watcher = tokio::spawn(topics::watch(
-            publisher.engine.clone(),
-            publisher.config.clone(),
-            publisher.observer.clone(),
-            first_check_done,
-            stop.subscribe(),
-        ));
         Ok(Relay {
-            task: tokio::spawn(publisher.run(start, first_check.clone())),
-            watcher,
+            task: tokio::spawn(publisher.run(start)),
             stop,
             position,
-            first_check,
         })
-    }
-
-    /// Resolves once the first topic check has ended (the missing topics created, where
-    /// they may be), answered or not: the reply consumer subscribes after it, so that it
-    /// does not wait minutes for librdkafka to notice a topic created after it
-    /// subscribed.
-    pub fn topics_checked(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut checked = self.first_check.clone();
-        async move {
-            let _ = checked.wait_for(|done| *done).await;
-        }
     }
 
     /// The first log offset not yet published.
@@ -203,7 +186,6 @@ impl Relay {
     /// position durably.
     pub async fn stop(self) -> Result<()> {
         self.stop.stop();
-        let _ = self.watcher.await;
         match self.task.await {
             Ok(result) => result,
             Err(e) => {
@@ -221,22 +203,20 @@ struct Publisher {
     producer: parking_lot::Mutex<FutureProducer<KafkaContext>>,
     config: RelayConfig,
     observer: Arc<dyn RelayObserver>,
+    /// The topic watcher: when to start, when a topic came back, and asked for a check
+    /// when deliveries fail.
+    topics: Topics,
     position: Arc<AtomicU64>,
     stopping: Shutdown,
 }
 
 impl Publisher {
-    /// Publishes from `start` once the first topic check has ended (`first_check`), so
-    /// that the first commands after a start do not race the creation of their topics;
-    /// a broker that does not answer delays them by that check's timeout at most.
-    async fn run(
-        self,
-        start: u64,
-        mut first_check: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<()> {
+    /// Publishes from `start` once the first topic check has ended; a broker that does
+    /// not answer delays that by the check's timeout at most.
+    async fn run(self, start: u64) -> Result<()> {
         let mut stopping = self.stopping.clone();
         let mut waiting = tokio::time::interval(self.config.position_interval);
-        let checked = first_check.wait_for(|done| *done);
+        let checked = self.topics.first_check();
         let mut checked = std::pin::pin!(checked);
         loop {
             tokio::select! {
@@ -259,6 +239,12 @@ impl Publisher {
         let mut position = start;
         let mut stored = start;
         let mut store_tick = tokio::time::interval(self.config.position_interval);
+        let mut topic_state = self.topics.state();
+        let (mut returns, mut departures) = {
+            let state = topic_state.borrow_and_update();
+            (state.returns, state.departures)
+        };
+        let mut watching = true;
         tracing::info!(position, brokers = %self.config.brokers, "relay publishing");
         loop {
             tokio::select! {
@@ -279,9 +265,29 @@ impl Publisher {
                         );
                     }
                 }
+                // A watcher that has stopped has nothing more to say.
+                changed = topic_state.changed(), if watching => {
+                    if changed.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    let now = topic_state.borrow_and_update();
+                    let (now_returns, now_departures) = (now.returns, now.departures);
+                    drop(now);
+                    if (now_returns, now_departures) != (returns, departures) {
+                        let why = if now_returns != returns { "came back" } else { "is gone" };
+                        (returns, departures) = (now_returns, now_departures);
+                        tracing::warn!(
+                            in_flight = window.len(),
+                            "a Kafka topic {why}: starting a new producer and sending everything in flight again"
+                        );
+                        self.renew_producer()?;
+                        window = self.send_again(window, &mut parked);
+                    }
+                }
                 outcome = async { (&mut window.front_mut().expect("checked").delivery).await }, if !window.is_empty() => {
                     let slot = window.pop_front().expect("checked");
-                    match self.settle(slot, outcome).await? {
+                    match self.settle(slot, outcome, returns).await? {
                         Settled::Retry(slot) => window.push_front(slot),
                         Settled::Restarted(slot) => {
                             window = self.send_again(window, &mut parked);
@@ -393,8 +399,18 @@ impl Publisher {
         kept
     }
 
-    /// Handles the oldest delivery's outcome.
-    async fn settle(&self, mut slot: InFlight, outcome: Outcome) -> Result<Settled> {
+    /// Replaces the producer; the old one (with whatever it still queues, purged) is
+    /// dropped off the runtime: its drop waits for its thread.
+    fn renew_producer(&self) -> Result<()> {
+        let fresh = producer(&self.config)?;
+        let old = std::mem::replace(&mut *self.producer.lock(), fresh);
+        tokio::task::spawn_blocking(move || drop(old));
+        Ok(())
+    }
+
+    /// Handles the oldest delivery's outcome; `returns` is the topic watcher's count of
+    /// returns the run loop has acted on.
+    async fn settle(&self, mut slot: InFlight, outcome: Outcome, returns: u64) -> Result<Settled> {
         if slot.attempt == 1 {
             self.observer.first_attempt(outcome == Outcome::Delivered);
         }
@@ -411,14 +427,9 @@ impl Publisher {
             Outcome::Fatal(reason) => (reason, Renew::Now),
             Outcome::Unreachable(reason) => {
                 // A broker that came back without its topics may answer only with
-                // timeouts (its clients' metadata still names the old partitions): make
-                // sure the topic exists before trying again.
-                if self.config.create_topics {
-                    let topic = std::collections::BTreeSet::from([slot.command.topic.clone()]);
-                    if let Err(e) = topics::ensure(&self.config, &topic, RECREATE_TIMEOUT).await {
-                        tracing::warn!(topic = %slot.command.topic, error = %e, "making sure the topic exists failed");
-                    }
-                }
+                // timeouts: the watcher checks at once, creates what is gone and tells
+                // the relay (a new producer then) when the topics are back.
+                self.topics.check_soon();
                 // A producer still failing after the broker is back may hold stale
                 // state of it: a new one starts clean.
                 let renew = if slot.attempt.is_multiple_of(RENEW_PRODUCER_AFTER) {
@@ -437,21 +448,30 @@ impl Publisher {
             reason,
             "publishing a command failed; retrying"
         );
-        if renew != Renew::Now {
+        // A new producer at once, but not again and again at once: a broker that keeps
+        // refusing new producers gets the usual backoff between them.
+        if renew != Renew::Now || slot.attempt > 1 {
             let backoff = self
                 .config
                 .retry_backoff
                 .saturating_mul(2u32.saturating_pow(slot.attempt.saturating_sub(1).min(16)))
                 .min(self.config.max_retry_backoff);
             let mut stopping = self.stopping.clone();
+            // A topic that came back ends the wait: the run loop renews the producer.
+            let mut topic_state = self.topics.state();
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = stopping.wait() => {}
+                () = async {
+                    if topic_state.wait_for(|s| s.returns != returns).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => {}
             }
         }
         if renew != Renew::No {
             tracing::warn!("starting a new Kafka producer and sending everything in flight again");
-            *self.producer.lock() = producer(&self.config)?;
+            self.renew_producer()?;
         }
         if self.engine.delivery().is_paused(&slot.command.topic) {
             // Paused since it was sent: held with the others until the resume.
@@ -607,7 +627,20 @@ fn classify(e: &KafkaError) -> Outcome {
                 | RDKafkaErrorCode::BadMessage
         )
     );
-    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+    // The broker does not take this producer's id or epoch (it forgot the id, or a
+    // local epoch bump of librdkafka's is not the broker's): only a new producer, with
+    // an id from the broker, goes on.
+    let stale_producer = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+        )
+    );
+    if stale_producer {
         Outcome::Fatal(e.to_string())
     } else if refused {
         Outcome::Refused(e.to_string())
@@ -621,12 +654,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_record_faults_are_refusals() {
+    fn only_record_faults_are_refusals_and_a_stale_producer_is_replaced() {
         let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
         assert!(matches!(classify(&too_large), Outcome::Refused(_)));
         let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
         assert!(matches!(classify(&timed_out), Outcome::Unreachable(_)));
         let down = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
         assert!(matches!(classify(&down), Outcome::Unreachable(_)));
+        let fenced = KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced);
+        assert!(matches!(classify(&fenced), Outcome::Fatal(_)));
     }
 }

@@ -4,6 +4,11 @@
 //! the engine made the reply durable (or refused it for good); a message that is not
 //! a reply is logged, counted and skipped. When the engine cannot write, the consumer
 //! waits and tries the same message again, so nothing is skipped.
+//!
+//! When the reply topic came back after it was gone (the topic watcher says so, see
+//! [`crate::topics`]), a new consumer reads it from its start: the old one keeps the
+//! old topic's id and its offsets, which say nothing of the new topic's messages
+//! (replies are idempotent, so one read twice changes nothing).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +16,12 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use sagalog_engine::wire::ReplyMessage;
 use sagalog_engine::{is_valid_saga_id, ErrorClass, Partitions, Shutdown, Stop};
 use tokio::task::JoinHandle;
 
+use crate::topics::{TopicState, Topics};
 use crate::{KafkaContext, RelayConfig, Result};
 
 /// The pause after a failed read of the reply topic.
@@ -25,6 +32,14 @@ const FIRST_REPLY_RETRY: Duration = Duration::from_millis(100);
 
 /// Longest wait before a reply the engine could not take is tried again.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+/// librdkafka's `metadata.max.age.ms` for the reply consumer: its metadata cache keeps
+/// nothing. A broker that answers a fetch of a topic it does not know with a zero topic
+/// id and a leader hint (tansu 0.6 does) makes librdkafka 2.12 look that hint's topic up
+/// in the cache by a null name, which crashes the process when the cache holds any
+/// topic; with the cache empty the lookup misses harmlessly. The consumer needs no
+/// cache: it is assigned its partitions and asks the broker directly for the rest.
+const CONSUMER_METADATA_MAX_AGE_MS: &str = "1";
+
 /// How often the consumer lag is measured.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest a watermark query may take.
@@ -76,37 +91,34 @@ pub struct ReplyConsumer {
 }
 
 impl ReplyConsumer {
-    /// Subscribes to the reply topic once `ready` resolves (the relay's first topic
-    /// check, [`crate::Relay::topics_checked`], which creates the topic where it may:
-    /// librdkafka notices a topic created after its subscription only at its next
-    /// metadata refresh, minutes later), then consumes it.
+    /// Reads the reply topic once the first topic check has ended (the topic created
+    /// where it may be: librdkafka notices a topic created after it was assigned only at
+    /// its next metadata refresh, minutes later), and reads it anew, with a new
+    /// consumer, each time it came back.
     pub fn start(
         partitions: Arc<Partitions>,
         config: &RelayConfig,
         observer: Arc<dyn ReplyObserver>,
-        ready: impl std::future::Future<Output = ()> + Send + 'static,
+        topics: Topics,
         assignment: Assignment,
     ) -> Result<ReplyConsumer> {
-        let consumer: StreamConsumer<KafkaContext> = ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
-            .set("group.id", &config.reply_group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create_with_context(KafkaContext)?;
+        let first = consumer(config)?;
         let (stop, stopping) = Shutdown::new();
-        let topic = config.reply_topic.clone();
+        let config = config.clone();
         let task = tokio::spawn(async move {
             let mut waiting = stopping.clone();
             tokio::select! {
-                () = ready => {}
+                () = topics.first_check() => {}
                 () = waiting.wait() => return,
             }
-            let consumer = Arc::new(consumer);
-            if !assign(&consumer, &topic, &assignment, &mut waiting).await {
-                return;
-            }
-            let forwarder = assignment.forwarder.clone();
-            run(consumer, partitions, observer, forwarder, stopping).await;
+            let reader = Reader {
+                partitions,
+                observer,
+                forwarder: assignment.forwarder.clone(),
+                topics,
+                stopping,
+            };
+            reader.run(first, &config, &assignment).await;
         });
         Ok(ReplyConsumer { task, stop })
     }
@@ -117,38 +129,136 @@ impl ReplyConsumer {
     }
 }
 
-async fn run(
-    consumer: Arc<StreamConsumer<KafkaContext>>,
+/// A consumer of the reply topic with sagalog's settings.
+fn consumer(config: &RelayConfig) -> Result<StreamConsumer<KafkaContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.reply_group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("metadata.max.age.ms", CONSUMER_METADATA_MAX_AGE_MS)
+        .create_with_context(KafkaContext)?)
+}
+
+/// Why one consumer stopped reading.
+enum Ended {
+    Stopped,
+    /// The reply topic came back: the watcher's count of returns then.
+    TopicBack(u64),
+}
+
+/// What every consumer of the reply topic shares, one after another.
+struct Reader {
     partitions: Arc<Partitions>,
     observer: Arc<dyn ReplyObserver>,
     forwarder: Option<Arc<dyn ReplyForwarder>>,
-    mut stopping: Shutdown,
-) {
-    let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
-    let mut stop_signal = stopping.clone();
-    loop {
-        tokio::select! {
-            biased;
-            () = stop_signal.wait() => return,
-            _ = lag_tick.tick() => {
-                let consumer = consumer.clone();
-                if let Ok(Some(lag)) = tokio::task::spawn_blocking(move || lag(&consumer)).await {
-                    observer.lag(lag);
+    topics: Topics,
+    stopping: Shutdown,
+}
+
+impl Reader {
+    /// Reads with `first`, then with a new consumer each time the topic came back,
+    /// until the stop.
+    async fn run(
+        &self,
+        first: StreamConsumer<KafkaContext>,
+        config: &RelayConfig,
+        assignment: &Assignment,
+    ) {
+        let topic = config.reply_topic.as_str();
+        let mut state = self.topics.state();
+        let mut seen = state.borrow_and_update().returns;
+        let mut next = Some(first);
+        let mut from_start = false;
+        let mut stopping = self.stopping.clone();
+        loop {
+            let consumer = match next.take().map_or_else(|| consumer(config), Ok) {
+                Ok(consumer) => Arc::new(consumer),
+                Err(e) => {
+                    tracing::error!(error = %e, "making a new reply consumer failed; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(METADATA_RETRY) => continue,
+                        () = stopping.wait() => return,
+                    }
+                }
+            };
+            if !assign(&consumer, topic, assignment, from_start, &mut stopping).await {
+                return;
+            }
+            let ended = self.read(&consumer, topic, &mut state, seen).await;
+            // Closing a consumer waits for librdkafka: off the runtime.
+            tokio::task::spawn_blocking(move || drop(consumer));
+            match ended {
+                Ended::Stopped => return,
+                Ended::TopicBack(returns) => {
+                    tracing::info!(
+                        topic,
+                        "the reply topic came back: reading it from its start with a new consumer"
+                    );
+                    (seen, from_start) = (returns, true);
                 }
             }
-            message = consumer.recv() => match message {
-                Ok(message) => {
-                    let forwarder = forwarder.as_deref();
-                    if !handle(&partitions, observer.as_ref(), forwarder, &message, &mut stopping).await {
-                        return;
+        }
+    }
+
+    /// Feeds the replies `consumer` reads to the engine until the stop or the topic's
+    /// return after `seen`.
+    async fn read(
+        &self,
+        consumer: &Arc<StreamConsumer<KafkaContext>>,
+        topic: &str,
+        state: &mut tokio::sync::watch::Receiver<TopicState>,
+        seen: u64,
+    ) -> Ended {
+        let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
+        let mut stop_signal = self.stopping.clone();
+        let mut stopping = self.stopping.clone();
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                biased;
+                () = stop_signal.wait() => return Ended::Stopped,
+                // A watcher that has stopped has nothing more to say.
+                changed = state.changed(), if watching => {
+                    if changed.is_err() {
+                        watching = false;
+                        continue;
                     }
-                    if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
-                        tracing::warn!(error = %e, "committing a reply's offset failed; it may be read again (replies are idempotent)");
+                    let now = state.borrow_and_update();
+                    if now.came_back(topic, seen) {
+                        return Ended::TopicBack(now.returns);
                     }
                 }
-                Err(e) => {
-                    crate::logs::kafka_problem("reply consumer", &e, "reading the reply topic failed; retrying");
-                    tokio::time::sleep(READ_RETRY).await;
+                _ = lag_tick.tick() => {
+                    let consumer = consumer.clone();
+                    if let Ok(Some(lag)) = tokio::task::spawn_blocking(move || lag(&consumer)).await {
+                        self.observer.lag(lag);
+                    }
+                }
+                message = consumer.recv() => match message {
+                    Ok(message) => {
+                        let forwarder = self.forwarder.as_deref();
+                        if !handle(&self.partitions, self.observer.as_ref(), forwarder, &message, &mut stopping).await {
+                            return Ended::Stopped;
+                        }
+                        if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
+                            tracing::warn!(error = %e, "committing a reply's offset failed; it may be read again (replies are idempotent)");
+                        }
+                    }
+                    Err(e) => {
+                        if matches!(
+                            e.rdkafka_error_code(),
+                            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopicId)
+                        ) {
+                            // Gone: the watcher makes it again (where it may) and says so.
+                            self.topics.check_soon();
+                        }
+                        crate::logs::kafka_problem("reply consumer", &e, "reading the reply topic failed; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(READ_RETRY) => {}
+                            () = stop_signal.wait() => return Ended::Stopped,
+                        }
+                    }
                 }
             }
         }
@@ -271,12 +381,14 @@ async fn forward(
 }
 
 /// Assigns the consumer its partitions of the reply topic (those numbered as this pod,
-/// modulo the pods), asking the broker how many the topic has until it answers; false
+/// modulo the pods), from their start when `from_start` and else from the group's
+/// committed offsets, asking the broker how many the topic has until it answers; false
 /// when a stop came first.
 async fn assign(
     consumer: &Arc<StreamConsumer<KafkaContext>>,
     topic: &str,
     assignment: &Assignment,
+    from_start: bool,
     stopping: &mut Shutdown,
 ) -> bool {
     loop {
@@ -296,8 +408,15 @@ async fn assign(
             Ok(count) if count > 0 => {
                 let mut list = rdkafka::TopicPartitionList::new();
                 let nodes = assignment.nodes.max(1) as usize;
+                let offset = if from_start {
+                    rdkafka::Offset::Beginning
+                } else {
+                    rdkafka::Offset::Invalid
+                };
                 for k in (0..count).filter(|k| k % nodes == assignment.node as usize) {
-                    list.add_partition(topic, k as i32);
+                    if let Err(e) = list.add_partition_offset(topic, k as i32, offset) {
+                        tracing::error!(topic, partition = k, error = %e, "assigning a reply topic partition failed");
+                    }
                 }
                 match consumer.assign(&list) {
                     Ok(()) => {

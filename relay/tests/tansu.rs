@@ -13,7 +13,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Headers, Message};
 use sagalog_engine::{Engine, EngineConfig, Outcome, Reply, StartRequest};
-use sagalog_relay::{Relay, RelayConfig, RelayObserver};
+use sagalog_relay::{Relay, RelayConfig, RelayObserver, TopicWatch};
 
 use common::Tansu;
 
@@ -75,6 +75,19 @@ fn config(tansu: &Tansu) -> RelayConfig {
         topic_partitions: 3,
         ..RelayConfig::new(tansu.brokers())
     }
+}
+
+/// A relay over `engine` and the topic watcher it follows (stop the relay first).
+async fn start_relay(
+    engine: &Arc<Engine>,
+    config: RelayConfig,
+    observer: Arc<dyn RelayObserver>,
+) -> (Relay, TopicWatch) {
+    let watch = TopicWatch::start(vec![engine.clone()], config.clone(), observer.clone());
+    let relay = Relay::start(engine.clone(), config, watch.topics(), observer)
+        .await
+        .unwrap();
+    (relay, watch)
 }
 
 /// A consumer reading every partition of the step topics from the beginning.
@@ -175,9 +188,7 @@ async fn every_command_of_ten_thousand_sagas_arrives_once_in_order_per_saga() {
 
     // Commands issued before the relay starts, and while it runs.
     start_sagas(&engine, ids[..SAGAS / 2].iter().cloned()).await;
-    let relay = Relay::start(engine.clone(), config(&tansu), Arc::new(Quiet))
-        .await
-        .unwrap();
+    let (relay, watch) = start_relay(&engine, config(&tansu), Arc::new(Quiet)).await;
     start_sagas(&engine, ids[SAGAS / 2..].iter().cloned()).await;
     for (n, id) in ids.iter().enumerate() {
         answer_first_step(&engine, n, id).await;
@@ -234,10 +245,9 @@ async fn every_command_of_ten_thousand_sagas_arrives_once_in_order_per_saga() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     relay.stop().await.unwrap();
+    watch.stop().await;
     start_sagas(&engine, std::iter::once("late-1".to_string())).await;
-    let relay = Relay::start(engine.clone(), config(&tansu), Arc::new(Quiet))
-        .await
-        .unwrap();
+    let (relay, watch) = start_relay(&engine, config(&tansu), Arc::new(Quiet)).await;
     let more = receive(&consumer, 1, Duration::from_secs(60)).await;
     assert_eq!(
         more[0].0, "late-1",
@@ -250,6 +260,7 @@ async fn every_command_of_ten_thousand_sagas_arrives_once_in_order_per_saga() {
         "nothing else is republished"
     );
     relay.stop().await.unwrap();
+    watch.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,9 +275,7 @@ async fn a_broker_down_for_30_s_delays_commands_but_loses_none() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
     let observer = Arc::new(Counts::default());
-    let relay = Relay::start(engine.clone(), config(&tansu), observer.clone())
-        .await
-        .unwrap();
+    let (relay, watch) = start_relay(&engine, config(&tansu), observer.clone()).await;
     start_sagas(&engine, (0..500).map(|n| format!("before-{n}"))).await;
     let before = receive(&consumer(&tansu, 3), 500, Duration::from_secs(60)).await;
     assert_eq!(before.len(), 500);
@@ -285,11 +294,11 @@ async fn a_broker_down_for_30_s_delays_commands_but_loses_none() {
     // It comes back empty on the same port: the relay creates the topic again and
     // delivers every command it held back.
     let tansu = Tansu::start_on(port);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while relay.position() < head {
         assert!(
             Instant::now() < deadline,
-            "the relay did not catch up after the broker came back: position {} head {head}",
+            "the relay did not catch up within 30 s of the broker's return: position {} head {head}",
             relay.position()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -311,6 +320,7 @@ async fn a_broker_down_for_30_s_delays_commands_but_loses_none() {
         arrived.insert(batch[0].0.clone());
     }
     relay.stop().await.unwrap();
+    watch.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,9 +335,7 @@ async fn a_command_the_broker_refuses_is_dead_lettered_and_the_stream_goes_on() 
         retry_backoff: Duration::from_millis(20),
         ..config(&tansu)
     };
-    let relay = Relay::start(engine.clone(), config, observer.clone())
-        .await
-        .unwrap();
+    let (relay, watch) = start_relay(&engine, config, observer.clone()).await;
     start_sagas(&engine, std::iter::once("fine-1".to_string())).await;
     engine
         .start(StartRequest {
@@ -362,6 +370,7 @@ async fn a_command_the_broker_refuses_is_dead_lettered_and_the_stream_goes_on() 
     // reach the consumer first.
     assert_eq!(Counts::get(&observer.dead_lettered), 1);
     relay.stop().await.unwrap();
+    watch.stop().await;
     // The dead letter is a record in the log, naming the command and why.
     let dead: Vec<_> = engine
         .log()
@@ -391,15 +400,13 @@ async fn replies_on_kafka_drive_a_saga_to_completion_and_malformed_ones_are_skip
     let dir = tempfile::tempdir().unwrap();
     let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
     let relay_config = config(&tansu);
-    let relay = Relay::start(engine.clone(), relay_config.clone(), Arc::new(Quiet))
-        .await
-        .unwrap();
+    let (relay, watch) = start_relay(&engine, relay_config.clone(), Arc::new(Quiet)).await;
     let counts = Arc::new(Counts::default());
     let replies = sagalog_relay::ReplyConsumer::start(
         Arc::new(sagalog_engine::Partitions::single(engine.clone())),
         &relay_config,
         counts.clone(),
-        relay.topics_checked(),
+        watch.topics(),
         sagalog_relay::Assignment {
             node: 0,
             nodes: 1,
@@ -453,4 +460,5 @@ async fn replies_on_kafka_drive_a_saga_to_completion_and_malformed_ones_are_skip
     );
     replies.stop().await;
     relay.stop().await.unwrap();
+    watch.stop().await;
 }

@@ -97,11 +97,13 @@ async fn run(args: &Args, tansu: &Tansu) -> Result<(), String> {
         linger: Duration::from_millis(args.linger_ms),
         ..config
     };
-    let relay = Relay::start(engine.clone(), config, latencies.clone())
+    let watch =
+        sagalog_relay::TopicWatch::start(vec![engine.clone()], config.clone(), latencies.clone());
+    let relay = Relay::start(engine.clone(), config, watch.topics(), latencies.clone())
         .await
         .map_err(|e| e.to_string())?;
     // The relay checks the topics (they exist) before it publishes: not part of it.
-    relay.topics_checked().await;
+    watch.topics().first_check().await;
     let started = Instant::now();
     while relay.position() < head {
         tokio::time::sleep(Duration::from_millis(10)).await;
