@@ -673,3 +673,316 @@ async fn three_pods_read_their_partitions_of_the_reply_topic() {
         "CRC32-partitioned replies on other pods' partitions were forwarded"
     );
 }
+
+/// Reads `consumer` until every saga of `ids` had its first command (attempt 1 of
+/// `step`) arrive, or panics at `deadline` naming those whose command did not.
+async fn first_commands(
+    consumer: &StreamConsumer,
+    step: &str,
+    ids: &[String],
+    deadline: Instant,
+    what: &str,
+) {
+    let mut waiting: std::collections::BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(message)) => message,
+            // A topic being created again: the consumer retries.
+            Ok(Err(_)) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(_) => panic!(
+                "{} of {} commands {what} never arrived: {waiting:?}",
+                waiting.len(),
+                ids.len()
+            ),
+        };
+        let command: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        if command["step"] == step && command["attempt"] == 1 {
+            waiting.remove(command["saga_id"].as_str().unwrap());
+        }
+    }
+}
+
+/// Starts sagas `ids`, each acknowledged.
+async fn start_all(c: &mut sagalog_http::client::Client, ids: &[String]) {
+    for id in ids {
+        let started = post(
+            c,
+            "/api/v1/sagas",
+            json!({"type": "order", "saga_id": id, "payload": {}}),
+        )
+        .await;
+        assert_eq!(started.status, 201, "{}", started.text());
+    }
+}
+
+/// Replies on the reply topic that saga `id`'s first step succeeded (its attempt as
+/// the saga shows it, again if a timeout issued another meanwhile), and waits until the
+/// saga took it, or panics after `within`.
+async fn reply_on_kafka_until_taken(
+    tansu: &Tansu,
+    c: &mut sagalog_http::client::Client,
+    id: &str,
+    within: Duration,
+) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", tansu.brokers())
+        .create()
+        .unwrap();
+    let step = "reserve_inventory";
+    let deadline = Instant::now() + within;
+    let mut replied = None;
+    loop {
+        let saga = get(c, &format!("/api/v1/sagas/{id}")).await.json();
+        let reserve = &saga["steps"][0];
+        assert_eq!(reserve["name"], step, "{saga}");
+        if reserve["status"] == "succeeded" {
+            return;
+        }
+        let attempt = reserve["attempts"].as_u64().unwrap();
+        if replied != Some(attempt) {
+            let reply = json!({"saga_id": id, "event_id": format!("{id}/{step}/{attempt}"),
+                               "step": step, "outcome": "succeeded", "attempt": attempt})
+            .to_string();
+            producer
+                .send(
+                    FutureRecord::to("saga.replies").key(id).payload(&reply),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            replied = Some(attempt);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reply on Kafka did not reach {id} within {within:?}: {saga}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A broker that restarts without its state (tansu's memory storage: no topics, no
+/// producer ids) while sagas are acknowledged: once it is back, the relay makes the
+/// topics again, a new producer publishes every command it holds, and a new reply
+/// consumer reads the recreated reply topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_back_empty_gets_every_acknowledged_command_within_30_s() {
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let port = tansu.port;
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &["--kafka-brokers", &tansu.brokers()]);
+    let mut c = common::client(&server).await;
+    start_all(&mut c, &["before-0".to_string()]).await;
+    {
+        let inventory = consumer(&tansu, "inventory.commands");
+        assert_eq!(next_command(&inventory).await["saga_id"], "before-0");
+    }
+
+    drop(tansu);
+    let during: Vec<String> = (0..50).map(|n| format!("during-{n}")).collect();
+    start_all(&mut c, &during).await;
+    // Longer than a delivery's timeout: the producer's attempts fail meanwhile.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+
+    let tansu = Tansu::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let inventory = consumer(&tansu, "inventory.commands");
+    first_commands(
+        &inventory,
+        "reserve_inventory",
+        &during,
+        deadline,
+        "acknowledged while the broker was down",
+    )
+    .await;
+    // The wait outlasted the server's keep-alive idle limit.
+    let mut c = common::client(&server).await;
+    // Replies go through the reply topic made anew.
+    reply_on_kafka_until_taken(&tansu, &mut c, "during-0", Duration::from_secs(30)).await;
+    let log = server.log_text();
+    assert!(log.contains("Kafka topics are back"), "{log}");
+    assert!(server.terminate().unwrap().success());
+}
+
+/// Waits until the server's log has a line containing `text`, or panics after
+/// `within`.
+async fn wait_for_log(server: &sagalog_benches::process::Server, text: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !server.log_text().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not log {text:?} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An operator deletes a step topic and the reply topic under a running server: the
+/// relay's watcher finds them gone, makes them again, and the relay publishes and
+/// consumes there as before. (The sagas start once the topics are back: tansu
+/// acknowledges writes to a deleted topic that no consumer then sees, where Kafka
+/// refuses them and the relay retries.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_deleted_under_a_running_server_are_made_again_and_used() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &["--kafka-brokers", &tansu.brokers()]);
+    let mut c = common::client(&server).await;
+    start_all(&mut c, &["before-0".to_string()]).await;
+    {
+        let inventory = consumer(&tansu, "inventory.commands");
+        assert_eq!(next_command(&inventory).await["saga_id"], "before-0");
+    }
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", tansu.brokers())
+        .create()
+        .unwrap();
+    let deleted = admin
+        .delete_topics(
+            &["inventory.commands", "saga.replies"],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    // The watcher's periodic check (every 30 s) finds them.
+    wait_for_log(&server, "Kafka topics are back", Duration::from_secs(45)).await;
+    let log = server.log_text();
+    assert!(
+        log.contains("Kafka topics the relay uses are gone"),
+        "{log}"
+    );
+
+    let mut c = common::client(&server).await;
+    let after: Vec<String> = (0..10).map(|n| format!("after-{n}")).collect();
+    start_all(&mut c, &after).await;
+    let inventory = consumer(&tansu, "inventory.commands");
+    first_commands(
+        &inventory,
+        "reserve_inventory",
+        &after,
+        Instant::now() + Duration::from_secs(30),
+        "issued after the topic was made again",
+    )
+    .await;
+    let mut c = common::client(&server).await;
+    let metrics = get(&mut c, "/metrics").await.text();
+    assert_eq!(common::gauge(&metrics, "sagalog_kafka_topics_missing"), 0.0);
+    reply_on_kafka_until_taken(&tansu, &mut c, "after-0", Duration::from_secs(30)).await;
+    assert!(
+        server.log_text().contains("the reply topic came back"),
+        "a new reply consumer"
+    );
+    assert!(server.terminate().unwrap().success());
+}
+
+/// A step topic deleted under a server that may not create topics: readiness and the
+/// metric say it is missing, its commands wait, and once an operator makes it again
+/// the log says so and they go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_under_a_server_that_may_not_create_it_is_reported_until_it_is_back() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let config = sagalog_relay::RelayConfig::new(tansu.brokers());
+    let topics: std::collections::BTreeSet<String> = [
+        "inventory.commands",
+        "payment.commands",
+        "shipping.commands",
+        "saga.replies",
+        "sagalog.dead-letter",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    sagalog_relay::topics::ensure(&config, &topics, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(
+        &data_dir(&root),
+        &[
+            "--kafka-brokers",
+            &tansu.brokers(),
+            "--kafka-create-topics",
+            "false",
+        ],
+    );
+    let mut c = common::client(&server).await;
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", tansu.brokers())
+        .create()
+        .unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    admin
+        .delete_topics(&["inventory.commands"], &options)
+        .await
+        .unwrap();
+    // The watcher's periodic check (every 30 s) finds it missing.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let ready = loop {
+        let ready = get(&mut c, "/readyz").await;
+        if ready.status == 503 {
+            break ready;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready 45 s after the topic was deleted: {}",
+            ready.text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let message = common::expect_error(&ready, 503, "not_ready");
+    assert!(message.contains("inventory.commands"), "{message}");
+    let metrics = get(&mut c, "/metrics").await.text();
+    assert_eq!(
+        common::gauge(&metrics, "sagalog_kafka_topics_missing"),
+        1.0,
+        "{metrics}"
+    );
+    // A saga started meanwhile: its command waits for the topic.
+    start_all(&mut c, &["waits-0".to_string()]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(dead_letters(&mut c).await["items"], json!([]));
+
+    let made = admin
+        .create_topics(
+            &[NewTopic::new(
+                "inventory.commands",
+                3,
+                TopicReplication::Fixed(1),
+            )],
+            &options,
+        )
+        .await
+        .unwrap();
+    assert!(made.iter().all(Result::is_ok), "{made:?}");
+    let inventory = consumer(&tansu, "inventory.commands");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    first_commands(
+        &inventory,
+        "reserve_inventory",
+        &["waits-0".to_string()],
+        deadline,
+        "held while the topic was missing",
+    )
+    .await;
+    let mut c = common::client(&server).await;
+    while get(&mut c, "/readyz").await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after the topic is back"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log = server.log_text();
+    assert!(log.contains("Kafka topics are back"), "{log}");
+    assert!(server.terminate().unwrap().success());
+}

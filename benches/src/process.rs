@@ -107,10 +107,23 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failing test shows what the server said (the harness prints it).
+            let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+            let tail = &log[log.len().saturating_sub(SHOWN_ON_FAILURE)..];
+            eprintln!(
+                "--- the server's last {} log lines ---\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
+
+/// Log lines a failing test shows of its server.
+const SHOWN_ON_FAILURE: usize = 300;
 
 pub struct Tansu {
     child: Child,
@@ -179,6 +192,10 @@ impl Tansu {
             .set("bootstrap.servers", self.brokers())
             .set("group.id", group)
             .set("enable.auto.commit", "false")
+            // An empty metadata cache: librdkafka 2.12 crashes on tansu's answer to a
+            // fetch of a deleted topic when its cache holds a topic (see the relay's
+            // reply consumer), and tests delete and recreate topics.
+            .set("metadata.max.age.ms", "1")
             .create()
             .expect("a consumer");
         let mut assignment = rdkafka::TopicPartitionList::new();
