@@ -270,6 +270,24 @@ async fn a_dead_letter_is_listed_and_can_be_replayed_over_the_api() {
     }
 }
 
+/// Makes every topic the `order` definition's server needs, as an operator would.
+async fn make_topics(tansu: &Tansu) {
+    let config = sagalog_relay::RelayConfig::new(tansu.brokers());
+    let topics: std::collections::BTreeSet<String> = [
+        "inventory.commands",
+        "payment.commands",
+        "shipping.commands",
+        "saga.replies",
+        "sagalog.dead-letter",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    sagalog_relay::topics::ensure(&config, &topics, Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_topic_that_may_not_be_created_fails_readiness_and_holds_its_commands() {
     let _serial = SERIAL.lock().await;
@@ -322,20 +340,7 @@ async fn a_missing_topic_that_may_not_be_created_fails_readiness_and_holds_its_c
 
     // Once the topics exist (an operator made them), readiness comes back by itself
     // and the held command goes out.
-    let config = sagalog_relay::RelayConfig::new(tansu.brokers());
-    let topics: std::collections::BTreeSet<String> = [
-        "inventory.commands",
-        "payment.commands",
-        "shipping.commands",
-        "saga.replies",
-        "sagalog.dead-letter",
-    ]
-    .into_iter()
-    .map(str::to_string)
-    .collect();
-    sagalog_relay::topics::ensure(&config, &topics, Duration::from_secs(30))
-        .await
-        .unwrap();
+    make_topics(&tansu).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while get(&mut c, "/readyz").await.status != 200 {
         assert!(
@@ -891,20 +896,7 @@ async fn a_topic_deleted_under_a_server_that_may_not_create_it_is_reported_until
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let _serial = SERIAL.lock().await;
     let tansu = Tansu::start();
-    let config = sagalog_relay::RelayConfig::new(tansu.brokers());
-    let topics: std::collections::BTreeSet<String> = [
-        "inventory.commands",
-        "payment.commands",
-        "shipping.commands",
-        "saga.replies",
-        "sagalog.dead-letter",
-    ]
-    .into_iter()
-    .map(str::to_string)
-    .collect();
-    sagalog_relay::topics::ensure(&config, &topics, Duration::from_secs(30))
-        .await
-        .unwrap();
+    make_topics(&tansu).await;
     let root = tempfile::tempdir().unwrap();
     let server = serve(
         &data_dir(&root),
