@@ -63,12 +63,12 @@ pub fn needed(engine: &Engine, config: &RelayConfig) -> BTreeSet<String> {
 }
 
 /// Creates the topics of `names` that are missing, waiting at most `timeout` for the
-/// broker.
+/// broker; returns those it created (not those that existed already).
 pub async fn ensure(
     config: &RelayConfig,
     names: &BTreeSet<String>,
     timeout: Duration,
-) -> Result<()> {
+) -> Result<BTreeSet<String>> {
     let admin = admin(config)?;
     let topics: Vec<NewTopic> = names
         .iter()
@@ -88,9 +88,16 @@ pub async fn ensure(
     let options = AdminOptions::new()
         .request_timeout(Some(timeout))
         .operation_timeout(Some(timeout));
-    for result in admin.create_topics(&topics, &options).await? {
+    let results = admin.create_topics(&topics, &options).await;
+    // Dropping a client waits for its threads: off the runtime.
+    tokio::task::spawn_blocking(move || drop(admin));
+    let mut created = BTreeSet::new();
+    for result in results? {
         match result {
-            Ok(topic) => tracing::info!(topic, "topic created"),
+            Ok(topic) => {
+                tracing::info!(topic, "topic created");
+                created.insert(topic);
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
                 return Err(RelayError::Topic {
@@ -100,7 +107,7 @@ pub async fn ensure(
             }
         }
     }
-    Ok(())
+    Ok(created)
 }
 
 /// An admin client of the configured brokers (one per check: checks are rare).
@@ -223,7 +230,8 @@ impl TopicWatch {
             publish,
             gone_before: BTreeSet::new(),
             seen: BTreeSet::new(),
-            was_missing: false,
+            problem: None,
+            broker_answers: true,
         };
         let task = tokio::spawn(watcher.run(nudge.clone(), stopping));
         TopicWatch {
@@ -249,6 +257,8 @@ struct Checked {
     names: BTreeSet<String>,
     /// Missing when the check began, each with whether it was gone (see [`missing`]).
     found: BTreeMap<String, bool>,
+    /// Made by this check (not found to exist already when it tried).
+    created: BTreeSet<String>,
     /// Still missing after the creations, and why.
     left: Vec<String>,
     reason: Option<String>,
@@ -259,13 +269,16 @@ struct Watcher {
     config: RelayConfig,
     observer: Arc<dyn TopicObserver>,
     publish: watch::Sender<TopicState>,
-    /// Gone at the last answered check and not created by it.
+    /// Gone at the last answered check and not made since (unusable counts as still
+    /// gone): one of these found there is back.
     gone_before: BTreeSet<String>,
     /// Seen to exist (or created) since the start: a topic of these found gone again is
     /// logged as such.
     seen: BTreeSet<String>,
-    /// The last answered check left topics missing.
-    was_missing: bool,
+    /// What the last answered check left missing, and why: logged when it changes.
+    problem: Option<(Vec<String>, String)>,
+    /// The last check was answered: a broker that stops answering is logged once.
+    broker_answers: bool,
 }
 
 impl Watcher {
@@ -287,7 +300,12 @@ impl Watcher {
                 // stays as it was, so a Kafka outage does not take the HTTP API out of
                 // service.
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot ask the Kafka broker which topics exist");
+                    if self.broker_answers {
+                        tracing::warn!(error = %e, "cannot ask the Kafka broker which topics exist; asking again every few seconds");
+                    } else {
+                        tracing::debug!(error = %e, "the Kafka broker still does not answer the topic check");
+                    }
+                    self.broker_answers = false;
                     false
                 }
                 Ok(checked) => {
@@ -295,19 +313,27 @@ impl Watcher {
                         answered = true;
                         self.observer.topics_unchecked(None);
                     }
+                    if !self.broker_answers {
+                        tracing::info!("the Kafka broker answers the topic check again");
+                    }
+                    self.broker_answers = true;
                     let settled = checked.left.is_empty();
                     self.settle(checked);
                     settled
                 }
             };
-            self.publish.send_modify(|s| s.first_check_done = true);
-            let wait = if settled {
-                CHECK_EVERY
-            } else {
-                CHECK_MISSING_EVERY
-            };
+            self.publish
+                .send_if_modified(|s| !std::mem::replace(&mut s.first_check_done, true));
+            // Unsettled, the watcher checks every few seconds anyway: a flood of
+            // failing deliveries then adds nothing.
+            if !settled {
+                tokio::select! {
+                    _ = tokio::time::sleep(CHECK_MISSING_EVERY) => continue,
+                    () = stopping.wait() => return,
+                }
+            }
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(CHECK_EVERY) => {}
                 () = nudge.notified() => {
                     tokio::select! {
                         _ = tokio::time::sleep(MIN_CHECK_GAP) => {}
@@ -319,36 +345,47 @@ impl Watcher {
         }
     }
 
-    /// What a check changed among the topics seen before: those back (gone at the last
-    /// check and there now, or gone at this one and created), and whether one is newly
-    /// gone.
-    fn changes(&mut self, checked: &Checked) -> (BTreeSet<String>, bool) {
+    /// What a check changed among the topics seen before: those back, and those newly
+    /// gone. Back is a topic gone at an earlier check (and not made since) that is
+    /// there now, or one gone at this check that this check made. One found gone that
+    /// existed when the watcher tried to make it (someone else made it in between, or
+    /// the broker's metadata lagged) is no return: a false return would send the reply
+    /// consumer back to the start of its topic, and a true one is caught by the
+    /// consumer itself when it stops making progress.
+    fn changes(&mut self, checked: &Checked) -> (BTreeSet<String>, BTreeSet<String>) {
         let left: BTreeSet<&String> = checked.left.iter().collect();
-        let gone = |t: &&String| checked.found.get(*t) == Some(&true);
         let mut back: BTreeSet<String> = self
             .gone_before
             .iter()
             .filter(|t| !checked.found.contains_key(*t))
+            .chain(
+                checked
+                    .created
+                    .iter()
+                    .filter(|t| checked.found.get(*t) == Some(&true)),
+            )
+            .filter(|t| self.seen.contains(*t))
             .cloned()
             .collect();
-        back.extend(
-            checked
-                .found
-                .keys()
-                .filter(|t| gone(t) && !left.contains(t))
-                .cloned(),
-        );
-        back.retain(|t| self.seen.contains(t));
-        let departed = checked
+        let departed: BTreeSet<String> = checked
             .found
-            .keys()
-            .any(|t| gone(&t) && self.seen.contains(t) && !self.gone_before.contains(t));
+            .iter()
+            .filter(|(t, gone)| **gone && self.seen.contains(*t) && !self.gone_before.contains(*t))
+            .map(|(t, _)| t.clone())
+            .collect();
         self.gone_before = checked
             .found
-            .keys()
-            .filter(|t| gone(t) && left.contains(t))
-            .cloned()
+            .iter()
+            .filter(|(t, gone)| {
+                if **gone {
+                    left.contains(t)
+                } else {
+                    self.gone_before.contains(*t)
+                }
+            })
+            .map(|(t, _)| t.clone())
             .collect();
+        back.retain(|t| !self.gone_before.contains(t));
         self.seen
             .extend(checked.names.iter().filter(|t| !left.contains(t)).cloned());
         (back, departed)
@@ -363,48 +400,31 @@ impl Watcher {
         }
         let found = missing(&self.config, &names, CHECK_TIMEOUT).await?;
         let absent: Vec<String> = found.keys().cloned().collect();
-        if absent.is_empty() {
-            return Ok(Checked {
-                names,
-                found,
-                left: Vec::new(),
-                reason: None,
-            });
-        }
-        if !self.config.create_topics {
-            let reason =
-                format!("topics {absent:?} do not exist and --kafka-create-topics is false");
-            return Ok(Checked {
-                names,
-                found,
-                left: absent,
-                reason: Some(reason),
-            });
-        }
-        self.observer.topics_missing(&absent, None);
-        let gone_again: Vec<&String> = absent.iter().filter(|t| self.seen.contains(*t)).collect();
-        if !gone_again.is_empty() {
-            tracing::warn!(
-                topics = ?gone_again,
-                "Kafka topics the relay uses are gone (deleted, or the broker lost its state): creating them again; their commands wait"
-            );
-        }
-        let (left, reason) = match ensure(
-            &self.config,
-            &absent.iter().cloned().collect(),
-            CHECK_TIMEOUT,
-        )
-        .await
-        {
-            Ok(()) => (Vec::new(), None),
-            Err(e) => (absent, Some(e.to_string())),
-        };
-        Ok(Checked {
+        let mut checked = Checked {
             names,
             found,
-            left,
-            reason,
-        })
+            created: BTreeSet::new(),
+            left: absent.clone(),
+            reason: None,
+        };
+        if absent.is_empty() {
+            return Ok(checked);
+        }
+        if !self.config.create_topics {
+            checked.reason = Some(format!(
+                "topics {absent:?} do not exist and --kafka-create-topics is false"
+            ));
+            return Ok(checked);
+        }
+        // What the last check said stays said while this one tries again.
+        let said = self.problem.as_ref().map(|(_, reason)| reason.as_str());
+        self.observer.topics_missing(&absent, said);
+        let names = absent.iter().cloned().collect();
+        match ensure(&self.config, &names, CHECK_TIMEOUT).await {
+            Ok(created) => (checked.created, checked.left) = (created, Vec::new()),
+            Err(e) => checked.reason = Some(e.to_string()),
+        }
+        Ok(checked)
     }
 
     /// Reports a check's findings, logs a problem when it appears and when it clears,
@@ -414,17 +434,31 @@ impl Watcher {
     fn settle(&mut self, checked: Checked) {
         self.observer
             .topics_missing(&checked.left, checked.reason.as_deref());
-        match &checked.reason {
-            Some(reason) => tracing::error!(
-                missing = ?checked.left, %reason,
-                "Kafka topics are missing: their commands wait (nothing is dead-lettered for it)"
-            ),
-            None if self.was_missing => tracing::info!("every Kafka topic exists again"),
-            None => {}
+        let problem = checked
+            .reason
+            .clone()
+            .map(|reason| (checked.left.clone(), reason));
+        if problem != self.problem {
+            match &problem {
+                Some((missing, reason)) => tracing::error!(
+                    ?missing, %reason,
+                    "Kafka topics are missing: their commands wait (nothing is dead-lettered for it)"
+                ),
+                None => tracing::info!("every Kafka topic exists again"),
+            }
         }
-        self.was_missing = checked.reason.is_some();
+        self.problem = problem;
         let (back, departed) = self.changes(&checked);
-        if departed {
+        if !departed.is_empty() {
+            let next = if self.config.create_topics {
+                "the relay makes them again"
+            } else {
+                "they wait for an operator to make them (--kafka-create-topics is false)"
+            };
+            tracing::warn!(
+                topics = ?departed,
+                "Kafka topics the relay uses are gone (deleted, or the broker lost its state): {next}; their commands wait"
+            );
             self.publish.send_modify(|state| state.departures += 1);
         }
         if back.is_empty() {
@@ -455,16 +489,31 @@ mod tests {
             publish: watch::channel(TopicState::default()).0,
             gone_before: BTreeSet::new(),
             seen: BTreeSet::new(),
-            was_missing: false,
+            problem: None,
+            broker_answers: true,
         }
     }
 
     /// A check of topics `a` and `b` that found `found` missing (gone or not) and could
-    /// not create `left`.
+    /// not create `left`; it made the others found gone.
     fn checked(found: &[(&str, bool)], left: &[&str]) -> Checked {
+        let made = found
+            .iter()
+            .filter(|(t, gone)| *gone && !left.contains(t))
+            .map(|(t, _)| *t);
+        Checked {
+            created: set(&made.collect::<Vec<_>>()),
+            ..found_made(found, left, &[])
+        }
+    }
+
+    /// Like [`checked`], with what the check made given: the rest existed when it
+    /// tried.
+    fn found_made(found: &[(&str, bool)], left: &[&str], made: &[&str]) -> Checked {
         Checked {
             names: ["a", "b"].into_iter().map(String::from).collect(),
             found: found.iter().map(|(t, g)| (t.to_string(), *g)).collect(),
+            created: set(made),
             left: left.iter().map(|t| t.to_string()).collect(),
             reason: (!left.is_empty()).then(|| "refused".to_string()),
         }
@@ -478,9 +527,9 @@ mod tests {
     fn topics_made_at_the_first_check_are_no_return() {
         let mut w = watcher();
         let (back, departed) = w.changes(&checked(&[("a", true), ("b", true)], &[]));
-        assert_eq!((back, departed), (set(&[]), false));
+        assert_eq!((back, departed), (set(&[]), set(&[])));
         let (back, departed) = w.changes(&checked(&[], &[]));
-        assert_eq!((back, departed), (set(&[]), false), "all there since");
+        assert_eq!((back, departed), (set(&[]), set(&[])), "all there since");
     }
 
     #[test]
@@ -488,9 +537,9 @@ mod tests {
         let mut w = watcher();
         w.changes(&checked(&[], &[]));
         let (back, departed) = w.changes(&checked(&[("a", true)], &[]));
-        assert_eq!((back, departed), (set(&["a"]), true));
+        assert_eq!((back, departed), (set(&["a"]), set(&["a"])));
         let (back, departed) = w.changes(&checked(&[], &[]));
-        assert_eq!((back, departed), (set(&[]), false), "once");
+        assert_eq!((back, departed), (set(&[]), set(&[])), "once");
     }
 
     #[test]
@@ -498,13 +547,17 @@ mod tests {
         let mut w = watcher();
         w.changes(&checked(&[], &[]));
         let (back, departed) = w.changes(&checked(&[("b", true)], &["b"]));
-        assert_eq!((back, departed), (set(&[]), true));
+        assert_eq!((back, departed), (set(&[]), set(&["b"])));
         let (back, departed) = w.changes(&checked(&[("b", true)], &["b"]));
-        assert_eq!((back, departed), (set(&[]), false), "still gone: no news");
+        assert_eq!(
+            (back, departed),
+            (set(&[]), set(&[])),
+            "still gone: no news"
+        );
         let (back, departed) = w.changes(&checked(&[], &[]));
         assert_eq!(
             (back, departed),
-            (set(&["b"]), false),
+            (set(&["b"]), set(&[])),
             "made by someone else"
         );
     }
@@ -518,7 +571,29 @@ mod tests {
         assert_eq!(back, set(&[]), "no client used it before");
         // An error other than an unknown topic (a leader not there yet) is not gone.
         let (back, departed) = w.changes(&checked(&[("b", false)], &[]));
-        assert_eq!((back, departed), (set(&[]), false));
+        assert_eq!((back, departed), (set(&[]), set(&[])));
+    }
+
+    #[test]
+    fn a_topic_gone_then_unusable_then_there_came_back() {
+        let mut w = watcher();
+        w.changes(&checked(&[], &[]));
+        w.changes(&checked(&[("a", true)], &["a"]));
+        // Made by an operator, its leader not elected yet: unusable, still not back.
+        let (back, departed) = w.changes(&checked(&[("a", false)], &[]));
+        assert_eq!((back, departed), (set(&[]), set(&[])));
+        let (back, departed) = w.changes(&checked(&[], &[]));
+        assert_eq!((back, departed), (set(&["a"]), set(&[])));
+    }
+
+    #[test]
+    fn a_topic_found_gone_that_existed_when_made_is_no_return() {
+        let mut w = watcher();
+        w.changes(&checked(&[], &[]));
+        let (back, departed) = w.changes(&found_made(&[("a", true)], &[], &[]));
+        assert_eq!((back, departed), (set(&[]), set(&["a"])));
+        let (back, departed) = w.changes(&checked(&[], &[]));
+        assert_eq!((back, departed), (set(&[]), set(&[])), "nor later");
     }
 
     #[test]
