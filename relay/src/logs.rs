@@ -5,7 +5,7 @@
 //! since; the outage itself shows in the metrics (`outbox_pending_events_total`,
 //! `saga_kafka_consumer_lag`) and their alerts. librdkafka's own warnings and errors
 //! (a failed connection, a topic missing from its metadata) are throttled the same way,
-//! by facility.
+//! by facility and severity.
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -79,7 +79,9 @@ impl ClientContext for KafkaContext {
                 return;
             }
         };
-        let Some(held_back) = THROTTLE.admit(&format!("log:{fac}"), Instant::now()) else {
+        // By facility and severity: a flood of warnings does not hide an error.
+        let kind = format!("log:{fac}:{}", if severe { "error" } else { "warning" });
+        let Some(held_back) = THROTTLE.admit(&kind, Instant::now()) else {
             return;
         };
         if severe {

@@ -271,18 +271,13 @@ impl Publisher {
                         watching = false;
                         continue;
                     }
-                    let now = topic_state.borrow_and_update();
-                    let (now_returns, now_departures) = (now.returns, now.departures);
-                    drop(now);
-                    if (now_returns, now_departures) != (returns, departures) {
-                        let why = if now_returns != returns { "came back" } else { "is gone" };
-                        (returns, departures) = (now_returns, now_departures);
-                        tracing::warn!(
-                            in_flight = window.len(),
-                            "a Kafka topic {why}: starting a new producer and sending everything in flight again"
-                        );
-                        self.renew_producer()?;
-                        window = self.send_again(window, &mut parked);
+                    let now = {
+                        let state = topic_state.borrow_and_update();
+                        (state.returns, state.departures)
+                    };
+                    if now != (returns, departures) {
+                        window = self.topic_changed(now.0 != returns, window, &mut parked)?;
+                        (returns, departures) = now;
                     }
                 }
                 outcome = async { (&mut window.front_mut().expect("checked").delivery).await }, if !window.is_empty() => {
@@ -361,6 +356,24 @@ impl Publisher {
         cursor.store_durably(position)?;
         tracing::info!(position, held = parked.len(), "relay stopped");
         Ok(())
+    }
+
+    /// A topic came back (`back`) or went away: the producer's idea of it (its
+    /// metadata, and for tansu its producer id) is stale, so a new producer takes over
+    /// and everything in flight is sent again on it, in log order.
+    fn topic_changed(
+        &self,
+        back: bool,
+        window: VecDeque<InFlight>,
+        parked: &mut Parked,
+    ) -> Result<VecDeque<InFlight>> {
+        let why = if back { "came back" } else { "is gone" };
+        tracing::warn!(
+            in_flight = window.len(),
+            "a Kafka topic {why}: starting a new producer and sending everything in flight again"
+        );
+        self.renew_producer()?;
+        Ok(self.send_again(window, parked))
     }
 
     /// Waits (bounded) for the deliveries in flight at a stop, so that a clean stop
