@@ -8,10 +8,13 @@
 //! When the reply topic came back after it was gone (the topic watcher says so, see
 //! [`crate::topics`]), a new consumer reads it from its start: the old one keeps the
 //! old topic's id and its offsets, which say nothing of the new topic's messages
-//! (replies are idempotent, so one read twice changes nothing).
+//! (replies are idempotent, so one read twice changes nothing). A consumer that reads
+//! nothing for [`STALL_AFTER`] while the broker says its partitions hold messages past
+//! (or fewer than) its position is replaced the same way: that is a topic made anew
+//! between two of the watcher's checks, which the watcher cannot tell.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -33,10 +36,11 @@ const FIRST_REPLY_RETRY: Duration = Duration::from_millis(100);
 /// Longest wait before a reply the engine could not take is tried again.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 /// librdkafka's `metadata.max.age.ms` for the reply consumer: its metadata cache keeps
-/// nothing. A broker that answers a fetch of a topic it does not know with a zero topic
-/// id and a leader hint (tansu 0.6 does) makes librdkafka 2.12 look that hint's topic up
-/// in the cache by a null name, which crashes the process when the cache holds any
-/// topic; with the cache empty the lookup misses harmlessly. The consumer needs no
+/// next to nothing. A broker that answers a fetch of a topic it does not know with a
+/// zero topic id and a leader hint (tansu 0.6 does) makes librdkafka 2.12 look that
+/// hint's topic up in the cache by a null name, which crashes the process when the
+/// cache holds a topic; entries that expire at once narrow that window to almost
+/// nothing (no crash in our runs since, against several before). The consumer needs no
 /// cache: it is assigned its partitions and asks the broker directly for the rest.
 const CONSUMER_METADATA_MAX_AGE_MS: &str = "1";
 
@@ -44,6 +48,9 @@ const CONSUMER_METADATA_MAX_AGE_MS: &str = "1";
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest a watermark query may take.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a consumer may read nothing while its partitions hold messages it has not
+/// read before it is taken for one left on a topic that was made anew.
+pub const STALL_AFTER: Duration = Duration::from_secs(30);
 
 /// What the reply consumer reports.
 pub trait ReplyObserver: Send + Sync + 'static {
@@ -109,7 +116,11 @@ impl ReplyConsumer {
             let mut waiting = stopping.clone();
             tokio::select! {
                 () = topics.first_check() => {}
-                () = waiting.wait() => return,
+                () = waiting.wait() => {
+                    // Closing a consumer waits for librdkafka: off the runtime.
+                    tokio::task::spawn_blocking(move || drop(first));
+                    return;
+                }
             }
             let reader = Reader {
                 partitions,
@@ -145,6 +156,8 @@ enum Ended {
     Stopped,
     /// The reply topic came back: the watcher's count of returns then.
     TopicBack(u64),
+    /// It read nothing for [`STALL_AFTER`] with messages to read (see [`Stall`]).
+    Stalled,
 }
 
 /// What every consumer of the reply topic shares, one after another.
@@ -183,11 +196,16 @@ impl Reader {
                 }
             };
             if !assign(&consumer, topic, assignment, from_start, &mut stopping).await {
+                tokio::task::spawn_blocking(move || drop(consumer));
                 return;
             }
+            if from_start {
+                commit_start(&consumer).await;
+            }
             let ended = self.read(&consumer, topic, &mut state, seen).await;
-            // Closing a consumer waits for librdkafka: off the runtime.
-            tokio::task::spawn_blocking(move || drop(consumer));
+            // Closing a consumer waits for librdkafka: off the runtime, and before the
+            // next one starts, so that two never hold the partitions at once.
+            let closing = tokio::task::spawn_blocking(move || drop(consumer));
             match ended {
                 Ended::Stopped => return,
                 Ended::TopicBack(returns) => {
@@ -195,9 +213,16 @@ impl Reader {
                         topic,
                         "the reply topic came back: reading it from its start with a new consumer"
                     );
-                    (seen, from_start) = (returns, true);
+                    seen = returns;
                 }
+                Ended::Stalled => tracing::warn!(
+                    topic,
+                    stalled_s = STALL_AFTER.as_secs(),
+                    "the reply consumer reads nothing though its partitions hold messages past its position (the topic was made anew?): reading it from its start with a new consumer"
+                ),
             }
+            from_start = true;
+            let _ = closing.await;
         }
     }
 
@@ -211,6 +236,7 @@ impl Reader {
         seen: u64,
     ) -> Ended {
         let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
+        let mut stall = Stall::new(Instant::now());
         let mut stop_signal = self.stopping.clone();
         let mut stopping = self.stopping.clone();
         let mut watching = true;
@@ -231,8 +257,16 @@ impl Reader {
                 }
                 _ = lag_tick.tick() => {
                     let consumer = consumer.clone();
-                    if let Ok(Some(lag)) = tokio::task::spawn_blocking(move || lag(&consumer)).await {
-                        self.observer.lag(lag);
+                    match tokio::task::spawn_blocking(move || marks(&consumer)).await {
+                        Ok(Some(marks)) => {
+                            self.observer.lag(lag(&marks));
+                            if stall.stalled(&marks, Instant::now()) {
+                                return Ended::Stalled;
+                            }
+                        }
+                        // A broker that does not answer holds every consumer still:
+                        // the count starts again once it does.
+                        _ => stall = Stall::new(Instant::now()),
                     }
                 }
                 message = consumer.recv() => match message {
@@ -447,16 +481,162 @@ async fn assign(
     }
 }
 
-/// Messages behind the high watermark on the partitions this consumer holds.
-fn lag(consumer: &StreamConsumer<KafkaContext>) -> Option<i64> {
+/// Where a consumer stands on one partition it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    partition: i32,
+    /// The next offset it hands over; `None` before it handed one over.
+    position: Option<i64>,
+    /// The broker's high watermark.
+    high: i64,
+}
+
+/// The consumer's marks; `None` when the broker did not answer for every partition.
+fn marks(consumer: &StreamConsumer<KafkaContext>) -> Option<Vec<Mark>> {
     let positions = consumer.position().ok()?;
-    let mut total = 0;
-    for element in positions.elements() {
-        let (_, high) = consumer
-            .fetch_watermarks(element.topic(), element.partition(), WATERMARK_TIMEOUT)
-            .ok()?;
-        let at = element.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0);
-        total += (high - at).max(0);
+    positions
+        .elements()
+        .iter()
+        .map(|element| {
+            let (_, high) = consumer
+                .fetch_watermarks(element.topic(), element.partition(), WATERMARK_TIMEOUT)
+                .ok()?;
+            Some(Mark {
+                partition: element.partition(),
+                position: element.offset().to_raw().filter(|o| *o >= 0),
+                high,
+            })
+        })
+        .collect()
+}
+
+/// Messages behind the high watermark on the partitions this consumer holds.
+fn lag(marks: &[Mark]) -> i64 {
+    marks
+        .iter()
+        .map(|m| (m.high - m.position.unwrap_or(0)).max(0))
+        .sum()
+}
+
+/// Tells a consumer that stands still while the broker says it has something to read:
+/// on some partition its position is neither the high watermark (all read) nor
+/// unknown (nothing handed over yet), and no position moved for [`STALL_AFTER`]. A
+/// position past the high watermark is a topic made anew with fewer messages; one
+/// behind it that does not move is a consumer fetching a topic id the broker no longer
+/// knows. A consumer busy with one reply measures nothing meanwhile, so a slow engine
+/// is not taken for a stall.
+struct Stall {
+    positions: Vec<(i32, Option<i64>)>,
+    since: Instant,
+}
+
+impl Stall {
+    fn new(now: Instant) -> Stall {
+        Stall {
+            positions: Vec::new(),
+            since: now,
+        }
     }
-    Some(total)
+
+    fn stalled(&mut self, marks: &[Mark], now: Instant) -> bool {
+        let positions: Vec<_> = marks.iter().map(|m| (m.partition, m.position)).collect();
+        let behind = marks
+            .iter()
+            .any(|m| m.position.is_some_and(|p| p != m.high));
+        if positions != self.positions || !behind {
+            (self.positions, self.since) = (positions, now);
+            return false;
+        }
+        now.duration_since(self.since) >= STALL_AFTER
+    }
+}
+
+/// Commits the start of each partition the consumer holds (after it was assigned
+/// from there): the group's offsets are the old topic's, and a restart before the
+/// first reply on the new one would otherwise skip that many of its messages.
+async fn commit_start(consumer: &Arc<StreamConsumer<KafkaContext>>) {
+    let consumer = consumer.clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        let assigned = consumer.assignment()?;
+        let mut starts = rdkafka::TopicPartitionList::new();
+        for element in assigned.elements() {
+            let (low, _) = consumer.fetch_watermarks(
+                element.topic(),
+                element.partition(),
+                WATERMARK_TIMEOUT,
+            )?;
+            starts.add_partition_offset(
+                element.topic(),
+                element.partition(),
+                rdkafka::Offset::Offset(low),
+            )?;
+        }
+        consumer.commit(&starts, CommitMode::Sync)
+    })
+    .await;
+    match committed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "committing the start of the reply topic failed; a restart before the first reply may read from the old offsets")
+        }
+        Err(e) => tracing::warn!(error = %e, "the commit task failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(partition: i32, position: Option<i64>, high: i64) -> Mark {
+        Mark {
+            partition,
+            position,
+            high,
+        }
+    }
+
+    #[test]
+    fn a_consumer_standing_still_behind_or_past_the_high_watermark_stalls() {
+        let t0 = Instant::now();
+        let later = |s| t0 + Duration::from_secs(s);
+        let mut stall = Stall::new(t0);
+        let behind = [at(0, Some(5), 9), at(1, Some(3), 3)];
+        assert!(!stall.stalled(&behind, t0));
+        assert!(!stall.stalled(&behind, later(29)));
+        assert!(stall.stalled(&behind, later(30)));
+        let mut stall = Stall::new(t0);
+        let past = [at(0, Some(500), 3)];
+        assert!(!stall.stalled(&past, t0));
+        assert!(
+            stall.stalled(&past, later(31)),
+            "a topic made anew, smaller"
+        );
+    }
+
+    #[test]
+    fn a_consumer_that_moves_or_has_read_all_or_nothing_yet_does_not_stall() {
+        let t0 = Instant::now();
+        let later = |s| t0 + Duration::from_secs(s);
+        let mut stall = Stall::new(t0);
+        assert!(!stall.stalled(&[at(0, Some(5), 9)], t0));
+        assert!(!stall.stalled(&[at(0, Some(6), 9)], later(20)));
+        assert!(
+            !stall.stalled(&[at(0, Some(6), 9)], later(40)),
+            "moved at 20 s"
+        );
+        assert!(stall.stalled(&[at(0, Some(6), 9)], later(50)));
+        let (mut all_read, mut none_yet) = (Stall::new(t0), Stall::new(t0));
+        for s in [0, 40, 80] {
+            assert!(!all_read.stalled(&[at(0, Some(9), 9)], later(s)));
+            assert!(!none_yet.stalled(&[at(0, None, 9)], later(s)));
+        }
+    }
+
+    #[test]
+    fn lag_counts_what_is_past_each_position() {
+        assert_eq!(
+            lag(&[at(0, Some(5), 9), at(1, None, 4), at(2, Some(7), 3)]),
+            8
+        );
+    }
 }
