@@ -978,3 +978,71 @@ async fn a_topic_deleted_under_a_server_that_may_not_create_it_is_reported_until
     assert!(log.contains("Kafka topics are back"), "{log}");
     assert!(server.terminate().unwrap().success());
 }
+
+/// The reply topic deleted and made again at once by an operator, between two of the
+/// watcher's checks: the watcher cannot tell, but the reply consumer, left past the
+/// end of the new topic, notices that it reads nothing while the broker holds replies
+/// and reads the topic from its start with a new consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_topic_made_anew_between_checks_is_read_from_its_start() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let _serial = SERIAL.lock().await;
+    let tansu = Tansu::start();
+    let root = tempfile::tempdir().unwrap();
+    let server = serve(&data_dir(&root), &["--kafka-brokers", &tansu.brokers()]);
+    let mut c = common::client(&server).await;
+    start_all(&mut c, &["before-0".to_string()]).await;
+    // Messages that are not replies move the consumer along the old topic: it stands
+    // at offset 5 or past when before-0's reply is taken.
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", tansu.brokers())
+        .create()
+        .unwrap();
+    for n in 0..4 {
+        producer
+            .send(
+                FutureRecord::to("saga.replies")
+                    .key("junk")
+                    .payload(&format!("not a reply {n}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    reply_on_kafka_until_taken(&tansu, &mut c, "before-0", Duration::from_secs(30)).await;
+
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", tansu.brokers())
+        .create()
+        .unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let deleted = admin
+        .delete_topics(&["saga.replies"], &options)
+        .await
+        .unwrap();
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    let made = admin
+        .create_topics(
+            &[NewTopic::new("saga.replies", 1, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await
+        .unwrap();
+    assert!(made.iter().all(Result::is_ok), "{made:?}");
+
+    start_all(&mut c, &["after-0".to_string()]).await;
+    let inventory = consumer(&tansu, "inventory.commands");
+    first_commands(
+        &inventory,
+        "reserve_inventory",
+        &["after-0".to_string()],
+        Instant::now() + Duration::from_secs(30),
+        "issued after the reply topic was made again",
+    )
+    .await;
+    // The consumer's stall bound (30 s) and a lag measurement (every 5 s), with room.
+    let mut c = common::client(&server).await;
+    reply_on_kafka_until_taken(&tansu, &mut c, "after-0", Duration::from_secs(60)).await;
+    assert!(server.terminate().unwrap().success());
+}
