@@ -218,7 +218,7 @@ impl Reader {
                 Ended::Stalled => tracing::warn!(
                     topic,
                     stalled_s = STALL_AFTER.as_secs(),
-                    "the reply consumer reads nothing though its partitions hold messages past its position (the topic was made anew?): reading it from its start with a new consumer"
+                    "the reply consumer has read nothing though its position is not where the broker says its partition ends (behind it, or past it: the topic was made anew?): reading it from its start with a new consumer"
                 ),
             }
             from_start = true;
