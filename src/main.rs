@@ -12,7 +12,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use sagalog_engine::{Clock, Definition, Engine, EngineConfig, Partitions, Shutdown, SystemClock};
+use sagalog_engine::{
+    Clock, Definition, Engine, EngineConfig, Partitions, Placement, Shutdown, SystemClock,
+};
 use sagalog_http::{ApiConfig, App, Metrics, Readiness};
 use sagalog_relay::{
     Relay, RelayConfig, RelayObserver, ReplyConsumer, ReplyObserver, TopicObserver, TopicWatch,
@@ -114,31 +116,22 @@ fn run(serve: Serve) -> Result<(), ServeError> {
         .doing(|| format!("creating {}", serve.data_dir.display()))?;
     let count = sagalog_engine::partitions::settle(&serve.data_dir, serve.partitions)
         .doing(|| format!("opening {}", serve.data_dir.display()))?;
-    // The limits a whole server has are shared out among its partitions.
+    // With other pods, this one holds the partitions the placement gives it.
     let (node, nodes) = serve
         .cluster
         .as_ref()
         .map_or((0, 1), |c| (c.node_id, c.nodes));
-    // Shared out among the partitions this server holds.
-    let local = (0..count).filter(|p| p % nodes == node).count() as u32;
-    config.reserve_bytes = disk::reserve_bytes(&serve.data_dir, serve.reserve_bytes, local.max(1));
+    let placement = Placement::new(count, nodes, node)
+        .map_err(|e| ServeError::Options(format!("--nodes {nodes} with --node-id {node}: {e}")))?;
+    // The limits a whole server has are shared out among the partitions it holds.
+    let local = placement.local().count() as u32;
+    config.reserve_bytes = disk::reserve_bytes(&serve.data_dir, serve.reserve_bytes, local);
     // Every partition counts its active sagas into one count, which the limit bounds.
     config.active_sagas = Some(Arc::default());
     let started = std::time::Instant::now();
-    // With other pods, this one holds the partitions numbered as it is, modulo the pods.
-    if nodes > count {
-        return Err(ServeError::Options(format!(
-            "--nodes {nodes} is more than the {count} partitions: every node must hold one"
-        )));
-    }
     let partitions = Arc::new(
-        Partitions::open(
-            &serve.data_dir,
-            count,
-            |p| p % nodes == node,
-            |_| config.clone(),
-        )
-        .doing(|| format!("opening {}", serve.data_dir.display()))?,
+        Partitions::open(&serve.data_dir, placement, |_| config.clone())
+            .doing(|| format!("opening {}", serve.data_dir.display()))?,
     );
     let stats = partitions.stats();
     tracing::info!(
@@ -188,10 +181,12 @@ async fn serve_until_signal(
     let (stop, stopping) = Shutdown::new();
     let app = Arc::new(App {
         partitions: partitions.clone(),
-        cluster: serve
-            .cluster
-            .clone()
-            .map(|c| Arc::new(sagalog_http::cluster::Cluster::new(c))),
+        cluster: serve.cluster.clone().map(|c| {
+            Arc::new(sagalog_http::cluster::Cluster::new(
+                c,
+                *partitions.placement(),
+            ))
+        }),
         metrics: metrics.clone(),
         config: ApiConfig {
             admin_token: serve.admin_token.clone(),
@@ -338,27 +333,15 @@ async fn start_kafka(
             .doing(|| format!("starting the Kafka relay of partition {p} ({brokers})"))?;
         relays.push(relay);
     }
-    let assignment = match &app.cluster {
-        Some(cluster) => sagalog_relay::Assignment {
-            node: cluster.config.node_id,
-            nodes: cluster.config.nodes,
-            forwarder: Some(Arc::new(ForwardReplies(
-                cluster.clone(),
-                partitions.count(),
-            ))),
-        },
-        None => sagalog_relay::Assignment {
-            node: 0,
-            nodes: 1,
-            forwarder: None,
-        },
-    };
+    let forwarder = app.cluster.as_ref().map(|cluster| {
+        Arc::new(ForwardReplies(cluster.clone())) as Arc<dyn sagalog_relay::ReplyForwarder>
+    });
     let replies = ReplyConsumer::start(
         partitions.clone(),
         &config,
         observer,
         topics.topics(),
-        assignment,
+        forwarder,
     )
     .doing(|| format!("starting the Kafka reply consumer ({brokers})"))?;
     Ok(Some(Kafka {
@@ -539,7 +522,7 @@ impl ReplyObserver for RelayMetrics {
 }
 
 /// Hands a reply of another pod's saga to that pod, over the pods' own client.
-struct ForwardReplies(Arc<sagalog_http::cluster::Cluster>, u32);
+struct ForwardReplies(Arc<sagalog_http::cluster::Cluster>);
 
 impl sagalog_relay::ReplyForwarder for ForwardReplies {
     fn forward(
@@ -548,46 +531,8 @@ impl sagalog_relay::ReplyForwarder for ForwardReplies {
         saga_id: String,
         reply: Vec<u8>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
-        let (cluster, count) = (self.0.clone(), self.1);
-        Box::pin(async move {
-            let what = format!("partition {partition} of {count}");
-            let answer = cluster
-                .post_json(
-                    cluster.node_of(partition),
-                    &format!("/api/v1/sagas/{saga_id}/events"),
-                    reply,
-                )
-                .await
-                .map_err(|e| sagalog_http::cluster::unavailable(e, &what).message)?;
-            // Taken, or refused by its pod's engine as a local reply would be (it is
-            // not tried again then); anything else — a wrong secret, a timeout, a pod
-            // that does not know the route yet, a 5xx — is tried again.
-            let code = answer
-                .json()
-                .and_then(|body| body["error"]["code"].as_str().map(str::to_string));
-            let refused = matches!(
-                code.as_deref(),
-                Some(
-                    "invalid_request"
-                        | "invalid_json"
-                        | "saga_not_found"
-                        | "not_found"
-                        | "conflict"
-                        | "event_id_conflict"
-                        | "payload_too_large"
-                        | "removed_by_retention"
-                )
-            ) && answer.status.is_client_error()
-                && answer.status.as_u16() != 408;
-            if answer.status.is_success() || refused {
-                return Ok(());
-            }
-            Err(format!(
-                "its pod answered {}: {}",
-                answer.status,
-                String::from_utf8_lossy(&answer.body)
-            ))
-        })
+        let cluster = self.0.clone();
+        Box::pin(async move { cluster.forward_reply(partition, &saga_id, reply).await })
     }
 }
 

@@ -7,8 +7,8 @@ use sagalog_storage::{LogConfig, SharedFaults, SnapshotConfig};
 
 use crate::api::invalid;
 use crate::error::Result;
+use crate::model::placement::PartitionOf;
 use crate::model::record::{Action, Status};
-use crate::partitions::PartitionOf;
 
 /// Where the engine gets the time from (unix milliseconds). Tests drive a manual one.
 pub trait Clock: Send + Sync + 'static {
@@ -92,9 +92,9 @@ pub struct EngineConfig {
     /// snapshots are taken. The offline tools open the engine without it, since they
     /// must not change the log.
     pub timers: bool,
-    /// Which partition of how many this engine is (see [`crate::partitions`]): the saga
+    /// Which partition of how many this engine is (see [`crate::placement`]): the saga
     /// ids it makes land in it, and a start with an id of another partition is refused.
-    pub partition: crate::partitions::PartitionOf,
+    pub partition: PartitionOf,
     /// The count of active sagas, shared by the partitions of one process so that
     /// `max_active_sagas` bounds them together; `None`: this engine's own.
     pub active_sagas: Option<Arc<std::sync::atomic::AtomicUsize>>,
@@ -150,7 +150,7 @@ impl Default for EngineConfig {
             faults: None,
             builtin_definitions: true,
             timers: true,
-            partition: crate::partitions::PartitionOf::SOLE,
+            partition: PartitionOf::SOLE,
             active_sagas: None,
         }
     }
@@ -169,8 +169,8 @@ impl EngineConfig {
                 "shards, index_batch_records, timer_concurrency and list_scan_limit must be > 0",
             ));
         }
-        let PartitionOf { index, count } = self.partition;
-        if count == 0 || count > crate::partitions::MAX_PARTITIONS || index >= count {
+        if !self.partition.is_valid() {
+            let PartitionOf { index, count } = self.partition;
             return Err(invalid(
                 "config",
                 format!("partition {index} of {count} does not exist"),

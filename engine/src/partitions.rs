@@ -1,10 +1,8 @@
 //! Partitions: a deployment's sagas split into `P` partitions, each a whole [`Engine`]
 //! over its own directory (log, indexes, snapshots, relay position), so that a partition
-//! can be served, copied and later moved as one unit.
+//! can be served, copied and later moved as one unit. Which partition a saga belongs to
+//! and which pod holds it is the [`Placement`]'s to say.
 //!
-//! - A saga belongs to partition `murmur2(saga_id) % P`, Kafka's default partitioner as
-//!   the Java client computes it ([`partition_of`]): a reply produced with key = saga id
-//!   lands on the matching partition of a reply topic with `P` partitions.
 //! - `P` is fixed when the data directory is made and recorded in it ([`settle`]); a
 //!   different value later is refused. One partition lives in the data directory itself
 //!   (the layout from before partitions, which therefore opens as partition 0 of 1);
@@ -24,72 +22,15 @@ use crate::api::{EngineStats, ListPage, ListQuery, StartAnswer, StartRequest};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::model::definition::{Definition, Registered};
-use crate::render::filter::member_of;
+use crate::model::placement::{Placement, MAX_PARTITIONS};
 use crate::render::view::SagaView;
 use crate::service::dead_letters::{DeadLetter, DeadLetterCounts};
 use crate::service::delivery::DeliveryChange;
 use crate::service::engine::Engine;
 use crate::service::projection::Counters;
 
-/// Most partitions a deployment may have (their directories are named by 4 digits).
-pub const MAX_PARTITIONS: u32 = 1024;
 /// Where a data directory of more than one partition records their count.
 const COUNT_FILE: &str = "partitions/count";
-/// Most ids tried for a fresh saga of one partition: each lands in it with chance
-/// `1/P`, so missing `64 × P` times in a row does not happen.
-const FRESH_ID_TRIES_PER_PARTITION: u32 = 64;
-
-/// The partition of `saga_id` among `count`: Kafka's murmur2 partitioner over the UTF-8
-/// id (`(murmur2 & 0x7fffffff) % count`).
-pub fn partition_of(saga_id: &str, count: u32) -> u32 {
-    member_of(saga_id, count)
-}
-
-/// Which partition of how many an engine is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionOf {
-    pub index: u32,
-    pub count: u32,
-}
-
-impl PartitionOf {
-    /// The only partition of a deployment that has one.
-    pub const SOLE: PartitionOf = PartitionOf { index: 0, count: 1 };
-
-    /// Refuses an id of another partition (a routing mistake must not split a saga).
-    pub fn check(&self, saga_id: &str) -> Result<()> {
-        let belongs = partition_of(saga_id, self.count);
-        if belongs == self.index {
-            return Ok(());
-        }
-        Err(EngineError::WrongPartition {
-            saga_id: saga_id.to_string(),
-            belongs,
-            partition: self.index,
-            count: self.count,
-        })
-    }
-
-    /// A new random id that belongs to this partition.
-    pub fn fresh_id(&self, mut random: impl FnMut() -> uuid::Uuid) -> String {
-        let tries = FRESH_ID_TRIES_PER_PARTITION * self.count;
-        for _ in 0..tries {
-            let id = random().to_string();
-            if partition_of(&id, self.count) == self.index {
-                return id;
-            }
-        }
-        // Past any real chance; still an id of this partition, and still unique.
-        let mut n = 0u64;
-        loop {
-            let id = format!("{}-{n}", random());
-            if partition_of(&id, self.count) == self.index {
-                return id;
-            }
-            n += 1;
-        }
-    }
-}
 
 /// How many partitions `dir` holds: `Some(1)` for a directory with a log of its own,
 /// the recorded count for a partitioned one, `None` for a new (or empty) directory.
@@ -180,7 +121,7 @@ pub fn partition_dir(dir: &Path, count: u32, p: u32) -> PathBuf {
 
 /// The engines of the partitions one process owns, by partition.
 pub struct Partitions {
-    count: u32,
+    placement: Placement,
     /// Indexed by partition; `None` for another process's.
     engines: Vec<Option<Arc<Engine>>>,
     /// The partitions held here, ascending.
@@ -190,25 +131,21 @@ pub struct Partitions {
 }
 
 impl Partitions {
-    /// Opens the partitions of `dir` (of `count`, see [`settle`]) that `owns` picks, each
-    /// with the configuration `config` gives it, at once on as many threads.
+    /// Opens the partitions of `dir` that `placement` puts on this pod (its partition
+    /// count is the directory's, see [`settle`]), each with the configuration `config`
+    /// gives it, at once on as many threads.
     pub fn open(
         dir: &Path,
-        count: u32,
-        owns: impl Fn(u32) -> bool,
+        placement: Placement,
         config: impl Fn(u32) -> EngineConfig,
     ) -> Result<Partitions> {
-        let local: Vec<u32> = (0..count).filter(|&p| owns(p)).collect();
-        if local.is_empty() {
-            return Err(EngineError::Partitions(format!(
-                "of {count} partitions this process owns none"
-            )));
-        }
+        let count = placement.partitions();
+        let local: Vec<u32> = placement.local().collect();
         let configs: Vec<(u32, EngineConfig)> = local
             .iter()
             .map(|&p| {
                 let mut c = config(p);
-                c.partition = PartitionOf { index: p, count };
+                c.partition = placement.identity(p);
                 (p, c)
             })
             .collect();
@@ -237,7 +174,7 @@ impl Partitions {
             engines[p as usize] = Some(Arc::new(engine));
         }
         Ok(Partitions {
-            count,
+            placement,
             engines,
             local,
             next_fresh: AtomicUsize::new(0),
@@ -247,21 +184,26 @@ impl Partitions {
     /// One engine as the only partition (tests, tools).
     pub fn single(engine: Arc<Engine>) -> Partitions {
         Partitions {
-            count: 1,
+            placement: Placement::single(1),
             engines: vec![Some(engine)],
             local: vec![0],
             next_fresh: AtomicUsize::new(0),
         }
     }
 
+    /// Where the deployment's sagas live, seen from this process.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
     /// `P`: the partitions of the deployment, local or not.
     pub fn count(&self) -> u32 {
-        self.count
+        self.placement.partitions()
     }
 
     /// The partition `saga_id` belongs to.
     pub fn of(&self, saga_id: &str) -> u32 {
-        partition_of(saga_id, self.count)
+        self.placement.partition_of(saga_id)
     }
 
     /// The engine of partition `p`, when this process holds it.
@@ -617,45 +559,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partitions_follow_kafkas_murmur2_partitioner() {
-        // What the Java client's `Utils.toPositive(Utils.murmur2(key)) % n` gives: its
-        // murmur2 test values, made positive, modulo the partition count.
-        let cases: [(&str, i32); 4] = [
-            ("21", -973_932_308),
-            ("foobar", -790_332_482),
-            ("a-little-bit-long-string", -985_981_536),
-            ("abc", 479_470_107),
-        ];
-        for (id, hash) in cases {
-            for count in [1u32, 2, 3, 4, 6, 7, 12, 1024] {
-                let want = ((hash & 0x7fff_ffff) as u32) % count;
-                assert_eq!(partition_of(id, count), want, "{id} of {count}");
-            }
-        }
-    }
-
-    #[test]
-    fn fresh_ids_land_in_their_partition_and_foreign_ids_are_refused() {
-        let ids = crate::service::inner::Ids::default();
-        for index in 0..6 {
-            let partition = PartitionOf { index, count: 6 };
-            for _ in 0..50 {
-                let id = partition.fresh_id(|| ids.random_uuid());
-                assert_eq!(partition_of(&id, 6), index);
-                assert!(partition.check(&id).is_ok());
-                let other = PartitionOf {
-                    index: (index + 1) % 6,
-                    count: 6,
-                };
-                assert!(matches!(
-                    other.check(&id),
-                    Err(EngineError::WrongPartition { belongs, .. }) if belongs == index
-                ));
-            }
-        }
-    }
-
-    #[test]
     fn the_count_is_recorded_once_and_a_change_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let fresh = dir.path().join("fresh");
@@ -678,18 +581,22 @@ mod tests {
             fresh.join("partitions").join("0003")
         );
         for bad in [0, MAX_PARTITIONS + 1] {
-            assert!(settle(&dir.path().join("bad"), Some(bad)).is_err());
+            let e = settle(&dir.path().join("bad"), Some(bad)).unwrap_err();
+            assert!(e.to_string().contains("must be in 1..=1024"), "{e}");
         }
         std::fs::write(fresh.join(COUNT_FILE), "many\n").unwrap();
-        assert!(recorded(&fresh).is_err());
+        let e = recorded(&fresh).unwrap_err();
+        assert!(e.to_string().contains("not a partition count"), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_registration_that_reached_one_partition_is_finished_in_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let count = settle(dir.path(), Some(3)).unwrap();
-        let partitions =
-            Partitions::open(dir.path(), count, |_| true, |_| EngineConfig::default()).unwrap();
+        let partitions = Partitions::open(dir.path(), Placement::single(count), |_| {
+            EngineConfig::default()
+        })
+        .unwrap();
         let mut definition = crate::model::definition::builtin_order();
         definition.name = "half".into();
         for version in [1, 2] {

@@ -6,11 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
-};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -21,7 +19,9 @@ use sagalog_engine::{
     Clock, Definition, Engine, Operation, Partitions, Routed, Shutdown, StartRequest, Status,
 };
 
+use crate::auth::{check_admin, same_origin};
 use crate::bulk;
+use crate::config::ApiConfig;
 use crate::console;
 use crate::error::ApiError;
 use crate::json;
@@ -32,34 +32,10 @@ use crate::query::{
     list_query, parse_definition_cursor, parse_limit, parse_u64, path_segment, saga_id,
     DEFAULT_LIMIT,
 };
-use crate::routes::{route, Matched, Route};
-
-#[derive(Debug, Clone)]
-pub struct ApiConfig {
-    /// `/internal/` routes need `Authorization: Bearer <token>` when set.
-    pub admin_token: Option<String>,
-    /// Largest request body (413 beyond it).
-    pub max_body_bytes: usize,
-    /// Longest an outbox long poll waits (`wait_ms` is capped at it).
-    pub max_outbox_wait_ms: u64,
-    /// Longest a request's body may take to arrive in full (`408` beyond it).
-    pub body_timeout: Duration,
-    /// Slowest a body may arrive, on average after its first [`BODY_RATE_GRACE`]
-    /// (`408` below it); 0 turns the check off.
-    pub body_min_bytes_per_sec: u64,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        ApiConfig {
-            admin_token: None,
-            max_body_bytes: 1024 * 1024,
-            max_outbox_wait_ms: 30_000,
-            body_timeout: Duration::from_secs(30),
-            body_min_bytes_per_sec: 1024,
-        }
-    }
-}
+use crate::readiness::Readiness;
+use crate::request::{read_body, trace_id_of};
+use crate::respond::{error_response, respond, respond_bytes, Body};
+use crate::routes::{route, Matched, Route, Scope};
 
 pub struct App {
     /// The engines of the partitions this server holds.
@@ -79,104 +55,13 @@ pub struct App {
     pub activity: Activity,
 }
 
-/// Why parts of the server are not ready, by part; shared with whoever reports.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<parking_lot::RwLock<ReadinessParts>>);
-
-#[derive(Debug, Default)]
-struct ReadinessParts {
-    /// What keeps the server from being ready, by part.
-    problems: std::collections::BTreeMap<&'static str, String>,
-    /// What a ready server says about itself (waiting for a broker, delivery paused),
-    /// by part: shown on `/readyz`, never failing it.
-    notes: std::collections::BTreeMap<&'static str, String>,
-}
-
-impl Readiness {
-    /// Sets (`Some`) or clears (`None`) the problem of `part`.
-    pub fn set(&self, part: &'static str, problem: Option<String>) {
-        set_part(&mut self.0.write().problems, part, problem);
-    }
-
-    /// Sets (`Some`) or clears (`None`) the note of `part`.
-    pub fn note(&self, part: &'static str, note: Option<String>) {
-        set_part(&mut self.0.write().notes, part, note);
-    }
-
-    /// Every problem, as `part: problem`.
-    pub fn problems(&self) -> Vec<String> {
-        self.0
-            .read()
-            .problems
-            .iter()
-            .map(|(part, problem)| format!("{part}: {problem}"))
-            .collect()
-    }
-
-    /// Every note, by part.
-    pub fn notes(&self) -> std::collections::BTreeMap<&'static str, String> {
-        self.0.read().notes.clone()
-    }
-}
-
-fn set_part(
-    parts: &mut std::collections::BTreeMap<&'static str, String>,
-    part: &'static str,
-    value: Option<String>,
-) {
-    match value {
-        Some(value) => parts.insert(part, value),
-        None => parts.remove(part),
-    };
-}
-
-pub type Body = Full<Bytes>;
-
-pub(crate) fn respond(status: StatusCode, body: impl serde::Serialize) -> Response<Body> {
-    respond_bytes(
-        status,
-        serde_json::to_vec(&body).expect("response bodies serialize"),
-    )
-}
-
-/// The JSON body of a response made here (`Null` when it has none).
-pub(crate) async fn response_json(response: Response<Body>) -> Value {
-    let bytes = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    serde_json::from_slice(&bytes).unwrap_or_default()
-}
-
-/// A response with a JSON body already serialized.
-fn respond_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(e.body())));
-    *response.status_mut() = e.status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(seconds) = e.retry_after_s() {
-        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    if e.close {
-        headers.insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    if let Some(allow) = e
-        .allow
-        .as_deref()
-        .and_then(|a| HeaderValue::from_str(a).ok())
-    {
-        headers.insert(ALLOW, allow);
-    }
-    response
+/// What a route's handler may read of its request.
+struct Here<'a> {
+    param: &'a str,
+    query: &'a str,
+    body: &'a Bytes,
+    trace_id: Option<String>,
+    from_peer: bool,
 }
 
 /// Server errors of one kind (a full disk answers every write with the same 503) are
@@ -237,7 +122,11 @@ impl App {
             same_origin(request.headers())?;
         }
         if matched.needs_admin() {
-            self.authorize(&request, matched.route)?;
+            check_admin(
+                request.headers(),
+                self.config.admin_token.as_deref(),
+                matched.route,
+            )?;
         }
         let param = path_segment(matched.param.unwrap_or_default())?;
         let query = request.uri().query().unwrap_or_default().to_string();
@@ -262,47 +151,75 @@ impl App {
                         "the x-sagalog-peer header does not carry this cluster's secret",
                     ))
                 }
-                None => Some((cluster.clone(), crate::fanout::Asked::of(&request, &query))),
+                None => Some((cluster.clone(), crate::cluster::Asked::of(&request, &query))),
             },
             None => None,
         };
         let body = read_body(request, &self.config, self.stopping.clone()).await?;
-        if let Some((cluster, asked)) = cluster {
-            if let Some(answer) = self
-                .across_pods(&cluster, &asked, matched.route, &param, &body)
+        let here = Here {
+            param: &param,
+            query: &query,
+            body: &body,
+            trace_id,
+            from_peer,
+        };
+        let Some((cluster, asked)) = cluster else {
+            return self
+                .answer_here(matched.route, here)
                 .await
-            {
-                return answer.map_err(|e| self.counted(e));
-            }
+                .map_err(|e| self.counted(e));
+        };
+        if let Some(answer) = self
+            .across_pods(&cluster, &asked, &matched, &param, &body)
+            .await
+        {
+            return answer.map_err(|e| self.counted(e));
         }
-        let result = match matched.route {
-            Route::StartSaga => self.start(&body, trace_id).await,
-            Route::Reply => self.reply(&param, &body).await,
-            Route::GetSaga => self.get_saga(&param),
-            Route::History => self.history(&param).await,
-            Route::ListSagas => self.list(&query).await,
+        let result = match self.answer_here(matched.route, here).await {
+            Ok(local) if matched.scope == Scope::Everywhere => {
+                self.everywhere(&cluster, &asked, &body, local).await
+            }
+            result => result,
+        };
+        result.map_err(|e| self.counted(e))
+    }
+
+    /// The answer of this pod alone, from its own partitions.
+    async fn answer_here(&self, route: Route, here: Here<'_>) -> Result<Response<Body>, ApiError> {
+        let Here {
+            param,
+            query,
+            body,
+            trace_id,
+            from_peer,
+        } = here;
+        match route {
+            Route::StartSaga => self.start(body, trace_id).await,
+            Route::Reply => self.reply(param, body).await,
+            Route::GetSaga => self.get_saga(param),
+            Route::History => self.history(param).await,
+            Route::ListSagas => self.list(query).await,
             Route::Stats => self.stats().await,
-            Route::Outbox => self.outbox(&query, from_peer).await,
-            Route::PutDefinition => self.put_definition(&param, &body).await,
-            Route::ListDefinitions => self.list_definitions(&query),
-            Route::OverrideStatus => self.override_status(&param, &body).await,
-            Route::Retry => self.retry(&param).await,
-            Route::BulkRetry => self.bulk(bulk::retry(&body)?, &query).await,
-            Route::BulkOverride => self.bulk(bulk::override_status(&body)?, &query).await,
-            Route::DeadLetters => self.dead_letters(&query),
-            Route::ReplayDeadLetter => self.replay_dead_letter(&param, &query).await,
+            Route::Outbox => self.outbox(query, from_peer).await,
+            Route::PutDefinition => self.put_definition(param, body).await,
+            Route::ListDefinitions => self.list_definitions(query),
+            Route::OverrideStatus => self.override_status(param, body).await,
+            Route::Retry => self.retry(param).await,
+            Route::BulkRetry => self.bulk(bulk::retry(body)?, query).await,
+            Route::BulkOverride => self.bulk(bulk::override_status(body)?, query).await,
+            Route::DeadLetters => self.dead_letters(query),
+            Route::ReplayDeadLetter => self.replay_dead_letter(param, query).await,
             Route::Snapshot => self.snapshot().await,
             Route::Delivery => {
                 let delivery = self.partitions.first().delivery();
                 Ok(self.delivery_response(None, &delivery))
             }
-            Route::Pause => self.pause(&body).await,
-            Route::Resume => self.resume(&body).await,
+            Route::Pause => self.pause(body).await,
+            Route::Resume => self.resume(body).await,
             Route::Metrics => Ok(self.metrics_response()),
             Route::Healthz => Ok(respond(StatusCode::OK, json!({"status": "ok"}))),
             Route::Readyz => self.ready(),
-        };
-        result.map_err(|e| self.counted(e))
+        }
     }
 
     fn get_saga(&self, param: &str) -> Result<Response<Body>, ApiError> {
@@ -492,38 +409,6 @@ impl App {
         e
     }
 
-    /// Checks the admin token, when one is configured (for the routes that
-    /// [`Matched::needs_admin`]).
-    fn authorize(&self, request: &Request<Incoming>, route: Route) -> Result<(), ApiError> {
-        let Some(token) = &self.config.admin_token else {
-            return Ok(());
-        };
-        let given = request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
-            Some(_) => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the bearer token does not match the admin token",
-            )),
-            None if route == Route::PutDefinition => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "registering a definition needs an Authorization: Bearer <admin token> header \
-                 (a definition decides which commands go to which topic)",
-            )),
-            None => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "/internal/ routes need an Authorization: Bearer <admin token> header",
-            )),
-        }
-    }
-
     fn timed<T>(
         &self,
         query: &str,
@@ -547,8 +432,9 @@ impl App {
         let payload = match body.payload {
             Some(raw) => {
                 json::require_object("payload", raw)?;
-                serde_json::from_str(raw.get())
-                    .map_err(|e| ApiError::bad_request("invalid_json", format!("payload: {e}")))?
+                serde_json::from_str(raw.get()).map_err(|e| {
+                    ApiError::bad_request(crate::error::code::INVALID_JSON, format!("payload: {e}"))
+                })?
             }
             None => json!({}),
         };
@@ -745,8 +631,9 @@ impl App {
         name: &str,
         body: &[u8],
     ) -> Result<Response<Body>, ApiError> {
-        let text = std::str::from_utf8(body)
-            .map_err(|_| ApiError::bad_request("invalid_json", "the body is not UTF-8"))?;
+        let text = std::str::from_utf8(body).map_err(|_| {
+            ApiError::bad_request(crate::error::code::INVALID_JSON, "the body is not UTF-8")
+        })?;
         json::parse::<Value>(body)?;
         let definition = Definition::from_json(text).map_err(|e| {
             let status = if e.conflict {
@@ -828,51 +715,6 @@ impl App {
     }
 }
 
-/// A write a browser sends from another origin is refused (`403 cross_origin`): a page
-/// elsewhere must not start, reply to, or act on sagas through an operator's browser
-/// (a server without an admin token takes any `/internal/` call). Browsers say where
-/// the sending page is: `Sec-Fetch-Site` (decisive when present: `same-origin` and
-/// `none` pass, `same-site` and `cross-site` do not), else `Origin`, which must name
-/// the `Host` asked for (default ports aside) — a proxy that rewrites `Host` is then
-/// still right, since the browser's `Sec-Fetch-Site` decides. Clients that are not
-/// browsers send neither and are not affected. The console, served by this server, is
-/// of the same origin.
-fn same_origin(headers: &hyper::HeaderMap) -> Result<(), ApiError> {
-    let refuse = |why: String| Err(ApiError::new(StatusCode::FORBIDDEN, "cross_origin", why));
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    match header("sec-fetch-site") {
-        Some("same-origin" | "none") => return Ok(()),
-        Some(site) => {
-            return refuse(format!(
-                "a write from another site's page is refused (Sec-Fetch-Site: {site})"
-            ))
-        }
-        None => {}
-    }
-    let Some(origin) = header("origin") else {
-        return Ok(());
-    };
-    let host = header("host").unwrap_or_default();
-    let authority = |scheme: &str, default_port: &str| {
-        origin
-            .strip_prefix(scheme)
-            .map(|a| a.strip_suffix(default_port).unwrap_or(a))
-    };
-    let host_without = |default_port: &str| host.strip_suffix(default_port).unwrap_or(host);
-    let ours = match (authority("http://", ":80"), authority("https://", ":443")) {
-        (Some(a), _) => a.eq_ignore_ascii_case(host_without(":80")),
-        (_, Some(a)) => a.eq_ignore_ascii_case(host_without(":443")),
-        _ => false,
-    };
-    if ours && !host.is_empty() {
-        Ok(())
-    } else {
-        refuse(format!(
-            "a write from a page of {origin:?} is refused: only this server's own pages ({host}) may write through a browser"
-        ))
-    }
-}
-
 /// A dead-letter cursor of a partitioned server: `PARTITION.OFFSET`.
 fn parse_dead_letter_after(value: &str) -> Result<(u32, u64), ApiError> {
     let bad = || {
@@ -892,177 +734,5 @@ fn definition_json(definition: &Arc<Definition>) -> Value {
     serde_json::from_str(&definition.to_json()).expect("a definition serializes to JSON")
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`); an invalid
-/// header is ignored, as the W3C spec asks, and the saga gets a new trace id.
-fn trace_id_of(traceparent: &str) -> Option<String> {
-    let parts: Vec<&str> = traceparent.trim().split('-').collect();
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    match parts.as_slice() {
-        [version, trace, parent, flags]
-            if hex(version, 2)
-                && *version != "ff"
-                && sagalog_engine::is_valid_trace_id(trace)
-                && hex(parent, 16)
-                && hex(flags, 2) =>
-        {
-            Some(trace.to_string())
-        }
-        _ => None,
-    }
-}
-
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The first part of a body, which may arrive at any rate (the body deadline still
-/// holds); after it the average rate counts.
-pub const BODY_RATE_GRACE: Duration = Duration::from_secs(2);
-/// Bytes of an oversized body read (and dropped) before the `413` is sent, so that a
-/// client that sends its whole body before reading the answer gets to read it.
-pub const MAX_DRAIN_BYTES: u64 = 16 << 20;
-/// Longest an oversized body is drained before the `413` is sent anyway.
-const DRAIN_TIME: Duration = Duration::from_secs(2);
-
-/// Reads the body, bounded in size (`413 payload_too_large`, after draining what the
-/// client sends up to [`MAX_DRAIN_BYTES`]), in time (`408 body_timeout`: all of it
-/// within `body_timeout`, and at least `body_min_bytes_per_sec` on average after
-/// [`BODY_RATE_GRACE`]) and by the stop (`503`: a stopping server does not wait for a
-/// slow body).
-async fn read_body(
-    request: Request<Incoming>,
-    config: &ApiConfig,
-    mut stopping: Shutdown,
-) -> Result<Bytes, ApiError> {
-    let max_bytes = config.max_body_bytes;
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut body = request.into_body();
-    // Closed after the answer unless the whole body was drained.
-    let too_large = |drained: bool| {
-        let mut e = ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is over the limit of {max_bytes} bytes (--max-body-bytes)"),
-        );
-        e.close = !drained;
-        e
-    };
-    if declared.is_some_and(|n| n > max_bytes as u64) {
-        let drained = declared.is_some_and(|n| n <= MAX_DRAIN_BYTES) && drain(&mut body).await;
-        return Err(too_large(drained));
-    }
-    let started = tokio::time::Instant::now();
-    // Grown as bytes arrive: a declared length alone reserves no more than this.
-    const FIRST_CAPACITY: u64 = 64 * 1024;
-    let mut received = Vec::with_capacity(declared.map_or(0, |n| n.min(FIRST_CAPACITY) as usize));
-    loop {
-        let by = body_deadline(started, received.len() as u64, config);
-        let frame = tokio::select! {
-            biased;
-            frame = tokio::time::timeout_at(by, body.frame()) => frame,
-            () = stopping.wait() => {
-                return Err(ApiError::refused("shutting_down", "the server is stopping; retry on another instance"));
-            }
-        };
-        let frame = match frame {
-            Err(_) => return Err(body_too_slow(started, received.len(), config)),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
-                    format!("reading the body failed: {e}"),
-                ))
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        if let Ok(data) = frame.into_data() {
-            if received.len() + data.len() > max_bytes {
-                let drained = drain(&mut body).await;
-                return Err(too_large(drained));
-            }
-            received.extend_from_slice(&data);
-        }
-    }
-    Ok(Bytes::from(received))
-}
-
-/// When the next part of a body must have come, having `received` bytes so far.
-fn body_deadline(
-    started: tokio::time::Instant,
-    received: u64,
-    config: &ApiConfig,
-) -> tokio::time::Instant {
-    let total = started + config.body_timeout;
-    if config.body_min_bytes_per_sec == 0 {
-        return total;
-    }
-    let allowed =
-        Duration::from_secs_f64((received + 1) as f64 / config.body_min_bytes_per_sec as f64);
-    total.min(started + BODY_RATE_GRACE + allowed)
-}
-
-fn body_too_slow(started: tokio::time::Instant, received: usize, config: &ApiConfig) -> ApiError {
-    let mut e = ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        "body_timeout",
-        format!(
-            "the body did not arrive in time: {received} bytes in {:.1} s (it must come \
-             within {} ms, --body-timeout-ms, at {} bytes/s or faster after the first {} s, \
-             --body-min-bytes-per-sec)",
-            started.elapsed().as_secs_f64(),
-            config.body_timeout.as_millis(),
-            config.body_min_bytes_per_sec,
-            BODY_RATE_GRACE.as_secs()
-        ),
-    );
-    e.close = true;
-    e
-}
-
-/// Reads and drops the rest of a body, up to [`MAX_DRAIN_BYTES`] and [`DRAIN_TIME`];
-/// true when it reached the body's end (the connection can then go on).
-async fn drain(body: &mut Incoming) -> bool {
-    let mut drained = 0u64;
-    let until = tokio::time::Instant::now() + DRAIN_TIME;
-    while drained < MAX_DRAIN_BYTES {
-        match tokio::time::timeout_at(until, body.frame()).await {
-            Ok(Some(Ok(frame))) => {
-                drained += frame.data_ref().map_or(0, |d| d.len() as u64);
-            }
-            Ok(None) => return true,
-            _ => return false,
-        }
-    }
-    false
-}
-
 /// How long a shutdown waits for requests in flight before it gives up on them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traceparent_gives_its_trace_id_and_invalid_ones_are_ignored() {
-        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
-        assert_eq!(
-            trace_id_of(&format!("00-{id}-00f067aa0ba902b7-01")).as_deref(),
-            Some(id)
-        );
-        assert_eq!(
-            trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-            None
-        );
-        assert_eq!(trace_id_of("00-XYZ-00f067aa0ba902b7-01"), None);
-        assert_eq!(trace_id_of(&format!("ff-{id}-00f067aa0ba902b7-01")), None);
-    }
-}

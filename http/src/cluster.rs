@@ -1,5 +1,5 @@
-//! Pods of one deployment (`--nodes R`): pod `i` holds the partitions `p` with
-//! `p % R == i`, and any pod answers any request. A request for a saga of another pod's
+//! Pods of one deployment (`--nodes R`): each holds the partitions its [`Placement`]
+//! gives it, and any pod answers any request. A request for a saga of another pod's
 //! partition is forwarded to that pod and its answer passed back as it came; what spans
 //! partitions (lists, the outbox, dead letters) is asked of every pod and merged;
 //! definitions and delivery pauses are sent to every pod.
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -22,7 +23,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Semaphore;
 
-use crate::error::ApiError;
+use sagalog_engine::Placement;
+
+use crate::error::{refuses_reply_for_good, ApiError};
 
 /// Carries the cluster secret on the requests pods send each other.
 pub const PEER_HEADER: &str = "x-sagalog-peer";
@@ -40,7 +43,7 @@ const MAX_IN_FLIGHT: usize = 512;
 /// Largest answer read from a peer (a list page is at most `--max-list-bytes`).
 const MAX_ANSWER_BYTES: usize = 64 << 20;
 
-/// Who this pod is among how many, and how to reach the others.
+/// Who this pod is among how many (as configured), and how to reach the others.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub node_id: u32,
@@ -51,12 +54,35 @@ pub struct ClusterConfig {
 }
 
 pub struct Cluster {
-    pub config: ClusterConfig,
+    config: ClusterConfig,
+    placement: Placement,
     client: Client<HttpConnector, Full<Bytes>>,
     turns: Semaphore,
     /// Turns of the requests that may wait (outbox long polls): apart, so that they
     /// never hold up a saga's forwarded request or a health check.
     waiting_turns: Semaphore,
+}
+
+/// What a client asked, kept to ask a peer the same.
+pub struct Asked {
+    pub(crate) method: Method,
+    pub(crate) path_and_query: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) query: String,
+}
+
+impl Asked {
+    pub fn of(request: &Request<Incoming>, query: &str) -> Asked {
+        Asked {
+            method: request.method().clone(),
+            path_and_query: request.uri().path_and_query().map_or_else(
+                || request.uri().path().to_string(),
+                |p| p.as_str().to_string(),
+            ),
+            headers: request.headers().clone(),
+            query: query.to_string(),
+        }
+    }
 }
 
 /// A peer's answer: its status, headers and body.
@@ -86,7 +112,13 @@ impl PeerAnswer {
 }
 
 impl Cluster {
-    pub fn new(config: ClusterConfig) -> Cluster {
+    /// The pods of `placement` (whose pods are `config`'s), reached as `config` says.
+    pub fn new(config: ClusterConfig, placement: Placement) -> Cluster {
+        assert_eq!(
+            (placement.node(), placement.nodes()),
+            (config.node_id, config.nodes),
+            "a cluster's placement is of its configured pods"
+        );
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -97,20 +129,26 @@ impl Cluster {
             .build(connector);
         Cluster {
             config,
+            placement,
             client,
             turns: Semaphore::new(MAX_IN_FLIGHT),
             waiting_turns: Semaphore::new(MAX_IN_FLIGHT),
         }
     }
 
+    /// Where the deployment's sagas live, seen from this pod.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
     /// The pod that holds partition `p`.
     pub fn node_of(&self, p: u32) -> u32 {
-        p % self.config.nodes
+        self.placement.node_of(p)
     }
 
     /// Every other pod.
-    pub fn peers(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.config.nodes).filter(|&n| n != self.config.node_id)
+    pub fn peers(&self) -> impl Iterator<Item = u32> {
+        self.placement.peers()
     }
 
     /// The base URL of pod `node`.
@@ -126,7 +164,7 @@ impl Cluster {
     /// `Some(false)` with a wrong one, `None` without the header.
     pub fn from_peer(&self, headers: &HeaderMap) -> Option<bool> {
         let given = headers.get(PEER_HEADER)?;
-        Some(crate::app::constant_time_eq(
+        Some(crate::auth::constant_time_eq(
             given.as_bytes(),
             self.config.secret.as_bytes(),
         ))
@@ -208,7 +246,7 @@ impl Cluster {
 
 impl Cluster {
     /// `POST path` with a JSON `body` to pod `node` (see [`Cluster::send`]).
-    pub async fn post_json(
+    async fn post_json(
         &self,
         node: u32,
         path: &str,
@@ -226,6 +264,45 @@ impl Cluster {
         )
         .await
     }
+
+    /// Hands a reply read from Kafka for `saga_id`, of partition `p` that another pod
+    /// holds, to that pod as a client's reply (`body` without `saga_id`, which the path
+    /// names). `Ok` when it was taken, or refused for what it is as it would be here
+    /// (see [`refuses_reply_for_good`]: it is not tried again); `Err`, saying why, when
+    /// it may be taken later.
+    pub async fn forward_reply(&self, p: u32, saga_id: &str, body: Vec<u8>) -> Result<(), String> {
+        let what = format!("partition {p} of {}", self.placement.partitions());
+        let answer = self
+            .post_json(
+                self.node_of(p),
+                &format!("/api/v1/sagas/{saga_id}/events"),
+                body,
+            )
+            .await
+            .map_err(|e| unavailable(e, &what).message)?;
+        let code = serde_json::from_slice::<ErrorBody>(&answer.body).map(|b| b.error.code);
+        if answer.status.is_success()
+            || code.is_ok_and(|code| refuses_reply_for_good(answer.status, &code))
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "its pod answered {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        ))
+    }
+}
+
+/// The API's error body, as a peer sends it.
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    error: ErrorFields,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorFields {
+    code: String,
 }
 
 /// How often each peer's health is checked, for `sagalog_peer_up`.

@@ -6,38 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::Incoming;
-use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::app::{App, Body};
-use crate::cluster::{unavailable, Cluster, PeerAnswer};
+use crate::app::App;
+use crate::cluster::{unavailable, Asked, Cluster, PeerAnswer};
 use crate::error::ApiError;
 use crate::outbox::{self, OutboxQuery};
 use crate::query::{list_query, saga_id, DEFAULT_LIMIT};
-use crate::routes::Route;
-
-/// What a client asked, kept to ask a peer the same.
-pub struct Asked {
-    method: Method,
-    path_and_query: String,
-    headers: HeaderMap,
-    query: String,
-}
-
-impl Asked {
-    pub fn of(request: &Request<Incoming>, query: &str) -> Asked {
-        Asked {
-            method: request.method().clone(),
-            path_and_query: request.uri().path_and_query().map_or_else(
-                || request.uri().path().to_string(),
-                |p| p.as_str().to_string(),
-            ),
-            headers: request.headers().clone(),
-            query: query.to_string(),
-        }
-    }
-}
+use crate::respond::{respond, response_json, Body};
+use crate::routes::{Matched, Merge, Scope};
 
 /// Which pod's outbox page the next call takes first.
 static FIRST_PAGE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -60,35 +38,30 @@ fn start_id(body: &[u8]) -> Option<String> {
 }
 
 impl App {
-    /// The answer when the request is for another pod or for every pod; `None` when
-    /// this pod answers it alone, as a server with no peers does.
+    /// The answer when the request is for another pod or for every pod, as the route's
+    /// scope says; `None` when this pod answers it alone, as a server with no peers
+    /// does.
     pub(crate) async fn across_pods(
         &self,
         cluster: &Arc<Cluster>,
         asked: &Asked,
-        route: Route,
+        matched: &Matched<'_>,
         param: &str,
         body: &Bytes,
     ) -> Option<Result<Response<Body>, ApiError>> {
-        match route {
-            Route::Reply
-            | Route::GetSaga
-            | Route::History
-            | Route::OverrideStatus
-            | Route::Retry => {
+        match matched.scope {
+            Scope::Pod => None,
+            Scope::Saga => {
                 let id = saga_id(param).ok()?;
                 let p = self.partitions.owner(id).err()?;
                 Some(self.forward(cluster, p, asked, body).await)
             }
-            Route::StartSaga => {
+            Scope::Start => {
                 let id = start_id(body)?;
                 let p = self.partitions.owner(saga_id(&id).ok()?).err()?;
                 Some(self.forward(cluster, p, asked, body).await)
             }
-            Route::ListSagas => Some(self.list_everywhere(cluster, asked).await),
-            Route::Outbox => Some(self.outbox_everywhere(cluster, asked).await),
-            Route::DeadLetters => Some(self.dead_letters_everywhere(cluster, asked).await),
-            Route::ReplayDeadLetter => {
+            Scope::Partition => {
                 let p = form_urlencoded::parse(asked.query.as_bytes())
                     .find(|(k, _)| k == "partition")
                     .and_then(|(_, v)| v.parse::<u32>().ok())
@@ -96,10 +69,13 @@ impl App {
                 self.partitions.get(p).is_none().then_some(())?;
                 Some(self.forward(cluster, p, asked, body).await)
             }
-            Route::PutDefinition | Route::Pause | Route::Resume => {
-                Some(self.everywhere(cluster, asked, route, param, body).await)
+            Scope::Merged(Merge::Sagas) => Some(self.list_everywhere(cluster, asked).await),
+            Scope::Merged(Merge::Outbox) => Some(self.outbox_everywhere(cluster, asked).await),
+            Scope::Merged(Merge::DeadLetters) => {
+                Some(self.dead_letters_everywhere(cluster, asked).await)
             }
-            _ => None,
+            // Answered here first (see [`App::everywhere`]).
+            Scope::Everywhere => None,
         }
     }
 
@@ -214,7 +190,7 @@ impl App {
             position,
             |item| item.to_string().len(),
         )?;
-        Ok(crate::app::respond(
+        Ok(respond(
             StatusCode::OK,
             json!({"items": items, "next_cursor": next_cursor}),
         ))
@@ -232,7 +208,6 @@ impl App {
     ) -> Result<Response<Body>, ApiError> {
         let query = OutboxQuery::parse(&asked.query, self.config.max_outbox_wait_ms)?;
         let from = outbox::resolve(&self.partitions, &query.after)?;
-        let count = self.partitions.count() as usize;
         // Pass 1: now, everywhere.
         let now = OutboxQuery {
             wait_ms: 0,
@@ -243,7 +218,9 @@ impl App {
             self.outbox_of_peers(cluster, asked, None, 0)
         );
         let (local_items, local_next) = local?;
-        if query.after == outbox::After::Latest && peers.len() + 1 < cluster.config.nodes as usize {
+        if query.after == outbox::After::Latest
+            && peers.len() + 1 < cluster.placement().nodes() as usize
+        {
             // Where a pod that did not answer ends is unknown: a cursor would have to
             // start its partitions from their beginning.
             return Err(ApiError::new(
@@ -259,7 +236,7 @@ impl App {
             .map(|c| serde_json::to_value(c).expect("a command serializes"))
             .collect();
         let mut pages = vec![(
-            cluster.config.node_id,
+            cluster.placement().node(),
             PeerPage {
                 items: local_found,
                 next: local_next,
@@ -274,7 +251,7 @@ impl App {
         pages.rotate_left(first);
         for (node, page) in pages {
             let kept = items.len() + page.items.len() <= query.limit;
-            for p in (0..count).filter(|&p| cluster.node_of(p as u32) == node) {
+            for p in cluster.placement().held_by(node).map(|p| p as usize) {
                 positions[p] = if kept { page.next[p] } else { page.from[p] };
             }
             if kept {
@@ -298,7 +275,7 @@ impl App {
                         .iter()
                         .map(|c| serde_json::to_value(c).expect("a command serializes"))
                         .collect();
-                    (cluster.config.node_id, found, next)
+                    (cluster.placement().node(), found, next)
                 })
             };
             let remote = async {
@@ -316,13 +293,13 @@ impl App {
                 (node, page) = remote => Some((node, page.items, page.next)),
             };
             if let Some((node, found, next)) = winner {
-                for p in (0..count).filter(|&p| cluster.node_of(p as u32) == node) {
+                for p in cluster.placement().held_by(node).map(|p| p as usize) {
                     positions[p] = next[p];
                 }
                 items = found;
             }
         }
-        Ok(crate::app::respond(
+        Ok(respond(
             StatusCode::OK,
             json!({"items": items, "next_after": outbox::encode_cursor(&positions)}),
         ))
@@ -405,7 +382,7 @@ impl App {
         asked: &Asked,
     ) -> Result<Response<Body>, ApiError> {
         let local = self.dead_letters(&asked.query)?;
-        let mut pages = vec![crate::app::response_json(local).await];
+        let mut pages = vec![response_json(local).await];
         for (_, answer) in self
             .ask_peers(cluster, asked, &Bytes::new(), Duration::ZERO)
             .await
@@ -434,31 +411,25 @@ impl App {
                 .map(|page| page["next_after"].clone())
                 .unwrap_or(Value::Null),
         };
-        Ok(crate::app::respond(
+        Ok(respond(
             StatusCode::OK,
             json!({"items": items, "next_after": next_after}),
         ))
     }
 
-    /// A definition, a pause or a resume: here first (its answer is the answer), then
-    /// on every peer. A peer that did not take it makes the answer `503
-    /// partially_applied`, naming it: the request is idempotent, repeat it.
-    async fn everywhere(
+    /// A definition, a pause or a resume, once this pod took it (`local`, its answer
+    /// the answer): the same on every peer. A peer that did not take it makes the
+    /// answer `503 partially_applied`, naming it: the request is idempotent, repeat it.
+    pub(crate) async fn everywhere(
         &self,
         cluster: &Arc<Cluster>,
         asked: &Asked,
-        route: Route,
-        param: &str,
         body: &Bytes,
+        local: Response<Body>,
     ) -> Result<Response<Body>, ApiError> {
-        let local = match route {
-            Route::PutDefinition => self.put_definition(param, body).await?,
-            Route::Pause => self.pause(body).await?,
-            _ => self.resume(body).await?,
-        };
         let mut failed = Vec::new();
         let mut nodes =
-            vec![json!({"node": cluster.config.node_id, "status": local.status().as_u16()})];
+            vec![json!({"node": cluster.placement().node(), "status": local.status().as_u16()})];
         for (node, answer) in self.ask_peers(cluster, asked, body, Duration::ZERO).await {
             match answer {
                 Ok(answer) if answer.status.is_success() => {
@@ -488,8 +459,8 @@ impl App {
             ));
         }
         let status = local.status();
-        let mut out = crate::app::response_json(local).await;
+        let mut out = response_json(local).await;
         out["nodes"] = Value::Array(nodes);
-        Ok(crate::app::respond(status, out))
+        Ok(respond(status, out))
     }
 }

@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use sagalog_engine::{Clock, Engine, EngineConfig, Partitions, Shutdown, SystemClock};
 
-use crate::app::{ApiConfig, App, Readiness};
+use crate::app::App;
+use crate::config::ApiConfig;
 use crate::json;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 
 /// An app over a new engine in `dir`, with one saga (`fuzz-1`) waiting on its first step.
 pub async fn app(dir: &Path) -> Arc<App> {

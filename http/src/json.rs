@@ -142,21 +142,21 @@ pub fn depth(bytes: &[u8]) -> usize {
 pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
-            "invalid_json",
+            crate::error::code::INVALID_JSON,
             "the request needs a JSON body",
         ));
     }
     let deepest = depth(body);
     if deepest > MAX_JSON_DEPTH {
         return Err(ApiError::bad_request(
-            "invalid_json",
+            crate::error::code::INVALID_JSON,
             format!("the body nests {deepest} levels deep; at most {MAX_JSON_DEPTH} are accepted"),
         ));
     }
     serde_json::from_slice(body).map_err(|e| {
         let code = match e.classify() {
             serde_json::error::Category::Data => "invalid_request",
-            _ => "invalid_json",
+            _ => crate::error::code::INVALID_JSON,
         };
         ApiError::bad_request(code, format!("request body: {e}"))
     })

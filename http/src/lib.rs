@@ -2,7 +2,10 @@
 //!
 //! - [`routes`]: the route table (one list the router, the metrics labels and the
 //!   OpenAPI test share).
-//! - [`app`]: the handlers — limits and auth first, then one engine call each.
+//! - [`app`]: the handlers — limits and auth first, then one engine call each; beside
+//!   it [`config`] (its limits), [`readiness`] (what `/readyz` reports of other parts)
+//!   and the private `auth` (admin token, origin check), `request` (the body within
+//!   its limits, the trace context) and `respond` (JSON and error responses).
 //! - [`json`]: request bodies and the fixed response shapes.
 //! - [`outbox`]: the long-polled command feed, read from the engine's command feed.
 //! - [`overview`]: `GET /api/v1/stats`, the console's overview, and the sampled rates.
@@ -18,10 +21,12 @@
 //!   pod, the peers' own client and secret.
 
 pub mod app;
+mod auth;
 pub mod bulk;
 pub mod cgroup;
 pub mod client;
 pub mod cluster;
+pub mod config;
 pub mod console;
 pub mod error;
 mod fanout;
@@ -32,10 +37,15 @@ pub mod metrics;
 pub mod outbox;
 pub mod overview;
 pub mod query;
+pub mod readiness;
+mod request;
+mod respond;
 pub mod routes;
 pub mod server;
 
-pub use app::{ApiConfig, App, Readiness};
+pub use app::App;
+pub use config::ApiConfig;
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use readiness::Readiness;
 pub use server::{serve, serve_probes, ServerConfig};

@@ -32,8 +32,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::app::{error_response, App, SHUTDOWN_GRACE};
+use crate::app::{App, SHUTDOWN_GRACE};
 use crate::error::ApiError;
+use crate::respond::error_response;
 
 /// Connections past the limit served one probe (or one `503`) each, at once.
 pub const OVERFLOW_CONNECTIONS: usize = 64;

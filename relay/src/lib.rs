@@ -29,7 +29,7 @@ use std::time::Duration;
 
 pub use logs::KafkaContext;
 pub use publisher::{Relay, RelayObserver};
-pub use replies::{Assignment, ReplyConsumer, ReplyForwarder, ReplyObserver};
+pub use replies::{ReplyConsumer, ReplyForwarder, ReplyObserver};
 pub use topics::{TopicObserver, TopicWatch, Topics};
 
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use sagalog_engine::wire::ReplyMessage;
-use sagalog_engine::{is_valid_saga_id, ErrorClass, Partitions, Shutdown, Stop};
+use sagalog_engine::{is_valid_saga_id, ErrorClass, Partitions, Placement, Shutdown, Stop};
 use tokio::task::JoinHandle;
 
 use crate::topics::{TopicState, Topics};
@@ -78,15 +78,6 @@ pub trait ReplyForwarder: Send + Sync + 'static {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 }
 
-/// Which pod of how many this consumer is: it is assigned the reply topic's
-/// partitions `k` with `k % nodes == node` (no group rebalance), and forwards what is
-/// not its own.
-pub struct Assignment {
-    pub node: u32,
-    pub nodes: u32,
-    pub forwarder: Option<Arc<dyn ReplyForwarder>>,
-}
-
 /// How long a metadata query for the reply topic's partitions may take, and the pause
 /// before it is asked again.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,7 +98,7 @@ impl ReplyConsumer {
         config: &RelayConfig,
         observer: Arc<dyn ReplyObserver>,
         topics: Topics,
-        assignment: Assignment,
+        forwarder: Option<Arc<dyn ReplyForwarder>>,
     ) -> Result<ReplyConsumer> {
         let first = consumer(config)?;
         let (stop, stopping) = Shutdown::new();
@@ -125,11 +116,11 @@ impl ReplyConsumer {
             let reader = Reader {
                 partitions,
                 observer,
-                forwarder: assignment.forwarder.clone(),
+                forwarder,
                 topics,
                 stopping,
             };
-            reader.run(first, &config, &assignment).await;
+            reader.run(first, &config).await;
         });
         Ok(ReplyConsumer { task, stop })
     }
@@ -172,12 +163,7 @@ struct Reader {
 impl Reader {
     /// Reads with `first`, then with a new consumer each time the topic came back,
     /// until the stop.
-    async fn run(
-        &self,
-        first: StreamConsumer<KafkaContext>,
-        config: &RelayConfig,
-        assignment: &Assignment,
-    ) {
+    async fn run(&self, first: StreamConsumer<KafkaContext>, config: &RelayConfig) {
         let topic = config.reply_topic.as_str();
         let mut state = self.topics.state();
         let mut seen = state.borrow_and_update().returns;
@@ -195,7 +181,8 @@ impl Reader {
                     }
                 }
             };
-            if !assign(&consumer, topic, assignment, from_start, &mut stopping).await {
+            let placement = self.partitions.placement();
+            if !assign(&consumer, topic, placement, from_start, &mut stopping).await {
                 tokio::task::spawn_blocking(move || drop(consumer));
                 return;
             }
@@ -414,14 +401,14 @@ async fn forward(
     }
 }
 
-/// Assigns the consumer its partitions of the reply topic (those numbered as this pod,
-/// modulo the pods), from their start when `from_start` and else from the group's
+/// Assigns the consumer its pod's partitions of the reply topic (see
+/// [`Placement::reply_partitions`]), from their start when `from_start` and else from the group's
 /// committed offsets, asking the broker how many the topic has until it answers; false
 /// when a stop came first.
 async fn assign(
     consumer: &Arc<StreamConsumer<KafkaContext>>,
     topic: &str,
-    assignment: &Assignment,
+    placement: &Placement,
     from_start: bool,
     stopping: &mut Shutdown,
 ) -> bool {
@@ -441,13 +428,12 @@ async fn assign(
         match count {
             Ok(count) if count > 0 => {
                 let mut list = rdkafka::TopicPartitionList::new();
-                let nodes = assignment.nodes.max(1) as usize;
                 let offset = if from_start {
                     rdkafka::Offset::Beginning
                 } else {
                     rdkafka::Offset::Invalid
                 };
-                for k in (0..count).filter(|k| k % nodes == assignment.node as usize) {
+                for k in placement.reply_partitions(count as u32) {
                     if let Err(e) = list.add_partition_offset(topic, k as i32, offset) {
                         tracing::error!(topic, partition = k, error = %e, "assigning a reply topic partition failed");
                     }

@@ -407,11 +407,7 @@ async fn replies_on_kafka_drive_a_saga_to_completion_and_malformed_ones_are_skip
         &relay_config,
         counts.clone(),
         watch.topics(),
-        sagalog_relay::Assignment {
-            node: 0,
-            nodes: 1,
-            forwarder: None,
-        },
+        None,
     )
     .unwrap();
     start_sagas(&engine, std::iter::once("r-1".to_string())).await;

@@ -90,5 +90,7 @@ impl Pods {
 
 /// The pod that holds `saga_id`.
 pub fn node_of(saga_id: &str) -> u32 {
-    sagalog_engine::partition_of(saga_id, PARTITIONS) % NODES
+    sagalog_engine::Placement::new(PARTITIONS, NODES, 0)
+        .expect("the pods' placement")
+        .node_of_saga(saga_id)
 }

@@ -130,7 +130,7 @@ struct Shared {
     starts: flume::Receiver<u64>,
     commands: flume::Receiver<Command>,
     /// `--node`, `--nodes`, `--partitions`: start only that pod's sagas.
-    owner: Option<(u32, u32, u32)>,
+    owner: Option<sagalog_engine::Placement>,
 }
 
 fn main() -> Result<(), String> {
@@ -196,11 +196,13 @@ async fn drive(addr: std::net::SocketAddr, args: &Args) -> Result<String, String
     let shared = Arc::new(Shared {
         // The process id too: generators started at once against one deployment.
         run: format!("load-{stamp}-{}", std::process::id()),
-        owner: args
-            .node
-            .zip(args.nodes)
-            .zip(args.partitions)
-            .map(|((a, b), c)| (a, b, c)),
+        owner: match (args.node, args.nodes, args.partitions) {
+            (Some(node), Some(nodes), Some(partitions)) => Some(
+                sagalog_engine::Placement::new(partitions, nodes, node)
+                    .map_err(|e| format!("--node, --nodes, --partitions: {e}"))?,
+            ),
+            _ => None,
+        },
         fail_percent: args.fail_percent,
         data: match args.data_bytes {
             0 => String::new(),
@@ -406,12 +408,12 @@ async fn worker(mut client: Client, shared: Arc<Shared>) -> Vec<u32> {
 /// Saga `n`'s id: `RUN-n`, or with `--node`, `RUN-kK-n` with the first `K` that puts
 /// it in one of that pod's partitions (the number stays last: replies read it).
 fn saga_id(shared: &Shared, n: u64) -> String {
-    let Some((node, nodes, partitions)) = shared.owner else {
+    let Some(placement) = shared.owner else {
         return format!("{}-{n}", shared.run);
     };
     (0u32..)
         .map(|k| format!("{}-k{k}-{n}", shared.run))
-        .find(|id| sagalog_engine::partition_of(id, partitions) % nodes == node)
+        .find(|id| placement.holds(placement.partition_of(id)))
         .expect("some id lands in the pod's partitions")
 }
 

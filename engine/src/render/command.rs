@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use sagalog_storage::{Log, LogRecord};
 use serde::{Serialize, Serializer};
-use serde_json::value::RawValue;
 
 use crate::error::{EngineError, Inconsistency, Result};
 use crate::history::{decode_at, read_saga_record};
@@ -22,6 +21,7 @@ use crate::model::definition::{Definition, Registry};
 use crate::model::record::{peek, Action, Entry, Kind, Link, Record, Shape};
 use crate::render::filter::CommandFilter;
 use crate::render::results::{NamedResults, StepResults};
+use crate::render::stored::StoredJson;
 
 /// One issued command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,22 +61,6 @@ pub struct Undo {
     /// The step timed out on its last attempt: its effect is unknown, so "nothing to
     /// undo" is a success.
     pub after_timeout: bool,
-}
-
-/// A JSON text the engine stored (a payload), written out as it is: a string when it
-/// is not JSON, null when empty.
-pub struct StoredJson<'a>(pub &'a str);
-
-impl Serialize for StoredJson<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        if self.0.is_empty() {
-            return serializer.serialize_none();
-        }
-        match serde_json::from_str::<&RawValue>(self.0) {
-            Ok(raw) => raw.serialize(serializer),
-            Err(_) => serializer.serialize_str(self.0),
-        }
-    }
 }
 
 /// The command item of http/openapi.yaml: the outbox's items, and the Kafka value the relay

@@ -75,65 +75,14 @@ impl CommandFilter {
 }
 
 /// The member (of `members`) that gets the saga `saga_id`'s commands: Kafka's default
-/// partition for the key, `murmur2(key) & 0x7fffffff % members`.
+/// partition for the key.
 pub fn member_of(saga_id: &str, members: u32) -> u32 {
-    (murmur2(saga_id.as_bytes()) & 0x7fff_ffff) % members.max(1)
-}
-
-/// MurmurHash2 as Kafka's clients compute it (seed `0x9747b28c`), as an unsigned word.
-fn murmur2(data: &[u8]) -> u32 {
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let mut h: u32 = 0x9747_b28c ^ (data.len() as u32);
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        for (i, &b) in rest.iter().enumerate().rev() {
-            h ^= u32::from(b) << (8 * i);
-        }
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
+    crate::model::placement::kafka_partition(saga_id, members)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_hash_is_kafkas() {
-        // The values Kafka's own clients compute (its `Utils.murmur2` test cases).
-        let cases: [(&[u8], i32); 6] = [
-            (b"21", -973_932_308),
-            (b"foobar", -790_332_482),
-            (b"a-little-bit-long-string", -985_981_536),
-            (b"a-little-bit-longer-string", -1_486_304_829),
-            (
-                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
-                -58_897_971,
-            ),
-            (b"abc", 479_470_107),
-        ];
-        for (data, want) in cases {
-            assert_eq!(
-                murmur2(data) as i32,
-                want,
-                "{:?}",
-                std::str::from_utf8(data)
-            );
-        }
-    }
 
     #[test]
     fn members_split_sagas_disjointly_and_cover_them() {

@@ -4,5 +4,6 @@
 pub mod command;
 pub mod filter;
 pub mod results;
+pub mod stored;
 pub mod view;
 pub mod wire;

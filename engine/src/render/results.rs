@@ -11,7 +11,7 @@ use serde::{Serialize, Serializer};
 
 use crate::model::definition::Definition;
 use crate::model::record::{Action, Kind};
-use crate::render::command::StoredJson;
+use crate::render::stored::StoredJson;
 
 /// The result of a step that succeeded without data.
 const NO_DATA: &str = "{}";
