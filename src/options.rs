@@ -210,6 +210,15 @@ pub struct Serve {
     pub cluster: Option<sagalog_http::cluster::ClusterConfig>,
 }
 
+/// `--min-free-bytes` when not given: writes stop below 1 GiB free (or the percentage).
+const DEFAULT_MIN_FREE_BYTES: u64 = 1 << 30;
+/// `--min-free-percent` when not given.
+const DEFAULT_MIN_FREE_PERCENT: u8 = 5;
+/// `--reserve-bytes` when not given: the space kept back for a restart on a full disk.
+const DEFAULT_RESERVE_BYTES: u64 = 32 << 20;
+/// The longest an outbox long poll may be allowed to wait (`--max-outbox-wait-ms`).
+const MAX_OUTBOX_WAIT_MS: u64 = 30_000;
+
 /// The largest `max_payload_bytes`: a start's record (payload, id, trace and the rest)
 /// must fit the log's largest record, 4 MiB.
 const MAX_PAYLOAD_BYTES: usize = 3 << 20;
@@ -468,30 +477,55 @@ impl ServeArgs {
 
     /// The options with the defaults filled in, each checked.
     fn into_serve(self) -> Result<Serve, OptionsError> {
+        // The defaults are the libraries' own, from one source: their configs' defaults.
+        let engine = sagalog_engine::EngineConfig::default();
+        let api = sagalog_http::ApiConfig::default();
+        let server = sagalog_http::ServerConfig::default();
+        let relay = sagalog_relay::RelayConfig::new("");
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
         // Checked in this order: with several bad options, the first is the one named.
         let fsync = match &self.fsync {
             Some(text) => text.parse().map_err(|e| invalid("fsync", format!("{e}")))?,
-            None => sagalog_storage::FsyncPolicy::Always,
+            None => engine.log.fsync,
         };
-        let max_body_bytes = positive("max_body_bytes", self.max_body_bytes, 1 << 20)?;
+        let max_body_bytes = positive("max_body_bytes", self.max_body_bytes, api.max_body_bytes)?;
         let max_payload_bytes = record_part(
             "max_payload_bytes",
             self.max_payload_bytes,
-            512 << 10,
+            engine.max_payload_bytes,
             "payload",
         )?;
         let max_step_data_bytes = record_part(
             "max_step_data_bytes",
             self.max_step_data_bytes,
-            64 << 10,
+            engine.max_step_data_bytes,
             "data",
         )?;
-        let max_saga_data_bytes =
-            positive("max_saga_data_bytes", self.max_saga_data_bytes, 1 << 20)?;
-        let max_connections = positive("max_connections", self.max_connections, 1024)?;
-        let header_timeout = millis("header_timeout_ms", self.header_timeout_ms, 30_000)?;
-        let write_timeout = millis("write_timeout_ms", self.write_timeout_ms, 30_000)?;
-        let body_timeout = millis("body_timeout_ms", self.body_timeout_ms, 30_000)?;
+        let max_saga_data_bytes = positive(
+            "max_saga_data_bytes",
+            self.max_saga_data_bytes,
+            engine.max_saga_data_bytes,
+        )?;
+        let max_connections = positive(
+            "max_connections",
+            self.max_connections,
+            server.max_connections,
+        )?;
+        let header_timeout = millis(
+            "header_timeout_ms",
+            self.header_timeout_ms,
+            ms(server.header_timeout),
+        )?;
+        let write_timeout = millis(
+            "write_timeout_ms",
+            self.write_timeout_ms,
+            ms(server.write_timeout),
+        )?;
+        let body_timeout = millis(
+            "body_timeout_ms",
+            self.body_timeout_ms,
+            ms(api.body_timeout),
+        )?;
         let log_retention = match &self.log_retention {
             Some(text) => parse_retention(text)?,
             None => None,
@@ -502,14 +536,14 @@ impl ServeArgs {
             self.peer_url_template.clone(),
             self.cluster_secret.clone(),
         )?;
-        let segment_bytes = self.segment_bytes.unwrap_or(64 << 20);
+        let segment_bytes = self.segment_bytes.unwrap_or(engine.log.segment_bytes);
         if segment_bytes < 4096 {
             return Err(invalid(
                 "segment_bytes",
                 format!("{segment_bytes} is below 4096"),
             ));
         }
-        let min_free_percent = self.min_free_percent.unwrap_or(5);
+        let min_free_percent = self.min_free_percent.unwrap_or(DEFAULT_MIN_FREE_PERCENT);
         if min_free_percent > 100 {
             return Err(invalid(
                 "min_free_percent",
@@ -535,7 +569,9 @@ impl ServeArgs {
             definitions: self.definitions,
             kafka_brokers: self.kafka_brokers,
             kafka_create_topics: self.kafka_create_topics.unwrap_or(true),
-            kafka_max_message_bytes: self.kafka_max_message_bytes.unwrap_or(1_000_000),
+            kafka_max_message_bytes: self
+                .kafka_max_message_bytes
+                .unwrap_or(relay.max_message_bytes),
             admin_token: self.admin_token,
             insecure: self.insecure,
             demo: self.demo,
@@ -548,22 +584,29 @@ impl ServeArgs {
             header_timeout,
             write_timeout,
             body_timeout,
-            body_min_bytes_per_sec: self.body_min_bytes_per_sec.unwrap_or(1024),
+            body_min_bytes_per_sec: self
+                .body_min_bytes_per_sec
+                .unwrap_or(api.body_min_bytes_per_sec),
             probe_listen: self.probe_listen,
-            max_outbox_wait_ms: self.max_outbox_wait_ms.unwrap_or(30_000).min(30_000),
-            max_active_sagas: self.max_active_sagas.unwrap_or(10_000_000),
-            max_list_bytes: positive("max_list_bytes", self.max_list_bytes, 8 << 20)?,
+            max_outbox_wait_ms: self
+                .max_outbox_wait_ms
+                .unwrap_or(api.max_outbox_wait_ms)
+                .min(MAX_OUTBOX_WAIT_MS),
+            max_active_sagas: self.max_active_sagas.unwrap_or(engine.max_active_sagas),
+            max_list_bytes: positive("max_list_bytes", self.max_list_bytes, engine.max_list_bytes)?,
             max_definition_versions: positive(
                 "max_definition_versions",
                 self.max_definition_versions,
-                10_000,
+                engine.max_definition_versions,
             )?,
             fsync,
-            snapshot_every_records: self.snapshot_every_records.unwrap_or(1_000_000),
+            snapshot_every_records: self
+                .snapshot_every_records
+                .unwrap_or(engine.snapshot_every_records),
             segment_bytes,
-            min_free_bytes: self.min_free_bytes.unwrap_or(1 << 30),
+            min_free_bytes: self.min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES),
             min_free_percent,
-            reserve_bytes: self.reserve_bytes.unwrap_or(32 << 20),
+            reserve_bytes: self.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES),
             log_retention,
             cgroup_root: self
                 .cgroup_root
@@ -599,6 +642,87 @@ impl Serve {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every option whose help gives a number as its default shows the value the server
+    /// takes when it is not given — the libraries' own config defaults.
+    #[test]
+    fn the_documented_defaults_are_the_ones_taken() {
+        let serve = ServeArgs::default().resolve().unwrap();
+        let ms = |d: std::time::Duration| d.as_millis().to_string();
+        let engine = sagalog_engine::EngineConfig::default();
+        let taken: Vec<(&str, String)> = vec![
+            (
+                "kafka_max_message_bytes",
+                serve.kafka_max_message_bytes.to_string(),
+            ),
+            ("max_body_bytes", serve.max_body_bytes.to_string()),
+            ("max_payload_bytes", serve.max_payload_bytes.to_string()),
+            ("max_step_data_bytes", serve.max_step_data_bytes.to_string()),
+            ("max_saga_data_bytes", serve.max_saga_data_bytes.to_string()),
+            ("max_connections", serve.max_connections.to_string()),
+            ("header_timeout_ms", ms(serve.header_timeout)),
+            ("write_timeout_ms", ms(serve.write_timeout)),
+            ("body_timeout_ms", ms(serve.body_timeout)),
+            (
+                "body_min_bytes_per_sec",
+                serve.body_min_bytes_per_sec.to_string(),
+            ),
+            ("max_outbox_wait_ms", serve.max_outbox_wait_ms.to_string()),
+            ("max_list_bytes", serve.max_list_bytes.to_string()),
+            (
+                "max_definition_versions",
+                serve.max_definition_versions.to_string(),
+            ),
+            ("max_active_sagas", serve.max_active_sagas.to_string()),
+            (
+                "snapshot_every_records",
+                serve.snapshot_every_records.to_string(),
+            ),
+            ("min_free_bytes", serve.min_free_bytes.to_string()),
+            ("reserve_bytes", serve.reserve_bytes.to_string()),
+            ("min_free_percent", serve.min_free_percent.to_string()),
+            ("segment_bytes", serve.segment_bytes.to_string()),
+            ("nodes", "1".to_string()),
+        ];
+        let command = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
+        let mut documented = 0;
+        for arg in command.get_arguments() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let Some(default) = help
+                .rsplit_once("[default: ")
+                .and_then(|(_, rest)| rest.strip_suffix(']'))
+                .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let id = arg.get_id().as_str();
+            let (_, value) = taken.iter().find(|(k, _)| *k == id).unwrap_or_else(|| {
+                panic!("--{id} documents [default: {default}]: add what it takes to this test")
+            });
+            assert_eq!(
+                default, value,
+                "--{id}: the help says one default, the server takes another"
+            );
+            documented += 1;
+        }
+        assert_eq!(
+            documented,
+            taken.len(),
+            "every option listed documents its default"
+        );
+        // And those are the libraries' own.
+        assert_eq!(serve.max_payload_bytes, engine.max_payload_bytes);
+        assert_eq!(serve.segment_bytes, engine.log.segment_bytes);
+        assert_eq!(serve.fsync, engine.log.fsync);
+        assert_eq!(
+            serve.body_timeout,
+            sagalog_http::ApiConfig::default().body_timeout
+        );
+        assert_eq!(
+            serve.header_timeout,
+            sagalog_http::ServerConfig::default().header_timeout
+        );
+    }
 
     #[test]
     fn the_command_line_wins_over_the_file_and_the_file_over_defaults() {
