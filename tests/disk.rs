@@ -20,11 +20,10 @@ use serde_json::json;
 const FS_BYTES: u64 = 64 << 20;
 
 /// A size-limited tmpfs mounted on a new temporary directory, or `None` when the test
-/// cannot mount one (it is not root) and says it skipped. (Bound in this order, the
-/// filesystem is unmounted before the directory goes.)
+/// cannot mount one and says it skipped (see [`Tmpfs::available_or_skip`]). (Bound in
+/// this order, the filesystem is unmounted before the directory goes.)
 fn small_disk() -> Option<(tempfile::TempDir, Tmpfs)> {
-    if !Tmpfs::can_mount() {
-        eprintln!("skipped: mounting a size-limited tmpfs needs root");
+    if !Tmpfs::available_or_skip() {
         return None;
     }
     let root = tempfile::tempdir().unwrap();

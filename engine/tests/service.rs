@@ -1240,7 +1240,13 @@ async fn an_operation_for_the_saga_as_it_was_is_refused_once_it_changed() {
     let again = engine
         .operate("op-1", sagalog_engine::Operation::Retry, Some(later))
         .await;
-    assert!(again.is_err(), "a repeat acts once");
+    assert!(
+        matches!(
+            again,
+            Err(EngineError::Rejected(Rejection::ChangedSince { .. }))
+        ),
+        "a repeat acts once: {again:?}"
+    );
 
     // A saga that finished after the moment, and left memory: changed since, too
     // (not merely finished), as a bulk call that raced another one reports it.

@@ -10,13 +10,28 @@ use std::process::Command;
 pub struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    /// Whether this process may mount one (it is root); tests that need one say they
-    /// skipped otherwise.
+    /// Whether this process may mount one (it is root).
     pub fn can_mount() -> bool {
         Command::new("id")
             .arg("-u")
             .output()
             .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+    }
+
+    /// Whether a test that needs one runs: true when this process may mount one;
+    /// otherwise the test says it skipped and returns, except in CI (`CI=true`), where
+    /// it fails instead of passing unrun.
+    pub fn available_or_skip() -> bool {
+        if Tmpfs::can_mount() {
+            return true;
+        }
+        let in_ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        assert!(
+            !in_ci,
+            "CI=true, and mounting a size-limited tmpfs needs root: this test would pass without running"
+        );
+        eprintln!("skipped: mounting a size-limited tmpfs needs root");
+        false
     }
 
     /// Mounts a tmpfs of `bytes` on `dir`.

@@ -17,8 +17,7 @@ const ROOM_BYTES: u64 = 64 * 1024;
 
 #[test]
 fn a_full_disk_fails_appends_cleanly_loses_nothing_and_heals_when_space_returns() {
-    if !Tmpfs::can_mount() {
-        eprintln!("skipped: mounting a size-limited tmpfs needs root");
+    if !Tmpfs::available_or_skip() {
         return;
     }
     let mount_dir = tempfile::tempdir().unwrap();

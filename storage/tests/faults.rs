@@ -257,7 +257,13 @@ fn a_log_that_cannot_heal_gives_up_after_its_attempts_and_says_so() {
     let mut acked = Vec::new();
     append_until(&log, &mut acked, 5);
     faults.fail(FaultPoint::BatchSync, EIO);
-    assert!(log.append_batch_blocking(vec![payload(99)]).is_err());
+    let refused = log
+        .append_batch_blocking(vec![payload(99)])
+        .expect_err("an append whose fsync failed is refused");
+    assert!(
+        matches!(refused, StorageError::Poisoned { .. }),
+        "{refused}"
+    );
     wait_failed_heals(&log, 3);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(log.stats().failed_heals, 3, "no attempt past the bound");
@@ -287,7 +293,13 @@ fn a_heal_cuts_nothing_when_the_acknowledged_records_no_longer_read_back() {
     // fsync fails: the log is poisoned and tries to heal.
     common::write_at(&active, 0, &[0xff; 8]);
     faults.fail_after(FaultPoint::BatchSync, 0, 1, EIO);
-    assert!(log.append_batch_blocking(vec![payload(99)]).is_err());
+    let refused = log
+        .append_batch_blocking(vec![payload(99)])
+        .expect_err("an append whose fsync failed is refused");
+    assert!(
+        matches!(refused, StorageError::Poisoned { .. }),
+        "{refused}"
+    );
     wait_failed_heals(&log, 2);
     let reason = log
         .poisoned()
