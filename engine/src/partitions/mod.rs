@@ -3,16 +3,20 @@
 //! can be served, copied and later moved as one unit. Which partition a saga belongs to
 //! and which pod holds it is the [`Placement`]'s to say.
 //!
-//! - `P` is fixed when the data directory is made and recorded in it ([`settle`]); a
-//!   different value later is refused. One partition lives in the data directory itself
-//!   (the layout from before partitions, which therefore opens as partition 0 of 1);
-//!   with more, partition `p` lives in `partitions/NNNN/` and the count in
-//!   `partitions/count`.
-//! - [`Partitions`] holds the engines of the partitions one process owns, routes a saga's
+//! - [`layout`]: `P` is fixed when the data directory is made and recorded in it
+//!   ([`settle`]); a different value later is refused. One partition lives in the data
+//!   directory itself (the layout from before partitions, which therefore opens as
+//!   partition 0 of 1); with more, partition `p` lives in `partitions/NNNN/` and the
+//!   count in `partitions/count`.
+//! - [`merge`]: list pages of several partitions (or pods) merged into one.
+//! - [`Partitions`] (here) holds the engines of the partitions one process owns, routes a saga's
 //!   calls to its partition's engine, and answers the calls that span partitions (lists
 //!   merged newest first, definitions registered in every partition, figures summed).
 
-use std::path::{Path, PathBuf};
+mod layout;
+mod merge;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -22,102 +26,14 @@ use crate::api::{EngineStats, ListPage, ListQuery, StartAnswer, StartRequest};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::model::definition::{Definition, Registered};
-use crate::model::placement::{Placement, MAX_PARTITIONS};
-use crate::render::view::SagaView;
+use crate::model::placement::Placement;
 use crate::service::dead_letters::{DeadLetter, DeadLetterCounts};
 use crate::service::delivery::DeliveryChange;
 use crate::service::engine::Engine;
 use crate::service::projection::Counters;
 
-/// Where a data directory of more than one partition records their count.
-const COUNT_FILE: &str = "partitions/count";
-
-/// How many partitions `dir` holds: `Some(1)` for a directory with a log of its own,
-/// the recorded count for a partitioned one, `None` for a new (or empty) directory.
-pub fn recorded(dir: &Path) -> Result<Option<u32>> {
-    let count_file = dir.join(COUNT_FILE);
-    match std::fs::read_to_string(&count_file) {
-        Ok(text) => {
-            let count = text
-                .trim()
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=MAX_PARTITIONS).contains(n))
-                .ok_or_else(|| {
-                    EngineError::Partitions(format!(
-                        "{} holds {:?}, not a partition count in 1..={MAX_PARTITIONS}",
-                        count_file.display(),
-                        text.trim()
-                    ))
-                })?;
-            Ok(Some(count))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok(dir.join("log").is_dir().then_some(1))
-        }
-        Err(e) => Err(EngineError::Partitions(format!(
-            "reading {}: {e}",
-            count_file.display()
-        ))),
-    }
-}
-
-/// The partition count of `dir`: the recorded one (which `requested`, when given, must
-/// equal), or for a new directory `requested` (default 1), recorded now.
-pub fn settle(dir: &Path, requested: Option<u32>) -> Result<u32> {
-    if let Some(n) = requested.filter(|n| !(1..=MAX_PARTITIONS).contains(n)) {
-        return Err(EngineError::Partitions(format!(
-            "--partitions {n}: the count must be in 1..={MAX_PARTITIONS}"
-        )));
-    }
-    match (recorded(dir)?, requested) {
-        (Some(recorded), Some(requested)) if recorded != requested => {
-            Err(EngineError::Partitions(format!(
-                "{} holds {recorded} partition{}, not {requested}: the partition count is \
-                 fixed when a data directory is made (a saga's partition depends on it); \
-                 leave --partitions out or give {recorded}",
-                dir.display(),
-                if recorded == 1 { "" } else { "s" },
-            )))
-        }
-        (Some(recorded), _) => Ok(recorded),
-        (None, requested) => {
-            let count = requested.unwrap_or(1);
-            if count > 1 {
-                write_count(dir, count)?;
-            }
-            Ok(count)
-        }
-    }
-}
-
-/// Records `count` in `dir/partitions/count`, durably (written aside, then renamed).
-fn write_count(dir: &Path, count: u32) -> Result<()> {
-    let failed = |what: &str, e: std::io::Error| {
-        EngineError::Partitions(format!("{what} {}: {e}", dir.join(COUNT_FILE).display()))
-    };
-    let parent = dir.join("partitions");
-    std::fs::create_dir_all(&parent).map_err(|e| failed("creating the folder of", e))?;
-    let aside = parent.join("count.new");
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&aside)?;
-        writeln!(file, "{count}")?;
-        file.sync_all()?;
-        std::fs::rename(&aside, dir.join(COUNT_FILE))?;
-        std::fs::File::open(&parent)?.sync_all()
-    };
-    write().map_err(|e| failed("writing", e))
-}
-
-/// The directory of partition `p` of `count` under the data directory `dir`.
-pub fn partition_dir(dir: &Path, count: u32, p: u32) -> PathBuf {
-    if count == 1 {
-        dir.to_path_buf()
-    } else {
-        dir.join("partitions").join(format!("{p:04}"))
-    }
-}
+pub use layout::{partition_dir, recorded, settle};
+pub use merge::{merge_by, merge_pages};
 
 /// The engines of the partitions one process owns, by partition.
 pub struct Partitions {
@@ -488,106 +404,9 @@ fn add_counters(total: &mut Counters, more: &Counters) {
     total.last_failed_at_ms = total.last_failed_at_ms.max(more.last_failed_at_ms);
 }
 
-/// One page newest first out of pages of the same query from several partitions, so
-/// that following `next_cursor` lists every saga once, with no gap.
-///
-/// Each page holds every saga of its partition from the query's cursor down to its own
-/// `next_cursor` (its last saga, or the floor where its scan stopped), or all the rest
-/// when it has none. Below the highest of those stops some partition has not been read,
-/// so the page keeps only what lies at or above it; at most `limit` sagas and about
-/// `max_bytes`, its cursor then going on from its last saga.
-pub fn merge_pages(pages: Vec<ListPage>, limit: usize, max_bytes: usize) -> Result<ListPage> {
-    let pages = pages
-        .into_iter()
-        .map(|page| (page.items, page.next_cursor))
-        .collect();
-    let (items, next_cursor) = merge_by(
-        pages,
-        limit,
-        max_bytes,
-        |v: &SagaView| (v.updated_at_ms, v.saga_id.clone()),
-        crate::service::list::listed_bytes,
-    )?;
-    Ok(ListPage { items, next_cursor })
-}
-
-/// [`merge_pages`] over pages of anything with a list position (`updated_at` in unix
-/// ms, saga id) and a size: the pages of partitions, or of pods.
-pub fn merge_by<T>(
-    pages: Vec<(Vec<T>, Option<String>)>,
-    limit: usize,
-    max_bytes: usize,
-    position: impl Fn(&T) -> (u64, String),
-    size: impl Fn(&T) -> usize,
-) -> Result<(Vec<T>, Option<String>)> {
-    use crate::service::list::parse_cursor;
-    let mut stop: Option<(u64, String)> = None;
-    for (_, cursor) in &pages {
-        if let Some(cursor) = cursor {
-            let (at, id) = parse_cursor(cursor)?;
-            stop = stop.max(Some((at, id.to_string())));
-        }
-    }
-    let mut items: Vec<T> = pages
-        .into_iter()
-        .flat_map(|(items, _)| items)
-        .filter(|v| stop.as_ref().is_none_or(|s| position(v) >= *s))
-        .collect();
-    items.sort_by_key(|v| std::cmp::Reverse(position(v)));
-    let mut bytes = 0;
-    let mut keep = 0;
-    for item in &items {
-        bytes += size(item);
-        if keep == limit || (bytes > max_bytes && keep > 0) {
-            break;
-        }
-        keep += 1;
-    }
-    let cut = keep < items.len();
-    items.truncate(keep);
-    let encode = |(at, id): &(u64, String)| format!("{at}_{id}");
-    let next_cursor = if cut {
-        items.last().map(|v| encode(&position(v)))
-    } else {
-        stop.as_ref().map(encode)
-    };
-    Ok((items, next_cursor))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_count_is_recorded_once_and_a_change_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let fresh = dir.path().join("fresh");
-        assert_eq!(recorded(&fresh).unwrap(), None);
-        assert_eq!(settle(&fresh, Some(4)).unwrap(), 4);
-        assert_eq!(recorded(&fresh).unwrap(), Some(4));
-        assert_eq!(settle(&fresh, None).unwrap(), 4);
-        assert_eq!(settle(&fresh, Some(4)).unwrap(), 4);
-        let e = settle(&fresh, Some(2)).unwrap_err().to_string();
-        assert!(e.contains("holds 4 partitions, not 2"), "{e}");
-        // A directory with a log of its own is one partition, the layout from before.
-        let single = dir.path().join("single");
-        std::fs::create_dir_all(single.join("log")).unwrap();
-        assert_eq!(settle(&single, None).unwrap(), 1);
-        let e = settle(&single, Some(3)).unwrap_err().to_string();
-        assert!(e.contains("holds 1 partition, not 3"), "{e}");
-        assert_eq!(partition_dir(&single, 1, 0), single);
-        assert_eq!(
-            partition_dir(&fresh, 4, 3),
-            fresh.join("partitions").join("0003")
-        );
-        for bad in [0, MAX_PARTITIONS + 1] {
-            let e = settle(&dir.path().join("bad"), Some(bad)).unwrap_err();
-            assert!(e.to_string().contains("must be in 1..=1024"), "{e}");
-        }
-        std::fs::write(fresh.join(COUNT_FILE), "many\n").unwrap();
-        let e = recorded(&fresh).unwrap_err();
-        assert!(e.to_string().contains("not a partition count"), "{e}");
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_registration_that_reached_one_partition_is_finished_in_the_others() {
@@ -624,62 +443,5 @@ mod tests {
             0,
             "nothing left to add"
         );
-    }
-
-    fn view(id: &str, at: u64) -> SagaView {
-        SagaView {
-            saga_id: id.into(),
-            saga_type: "t".into(),
-            definition_version: 1,
-            status: crate::Status::Completed,
-            current_step: None,
-            steps: Vec::new(),
-            created_at_ms: at,
-            updated_at_ms: at,
-            failure_reason: None,
-            trace_id: String::new(),
-            payload: "{}".into(),
-            failed_step: None,
-            failed_at_ms: None,
-        }
-    }
-
-    #[test]
-    fn merged_pages_keep_the_order_and_stop_where_a_partition_stopped() {
-        // Partition A gave 3 of more (down to 70); B stopped its scan at the floor 60
-        // with one saga; C is exhausted.
-        let a = ListPage {
-            items: vec![view("a1", 90), view("a2", 80), view("a3", 70)],
-            next_cursor: Some("70_a3".into()),
-        };
-        let b = ListPage {
-            items: vec![view("b1", 85)],
-            next_cursor: Some("60_floor".into()),
-        };
-        let c = ListPage {
-            items: vec![view("c1", 95), view("c2", 65), view("c3", 10)],
-            next_cursor: None,
-        };
-        let page = merge_pages(vec![a.clone(), b.clone(), c.clone()], 10, usize::MAX).unwrap();
-        let ids: Vec<&str> = page.items.iter().map(|v| v.saga_id.as_str()).collect();
-        // Below 70, A was not read: c2 and c3 wait for the next page.
-        assert_eq!(ids, ["c1", "a1", "b1", "a2", "a3"]);
-        assert_eq!(page.next_cursor.as_deref(), Some("70_a3"));
-        // A limit cuts the page at its last saga.
-        let page = merge_pages(vec![a, b, c], 2, usize::MAX).unwrap();
-        let ids: Vec<&str> = page.items.iter().map(|v| v.saga_id.as_str()).collect();
-        assert_eq!(ids, ["c1", "a1"]);
-        assert_eq!(page.next_cursor.as_deref(), Some("90_a1"));
-        // Every partition exhausted: the last page.
-        let page = merge_pages(
-            vec![ListPage {
-                items: vec![view("x", 5)],
-                next_cursor: None,
-            }],
-            10,
-            usize::MAX,
-        )
-        .unwrap();
-        assert_eq!(page.next_cursor, None);
     }
 }
