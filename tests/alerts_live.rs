@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{data_dir, get, post, serve};
-use sagalog_http::client::Client;
+use sagalog_testkit::client::Client;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -47,10 +47,7 @@ impl Drop for Daemon {
 }
 
 fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from(([127, 0, 0, 1], sagalog_testkit::free_port()))
 }
 
 /// GETs `path` from a server until `done` accepts the JSON answer, or panics after
@@ -62,23 +59,19 @@ async fn wait_for(
     what: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + limit;
-    let mut last = Value::Null;
-    loop {
-        if let Ok(mut c) = Client::connect(addr).await {
-            if let Ok(answer) = c.get(path).await {
-                last = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-                if done(&last) {
-                    return last;
-                }
-            }
+    let done = &done;
+    sagalog_testkit::wait_until(what, limit, || async move {
+        let failed = |e: &dyn std::fmt::Display| format!("{path}: {e}");
+        let mut c = Client::connect(addr).await.map_err(|e| failed(&e))?;
+        let answer = c.get(path).await.map_err(|e| failed(&e))?;
+        let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        if done(&body) {
+            Ok(body)
+        } else {
+            Err(format!("{path} answered {body}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within {limit:?}; last answer of {path}: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await
 }
 
 /// Accepts HTTP POSTs (the Slack webhook) and sends each body on the channel.

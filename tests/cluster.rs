@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::pods::{node_of, Pods, NODES, PARTITIONS};
 use common::{get, post};
 use hyper::StatusCode;
-use sagalog_http::client::Client;
+use sagalog_testkit::client::Client;
 use serde_json::{json, Value};
 
 fn definition() -> Value {
@@ -57,7 +57,7 @@ async fn reply(
     id: &str,
     step: &str,
     outcome: &str,
-) -> sagalog_http::client::Answer {
+) -> sagalog_testkit::client::Answer {
     let body = json!({"event_id": format!("{id}/{step}/{outcome}"), "step": step,
                       "outcome": outcome, "attempt": 1});
     post(c, &format!("/api/v1/sagas/{id}/events"), body).await

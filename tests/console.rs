@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::{admin, get, post, TOKEN};
 use hyper::Method;
-use sagalog_benches::process::Tansu;
-use sagalog_http::client::Client;
+use sagalog_testkit::client::Client;
+use sagalog_testkit::process::Tansu;
 use serde_json::{json, Value};
 
 /// A definition of three quick steps, each with one attempt: a reply decides a step.
@@ -98,7 +98,7 @@ async fn bulk(
     action: &str,
     query: &str,
     body: Value,
-) -> sagalog_http::client::Answer {
+) -> sagalog_testkit::client::Answer {
     let path = format!("/internal/v1/sagas/bulk/{action}?{query}");
     admin(c, Method::POST, &path, Some(body)).await
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{data_dir, get, sagalog, serve, status_gauge};
 use hyper::StatusCode;
 use parking_lot::Mutex;
-use sagalog_http::client::Client;
+use sagalog_testkit::client::Client;
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 20;

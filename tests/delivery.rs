@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 const INVENTORY: &str = "inventory.commands";
 
 /// The commands `GET /api/v1/outbox` hands out for `query`, and its `next_after`.
-async fn outbox(c: &mut sagalog_http::client::Client, query: &str) -> (Vec<String>, Value) {
+async fn outbox(c: &mut sagalog_testkit::client::Client, query: &str) -> (Vec<String>, Value) {
     let page = get(c, &format!("/api/v1/outbox?{query}")).await;
     assert_eq!(page.status, 200, "{}", page.text());
     let page = page.json();
@@ -39,7 +39,9 @@ fn long_poll(
     query: &'static str,
 ) -> tokio::task::JoinHandle<((Vec<String>, Value), Duration)> {
     tokio::spawn(async move {
-        let mut c = sagalog_http::client::Client::connect(addr).await.unwrap();
+        let mut c = sagalog_testkit::client::Client::connect(addr)
+            .await
+            .unwrap();
         let started = Instant::now();
         let page = outbox(&mut c, query).await;
         (page, started.elapsed())

@@ -33,7 +33,7 @@ fn small_disk() -> Option<(tempfile::TempDir, Tmpfs)> {
 
 /// Starts saga `id`: true when acknowledged (201), false on 503 (with its message
 /// checked by `expect`); any other answer fails the test.
-async fn try_start(c: &mut sagalog_http::client::Client, id: &str, expect: &str) -> bool {
+async fn try_start(c: &mut sagalog_testkit::client::Client, id: &str, expect: &str) -> bool {
     let answer = post(
         c,
         "/api/v1/sagas",
@@ -52,7 +52,11 @@ async fn try_start(c: &mut sagalog_http::client::Client, id: &str, expect: &str)
 
 /// Tries starts `{prefix}-N` every 100 ms until one is taken (within 10 s, or the test
 /// fails), each refusal's message holding `expect`; returns the id taken.
-async fn taken_again(c: &mut sagalog_http::client::Client, prefix: &str, expect: &str) -> String {
+async fn taken_again(
+    c: &mut sagalog_testkit::client::Client,
+    prefix: &str,
+    expect: &str,
+) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     for n in 0.. {
         let id = format!("{prefix}-{n}");
@@ -228,7 +232,7 @@ fn serve_logging_to(
 
 /// One start with a 200-byte payload; its status (201 or 503, anything else fails the
 /// test), which must come within 15 s: a full disk is answered, never silence.
-async fn start_answered(c: &mut sagalog_http::client::Client, id: &str) -> StatusCode {
+async fn start_answered(c: &mut sagalog_testkit::client::Client, id: &str) -> StatusCode {
     let body = json!({"type": "order", "saga_id": id, "payload": {"pad": "x".repeat(200)}});
     let answer = tokio::time::timeout(Duration::from_secs(15), post(c, "/api/v1/sagas", body))
         .await
@@ -268,7 +272,9 @@ async fn a_disk_filling_during_segment_rolls_loses_no_acknowledged_saga_and_need
     for worker in 0..16 {
         let (acked, refused, mount) = (acked.clone(), refused.clone(), root.path().to_path_buf());
         clients.spawn(async move {
-            let mut c = sagalog_http::client::Client::connect(addr).await.unwrap();
+            let mut c = sagalog_testkit::client::Client::connect(addr)
+                .await
+                .unwrap();
             let deadline = Instant::now() + Duration::from_secs(180);
             for n in 0.. {
                 let id = format!("s{worker}-{n}");
@@ -289,7 +295,9 @@ async fn a_disk_filling_during_segment_rolls_loses_no_acknowledged_saga_and_need
     while let Some(done) = clients.join_next().await {
         done.unwrap();
     }
-    let mut c = sagalog_http::client::Client::connect(addr).await.unwrap();
+    let mut c = sagalog_testkit::client::Client::connect(addr)
+        .await
+        .unwrap();
     // The disk watch looks every second.
     let deadline = Instant::now() + Duration::from_secs(5);
     let ready = loop {
@@ -366,7 +374,7 @@ async fn a_disk_filling_during_segment_rolls_loses_no_acknowledged_saga_and_need
 }
 
 /// Starts order saga `id` and answers its three steps, so it completes.
-async fn complete(c: &mut sagalog_http::client::Client, id: &str) {
+async fn complete(c: &mut sagalog_testkit::client::Client, id: &str) {
     let started = post(c, "/api/v1/sagas", json!({"type": "order", "saga_id": id})).await;
     assert_eq!(started.status, StatusCode::CREATED, "{}", started.text());
     for step in ["reserve_inventory", "charge_payment", "ship_order"] {

@@ -28,7 +28,9 @@ async fn bad_input_gets_its_status_code_and_changes_nothing() {
     // 400: malformed JSON, a missing field, a bad id, a bad query.
     let addr = server.addr;
     let raw = |body: &'static str| async move {
-        let mut c = sagalog_http::client::Client::connect(addr).await.unwrap();
+        let mut c = sagalog_testkit::client::Client::connect(addr)
+            .await
+            .unwrap();
         c.send(Method::POST, "/api/v1/sagas", &[], Some(body.as_bytes()))
             .await
             .unwrap()

@@ -13,6 +13,7 @@ const CRATES: &[&str] = &[
     "relay/src",
     "client/src",
     "benches/src",
+    "testkit/src",
     "src",
 ];
 
@@ -21,8 +22,12 @@ fn no_crate_has_an_import_circle() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut circles = Vec::new();
     for dir in CRATES {
-        let modules = modules(&root.join(dir));
-        assert!(!modules.is_empty(), "{dir}: no modules found");
+        let src = root.join(dir);
+        assert!(
+            src.join("lib.rs").is_file() || src.join("main.rs").is_file(),
+            "{dir}: not a crate's sources"
+        );
+        let modules = modules(&src);
         let graph = uses(&modules);
         if let Some(circle) = circle(&graph) {
             circles.push(format!("{dir}: {}", circle.join(" -> ")));

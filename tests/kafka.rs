@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{data_dir, get, post, serve};
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
-use sagalog_benches::process::Tansu;
+use sagalog_testkit::process::Tansu;
 use serde_json::{json, Value};
 
 /// One broker test at a time: each runs its own tansu and sagalog, and several at once
@@ -100,7 +100,7 @@ async fn commands_reach_their_step_topics_and_the_outbox_metrics_count_them() {
 
 /// Every command in the log, by event id, read through the outbox.
 async fn commands_in_log(
-    c: &mut sagalog_http::client::Client,
+    c: &mut sagalog_testkit::client::Client,
 ) -> std::collections::BTreeSet<String> {
     let mut all = std::collections::BTreeSet::new();
     let mut after: Option<u64> = None;
@@ -131,7 +131,9 @@ async fn after_a_sigkill_mid_stream_the_restarted_relay_fills_the_gap() {
     let server = serve(&data_dir(&root), &["--kafka-brokers", &brokers]);
     let addr = server.addr;
     let writer = tokio::spawn(async move {
-        let mut c = sagalog_http::client::Client::connect(addr).await.unwrap();
+        let mut c = sagalog_testkit::client::Client::connect(addr)
+            .await
+            .unwrap();
         for n in 0.. {
             let body = json!({"type": "order", "saga_id": format!("kill-{n}")});
             if c.post_json("/api/v1/sagas", &body).await.is_err() {
@@ -184,7 +186,7 @@ async fn after_a_sigkill_mid_stream_the_restarted_relay_fills_the_gap() {
     );
 }
 
-async fn dead_letters(c: &mut sagalog_http::client::Client) -> Value {
+async fn dead_letters(c: &mut sagalog_testkit::client::Client) -> Value {
     common::admin(
         c,
         hyper::Method::GET,
@@ -483,7 +485,7 @@ async fn the_client_crates_participants_run_sagas_from_their_kafka_topics() {
 }
 
 /// Waits until the gauge `name` reads `value`, or panics after 30 s.
-async fn wait_for_gauge(c: &mut sagalog_http::client::Client, name: &str, value: f64) {
+async fn wait_for_gauge(c: &mut sagalog_testkit::client::Client, name: &str, value: f64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let metrics = get(c, "/metrics").await.text();
@@ -712,7 +714,7 @@ async fn first_commands(
 }
 
 /// Starts sagas `ids`, each acknowledged.
-async fn start_all(c: &mut sagalog_http::client::Client, ids: &[String]) {
+async fn start_all(c: &mut sagalog_testkit::client::Client, ids: &[String]) {
     for id in ids {
         let started = post(
             c,
@@ -729,7 +731,7 @@ async fn start_all(c: &mut sagalog_http::client::Client, ids: &[String]) {
 /// saga took it, or panics after `within`.
 async fn reply_on_kafka_until_taken(
     tansu: &Tansu,
-    c: &mut sagalog_http::client::Client,
+    c: &mut sagalog_testkit::client::Client,
     id: &str,
     within: Duration,
 ) {
@@ -816,15 +818,14 @@ async fn a_broker_back_empty_gets_every_acknowledged_command_within_30_s() {
 
 /// Waits until the server's log has a line containing `text`, or panics after
 /// `within`.
-async fn wait_for_log(server: &sagalog_benches::process::Server, text: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !server.log_text().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "the server did not log {text:?} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_for_log(server: &sagalog_testkit::process::Server, text: &str, within: Duration) {
+    let what = format!("the server logging {text:?}");
+    sagalog_testkit::wait_until(&what, within, || async {
+        let log = server.log_text();
+        let last = log.lines().last().unwrap_or_default().to_string();
+        log.contains(text).then_some(()).ok_or(last)
+    })
+    .await;
 }
 
 /// An operator deletes a step topic and the reply topic under a running server: the

@@ -35,7 +35,7 @@ fn arg(path: &Path) -> &str {
 /// Starts `count` order sagas named `{prefix}-{i}` and answers the first step of each:
 /// every third with a failure when `fail` (its retry then waits on a timer).
 async fn sagas_failing(
-    c: &mut sagalog_http::client::Client,
+    c: &mut sagalog_testkit::client::Client,
     prefix: &str,
     count: usize,
     fail: bool,
@@ -57,11 +57,11 @@ async fn sagas_failing(
 }
 
 /// Answers every outstanding command of saga `id` with success until it completes.
-async fn sagas(c: &mut sagalog_http::client::Client, prefix: &str, count: usize) {
+async fn sagas(c: &mut sagalog_testkit::client::Client, prefix: &str, count: usize) {
     sagas_failing(c, prefix, count, true).await;
 }
 
-async fn complete(c: &mut sagalog_http::client::Client, id: &str) {
+async fn complete(c: &mut sagalog_testkit::client::Client, id: &str) {
     for _ in 0..8 {
         let saga = get(c, &format!("/api/v1/sagas/{id}")).await.json();
         if saga["status"] == "COMPLETED" {
@@ -85,7 +85,7 @@ async fn complete(c: &mut sagalog_http::client::Client, id: &str) {
     panic!("{id} did not complete");
 }
 
-async fn stop(server: sagalog_benches::process::Server) {
+async fn stop(server: sagalog_testkit::process::Server) {
     let status = tokio::task::spawn_blocking(move || server.terminate().unwrap())
         .await
         .unwrap();
@@ -133,7 +133,7 @@ async fn a_flipped_byte_stops_serve_verify_names_it_and_recover_fixes_it() {
     let name = victim.file_name().unwrap().to_str().unwrap().to_string();
 
     // serve refuses, naming segment and offset.
-    let refused = sagalog_benches::process::Server::start(
+    let refused = sagalog_testkit::process::Server::start(
         Path::new(env!("CARGO_BIN_EXE_sagalog")),
         &dir,
         &["--segment-bytes", "4096"],
@@ -250,7 +250,9 @@ async fn a_backup_taken_under_load_restores_to_the_same_sagas_and_gauges() {
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_load = done.clone();
     let load = tokio::spawn(async move {
-        let mut c = sagalog_http::client::Client::connect(addr).await.unwrap();
+        let mut c = sagalog_testkit::client::Client::connect(addr)
+            .await
+            .unwrap();
         let mut round = 0;
         while !stop_load.load(std::sync::atomic::Ordering::SeqCst) || round < 3 {
             // No failures: no timer fires, so the restored server stays as restored.

@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{get, post};
-use sagalog_http::client::Client;
+use sagalog_testkit::client::Client;
 use serde_json::{json, Value};
 
 /// Every command the outbox gives for `query` (a filter), paging with `next_after` to

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use common::{data_dir, get, post, sagalog, serve, status_gauge};
 use hyper::StatusCode;
-use sagalog_http::client::Client;
+use sagalog_testkit::client::Client;
 use serde_json::{json, Value};
 
 const PARTITIONS: &[&str] = &["--partitions", "4"];
@@ -240,7 +240,7 @@ async fn four_partitions_serve_one_api_and_keep_their_count() {
     assert!(status.success());
 
     // A different count is refused; none given opens the 4 recorded.
-    let refused = sagalog_benches::process::Server::start(
+    let refused = sagalog_testkit::process::Server::start(
         Path::new(env!("CARGO_BIN_EXE_sagalog")),
         &dir,
         &["--partitions", "2"],
@@ -407,7 +407,7 @@ async fn a_single_log_directory_is_partition_zero_of_one() {
     drop(server);
     assert!(dir.join("log").is_dir());
     assert!(!dir.join("partitions").exists());
-    let refused = sagalog_benches::process::Server::start(
+    let refused = sagalog_testkit::process::Server::start(
         Path::new(env!("CARGO_BIN_EXE_sagalog")),
         &dir,
         PARTITIONS,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{admin, data_dir, get, post, serve, TOKEN};
 use hyper::Method;
-use sagalog_benches::process::{Server, Tansu};
+use sagalog_testkit::process::{Server, Tansu};
 use serde_json::{json, Value};
 
 const RUNBOOKS: &str = include_str!("../monitoring/RUNBOOKS.md");
@@ -45,7 +45,7 @@ fn start(dir: &Path, brokers: &str) -> Server {
     )
 }
 
-async fn reply(c: &mut sagalog_http::client::Client, id: &str, step: &str, outcome: &str) {
+async fn reply(c: &mut sagalog_testkit::client::Client, id: &str, step: &str, outcome: &str) {
     let body = json!({"event_id": format!("{id}-{step}-{outcome}"), "step": step,
                       "outcome": outcome, "attempt": 1, "reason": format!("drill: {step} {outcome}")});
     let answer = post(c, &format!("/api/v1/sagas/{id}/events"), body).await;
@@ -57,7 +57,7 @@ async fn reply(c: &mut sagalog_http::client::Client, id: &str, step: &str, outco
     );
 }
 
-async fn saga(c: &mut sagalog_http::client::Client, id: &str) -> Value {
+async fn saga(c: &mut sagalog_testkit::client::Client, id: &str) -> Value {
     get(c, &format!("/api/v1/sagas/{id}")).await.json()
 }
 
@@ -111,7 +111,7 @@ async fn scenario(server: &Server) {
     }
 }
 
-async fn dead_letters(c: &mut sagalog_http::client::Client) -> Value {
+async fn dead_letters(c: &mut sagalog_testkit::client::Client) -> Value {
     admin(c, Method::GET, "/internal/v1/outbox/dead-letters", None)
         .await
         .json()

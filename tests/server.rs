@@ -24,7 +24,7 @@ fn quick_definition() -> Value {
 }
 
 /// Registers `quick`, with the admin token (a server without one ignores it).
-async fn put_quick(c: &mut sagalog_http::client::Client) -> sagalog_http::client::Answer {
+async fn put_quick(c: &mut sagalog_testkit::client::Client) -> sagalog_testkit::client::Answer {
     let body = quick_definition().to_string();
     let auth = format!("Bearer {TOKEN}");
     c.send(
@@ -489,7 +489,7 @@ async fn a_client_past_the_connection_limit_is_answered_at_once_and_served_once_
 }
 
 /// Starts a `quick` saga and answers both steps.
-async fn run_quick(c: &mut sagalog_http::client::Client, id: &str) {
+async fn run_quick(c: &mut sagalog_testkit::client::Client, id: &str) {
     let started = post(
         c,
         "/api/v1/sagas",

@@ -1,7 +1,5 @@
 //! Shared helpers for sagalog benchmarks and load generators.
 
-pub mod process;
-
 use sagalog_engine::{Engine, EngineConfig, StartRequest};
 
 /// Starts an order saga with id `saga_id` and a small payload, through the engine API.

@@ -16,7 +16,6 @@
 //!   by [`sagalog_engine::Engine::stats`] at each scrape.
 //! - [`server`]: the accept loop, connection limit and its overflow lane, the probe
 //!   listener, hyper's own answers in the JSON error shape, the graceful stop.
-//! - [`client`]: a small keep-alive client for tests and the load generator.
 //! - [`cluster`]: the pods of a deployment — forwarding to a saga's pod, asking every
 //!   pod, the peers' own client and secret.
 
@@ -24,7 +23,6 @@ pub mod app;
 mod auth;
 pub mod bulk;
 pub mod cgroup;
-pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod console;

@@ -7,8 +7,8 @@ pub mod pods;
 
 use std::path::{Path, PathBuf};
 
-use sagalog_benches::process::Server;
-use sagalog_http::client::{Answer, Client};
+use sagalog_testkit::client::{Answer, Client};
+use sagalog_testkit::process::Server;
 use serde_json::Value;
 
 pub const TOKEN: &str = "test-admin-token";

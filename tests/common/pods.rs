@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use sagalog_benches::process::Server;
-use sagalog_http::client::Client;
+use sagalog_testkit::client::Client;
+use sagalog_testkit::process::Server;
 
 pub const NODES: u32 = 3;
 pub const PARTITIONS: u32 = 6;
@@ -13,17 +13,8 @@ pub const SECRET: &str = "test-cluster-secret";
 
 /// A port free on each pod's loopback address.
 fn free_port() -> u16 {
-    for _ in 0..100 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        let free =
-            (0..NODES).all(|i| std::net::TcpListener::bind(format!("127.0.{i}.1:{port}")).is_ok());
-        if free {
-            return port;
-        }
-    }
-    panic!("no port free on every loopback address");
+    let hosts: Vec<String> = (0..NODES).map(|i| format!("127.0.{i}.1")).collect();
+    sagalog_testkit::free_port_on(&hosts)
 }
 
 pub struct Pods {

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use sagalog_benches::process::Server;
-use sagalog_http::client::Client;
+use sagalog_testkit::client::Client;
+use sagalog_testkit::process::Server;
 
 #[derive(Parser, Debug)]
 #[command(about = "Time the console's pages and API calls against a server holding many sagas")]

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hyper::{Method, StatusCode};
-use sagalog_benches::process::Server;
 use sagalog_client::{After, Command, OutboxQuery};
-use sagalog_http::client::Client;
+use sagalog_testkit::client::Client;
+use sagalog_testkit::process::Server;
 use serde::Deserialize;
 use tokio::sync::{Notify, Semaphore};
 

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use parking_lot::Mutex;
-use sagalog_benches::process::Tansu;
 use sagalog_benches::start_order;
 use sagalog_engine::{Engine, EngineConfig};
 use sagalog_relay::{Relay, RelayConfig, RelayObserver};
+use sagalog_testkit::process::Tansu;
 
 #[derive(Parser, Debug)]
 #[command(about = "Publish commands from the log to tansu and report throughput and latency")]

@@ -1,3 +1,3 @@
-//! The test broker: `tansu` on a free loopback port (see `sagalog_benches::process`).
+//! The test broker: `tansu` on a free loopback port (see `sagalog_testkit::process`).
 
-pub use sagalog_benches::process::Tansu;
+pub use sagalog_testkit::process::Tansu;

@@ -5,7 +5,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -141,16 +140,9 @@ fn tansu_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("tansu"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
 impl Tansu {
     pub fn start() -> Tansu {
-        Tansu::start_on(free_port())
+        Tansu::start_on(crate::free_port())
     }
 
     /// On a given port: a broker started again where its clients expect it.
