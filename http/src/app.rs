@@ -1,40 +1,30 @@
-//! The request handlers: each route of http/openapi.yaml turned into one engine call, with the
-//! limits checked first (auth, body size, JSON nesting, ids, `limit`) so that bad input
-//! gets a clear 4xx and changes nothing.
+//! `App` and its dispatch: each request of http/openapi.yaml routed, with the limits
+//! checked first (origin, auth, body size; the handlers then check JSON nesting, ids
+//! and `limit`) so that bad input gets a clear 4xx and changes nothing, then answered
+//! here (the handlers in `handlers/`) or across the pods (`fanout.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use sagalog_engine::definition::Registered;
 use sagalog_engine::throttle::Throttle;
-use sagalog_engine::wire::ReplyMessage;
-use sagalog_engine::{
-    Clock, Definition, Engine, Operation, Partitions, Routed, Shutdown, StartRequest, Status,
-};
+use sagalog_engine::{Clock, Engine, Partitions, Shutdown};
 
 use crate::auth::{check_admin, same_origin};
 use crate::bulk;
 use crate::config::ApiConfig;
 use crate::console;
 use crate::error::ApiError;
-use crate::json;
 use crate::metrics::Metrics;
-use crate::outbox::{self, OutboxQuery};
-use crate::overview::{self, Activity};
-use crate::query::{
-    list_query, parse_definition_cursor, parse_limit, parse_u64, path_segment, saga_id,
-    DEFAULT_LIMIT,
-};
+use crate::overview::Activity;
+use crate::query::path_segment;
 use crate::readiness::Readiness;
 use crate::request::{read_body, trace_id_of};
-use crate::respond::{error_response, respond, respond_bytes, Body};
+use crate::respond::{error_response, respond, Body};
 use crate::routes::{route, Matched, Route, Scope};
 
 pub struct App {
@@ -222,176 +212,18 @@ impl App {
         }
     }
 
-    fn get_saga(&self, param: &str) -> Result<Response<Body>, ApiError> {
-        let id = saga_id(param)?;
-        let engine = self.engine_of(id)?;
-        let view = self.timed("get", || engine.get(id))?;
-        Ok(respond(StatusCode::OK, json::saga(&view)))
-    }
-
-    async fn outbox(&self, query: &str, from_peer: bool) -> Result<Response<Body>, ApiError> {
-        let query = OutboxQuery::parse(query, self.config.max_outbox_wait_ms)?;
-        let page = outbox::poll(&self.partitions, &query, self.stopping.clone(), from_peer).await?;
-        Ok(respond_bytes(StatusCode::OK, page))
-    }
-
-    async fn override_status(&self, param: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
-        let id = saga_id(param)?;
-        let body: json::OverrideBody = json::parse(body)?;
-        let to: Status = body.status.parse().map_err(|e: String| {
-            ApiError::bad_request("invalid_request", format!("status: {e}"))
-        })?;
-        let view = self
-            .engine_of(id)?
-            .override_status(id, to, body.reason)
-            .await?;
-        Ok(respond(StatusCode::OK, json::saga(&view)))
-    }
-
-    async fn retry(&self, param: &str) -> Result<Response<Body>, ApiError> {
-        let id = saga_id(param)?;
-        let view = self.engine_of(id)?.retry(id).await?;
-        Ok(respond(StatusCode::ACCEPTED, json::saga(&view)))
-    }
-
-    async fn bulk(&self, operation: Operation, query: &str) -> Result<Response<Body>, ApiError> {
-        let body = bulk::run(&self.partitions, operation, query, self.clock.now_ms()).await?;
-        Ok(respond(StatusCode::OK, body))
-    }
-
-    /// Off the async runtime: it scans the sagas in memory and counts dead letters.
-    async fn stats(&self) -> Result<Response<Body>, ApiError> {
-        let now_ms = self.clock.now_ms();
-        let required = self.config.admin_token.is_some();
-        let (partitions, activity) = (self.partitions.clone(), self.activity.clone());
-        let started = Instant::now();
-        // A few at a time (anyone may ask): the others wait their turn.
-        let turn = overview::TURNS.acquire().await.map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "shutting down",
-            )
-        })?;
-        let body = tokio::task::spawn_blocking(move || {
-            let _turn = turn;
-            overview::stats(&partitions, &activity, now_ms, required)
-        })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("the overview's task failed: {e}"),
-            )
-        })?;
-        self.metrics.query("stats", started.elapsed());
-        Ok(respond(StatusCode::OK, body?))
-    }
-
-    /// With more than one partition, the dead letter's partition is `?partition=N`.
-    async fn replay_dead_letter(
-        &self,
-        param: &str,
-        query: &str,
-    ) -> Result<Response<Body>, ApiError> {
-        let offset = parse_u64("offset", param)?;
-        let mut partition = None;
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            match key.as_ref() {
-                "partition" => partition = Some(parse_u64("partition", &value)?),
-                other => {
-                    return Err(ApiError::bad_request(
-                        "invalid_request",
-                        format!("unknown query parameter {other:?}; known: partition"),
-                    ))
-                }
-            }
-        }
-        let count = self.partitions.count();
-        let partition = match partition {
-            Some(p) if p < u64::from(count) => p as u32,
-            Some(p) => {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
-                    format!("partition: {p} is not one of the {count} partitions"),
-                ))
-            }
-            None if count == 1 => 0,
-            None => {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
-                    format!(
-                    "partition: required with {count} partitions (each dead letter names its own)"
-                ),
-                ))
-            }
-        };
-        let engine = self.partition(partition)?;
-        let replay = engine.replay_dead_letter(offset).await?;
-        Ok(respond(
-            StatusCode::ACCEPTED,
-            json!({"dead_letter_offset": offset, "replay_offset": replay, "partition": partition}),
-        ))
-    }
-
-    pub(crate) async fn pause(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
-        let body: json::PauseBody = json::parse(body)?;
-        let topics = json::change_topics(body.topics)?;
-        let change = self.partitions.pause_delivery(topics, body.reason).await?;
-        Ok(self.delivery_response(change.offset, &change.delivery))
-    }
-
-    pub(crate) async fn resume(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
-        let body: json::ResumeBody = json::parse(body)?;
-        let topics = json::change_topics(body.topics)?;
-        let change = self.partitions.resume_delivery(topics).await?;
-        Ok(self.delivery_response(change.offset, &change.delivery))
-    }
-
-    /// What is paused (as the call left it), and the offset of the entry that made it
-    /// so (`null` when the call changed nothing, or only reads).
-    fn delivery_response(
-        &self,
-        offset: Option<u64>,
-        delivery: &sagalog_engine::Delivery,
-    ) -> Response<Body> {
-        let mut body = json::delivery(delivery, &self.partitions.first().step_topics());
-        body["offset"] = json!(offset);
-        respond(StatusCode::OK, body)
-    }
-
-    /// A snapshot of each partition held here: `offset` is the one partition's (null
-    /// with more), `partitions` each one's.
-    async fn snapshot(&self) -> Result<Response<Body>, ApiError> {
-        let taken = self.partitions.snapshot().await?;
-        let offset = match taken.as_slice() {
-            [(_, only)] if self.partitions.count() == 1 => Some(only.offset),
-            _ => None,
-        };
-        let bytes: u64 = taken.iter().map(|(_, info)| info.bytes).sum();
-        let partitions: Vec<Value> = taken
-            .iter()
-            .map(|(p, info)| json!({"partition": p, "offset": info.offset, "bytes": info.bytes}))
-            .collect();
-        Ok(respond(
-            StatusCode::CREATED,
-            json!({"offset": offset, "bytes": bytes, "partitions": partitions}),
-        ))
-    }
-
     /// The engine of `saga_id`'s partition (`503` naming the partition when this server
     /// does not hold it).
-    fn engine_of(&self, saga_id: &str) -> Result<&Arc<Engine>, ApiError> {
+    pub(crate) fn engine_of(&self, saga_id: &str) -> Result<&Arc<Engine>, ApiError> {
         self.partitions.owner(saga_id).map_err(|p| self.not_held(p))
     }
 
     /// The engine of partition `p`.
-    fn partition(&self, p: u32) -> Result<&Arc<Engine>, ApiError> {
+    pub(crate) fn partition(&self, p: u32) -> Result<&Arc<Engine>, ApiError> {
         self.partitions.get(p).ok_or_else(|| self.not_held(p))
     }
 
-    fn not_held(&self, p: u32) -> ApiError {
+    pub(crate) fn not_held(&self, p: u32) -> ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "partition_unavailable",
@@ -409,7 +241,7 @@ impl App {
         e
     }
 
-    fn timed<T>(
+    pub(crate) fn timed<T>(
         &self,
         query: &str,
         f: impl FnOnce() -> sagalog_engine::error::Result<T>,
@@ -419,319 +251,6 @@ impl App {
         self.metrics.query(query, started.elapsed());
         Ok(result?)
     }
-
-    pub(crate) async fn start(
-        &self,
-        body: &[u8],
-        trace_id: Option<String>,
-    ) -> Result<Response<Body>, ApiError> {
-        let body: json::StartBody = json::parse(body)?;
-        if let Some(id) = &body.saga_id {
-            saga_id(id)?;
-        }
-        let payload = match body.payload {
-            Some(raw) => {
-                json::require_object("payload", raw)?;
-                serde_json::from_str(raw.get()).map_err(|e| {
-                    ApiError::bad_request(crate::error::code::INVALID_JSON, format!("payload: {e}"))
-                })?
-            }
-            None => json!({}),
-        };
-        let answer = self
-            .partitions
-            .start(StartRequest {
-                saga_type: body.saga_type,
-                saga_id: body.saga_id,
-                payload,
-                trace_id,
-            })
-            .await
-            .map_err(|e| match e {
-                Routed::Elsewhere(p) => self.not_held(p),
-                Routed::Engine(e) => ApiError::from(e),
-            })?;
-        let status = if answer.created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        };
-        Ok(respond(status, json::saga(&answer.saga)))
-    }
-
-    pub(crate) async fn reply(&self, id: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
-        let id = saga_id(id)?;
-        let body: ReplyMessage = json::parse(body)?;
-        if body.saga_id.is_some() {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                "saga_id: the path names the saga; leave it out of the body",
-            ));
-        }
-        if let Some(data) = body.data {
-            json::require_object("data", data)?;
-        }
-        let step = body.step.clone();
-        let outcome: sagalog_engine::Outcome = body.outcome.into();
-        let reply = body.into_reply();
-        match self.engine_of(id)?.reply(id, reply).await {
-            Ok(answer) => {
-                if !answer.repeated {
-                    self.metrics.event(&step, outcome.as_str());
-                }
-                let status = if answer.repeated {
-                    StatusCode::OK
-                } else {
-                    StatusCode::ACCEPTED
-                };
-                Ok(respond(
-                    status,
-                    json!({"saga_id": answer.saga_id, "status": answer.status.as_str(),
-                           "offset": answer.offset}),
-                ))
-            }
-            Err(e) => {
-                let e = ApiError::from(e);
-                if e.status.is_client_error() {
-                    self.metrics.event(&step, "rejected");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    async fn history(&self, id: &str) -> Result<Response<Body>, ApiError> {
-        let id = saga_id(id)?;
-        let started = Instant::now();
-        let engine = self.engine_of(id)?;
-        let items = engine.history(id).await;
-        self.metrics.query("history", started.elapsed());
-        let items = items.map_err(ApiError::from)?;
-        let definition = items.first().and_then(|first| match &first.record.kind {
-            sagalog_engine::Kind::SagaStarted {
-                saga_type,
-                definition_version,
-                ..
-            } => engine
-                .definitions()
-                .into_iter()
-                .find(|d| &d.name == saga_type && d.version == *definition_version),
-            _ => None,
-        });
-        let items: Vec<Value> = items
-            .iter()
-            .map(|item| json::history_item(item, definition.as_deref()))
-            .collect();
-        Ok(respond(
-            StatusCode::OK,
-            json!({"saga_id": id, "items": items}),
-        ))
-    }
-
-    async fn list(&self, query: &str) -> Result<Response<Body>, ApiError> {
-        let list = list_query(query, DEFAULT_LIMIT)?;
-        let started = Instant::now();
-        let page = self.partitions.list(&list).await;
-        self.metrics.query("list", started.elapsed());
-        let page = page?;
-        let page_body = json::SagaPage {
-            items: page.items.iter().map(json::saga).collect(),
-            next_cursor: page.next_cursor.as_deref(),
-        };
-        Ok(respond(StatusCode::OK, page_body))
-    }
-
-    /// With one partition `after` is an offset; with more, `PARTITION.OFFSET` (the
-    /// `next_after` of the page before), dead letters going by partition, then offset.
-    pub(crate) fn dead_letters(&self, query: &str) -> Result<Response<Body>, ApiError> {
-        let several = self.partitions.count() > 1;
-        let (mut after, mut limit) = (None, DEFAULT_LIMIT);
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            match key.as_ref() {
-                "after" if several => after = Some(parse_dead_letter_after(&value)?),
-                "after" => after = Some((0, parse_u64("after", &value)?)),
-                "limit" => limit = parse_limit(&value)?,
-                other => {
-                    return Err(ApiError::bad_request(
-                        "invalid_request",
-                        format!("unknown query parameter {other:?}; known: after, limit"),
-                    ))
-                }
-            }
-        }
-        let letters = self.timed("dead_letters", || {
-            self.partitions.dead_letters(after, limit)
-        })?;
-        let next_after = letters.last().map(|(p, d)| (*p, d.offset)).or(after);
-        let next_after = match next_after {
-            Some((p, offset)) if several => json!(format!("{p}.{offset}")),
-            Some((_, offset)) => json!(offset),
-            None => Value::Null,
-        };
-        let items: Vec<Value> = letters
-            .iter()
-            .map(|(p, d)| {
-                json!({"offset": d.offset, "partition": p, "saga_id": d.saga_id,
-                       "command_offset": d.command_offset, "reason": d.reason,
-                       "replayed_at_offset": d.replayed_at, "command": d.command})
-            })
-            .collect();
-        Ok(respond(
-            StatusCode::OK,
-            json!({"items": items, "next_after": next_after}),
-        ))
-    }
-
-    /// `GET /api/v1/definitions?name=&limit=&cursor=`: by name then version, paged; the
-    /// cursor is the last `name/version` of the page before.
-    fn list_definitions(&self, query: &str) -> Result<Response<Body>, ApiError> {
-        let (mut name, mut limit, mut after) = (None, DEFAULT_LIMIT, None);
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            match key.as_ref() {
-                "name" => name = Some(value.into_owned()),
-                "limit" => limit = parse_limit(&value)?,
-                "cursor" => after = Some(parse_definition_cursor(&value)?),
-                other => {
-                    return Err(ApiError::bad_request(
-                        "invalid_request",
-                        format!("unknown query parameter {other:?}; known: name, limit, cursor"),
-                    ))
-                }
-            }
-        }
-        let all = self.partitions.definitions();
-        let page: Vec<&Arc<Definition>> = all
-            .iter()
-            .filter(|d| name.as_ref().is_none_or(|n| *n == d.name))
-            .filter(|d| {
-                after
-                    .as_ref()
-                    .is_none_or(|(n, v)| (d.name.as_str(), d.version) > (n.as_str(), *v))
-            })
-            .take(limit + 1)
-            .collect();
-        let more = page.len() > limit;
-        let items: Vec<Value> = page
-            .iter()
-            .take(limit)
-            .map(|d| definition_json(d))
-            .collect();
-        let next_cursor = more
-            .then(|| page.get(limit - 1))
-            .flatten()
-            .map(|d| format!("{}/{}", d.name, d.version));
-        Ok(respond(
-            StatusCode::OK,
-            json!({"items": items, "next_cursor": next_cursor}),
-        ))
-    }
-
-    pub(crate) async fn put_definition(
-        &self,
-        name: &str,
-        body: &[u8],
-    ) -> Result<Response<Body>, ApiError> {
-        let text = std::str::from_utf8(body).map_err(|_| {
-            ApiError::bad_request(crate::error::code::INVALID_JSON, "the body is not UTF-8")
-        })?;
-        json::parse::<Value>(body)?;
-        let definition = Definition::from_json(text).map_err(|e| {
-            let status = if e.conflict {
-                StatusCode::CONFLICT
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            ApiError::new(status, "invalid_definition", e.to_string())
-        })?;
-        if definition.name != name {
-            // Each part is well formed; together they conflict.
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "name_conflict",
-                format!(
-                    "name: the body names {:?} but the path names {name:?}",
-                    definition.name
-                ),
-            ));
-        }
-        let registered = self
-            .partitions
-            .register_definition(definition.clone())
-            .await
-            .map_err(ApiError::from)?;
-        let mut out = definition_json(&Arc::new(definition));
-        out["registered"] = json!(matches!(registered, Registered::New));
-        Ok(respond(StatusCode::OK, out))
-    }
-
-    fn metrics_response(&self) -> Response<Body> {
-        let text = self.metrics.render(&self.partitions, self.clock.now_ms());
-        let mut response = Response::new(Full::new(Bytes::from(text)));
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        );
-        response
-    }
-
-    fn ready(&self) -> Result<Response<Body>, ApiError> {
-        let not_ready =
-            |reason: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason);
-        if self.stopping.is_set() {
-            return Err(not_ready("shutting down".into()));
-        }
-        let several = self.partitions.count() > 1;
-        for (p, engine) in self.partitions.local() {
-            let log = if several {
-                format!("the log of partition {p}")
-            } else {
-                "the log".to_string()
-            };
-            let health = engine.log_health();
-            if let Some(reason) = health.poisoned {
-                return Err(not_ready(format!("{log} cannot be written: {reason}")));
-            }
-            if let Some(reason) = health.refusing {
-                return Err(not_ready(format!("{log} refuses writes: {reason}")));
-            }
-        }
-        let problems = self.readiness.problems();
-        if !problems.is_empty() {
-            return Err(not_ready(problems.join("; ")));
-        }
-        let mut notes = self.readiness.notes();
-        let delivery = self.partitions.first().delivery();
-        if !delivery.is_open() {
-            // Paused on purpose: the API, replies and reads go on, so the pod stays ready.
-            notes.insert("delivery", delivery.describe());
-        }
-        if notes.is_empty() {
-            return Ok(respond(StatusCode::OK, json!({"status": "ready"})));
-        }
-        Ok(respond(
-            StatusCode::OK,
-            json!({"status": "ready", "notes": notes}),
-        ))
-    }
-}
-
-/// A dead-letter cursor of a partitioned server: `PARTITION.OFFSET`.
-fn parse_dead_letter_after(value: &str) -> Result<(u32, u64), ApiError> {
-    let bad = || {
-        ApiError::bad_request(
-            "invalid_request",
-            format!("after: {value:?} is not PARTITION.OFFSET (a next_after this server returned)"),
-        )
-    };
-    let (p, offset) = value.split_once('.').ok_or_else(bad)?;
-    Ok((
-        p.parse().map_err(|_| bad())?,
-        offset.parse().map_err(|_| bad())?,
-    ))
-}
-
-fn definition_json(definition: &Arc<Definition>) -> Value {
-    serde_json::from_str(&definition.to_json()).expect("a definition serializes to JSON")
 }
 
 /// How long a shutdown waits for requests in flight before it gives up on them.

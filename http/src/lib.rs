@@ -2,7 +2,8 @@
 //!
 //! - [`routes`]: the route table (one list the router, the metrics labels and the
 //!   OpenAPI test share).
-//! - [`app`]: the handlers — limits and auth first, then one engine call each; beside
+//! - [`app`]: the dispatch — limits and auth first, then the route's handler (in the
+//!   private `handlers`: sagas, admin, serving) or the pods it crosses; beside
 //!   it [`config`] (its limits), [`readiness`] (what `/readyz` reports of other parts)
 //!   and the private `auth` (admin token, origin check), `request` (the body within
 //!   its limits, the trace context) and `respond` (JSON and error responses).
@@ -30,6 +31,7 @@ pub mod error;
 mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
+mod handlers;
 pub mod json;
 pub mod metrics;
 pub mod outbox;

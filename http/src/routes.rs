@@ -1,7 +1,7 @@
 //! The route table (http/openapi.yaml): one list of (method, pattern, route, scope)
 //! that the router matches, the metrics label (`endpoint` is the pattern, never a raw
 //! id) and the OpenAPI test checks against `openapi.yaml`. The scope says where a
-//! route is answered on a server with other pods (see [`crate::fanout`]): forwarding
+//! route is answered on a server with other pods (see `fanout.rs`): forwarding
 //! is read from the table, so a new route cannot be left unforwarded by omission.
 
 use hyper::Method;
