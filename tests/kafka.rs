@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{data_dir, get, post, serve};
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
-use sagalog_testkit::process::Tansu;
+use sagalog_testkit::process::{next_message, Tansu};
 use serde_json::{json, Value};
 
 /// One broker test at a time: each runs its own tansu and sagalog, and several at once
@@ -161,15 +161,13 @@ async fn after_a_sigkill_mid_stream_the_restarted_relay_fills_the_gap() {
     let mut received = std::collections::BTreeMap::<String, usize>::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !expected.iter().all(|id| received.contains_key(id)) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let missing = expected
-            .iter()
-            .filter(|id| !received.contains_key(*id))
-            .count();
-        let message = tokio::time::timeout(left, inventory.recv())
-            .await
-            .unwrap_or_else(|_| panic!("{missing} of {} commands never arrived", expected.len()));
-        let Ok(message) = message else { continue };
+        let Some(message) = next_message(&inventory, deadline).await else {
+            let missing = expected
+                .iter()
+                .filter(|id| !received.contains_key(*id))
+                .count();
+            panic!("{missing} of {} commands never arrived", expected.len())
+        };
         let value: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
         let event_id = value["event_id"].as_str().unwrap().to_string();
         assert!(
@@ -692,19 +690,12 @@ async fn first_commands(
 ) {
     let mut waiting: std::collections::BTreeSet<&str> = ids.iter().map(String::as_str).collect();
     while !waiting.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let message = match tokio::time::timeout(left, consumer.recv()).await {
-            Ok(Ok(message)) => message,
-            // A topic being created again: the consumer retries.
-            Ok(Err(_)) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(_) => panic!(
+        let Some(message) = next_message(consumer, deadline).await else {
+            panic!(
                 "{} of {} commands {what} never arrived: {waiting:?}",
                 waiting.len(),
                 ids.len()
-            ),
+            )
         };
         let command: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
         if command["step"] == step && command["attempt"] == 1 {

@@ -16,6 +16,7 @@ use sagalog_engine::{Engine, EngineConfig, Outcome, Reply, StartRequest};
 use sagalog_relay::{Relay, RelayConfig, RelayObserver, TopicWatch};
 
 use common::Tansu;
+use sagalog_testkit::process::next_message;
 
 /// One broker test at a time: each runs its own tansu, and several at once on a small
 /// machine starve each other past the tests' time bounds.
@@ -103,18 +104,11 @@ async fn receive(consumer: &StreamConsumer, count: usize, within: Duration) -> V
     let deadline = Instant::now() + within;
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let message = match tokio::time::timeout(left, consumer.recv()).await {
-            Ok(Ok(message)) => message,
-            // A topic not created yet, a broker coming back: the consumer retries.
-            Ok(Err(_)) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(_) => panic!(
+        let Some(message) = next_message(consumer, deadline).await else {
+            panic!(
                 "received {} of {count} commands within {within:?}",
                 out.len()
-            ),
+            )
         };
         let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
         let mut headers = BTreeMap::new();

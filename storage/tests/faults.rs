@@ -75,6 +75,18 @@ fn assert_all_there(dir: &Path, config: LogConfig, acked: &[(u64, u64)], what: &
     assert!(check.problems.is_empty(), "{what}: {:?}", check.problems);
 }
 
+/// Appends record `id` after an fsync fault was set: it is refused, and the refusal
+/// says the log is poisoned.
+fn assert_poisoning_refusal(log: &Log, id: u64) {
+    let refused = log
+        .append_batch_blocking(vec![payload(id)])
+        .expect_err("an append whose fsync failed is refused");
+    assert!(
+        matches!(refused, StorageError::Poisoned { .. }),
+        "{refused}"
+    );
+}
+
 fn wait_writable(log: &Log, what: &str) {
     let started = Instant::now();
     while !log.stats().writable {
@@ -210,13 +222,7 @@ fn a_failed_fsync_poisons_the_log_which_heals_itself_without_the_refused_records
     });
 
     faults.fail_after(FaultPoint::BatchSync, 0, 3, EIO);
-    let refused = log
-        .append_batch_blocking(vec![payload(1000)])
-        .expect_err("an append whose fsync failed is refused");
-    assert!(
-        matches!(refused, StorageError::Poisoned { .. }),
-        "{refused}"
-    );
+    assert_poisoning_refusal(&log, 1000);
     // Until it heals, appends are refused at once, naming why.
     match log.append_batch_blocking(vec![payload(1001)]) {
         Err(e) => assert!(e.to_string().contains("fdatasync"), "{e}"),
@@ -257,13 +263,7 @@ fn a_log_that_cannot_heal_gives_up_after_its_attempts_and_says_so() {
     let mut acked = Vec::new();
     append_until(&log, &mut acked, 5);
     faults.fail(FaultPoint::BatchSync, EIO);
-    let refused = log
-        .append_batch_blocking(vec![payload(99)])
-        .expect_err("an append whose fsync failed is refused");
-    assert!(
-        matches!(refused, StorageError::Poisoned { .. }),
-        "{refused}"
-    );
+    assert_poisoning_refusal(&log, 99);
     wait_failed_heals(&log, 3);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(log.stats().failed_heals, 3, "no attempt past the bound");
@@ -293,13 +293,7 @@ fn a_heal_cuts_nothing_when_the_acknowledged_records_no_longer_read_back() {
     // fsync fails: the log is poisoned and tries to heal.
     common::write_at(&active, 0, &[0xff; 8]);
     faults.fail_after(FaultPoint::BatchSync, 0, 1, EIO);
-    let refused = log
-        .append_batch_blocking(vec![payload(99)])
-        .expect_err("an append whose fsync failed is refused");
-    assert!(
-        matches!(refused, StorageError::Poisoned { .. }),
-        "{refused}"
-    );
+    assert_poisoning_refusal(&log, 99);
     wait_failed_heals(&log, 2);
     let reason = log
         .poisoned()

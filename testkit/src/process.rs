@@ -203,6 +203,23 @@ impl Tansu {
     }
 }
 
+/// The next message `consumer` hands over before `deadline`, waiting out the errors a
+/// test's broker gives meanwhile (a topic not made yet or being made again, a broker
+/// coming back); `None` once the deadline has passed.
+pub async fn next_message(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    deadline: Instant,
+) -> Option<rdkafka::message::BorrowedMessage<'_>> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(message)) => return Some(message),
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => return None,
+        }
+    }
+}
+
 impl Drop for Tansu {
     fn drop(&mut self) {
         let _ = self.child.kill();
