@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::cluster::{unavailable, Asked, Cluster, PeerAnswer};
+use crate::cursor;
 use crate::error::ApiError;
 use crate::outbox::{self, OutboxQuery};
 use crate::query::{list_query, saga_id, DEFAULT_LIMIT};
@@ -260,7 +261,7 @@ impl App {
         }
         if items.is_empty() && query.wait_ms > 0 {
             // Pass 2: wait everywhere from there; the first pod with commands answers.
-            let cursor = outbox::encode_cursor(&positions);
+            let cursor = cursor::encode_outbox(&positions);
             let waiting = OutboxQuery {
                 after: outbox::After::Cursor(positions.clone()),
                 ..query.clone()
@@ -301,7 +302,7 @@ impl App {
         }
         Ok(respond(
             StatusCode::OK,
-            json!({"items": items, "next_after": outbox::encode_cursor(&positions)}),
+            json!({"items": items, "next_after": cursor::encode_outbox(&positions)}),
         ))
     }
 
@@ -363,7 +364,7 @@ impl App {
             let cursor = |field: &str| {
                 page[field]
                     .as_str()
-                    .and_then(outbox::parse_cursor)
+                    .and_then(cursor::parse_outbox)
                     .filter(|c| c.len() == count)
             };
             let (Some(next), Some(from)) = (cursor("next_after"), cursor("from_after")) else {
@@ -405,7 +406,10 @@ impl App {
         items.sort_by_key(key);
         items.truncate(limit);
         let next_after = match items.last() {
-            Some(last) => json!(format!("{}.{}", last["partition"], last["offset"])),
+            Some(last) => match (last["partition"].as_u64(), last["offset"].as_u64()) {
+                (Some(p), Some(offset)) => json!(cursor::encode_dead_letter(p as u32, offset)),
+                _ => Value::Null,
+            },
             None => pages
                 .first()
                 .map(|page| page["next_after"].clone())

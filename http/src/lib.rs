@@ -27,6 +27,7 @@ pub mod cgroup;
 pub mod cluster;
 pub mod config;
 pub mod console;
+pub mod cursor;
 pub mod error;
 mod fanout;
 #[doc(hidden)]

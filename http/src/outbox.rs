@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use sagalog_engine::{Command, CommandFilter, Engine, Partitions, Shutdown};
 
+use crate::cursor::{encode_outbox, parse_outbox};
 use crate::error::ApiError;
 use crate::query::{parse_limit, parse_u64, DEFAULT_LIMIT};
 
@@ -71,29 +72,6 @@ pub enum After {
     Cursor(Vec<Option<u64>>),
 }
 
-/// A partitioned outbox's cursor: after these offsets, by partition.
-pub fn encode_cursor(positions: &[Option<u64>]) -> String {
-    let mut out = String::from("c");
-    for position in positions {
-        out.push('.');
-        match position {
-            Some(offset) => out.push_str(&offset.to_string()),
-            None => out.push('n'),
-        }
-    }
-    out
-}
-
-pub fn parse_cursor(value: &str) -> Option<Vec<Option<u64>>> {
-    let rest = value.strip_prefix("c.")?;
-    rest.split('.')
-        .map(|part| match part {
-            "n" => Some(None),
-            offset => offset.parse().ok().map(Some),
-        })
-        .collect()
-}
-
 impl OutboxQuery {
     pub fn parse(query: &str, max_wait_ms: u64) -> Result<OutboxQuery, ApiError> {
         let mut out = OutboxQuery {
@@ -108,7 +86,7 @@ impl OutboxQuery {
             match key.as_ref() {
                 "after" if value == "latest" => out.after = After::Latest,
                 "after" if value.starts_with("c.") => {
-                    out.after = After::Cursor(parse_cursor(&value).ok_or_else(|| {
+                    out.after = After::Cursor(parse_outbox(&value).ok_or_else(|| {
                         bad(format!(
                             "after: {value:?} is not a cursor this server returned"
                         ))
@@ -210,10 +188,10 @@ pub async fn poll(
     let (items, next) = poll_several(partitions, from.clone(), query, stopping).await?;
     let page = SeveralPage {
         items: &items,
-        next_after: encode_cursor(&next),
+        next_after: encode_outbox(&next),
         // Where the page started, for the pod that asked (it keeps these positions of
         // a page it does not use).
-        from_after: peer.then(|| encode_cursor(&from)),
+        from_after: peer.then(|| encode_outbox(&from)),
     };
     Ok(serde_json::to_vec(&page).expect("a page serializes"))
 }
@@ -400,11 +378,11 @@ mod tests {
     #[test]
     fn a_partitioned_cursor_reads_back_and_others_are_refused() {
         let positions = vec![Some(12), None, Some(0), Some(99)];
-        let cursor = encode_cursor(&positions);
+        let cursor = encode_outbox(&positions);
         assert_eq!(cursor, "c.12.n.0.99");
-        assert_eq!(parse_cursor(&cursor), Some(positions));
+        assert_eq!(parse_outbox(&cursor), Some(positions));
         for bad in ["c.", "c.x", "c.1..2", "12", "c.-1"] {
-            assert_eq!(parse_cursor(bad), None, "{bad}");
+            assert_eq!(parse_outbox(bad), None, "{bad}");
         }
         let query = OutboxQuery::parse("after=c.3.n", 1000).unwrap();
         assert_eq!(query.after, After::Cursor(vec![Some(3), None]));

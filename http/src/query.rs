@@ -34,20 +34,6 @@ pub fn path_segment(raw: &str) -> Result<String, ApiError> {
         })
 }
 
-/// A definitions cursor, `name/version`.
-pub fn parse_definition_cursor(value: &str) -> Result<(String, u32), ApiError> {
-    value
-        .split_once('/')
-        .and_then(|(name, version)| Some((name.to_string(), version.parse().ok()?)))
-        .filter(|(name, _)| sagalog_engine::definition::is_valid_name(name))
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_request",
-                format!("cursor: {value:?} is not a cursor this server returned"),
-            )
-        })
-}
-
 /// `limit`: 1 to [`MAX_LIMIT`].
 pub fn parse_limit(value: &str) -> Result<usize, ApiError> {
     match value.parse::<usize>() {

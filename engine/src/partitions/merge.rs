@@ -37,7 +37,7 @@ pub fn merge_by<T>(
     position: impl Fn(&T) -> (u64, String),
     size: impl Fn(&T) -> usize,
 ) -> Result<(Vec<T>, Option<String>)> {
-    use crate::service::list::parse_cursor;
+    use crate::service::list::{encode_cursor, parse_cursor};
     let mut stop: Option<(u64, String)> = None;
     for (_, cursor) in &pages {
         if let Some(cursor) = cursor {
@@ -62,7 +62,7 @@ pub fn merge_by<T>(
     }
     let cut = keep < items.len();
     items.truncate(keep);
-    let encode = |(at, id): &(u64, String)| format!("{at}_{id}");
+    let encode = |(at, id): &(u64, String)| encode_cursor((*at, id));
     let next_cursor = if cut {
         items.last().map(|v| encode(&position(v)))
     } else {

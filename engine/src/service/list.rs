@@ -27,8 +27,12 @@ use crate::service::inner::Inner;
 type Position = (u64, Arc<str>);
 
 /// `{updated_at_ms}_{saga_id}` (saga ids never contain `_`).
-fn encode_cursor(position: &Position) -> String {
-    format!("{}_{}", position.0, position.1)
+pub(crate) fn encode_cursor((at, id): (u64, &str)) -> String {
+    format!("{at}_{id}")
+}
+
+fn cursor_of(position: &Position) -> String {
+    encode_cursor((position.0, &position.1))
 }
 
 pub(crate) fn parse_cursor(cursor: &str) -> Result<Position> {
@@ -138,17 +142,17 @@ fn page(
             let last = &candidates[taken - 1];
             return Ok(ListPage {
                 items,
-                next_cursor: Some(encode_cursor(last)),
+                next_cursor: Some(cursor_of(last)),
             });
         }
         items.push(view);
     }
     let next_cursor = if candidates.len() == want {
-        candidates.last().map(encode_cursor)
+        candidates.last().map(cursor_of)
     } else {
         // A short page is the last one, unless a scan stopped at its bound: then go on
         // below the position it reached.
-        floor.as_ref().map(encode_cursor)
+        floor.as_ref().map(cursor_of)
     };
     Ok(ListPage { items, next_cursor })
 }

@@ -11,9 +11,10 @@ use sagalog_engine::{Definition, Operation, Status};
 
 use crate::app::App;
 use crate::bulk;
+use crate::cursor;
 use crate::error::ApiError;
 use crate::json;
-use crate::query::{parse_definition_cursor, parse_limit, parse_u64, saga_id, DEFAULT_LIMIT};
+use crate::query::{parse_limit, parse_u64, saga_id, DEFAULT_LIMIT};
 use crate::respond::{respond, Body};
 
 impl App {
@@ -147,7 +148,7 @@ impl App {
         let (mut after, mut limit) = (None, DEFAULT_LIMIT);
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match key.as_ref() {
-                "after" if several => after = Some(parse_dead_letter_after(&value)?),
+                "after" if several => after = Some(cursor::parse_dead_letter(&value)?),
                 "after" => after = Some((0, parse_u64("after", &value)?)),
                 "limit" => limit = parse_limit(&value)?,
                 other => {
@@ -163,7 +164,7 @@ impl App {
         })?;
         let next_after = letters.last().map(|(p, d)| (*p, d.offset)).or(after);
         let next_after = match next_after {
-            Some((p, offset)) if several => json!(format!("{p}.{offset}")),
+            Some((p, offset)) if several => json!(cursor::encode_dead_letter(p, offset)),
             Some((_, offset)) => json!(offset),
             None => Value::Null,
         };
@@ -189,7 +190,7 @@ impl App {
             match key.as_ref() {
                 "name" => name = Some(value.into_owned()),
                 "limit" => limit = parse_limit(&value)?,
-                "cursor" => after = Some(parse_definition_cursor(&value)?),
+                "cursor" => after = Some(cursor::parse_definition(&value)?),
                 other => {
                     return Err(ApiError::bad_request(
                         "invalid_request",
@@ -218,7 +219,7 @@ impl App {
         let next_cursor = more
             .then(|| page.get(limit - 1))
             .flatten()
-            .map(|d| format!("{}/{}", d.name, d.version));
+            .map(|d| cursor::encode_definition(&d.name, d.version));
         Ok(respond(
             StatusCode::OK,
             json!({"items": items, "next_cursor": next_cursor}),
@@ -262,21 +263,6 @@ impl App {
         out["registered"] = json!(matches!(registered, Registered::New));
         Ok(respond(StatusCode::OK, out))
     }
-}
-
-/// A dead-letter cursor of a partitioned server: `PARTITION.OFFSET`.
-fn parse_dead_letter_after(value: &str) -> Result<(u32, u64), ApiError> {
-    let bad = || {
-        ApiError::bad_request(
-            "invalid_request",
-            format!("after: {value:?} is not PARTITION.OFFSET (a next_after this server returned)"),
-        )
-    };
-    let (p, offset) = value.split_once('.').ok_or_else(bad)?;
-    Ok((
-        p.parse().map_err(|_| bad())?,
-        offset.parse().map_err(|_| bad())?,
-    ))
 }
 
 fn definition_json(definition: &Arc<Definition>) -> Value {
