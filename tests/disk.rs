@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::{get, post, serve};
 use hyper::StatusCode;
 use sagalog_storage::testing::{fill_leaving, Tmpfs};
+use sagalog_testkit::{wait_until, wait_until_blocking};
 use serde_json::json;
 
 const FS_BYTES: u64 = 64 << 20;
@@ -57,19 +58,21 @@ async fn taken_again(
     prefix: &str,
     expect: &str,
 ) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for n in 0.. {
-        let id = format!("{prefix}-{n}");
-        if try_start(c, &id, expect).await {
-            return id;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "writes still refused 10 s after space returned"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    unreachable!("the loop returns or fails")
+    let mut n = 0;
+    wait_until(
+        "writes taken once space returned",
+        Duration::from_secs(10),
+        async || {
+            let id = format!("{prefix}-{n}");
+            n += 1;
+            if try_start(c, &id, expect).await {
+                Ok(id)
+            } else {
+                Err(format!("{id} refused"))
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,14 +222,9 @@ fn serve_logging_to(
         .stderr(log)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "serve did not listen within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_blocking("serve listening", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(addr).map(drop)
+    });
     (child, addr)
 }
 
@@ -324,14 +322,14 @@ async fn a_disk_filling_during_segment_rolls_loses_no_acknowledged_saga_and_need
 
     // More room: service returns by itself.
     fs.resize(FS_BYTES * 2);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while get(&mut c, "/readyz").await.status != StatusCode::OK {
-        assert!(
-            Instant::now() < deadline,
-            "not ready 15 s after space returned"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = "ready again once space returned";
+    wait_until(ready, Duration::from_secs(15), async || {
+        let ready = get(&mut c, "/readyz").await;
+        (ready.status == StatusCode::OK)
+            .then_some(())
+            .ok_or_else(|| ready.text())
+    })
+    .await;
     for n in 0..100 {
         let id = format!("after-{n}");
         assert_eq!(
@@ -398,11 +396,11 @@ async fn a_server_stopped_on_a_full_disk_starts_serves_reads_and_takes_writes_on
     complete(&mut c, "done-1").await;
     assert!(try_start(&mut c, "open-1", "").await);
     // The disk watch keeps the reserve once it runs.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !dir.join("reserve").exists() {
-        assert!(Instant::now() < deadline, "no reserve was kept");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let reserve = dir.join("reserve");
+    wait_until("the reserve kept", Duration::from_secs(10), async || {
+        reserve.exists().then_some(()).ok_or("no reserve file")
+    })
+    .await;
     drop(c);
     let status = tokio::task::spawn_blocking(move || server.terminate().unwrap())
         .await

@@ -13,6 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::serve;
+use sagalog_testkit::wait_until_blocking;
 
 /// A raw connection with a read timeout.
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -146,13 +147,13 @@ fn past_max_connections_a_client_gets_503_or_a_closed_socket_and_probes_still_an
         "sagalog_http_connections {}",
         8 + sagalog_http::server::OVERFLOW_CONNECTIONS
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while common::samples(&get(probe, "/metrics").2, &["sagalog_http_connections"])
-        != [full.clone()]
-    {
-        assert!(Instant::now() < deadline, "the server never held {full}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let held = format!("the server holding {full}");
+    wait_until_blocking(&held, Duration::from_secs(10), || {
+        let seen = common::samples(&get(probe, "/metrics").2, &["sagalog_http_connections"]);
+        (seen == [full.clone()])
+            .then_some(())
+            .ok_or(format!("{seen:?}"))
+    });
     let mut closed = connect(server.addr);
     let asked = Instant::now();
     let mut byte = [0u8; 1];

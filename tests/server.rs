@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{admin, data_dir, get, post, samples, serve, TOKEN};
 use hyper::{Method, StatusCode};
+use sagalog_testkit::wait_until;
 use serde_json::{json, Value};
 
 /// A definition whose steps have one attempt each, so failures are immediate.
@@ -470,20 +471,15 @@ async fn a_client_past_the_connection_limit_is_answered_at_once_and_served_once_
     assert_eq!(answer.status, StatusCode::OK);
     // Once a connection closes, a new one is served as usual.
     drop(first);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let served = "a new connection served once one closed";
+    wait_until(served, Duration::from_secs(10), async || {
         let mut next = common::client(&server).await;
         let answer = next.get("/api/v1/sagas").await.unwrap();
-        if answer.status == StatusCode::OK {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never served again: {}",
-            answer.text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (answer.status == StatusCode::OK)
+            .then_some(())
+            .ok_or_else(|| answer.text())
+    })
+    .await;
     // The open connection kept working meanwhile.
     assert_eq!(get(&mut second, "/healthz").await.status, StatusCode::OK);
 }
@@ -555,20 +551,18 @@ async fn log_retention_removes_old_finished_sagas_and_says_so() {
     .await;
     let mut late = 0;
     // Then, with snapshots taken as the log grows, a pass removes the early sagas.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let outbox = loop {
+    let removed = "retention removing the early sagas";
+    let outbox = wait_until(removed, Duration::from_secs(60), async || {
         run_quick(&mut c, &format!("late-{late}")).await;
         late += 1;
         let outbox = get(&mut c, "/api/v1/outbox?after=0&limit=1").await;
         if outbox.status == StatusCode::GONE {
-            break outbox;
+            Ok(outbox)
+        } else {
+            Err(format!("the outbox from 0 answers {}", outbox.status))
         }
-        assert!(
-            Instant::now() < deadline,
-            "retention removed nothing in 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let message = common::expect_error(&outbox, 410, "removed_by_retention");
     assert!(message.contains("Resume with after="), "{message}");
     let gone = get(&mut c, "/api/v1/sagas/early-0").await;

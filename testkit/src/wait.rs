@@ -2,18 +2,18 @@
 //! by a deadline, and failing with a message that says what was awaited and what was
 //! seen last.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// How often a condition is tried again.
 pub const POLL_EVERY: Duration = Duration::from_millis(100);
 
 /// Tries `check` until it gives `Ok(value)` (returned) or `within` has passed, and then
-/// panics naming `what` and the last `Err` it gave (what was seen instead).
-pub async fn wait_until<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+/// panics naming `what` and the last `Err` it gave (what was seen instead). `check` is
+/// an async closure, so it may use a client it borrows mutably on every try.
+pub async fn wait_until<T, E: std::fmt::Display>(
     what: &str,
     within: Duration,
-    mut check: impl FnMut() -> F,
+    mut check: impl AsyncFnMut() -> Result<T, E>,
 ) -> T {
     let deadline = Instant::now() + within;
     loop {
