@@ -11,12 +11,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{admin, get, post, TOKEN};
 use hyper::Method;
 use sagalog_testkit::client::Client;
 use sagalog_testkit::process::Tansu;
+use sagalog_testkit::wait_until;
 use serde_json::{json, Value};
 
 /// A definition of three quick steps, each with one attempt: a reply decides a step.
@@ -486,17 +487,14 @@ async fn fixture(c: &mut Client) -> Value {
         json!({"order_id": "ORD-BIG", "blob": "x".repeat(10_000)}),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let dead_letter = loop {
+    let dead_letter = wait_until("a dead letter", Duration::from_secs(60), async || {
         let page = admin(c, Method::GET, "/internal/v1/outbox/dead-letters", None)
             .await
             .json();
-        if let Some(item) = page["items"].as_array().and_then(|i| i.first()).cloned() {
-            break item;
-        }
-        assert!(Instant::now() < deadline, "no dead letter: {page}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        let first = page["items"].as_array().and_then(|i| i.first()).cloned();
+        first.ok_or(page)
+    })
+    .await;
     json!({
         "counts": counts,
         "completed": "shop-02",

@@ -10,11 +10,12 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{admin, data_dir, get, post, serve, TOKEN};
 use hyper::Method;
 use sagalog_testkit::process::{Server, Tansu};
+use sagalog_testkit::wait_until;
 use serde_json::{json, Value};
 
 const RUNBOOKS: &str = include_str!("../monitoring/RUNBOOKS.md");
@@ -98,17 +99,15 @@ async fn scenario(server: &Server) {
 
     let big = json!({"type": "drill", "saga_id": "big-1", "payload": {"blob": "x".repeat(10_000)}});
     assert_eq!(post(&mut c, "/api/v1/sagas", big).await.status, 201);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while dead_letters(&mut c).await["items"]
-        .as_array()
-        .is_none_or(Vec::is_empty)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the big command was not dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = "the big command dead-lettered";
+    wait_until(what, Duration::from_secs(60), async || {
+        let page = dead_letters(&mut c).await;
+        let listed = page["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty());
+        listed.then_some(()).ok_or(page)
+    })
+    .await;
 }
 
 async fn dead_letters(c: &mut sagalog_testkit::client::Client) -> Value {
