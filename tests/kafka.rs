@@ -10,6 +10,7 @@ use common::{data_dir, get, post, serve};
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
 use sagalog_testkit::process::{next_message, Tansu};
+use sagalog_testkit::wait_until;
 use serde_json::{json, Value};
 
 /// One broker test at a time: each runs its own tansu and sagalog, and several at once
@@ -216,15 +217,16 @@ async fn a_dead_letter_is_listed_and_can_be_replayed_over_the_api() {
     let big = json!({"type": "order", "saga_id": "big-1", "payload": {"blob": "x".repeat(10_000)}});
     assert_eq!(post(&mut c, "/api/v1/sagas", big).await.status, 201);
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let first = loop {
-        let page = dead_letters(&mut c).await;
-        if let Some(item) = page["items"].as_array().and_then(|i| i.first()).cloned() {
-            break item;
-        }
-        assert!(Instant::now() < deadline, "no dead letter listed: {page}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let first = wait_until(
+        "a dead letter listed",
+        Duration::from_secs(60),
+        async || {
+            let page = dead_letters(&mut c).await;
+            let first = page["items"].as_array().and_then(|i| i.first()).cloned();
+            first.ok_or(page)
+        },
+    )
+    .await;
     assert_eq!(first["saga_id"], "big-1");
     assert_eq!(first["command"]["step"], "reserve_inventory");
     assert!(
@@ -341,14 +343,14 @@ async fn a_missing_topic_that_may_not_be_created_fails_readiness_and_holds_its_c
     // Once the topics exist (an operator made them), readiness comes back by itself
     // and the held command goes out.
     make_topics(&tansu).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(&mut c, "/readyz").await.status != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "not ready 30 s after the topics exist"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let what = "ready once the topics exist";
+    wait_until(what, Duration::from_secs(30), async || {
+        let ready = get(&mut c, "/readyz").await;
+        (ready.status == 200)
+            .then_some(())
+            .ok_or_else(|| ready.text())
+    })
+    .await;
     let metrics = get(&mut c, "/metrics").await.text();
     assert_eq!(common::gauge(&metrics, "sagalog_kafka_topics_missing"), 0.0);
     let command = next_command(&consumer(&tansu, "inventory.commands")).await;
@@ -484,15 +486,13 @@ async fn the_client_crates_participants_run_sagas_from_their_kafka_topics() {
 
 /// Waits until the gauge `name` reads `value`, or panics after 30 s.
 async fn wait_for_gauge(c: &mut sagalog_testkit::client::Client, name: &str, value: f64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("{name} = {value}");
+    wait_until(&what, Duration::from_secs(30), async || {
         let metrics = get(c, "/metrics").await.text();
-        if common::gauge(&metrics, name) == value {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{name} = {value}:\n{metrics}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let now = common::gauge(&metrics, name);
+        (now == value).then_some(()).ok_or(now)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -910,19 +910,16 @@ async fn a_topic_deleted_under_a_server_that_may_not_create_it_is_reported_until
         .await
         .unwrap();
     // The watcher's periodic check (every 30 s) finds it missing.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let ready = loop {
+    let what = "not ready once the topic was deleted";
+    let ready = wait_until(what, Duration::from_secs(45), async || {
         let ready = get(&mut c, "/readyz").await;
         if ready.status == 503 {
-            break ready;
+            Ok(ready)
+        } else {
+            Err(ready.text())
         }
-        assert!(
-            Instant::now() < deadline,
-            "still ready 45 s after the topic was deleted: {}",
-            ready.text()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    })
+    .await;
     let message = common::expect_error(&ready, 503, "not_ready");
     assert!(message.contains("inventory.commands"), "{message}");
     let metrics = get(&mut c, "/metrics").await.text();
