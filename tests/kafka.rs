@@ -726,11 +726,8 @@ async fn reply_on_kafka_until_taken(
     id: &str,
     within: Duration,
 ) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", tansu.brokers())
-        .create()
-        .unwrap();
+    use rdkafka::producer::FutureRecord;
+    let producer = tansu.producer();
     let step = "reserve_inventory";
     let deadline = Instant::now() + within;
     let mut replied = None;
@@ -826,7 +823,7 @@ async fn wait_for_log(server: &sagalog_testkit::process::Server, text: &str, wit
 /// refuses them and the relay retries.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_deleted_under_a_running_server_are_made_again_and_used() {
-    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::admin::AdminOptions;
     let _serial = SERIAL.lock().await;
     let tansu = Tansu::start();
     let root = tempfile::tempdir().unwrap();
@@ -837,10 +834,7 @@ async fn topics_deleted_under_a_running_server_are_made_again_and_used() {
         let inventory = consumer(&tansu, "inventory.commands");
         assert_eq!(next_command(&inventory).await["saga_id"], "before-0");
     }
-    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", tansu.brokers())
-        .create()
-        .unwrap();
+    let admin = tansu.admin();
     let deleted = admin
         .delete_topics(
             &["inventory.commands", "saga.replies"],
@@ -885,7 +879,7 @@ async fn topics_deleted_under_a_running_server_are_made_again_and_used() {
 /// the log says so and they go out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_deleted_under_a_server_that_may_not_create_it_is_reported_until_it_is_back() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
     let _serial = SERIAL.lock().await;
     let tansu = Tansu::start();
     make_topics(&tansu).await;
@@ -900,10 +894,7 @@ async fn a_topic_deleted_under_a_server_that_may_not_create_it_is_reported_until
         ],
     );
     let mut c = common::client(&server).await;
-    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", tansu.brokers())
-        .create()
-        .unwrap();
+    let admin = tansu.admin();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     admin
         .delete_topics(&["inventory.commands"], &options)
@@ -974,8 +965,8 @@ async fn a_topic_deleted_under_a_server_that_may_not_create_it_is_reported_until
 /// and reads the topic from its start with a new consumer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_topic_made_anew_between_checks_is_read_from_its_start() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::producer::FutureRecord;
     let _serial = SERIAL.lock().await;
     let tansu = Tansu::start();
     let root = tempfile::tempdir().unwrap();
@@ -984,10 +975,7 @@ async fn a_reply_topic_made_anew_between_checks_is_read_from_its_start() {
     start_all(&mut c, &["before-0".to_string()]).await;
     // Messages that are not replies move the consumer along the old topic: it stands
     // at offset 5 or past when before-0's reply is taken.
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", tansu.brokers())
-        .create()
-        .unwrap();
+    let producer = tansu.producer();
     for n in 0..4 {
         producer
             .send(
@@ -1001,10 +989,7 @@ async fn a_reply_topic_made_anew_between_checks_is_read_from_its_start() {
     }
     reply_on_kafka_until_taken(&tansu, &mut c, "before-0", Duration::from_secs(30)).await;
 
-    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", tansu.brokers())
-        .create()
-        .unwrap();
+    let admin = tansu.admin();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let deleted = admin
         .delete_topics(&["saga.replies"], &options)

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Headers, Message};
 use sagalog_engine::{Engine, EngineConfig, Outcome, Reply, StartRequest};
@@ -389,7 +388,7 @@ async fn a_command_the_broker_refuses_is_dead_lettered_and_the_stream_goes_on() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_on_kafka_drive_a_saga_to_completion_and_malformed_ones_are_skipped() {
     let _serial = SERIAL.lock().await;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::producer::FutureRecord;
     let tansu = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
@@ -406,10 +405,7 @@ async fn replies_on_kafka_drive_a_saga_to_completion_and_malformed_ones_are_skip
     .unwrap();
     start_sagas(&engine, std::iter::once("r-1".to_string())).await;
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", tansu.brokers())
-        .create()
-        .unwrap();
+    let producer = tansu.producer();
     let reply = |event: &str, step: &str| {
         serde_json::json!({"saga_id": "r-1", "event_id": event, "step": step,
                            "outcome": "succeeded", "attempt": 1, "data": {"by": "kafka"}})

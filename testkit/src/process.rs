@@ -171,6 +171,22 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// An admin client of this broker (to delete and make topics as an operator would).
+    pub fn admin(&self) -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .create()
+            .expect("an admin client")
+    }
+
+    /// A producer of this broker with librdkafka's defaults (as a participant's).
+    pub fn producer(&self) -> rdkafka::producer::FutureProducer {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .create()
+            .expect("a producer")
+    }
+
     /// A consumer in `group` assigned partitions `0..partitions` of each of `topics`,
     /// reading from the beginning (as a participant that must see every command).
     pub fn consumer_from_start(
