@@ -73,9 +73,13 @@ mod tests {
 
     #[test]
     fn each_cursor_reads_back_what_it_wrote_and_refuses_others() {
-        let positions = vec![Some(0), None, Some(42)];
-        assert_eq!(parse_outbox(&encode_outbox(&positions)), Some(positions));
-        assert_eq!(parse_outbox("3.4"), None);
+        let positions = vec![Some(12), None, Some(0), Some(99)];
+        let cursor = encode_outbox(&positions);
+        assert_eq!(cursor, "c.12.n.0.99");
+        assert_eq!(parse_outbox(&cursor), Some(positions));
+        for bad in ["c.", "c.x", "c.1..2", "12", "c.-1"] {
+            assert_eq!(parse_outbox(bad), None, "{bad}");
+        }
         assert_eq!(
             parse_dead_letter(&encode_dead_letter(3, 17)).unwrap(),
             (3, 17)
